@@ -1,0 +1,79 @@
+"""The emulated API carries a real kopf operator: the three kmock workarounds and the garbage collector hold."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.support.kube import FEDERATEDTASKS, PODS
+
+pytestmark = pytest.mark.api
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {predicate.__doc__ or predicate}")
+
+
+def test_created_objects_get_server_metadata_and_their_namespace_from_the_url(cluster):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "worker-"},
+           "spec": {"containers": [{"name": "main", "image": "busybox"}]}}
+    created = cluster.apply(pod)
+    name = created["metadata"]["name"]
+    assert name.startswith("worker-") and len(name) > len("worker-")
+    stored = cluster.get(PODS, "default", name)
+    assert stored["metadata"]["namespace"] == "default"
+    assert stored["metadata"]["uid"] and stored["metadata"]["creationTimestamp"]
+    version = int(stored["metadata"]["resourceVersion"])
+    cluster.patch(PODS, "default", name, {"status": {"phase": "Running"}})
+    assert int(cluster.get(PODS, "default", name)["metadata"]["resourceVersion"]) > version
+
+
+def test_deleting_an_owner_collects_its_dependents(cluster):
+    task = cluster.apply({"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
+                          "metadata": {"name": "owner", "namespace": "default"}, "spec": {}})
+    owner = {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "name": "owner",
+             "uid": task["metadata"]["uid"], "controller": True}
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "owned", "ownerReferences": [owner]},
+                   "spec": {"containers": [{"name": "main", "image": "busybox"}]}})
+    cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unowned"},
+                   "spec": {"containers": [{"name": "main", "image": "busybox"}]}})
+    cluster.delete(FEDERATEDTASKS, "default", "owner")
+    assert cluster.get(PODS, "default", "owned") is None
+    assert cluster.get(PODS, "default", "unowned") is not None
+
+
+def test_a_real_kopf_operator_runs_against_the_emulator(cluster, tmp_path):
+    operator = tmp_path / "operator.py"
+    operator.write_text(textwrap.dedent("""
+        import kopf
+
+        @kopf.on.create("fedtask.io", "v1alpha1", "federatedtasks")
+        def created(body, patch, **_):
+            patch.status["seen"] = body["metadata"]["uid"]
+    """))
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+    process = subprocess.Popen([sys.executable, "-m", "kopf", "run", "--standalone", "-n", "default", str(operator)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        task = cluster.apply({"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
+                              "metadata": {"name": "smoke", "namespace": "default"}, "spec": {}})
+
+        def handled():
+            """the create handler to patch the status"""
+            return (cluster.get(FEDERATEDTASKS, "default", "smoke").get("status") or {}).get("seen")
+
+        assert wait_for(handled) == task["metadata"]["uid"]
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    assert "Traceback" not in stderr, stderr
