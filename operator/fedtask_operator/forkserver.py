@@ -1,0 +1,294 @@
+"""A preloaded fork server: worker pods start by fork() in milliseconds instead of paying a second of imports.
+
+`ForkServer.start()` launches `python -m fedtask_operator.forkserver FD`, which imports torch and fedtask_worker, calls
+`fedtask_worker.preload()` and then waits for requests on a socket. For each request it forks a child that gets its own
+session and process group (so killing the pod's group works), cwd, environment, stdout/stderr (the pod's log) and
+thread count, runs `fedtask_worker.cli.main(argv)` and records its exit code in the pod's exit file. The server reaps
+its children and records the exit code of those that died without recording it (kill -9).
+
+The kubelet uses it as a launcher: `handles(argv)` is true for `python -m fedtask_worker ...` and `fedtask-worker ...`.
+The parent never runs torch compute (it keeps one thread), so no OpenMP pool exists across fork().
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+WORKER_MODULE = "fedtask_worker"
+WORKER_SCRIPT = "fedtask-worker"
+DEFAULT_ENTRY = "fedtask_worker.cli:main"
+
+
+def worker_args(argv: list[str]) -> list[str] | None:
+    """The worker's own arguments when argv runs the worker, else None."""
+    if not argv:
+        return None
+    program = os.path.basename(argv[0])
+    if program == WORKER_SCRIPT:
+        return list(argv[1:])
+    if program.startswith("python") and argv[1:3] == ["-m", WORKER_MODULE]:
+        return list(argv[3:])
+    return None
+
+
+class ForkServerError(RuntimeError):
+    pass
+
+
+class ForkServer:
+    """Client side: starts the server process and asks it to spawn worker processes."""
+
+    def __init__(self, python: str = sys.executable, env: dict | None = None, start_timeout: float = 120.0,
+                 entry: str = DEFAULT_ENTRY):
+        self.python = python
+        self.entry = entry
+        self.env = env
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.preload_seconds: float | None = None
+        self._lock = threading.Lock()
+        self._buffer = b""
+
+    # The launcher protocol of ProcessKubelet
+    def handles(self, argv: list[str]) -> bool:
+        return worker_args(argv) is not None
+
+    def spawn(self, argv: list[str], env: dict, cwd: str, log_path: str, exit_path: str) -> int:
+        args = worker_args(argv)
+        if args is None:
+            raise ForkServerError(f"not a worker command: {argv[:3]}")
+        request = {"argv": args, "env": env, "cwd": cwd, "log": log_path, "exit": exit_path}
+        with self._lock:
+            for attempt in (1, 2):
+                if not self.alive():
+                    self._start_locked()
+                try:
+                    self._send(request)
+                    reply = self._receive()
+                except (OSError, ForkServerError):
+                    if attempt == 2:
+                        raise
+                    self._stop_locked()
+                    continue
+                if "error" in reply:
+                    raise ForkServerError(reply["error"])
+                return int(reply["pid"])
+        raise ForkServerError("unreachable")
+
+    def start(self) -> "ForkServer":
+        with self._lock:
+            if not self.alive():
+                self._start_locked()
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None and self.sock is not None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_locked()
+
+    def __enter__(self) -> "ForkServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start_locked(self) -> None:
+        self._stop_locked()
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ if self.env is None else self.env)
+        self.process = subprocess.Popen(
+            [self.python, "-m", "fedtask_operator.forkserver", str(theirs.fileno()), self.entry],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self.sock = ours
+        self._buffer = b""
+        ready = self._receive(timeout=self.start_timeout)
+        if not ready.get("ready"):
+            self._stop_locked()
+            raise ForkServerError(f"the fork server did not start: {ready.get('error', ready)}")
+        self.preload_seconds = ready.get("seconds")
+
+    def _stop_locked(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            self.process = None
+
+    def _send(self, message: dict) -> None:
+        assert self.sock is not None
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def _receive(self, timeout: float = 30.0) -> dict:
+        assert self.sock is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ForkServerError(f"no answer from the fork server within {timeout}s")
+            readable, _, _ = select.select([self.sock], [], [], min(remaining, 0.5))
+            if not readable:
+                if self.process is not None and self.process.poll() is not None:
+                    raise ForkServerError(f"the fork server exited with code {self.process.returncode}")
+                continue
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ForkServerError("the fork server closed its socket")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+# ------------------------------------------------------------------------------------------------------ server side
+def write_exit_file(path: str, record: dict) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as handle:
+        json.dump(record, handle)
+    os.replace(tmp, path)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_child(request: dict, entry) -> None:
+    """In the forked child: become the pod's process and never return."""
+    code = 1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null_fd = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        os.close(null_fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [WORKER_SCRIPT, *request["argv"]]
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads and threads.isdigit() and int(threads) > 0:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        try:
+            code = int(entry(list(request["argv"])) or 0)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        except BaseException:  # the pod's own failure: report it in its log, like any crashing process
+            traceback.print_exc()
+            code = 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        try:
+            write_exit_file(request["exit"], {"exitCode": code, "finishedAt": utc_now()})
+        except Exception:
+            pass
+        os._exit(code)
+
+
+def serve(fd: int, entry_path: str = DEFAULT_ENTRY) -> int:
+    sock = socket.socket(fileno=fd)
+    started = time.monotonic()
+    try:
+        import importlib
+
+        import torch
+
+        torch.set_num_threads(1)
+        import fedtask_worker
+
+        module_name, _, function = entry_path.partition(":")
+        entry = getattr(importlib.import_module(module_name), function)
+        if hasattr(fedtask_worker, "preload"):
+            fedtask_worker.preload()
+    except BaseException as err:  # report why we cannot serve, then stop
+        sock.sendall(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}).encode() + b"\n")
+        return 1
+    sock.sendall(json.dumps({"ready": True, "seconds": time.monotonic() - started}).encode() + b"\n")
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runtime, which closes our socket
+    children: dict[int, str] = {}  # pid -> exit file
+    buffer = b""
+    while True:
+        reap(children)
+        readable, _, _ = select.select([sock], [], [], 0.05)
+        if not readable:
+            continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return 0  # the client went away; running children keep going on their own
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            request = json.loads(line)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                pid = os.fork()
+            except OSError as err:
+                sock.sendall(json.dumps({"error": f"fork failed: {err}"}).encode() + b"\n")
+                continue
+            if pid == 0:
+                sock.close()
+                run_child(request, entry)
+            children[pid] = request["exit"]
+            sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def reap(children: dict[int, str]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        exit_path = children.pop(pid, None)
+        if exit_path is None or Path(exit_path).exists():
+            continue
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            record = {"exitCode": 128 + sig, "signal": sig, "finishedAt": utc_now()}
+        else:
+            record = {"exitCode": os.waitstatus_to_exitcode(status), "finishedAt": utc_now()}
+        try:
+            write_exit_file(exit_path, record)
+        except OSError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(serve(int(sys.argv[1]), *sys.argv[2:3]))
