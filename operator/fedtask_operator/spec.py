@@ -1,0 +1,778 @@
+"""The FederatedTask API as typed Python: spec and status dataclasses, defaults, validation (pure).
+
+The dataclasses below are the single definition of the API: `crd.py` generates `crds/federatedtask.yaml` from them
+(a test keeps the committed file identical to the generated one), and `parse_task` applies exactly the defaults,
+bounds, enums and cross-field rules the CRD makes a Kubernetes API server apply. Python attributes are snake_case;
+the manifest's camelCase names are derived (`per_round` -> `perRound`).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+GROUP = "fedtask.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FederatedTask"
+PLURAL = "federatedtasks"
+SINGULAR = "federatedtask"
+SHORT_NAMES = ["ft", "fedtask"]
+
+HISTORY_LIMIT = 200  # status.history keeps the most recent rounds; the full record lives in the store
+
+# Kubernetes' own quantity pattern (apimachinery resource.Quantity), applied to string values.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# `mlp` (a registry name) or `package.module:callable` (the user's own code in the user's image).
+PLUGIN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ABSOLUTE_PATH_PATTERN = r"^/"
+
+STRATEGIES = ["fedavg", "fedavgm", "fedadam", "median", "trimmed-mean", "krum"]
+DATA_SOURCES = ["builtin", "hostPath", "pvc"]
+PARTITION_SCHEMES = ["iid", "dirichlet", "classes"]
+OPTIMIZERS = ["sgd", "adam"]
+ON_INVALID = ["skip", "fail"]
+POLICIES = ["time-fair", "fastest", "random", "round-robin"]
+PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+STAGES = ["Initializing", "Scheduling", "Training", "Aggregating", "Adjusting", "Publishing"]
+DEVICE_STATES = ["Pending", "Running", "Succeeded", "Failed", "Excluded"]
+
+
+class IntOrString:
+    """Annotation marker: a value that may be an integer or a string (Kubernetes quantities)."""
+
+
+class DateTime(str):
+    """Annotation marker: an RFC 3339 timestamp string such as 2026-11-28T04:41:03Z."""
+
+
+class FreeForm(dict):
+    """Annotation marker: an object whose content the schema does not constrain (kept as is)."""
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    doc: str = ""
+    json: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+    enum: tuple | None = None
+    pattern: str | None = None
+    max_length: int | None = None
+    max_items: int | None = None
+    required: bool = False
+
+
+def api_field(default: Any = dataclasses.MISSING, *, factory: Callable | None = None, doc: str = "",
+              **info: Any) -> Any:
+    """A dataclass field carrying its API metadata (bounds, enum, pattern, documentation)."""
+    if isinstance(info.get("enum"), list):
+        info["enum"] = tuple(info["enum"])
+    metadata = {"api": FieldInfo(doc=doc, **info)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda value=default: copy.deepcopy(value), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def json_name(f: dataclasses.Field) -> str:
+    info = f.metadata.get("api")
+    if info is not None and info.json:
+        return info.json
+    head, *rest = f.name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def field_info(f: dataclasses.Field) -> FieldInfo:
+    return f.metadata.get("api") or FieldInfo()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shared Kubernetes types
+
+
+@dataclass
+class LabelSelectorRequirement:
+    key: str = api_field("", required=True, max_length=317, doc="The label key the selector applies to.")
+    operator: str = api_field("In", enum=["In", "NotIn", "Exists", "DoesNotExist"],
+                              doc="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] = api_field([], max_items=64,
+                                  doc="Label values; non-empty for In and NotIn, empty for Exists and DoesNotExist.")
+
+
+@dataclass
+class LabelSelector:
+    match_labels: dict[str, str] = api_field({}, doc="Labels a node must carry, all of them.")
+    match_expressions: list[LabelSelectorRequirement] = api_field([], max_items=32,
+                                                                  doc="Set-based requirements, all of them.")
+
+
+@dataclass
+class Toleration:
+    key: str = api_field("", doc="Taint key; empty with operator Exists tolerates every taint.")
+    operator: str = api_field("Equal", enum=["Equal", "Exists"], doc="Equal or Exists.")
+    value: str = api_field("", doc="Taint value for operator Equal.")
+    effect: str = api_field("", enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"],
+                            doc="Taint effect to tolerate; empty tolerates every effect.")
+    toleration_seconds: int | None = api_field(None, doc="How long a NoExecute taint is tolerated.")
+
+
+@dataclass
+class ResourceRequirements:
+    requests: dict[str, IntOrString] = api_field(
+        {}, pattern=QUANTITY_PATTERN, doc="Per-pod requests, Kubernetes quantities (`cpu: 500m`, `nvidia.com/gpu: 1`).")
+    limits: dict[str, IntOrString] = api_field({}, pattern=QUANTITY_PATTERN, doc="Per-pod limits.")
+
+
+@dataclass
+class LocalObjectReference:
+    name: str = api_field("", required=True, doc="Name of the object in the task's namespace.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spec
+
+
+@dataclass
+class ModelSpec:
+    name: str = api_field("mlp", pattern=PLUGIN_PATTERN, max_length=256,
+                          doc="A registered model (`mlp`, `cnn`) or `module:callable` from the worker image.")
+    args: FreeForm = api_field({}, doc="Keyword arguments for the model constructor.")
+    seed: int = api_field(0, minimum=0, doc="Seed of the initial weights.")
+    initial_uri: str = api_field("", doc="Warm start: a safetensors model to start from instead of random weights.")
+
+
+@dataclass
+class PartitionSpec:
+    scheme: str = api_field("iid", enum=PARTITION_SCHEMES,
+                            doc="How builtin data is shared out to simulated devices: iid, dirichlet or classes.")
+    alpha: float = api_field(0.5, minimum=0, exclusive_minimum=True,
+                             doc="Dirichlet concentration; smaller is more skewed.")
+    classes_per_device: int = api_field(2, minimum=1, doc="Classes each device holds with scheme classes.")
+    seed: int = api_field(0, minimum=0, doc="Seed of the partition.")
+
+
+@dataclass
+class SharedDataSpec:
+    fraction: float = api_field(0.01, minimum=0, maximum=1,
+                                doc="Fraction of the training set held by the server as the globally shared dataset.")
+    uri: str = api_field("", doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
+
+
+@dataclass
+class DataSpec:
+    dataset: str = api_field("mnist", pattern=PLUGIN_PATTERN, max_length=256,
+                             doc="mnist, digits, synthetic or `module:callable`.")
+    args: FreeForm = api_field({}, doc="Keyword arguments for the dataset.")
+    source: str = api_field("builtin", enum=DATA_SOURCES,
+                            doc="builtin: simulated devices share out the dataset; hostPath/pvc: each device node "
+                                "holds its own data.")
+    host_path: str = api_field("/var/lib/fedtask/data", pattern=ABSOLUTE_PATH_PATTERN,
+                               doc="source=hostPath: the data directory on every device node.")
+    claim_name: str = api_field("fedtask-data-{node}", max_length=253,
+                                doc="source=pvc: the claim per device node; `{node}` is replaced by the node name.")
+    partition: PartitionSpec = api_field(factory=PartitionSpec, doc="Partition of builtin data.")
+    shared: SharedDataSpec = api_field(factory=SharedDataSpec, doc="The globally shared dataset held by the server.")
+
+
+def default_device_selector() -> LabelSelector:
+    return LabelSelector(match_labels={"fedtask.io/device": "true"})
+
+
+@dataclass
+class DevicesSpec:
+    selector: LabelSelector = api_field(factory=default_device_selector,
+                                        doc="Nodes that may serve as devices (a LabelSelector).")
+    count: int | None = api_field(None, minimum=1, maximum=100000,
+                                  doc="Simulated devices for builtin data; default: all matching nodes.")
+    per_round: int = api_field(5, minimum=1, maximum=10000, doc="Target devices per round.")
+    min_returned: int | None = api_field(None, minimum=1, maximum=10000,
+                                         doc="Quorum once the round deadline passes; default perRound (wait for all).")
+    resources: ResourceRequirements = api_field(factory=ResourceRequirements, doc="Resources of every train pod.")
+    tolerations: list[Toleration] = api_field([], max_items=64, doc="Tolerations of every train pod.")
+
+    @property
+    def quorum(self) -> int:
+        return self.per_round if self.min_returned is None else self.min_returned
+
+
+@dataclass
+class TrainingSpec:
+    local_epochs: int = api_field(1, minimum=1, maximum=1000, doc="Epochs over a device's data per round.")
+    batch_size: int = api_field(32, minimum=1, maximum=1000000, doc="Local batch size.")
+    learning_rate: float = api_field(0.05, minimum=0, exclusive_minimum=True, doc="Local learning rate.")
+    optimizer: str = api_field("sgd", enum=OPTIMIZERS, doc="sgd or adam.")
+    momentum: float = api_field(0.0, minimum=0, maximum=1, exclusive_maximum=True, doc="SGD momentum.")
+    weight_decay: float = api_field(0.0, minimum=0, doc="L2 weight decay.")
+    proximal_mu: float = api_field(0.0, minimum=0, doc="FedProx proximal term; 0 is plain FedAvg local training.")
+
+
+@dataclass
+class AggregationSpec:
+    strategy: str = api_field("fedavg", enum=STRATEGIES, doc="How updates are combined.")
+    server_learning_rate: float = api_field(1.0, minimum=0, exclusive_minimum=True,
+                                            doc="Server step size (fedavgm, fedadam).")
+    server_momentum: float = api_field(0.9, minimum=0, maximum=1, exclusive_maximum=True,
+                                       doc="Server momentum (fedavgm) or first-moment decay (fedadam).")
+    trim_fraction: float = api_field(0.1, minimum=0, maximum=0.5, exclusive_maximum=True,
+                                     doc="Share cut from each end per coordinate (trimmed-mean).")
+    byzantine: int = api_field(0, minimum=0, doc="Number of faulty updates tolerated (krum).")
+    on_invalid: str = api_field("skip", enum=ON_INVALID,
+                                doc="skip: an invalid update is left out and recorded; fail: the round fails.")
+
+
+@dataclass
+class AdjustmentSpec:
+    enabled: bool = api_field(True, doc="Fine-tune the aggregated model on the shared dataset every round.")
+    epochs: int = api_field(1, minimum=1, maximum=1000, doc="Epochs over the shared dataset.")
+    batch_size: int = api_field(32, minimum=1, maximum=1000000, doc="Batch size of the adjustment.")
+    learning_rate: float = api_field(0.01, minimum=0, exclusive_minimum=True, doc="Learning rate of the adjustment.")
+    resources: ResourceRequirements = api_field(factory=ResourceRequirements,
+                                                doc="Resources of the server-side pods (init, aggregate, adjust).")
+
+
+@dataclass
+class RoundsSpec:
+    max: int = api_field(20, minimum=1, maximum=100000, doc="Rounds to run at most; rounds are numbered from 1.")
+    target_accuracy: float = api_field(0.0, minimum=0, maximum=1,
+                                       doc="Stop once the adjusted model reaches this accuracy; 0 disables.")
+    patience: int = api_field(0, minimum=0, doc="Stop after this many rounds without improvement; 0 disables.")
+    timeout_seconds: int = api_field(600, minimum=1,
+                                     doc="Round deadline: after it, the round goes on with minReturned updates.")
+
+
+@dataclass
+class StorageSpec:
+    bucket: str = api_field("", max_length=63, doc="S3 bucket; default from the operator's configuration.")
+    prefix: str = api_field("", doc="Key prefix in the bucket; default from the operator's configuration.")
+    endpoint: str = api_field("", doc="S3 endpoint (host:port); default from the operator's configuration.")
+    secret_ref: LocalObjectReference | None = api_field(
+        None, doc="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; default from the operator's configuration.")
+
+
+@dataclass
+class PublishSpec:
+    to_devices: bool = api_field(False, doc="Copy the final model to every device node.")
+    host_path: str = api_field("/var/lib/fedtask/models", pattern=ABSOLUTE_PATH_PATTERN,
+                               doc="Directory on the device nodes the model is copied to.")
+
+
+@dataclass
+class SchedulingSpec:
+    priority: int = api_field(0, minimum=-1000, maximum=1000, doc="Higher-priority tasks get devices first.")
+    policy: str = api_field("time-fair", enum=POLICIES, doc="Device choice: time-fair, fastest, random, round-robin.")
+
+
+@dataclass
+class TaskSpec:
+    model: ModelSpec = api_field(factory=ModelSpec, doc="The model to train.")
+    data: DataSpec = api_field(factory=DataSpec, doc="The training data and where devices find it.")
+    devices: DevicesSpec = api_field(factory=DevicesSpec, doc="Which devices train, how many per round.")
+    training: TrainingSpec = api_field(factory=TrainingSpec, doc="Local training on the devices.")
+    aggregation: AggregationSpec = api_field(factory=AggregationSpec, doc="How the server combines updates.")
+    adjustment: AdjustmentSpec = api_field(factory=AdjustmentSpec,
+                                           doc="Server-side fine-tuning on the globally shared dataset.")
+    rounds: RoundsSpec = api_field(factory=RoundsSpec, doc="How many rounds and when to stop.")
+    storage: StorageSpec = api_field(factory=StorageSpec, doc="The object store; defaults from the operator.")
+    publish: PublishSpec = api_field(factory=PublishSpec, doc="What happens with the final model.")
+    scheduling: SchedulingSpec = api_field(factory=SchedulingSpec, doc="Device selection among competing tasks.")
+    image: str = api_field("", doc="Worker image; default from the operator's configuration.")
+    image_pull_secrets: list[LocalObjectReference] = api_field([], max_items=16, doc="Passed to every pod.")
+    service_account_name: str = api_field("", doc="Passed to every pod.")
+    priority_class_name: str = api_field("", doc="Passed to every pod.")
+    suspend: bool = api_field(False, doc="Stop launching pods; resume at the same round when set back to false.")
+    backoff_limit: int = api_field(3, minimum=0, maximum=100, doc="Retries of a failed pod.")
+    active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
+    ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
+                                                       doc="Delete the finished task after this many seconds.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Status
+
+
+@dataclass
+class Condition:
+    type: str = api_field("", required=True, doc="Ready, Progressing, Unschedulable, Succeeded, Failed, ...")
+    status: str = api_field("Unknown", required=True, enum=["True", "False", "Unknown"], doc="True, False or Unknown.")
+    reason: str = api_field("", doc="A CamelCase constant (see conditions.py).")
+    message: str = api_field("", doc="What is wrong and what would fix it.")
+    last_transition_time: DateTime | None = api_field(None, doc="When status last changed.")
+    observed_generation: int | None = api_field(None, doc="The spec generation the condition was computed from.")
+
+
+@dataclass
+class DeviceStatus:
+    device: str = api_field("", doc="Node name (node devices) or shard id such as d007 (builtin data).")
+    node: str = api_field("", doc="The node the train pod runs on.")
+    pod: str = api_field("", doc="The current train pod.")
+    state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded, Failed or Excluded.")
+    reason: str = api_field("", doc="Why the device failed or was excluded.")
+    attempts: int = api_field(0, minimum=0, doc="Failed attempts so far (retries used).")
+    start_time: DateTime | None = api_field(None, doc="When the current pod was created.")
+    finish_time: DateTime | None = api_field(None, doc="When the update arrived or the device gave up.")
+    result: FreeForm | None = api_field(None, doc="The train stage's result (num_samples, loss, seconds, bytes).")
+
+
+@dataclass
+class StagePodStatus:
+    """The current server-side pod of the task (init, aggregate or adjust)."""
+
+    stage: str = api_field("", doc="init, aggregate or adjust.")
+    pod: str = api_field("", doc="Pod name.")
+    state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
+    reason: str = api_field("", doc="Why the last attempt failed.")
+    attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
+    start_time: DateTime | None = api_field(None, doc="When the stage began.")
+    finish_time: DateTime | None = api_field(None, doc="When the stage finished.")
+    result: FreeForm | None = api_field(None, doc="The stage's result, once it succeeded.")
+
+
+@dataclass
+class PublishStatus:
+    node: str = api_field("", doc="The device node the model is copied to.")
+    pod: str = api_field("", doc="The publish pod.")
+    state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
+    reason: str = api_field("", doc="Why it failed.")
+    attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
+    result: FreeForm | None = api_field(None, doc="The publish stage's result.")
+
+
+@dataclass
+class AssignedDevice:
+    device: str = api_field("", doc="Device id (node name or shard id).")
+    node: str = api_field("", doc="Node the device's train pod runs on.")
+    estimated_seconds: float | None = api_field(None, doc="The scheduler's estimate of the train time.")
+
+
+@dataclass
+class RoundRecord:
+    round: int = api_field(0, minimum=0, doc="Round number, from 1.")
+    devices: list[str] = api_field([], doc="Devices that were asked to train.")
+    returned: list[str] = api_field([], doc="Devices whose updates arrived in time.")
+    excluded: list[str] = api_field([], doc="Stragglers and failed devices left out of the round.")
+    rejected: list[str] = api_field([], doc="Updates the aggregator rejected as invalid.")
+    accuracy: float | None = api_field(None, doc="Accuracy of the round's global model (after adjustment).")
+    loss: float | None = api_field(None, doc="Loss of the round's global model.")
+    start_time: DateTime | None = api_field(None, doc="When the round began.")
+    duration_seconds: float | None = api_field(None, doc="Wall time of the whole round.")
+    train_seconds: float | None = api_field(None, doc="Wall time from the first train pod to the barrier.")
+    aggregate_seconds: float | None = api_field(None, doc="Wall time of the aggregate stage.")
+    adjust_seconds: float | None = api_field(None, doc="Wall time of the adjust stage.")
+    samples: int | None = api_field(None, doc="Training samples behind the round's update.")
+    uri: str = api_field("", doc="The round's global model.")
+
+
+@dataclass
+class ModelRef:
+    uri: str = api_field("", doc="Object URI of the model.")
+    round: int | None = api_field(None, doc="The round that produced it.")
+    accuracy: float | None = api_field(None, doc="Its accuracy on the test set.")
+
+
+@dataclass
+class TaskStatus:
+    phase: str | None = api_field(None, enum=PHASES, doc="Pending, Running, Succeeded, Failed or Suspended.")
+    round: int | None = api_field(None, minimum=0, doc="The current round (0 while initializing).")
+    stage: str | None = api_field(None, enum=STAGES, doc="The current stage of the round.")
+    accuracy: float | None = api_field(None, doc="Accuracy of the latest round's global model.")
+    observed_generation: int | None = api_field(None, doc="The spec generation this status reflects.")
+    message: str = api_field("", doc="A one-line summary for humans.")
+    conditions: list[Condition] = api_field([], doc="Keyed by type; reasons are constants.")
+    devices: list[DeviceStatus] = api_field([], doc="This round's target devices.")
+    current: StagePodStatus | None = api_field(None, doc="The current server-side pod (init, aggregate, adjust).")
+    published: list[PublishStatus] = api_field([], doc="Publish pods, one per device node (publish.toDevices).")
+    assignment: list[AssignedDevice] = api_field([], doc="The scheduler's choice for the coming round.")
+    history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
+    model: ModelRef | None = api_field(None, doc="The published final model (the last round's global).")
+    best: ModelRef | None = api_field(None, doc="The best-accuracy round's global model.")
+    participation: dict[str, int] = api_field({}, doc="Device -> rounds it trained in (fairness).")
+    train_seconds_estimate: dict[str, float] = api_field({}, doc="Device -> observed train time (EWMA), seconds.")
+    waiting_since: DateTime | None = api_field(None, doc="When the task began waiting for devices.")
+    round_start_time: DateTime | None = api_field(None, doc="When the current round began.")
+    start_time: DateTime | None = api_field(None, doc="When the task began running.")
+    completion_time: DateTime | None = api_field(None, doc="When the task succeeded or failed.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cross-field rules: each is a CEL rule in the CRD and the same check in Python (a test proves they agree).
+
+
+@dataclass(frozen=True)
+class CrossFieldRule:
+    at: tuple[str, ...]  # the dataclass attribute path of the object the rule is attached to, () = spec
+    cel: str
+    message: str
+    field_path: str  # JSON path (from the object) of the field the error is reported on, e.g. ".minReturned"
+    check: Callable[[Any], bool]
+
+
+CROSS_FIELD_RULES: list[CrossFieldRule] = [
+    CrossFieldRule(("devices",), "!has(self.minReturned) || self.minReturned <= self.perRound",
+                   "must be <= perRound", ".minReturned",
+                   lambda d: d.min_returned is None or d.min_returned <= d.per_round),
+    CrossFieldRule(("devices",), "!has(self.count) || self.perRound <= self.count",
+                   "must be <= count", ".perRound",
+                   lambda d: d.count is None or d.per_round <= d.count),
+    CrossFieldRule((), "!self.adjustment.enabled || self.data.shared.fraction > 0.0 || self.data.shared.uri != ''",
+                   "adjustment needs a shared dataset: set data.shared.fraction > 0 or data.shared.uri, "
+                   "or adjustment.enabled: false", ".adjustment.enabled",
+                   lambda s: not s.adjustment.enabled or s.data.shared.fraction > 0 or s.data.shared.uri != ""),
+    CrossFieldRule(("data",), "self.source != 'pvc' || self.claimName.contains('{node}')",
+                   "must contain {node} (one claim per device node)", ".claimName",
+                   lambda d: d.source != "pvc" or "{node}" in d.claim_name),
+    CrossFieldRule(("aggregation",), "self.strategy != 'krum' || self.byzantine >= 1",
+                   "must be >= 1 with strategy krum", ".byzantine",
+                   lambda a: a.strategy != "krum" or a.byzantine >= 1),
+]
+
+# Per-item rules on shared types, keyed by the dataclass they are attached to.
+TYPE_RULES: dict[type, list[CrossFieldRule]] = {
+    LabelSelectorRequirement: [
+        CrossFieldRule((), "self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 : size(self.values) > 0",
+                       "must be empty for Exists and DoesNotExist and non-empty for In and NotIn", ".values",
+                       lambda r: (len(r.values) == 0) == (r.operator in ("Exists", "DoesNotExist"))),
+    ],
+    Toleration: [
+        CrossFieldRule((), "self.operator != 'Exists' || self.value == ''", "must be empty with operator Exists",
+                       ".value", lambda t: t.operator != "Exists" or t.value == ""),
+    ],
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding with validation
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SpecError(ValueError):
+    """Every problem of a manifest, one `path: reason` per line."""
+
+    def __init__(self, errors: list[FieldError] | list[str]):
+        self.errors = [e if isinstance(e, FieldError) else FieldError(*str(e).split(": ", 1)) for e in errors]
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """(T, True) for `T | None`, (T, False) otherwise."""
+    args = typing.get_args(tp)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp) or tp in (dict, FreeForm) or typing.get_origin(tp) is dict:
+        return "an object"
+    if typing.get_origin(tp) is list:
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean", DateTime: "a timestamp string",
+            IntOrString: "an integer or a string"}.get(tp, str(tp))
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _check_scalar(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldError]) -> Any:
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                errors.append(FieldError(path, "must be a finite number"))
+                return None
+    elif tp in (str, DateTime):
+        ok = isinstance(value, str)
+    elif tp is IntOrString:
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+    else:  # pragma: no cover - a model definition error
+        raise TypeError(f"unsupported field type {tp!r} at {path}")
+    if not ok:
+        errors.append(FieldError(path, f"must be {_type_name(tp)}, not {type(value).__name__} {value!r}"))
+        return None
+    before = len(errors)
+    if info.enum is not None and value not in info.enum:
+        shown = ", ".join(repr(e) if e == "" else str(e) for e in info.enum)
+        errors.append(FieldError(path, f"must be one of {shown}, not {value!r}"))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and tp is not IntOrString:
+        if info.minimum is not None:
+            if info.exclusive_minimum and not value > info.minimum:
+                errors.append(FieldError(path, f"must be > {_fmt_number(info.minimum)}"))
+            elif not info.exclusive_minimum and not value >= info.minimum:
+                errors.append(FieldError(path, f"must be >= {_fmt_number(info.minimum)}"))
+        if info.maximum is not None:
+            if info.exclusive_maximum and not value < info.maximum:
+                errors.append(FieldError(path, f"must be < {_fmt_number(info.maximum)}"))
+            elif not info.exclusive_maximum and not value <= info.maximum:
+                errors.append(FieldError(path, f"must be <= {_fmt_number(info.maximum)}"))
+    if isinstance(value, str):
+        if info.max_length is not None and len(value) > info.max_length:
+            errors.append(FieldError(path, f"must be at most {info.max_length} characters"))
+        if info.pattern is not None and not re.search(info.pattern, value):
+            errors.append(FieldError(path, f"invalid value {value!r}" + _pattern_hint(info.pattern)))
+    return value if len(errors) == before else None
+
+
+def _pattern_hint(pattern: str) -> str:
+    return {
+        QUANTITY_PATTERN: " (a quantity such as 1, 500m or 2Gi)",
+        PLUGIN_PATTERN: " (a registered name such as mlp, or module:callable)",
+        ABSOLUTE_PATH_PATTERN: " (an absolute path)",
+        DNS_LABEL_PATTERN: " (lower-case letters, digits and '-')",
+        DNS_SUBDOMAIN_PATTERN: " (lower-case letters, digits, '-' and '.')",
+    }.get(pattern, f" (must match {pattern})")
+
+
+def _decode(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldError], strict: bool) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return decode_dataclass(tp, value, path, errors, strict)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(FieldError(path, f"must be a list, not {type(value).__name__}"))
+            return []
+        if info.max_items is not None and len(value) > info.max_items:
+            errors.append(FieldError(path, f"must have at most {info.max_items} items"))
+        (item_tp,) = typing.get_args(tp)
+        item_info = FieldInfo(pattern=info.pattern) if not dataclasses.is_dataclass(item_tp) else FieldInfo()
+        return [_decode(item, item_tp, item_info, f"{path}[{i}]", errors, strict) for i, item in enumerate(value)]
+    if origin is dict or tp in (dict, FreeForm):
+        if not isinstance(value, dict):
+            errors.append(FieldError(path, f"must be an object, not {type(value).__name__}"))
+            return {}
+        if tp in (dict, FreeForm):
+            return copy.deepcopy(value)
+        key_tp, value_tp = typing.get_args(tp)
+        value_info = FieldInfo(pattern=info.pattern)
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                errors.append(FieldError(f"{path}.{key}", "keys must be strings"))
+                continue
+            if item is None:
+                errors.append(FieldError(f"{path}.{key}", f"must be {_type_name(value_tp)}, not null"))
+                continue
+            if value_tp is IntOrString and isinstance(item, int) and not isinstance(item, bool):
+                checked = _check_scalar(item, value_tp, FieldInfo(), f"{path}.{key}", errors)
+            else:
+                checked = _check_scalar(item, value_tp, value_info, f"{path}.{key}", errors)
+            out[key] = checked
+        return out
+    return _check_scalar(value, tp, info, path, errors)
+
+
+def decode_dataclass(cls: type, data: Any, path: str, errors: list[FieldError], strict: bool = True) -> Any:
+    """Build `cls` from its JSON form, applying defaults; problems are appended to `errors` with their paths."""
+    if not isinstance(data, dict):
+        errors.append(FieldError(path, f"must be an object, not {type(data).__name__}"))
+        return cls()
+    hints = _hints(cls)
+    fields = dataclasses.fields(cls)
+    known = {json_name(f) for f in fields}
+    if strict:
+        for key in data:
+            if key not in known:
+                errors.append(FieldError(f"{path}.{key}", "unknown field" + _did_you_mean(str(key), known)))
+    kwargs = {}
+    errors_before = len(errors)
+    for f in fields:
+        name = json_name(f)
+        info = field_info(f)
+        value = data.get(name)
+        if value is None:
+            if info.required:
+                errors.append(FieldError(f"{path}.{name}", "required"))
+            continue  # the dataclass default applies
+        tp, _ = unwrap_optional(hints[f.name])
+        before = len(errors)
+        decoded = _decode(value, tp, info, f"{path}.{name}", errors, strict)
+        if len(errors) == before:
+            kwargs[f.name] = decoded
+    obj = cls(**kwargs)
+    if len(errors) == errors_before:
+        for rule in TYPE_RULES.get(cls, []):
+            if not rule.check(obj):
+                errors.append(FieldError(path + rule.field_path, rule.message))
+    return obj
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    lowered = {k.lower().replace("_", ""): k for k in known}
+    match = lowered.get(key.lower().replace("_", "").replace("-", ""))
+    return f" (did you mean {match}?)" if match else ""
+
+
+def encode(obj: Any) -> Any:
+    """The JSON form of a model object: camelCase keys, None fields left out."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue
+            out[json_name(f)] = encode(value)
+        return out
+    if isinstance(obj, list):
+        return [encode(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: encode(v) for k, v in obj.items()}
+    return obj
+
+
+def validate_spec_rules(spec: TaskSpec) -> list[FieldError]:
+    errors = []
+    for rule in CROSS_FIELD_RULES:
+        target = spec
+        for attr in rule.at:
+            target = getattr(target, attr)
+        if not rule.check(target):
+            base = "spec" + "".join("." + _camel(a) for a in rule.at)
+            errors.append(FieldError(base + rule.field_path, rule.message))
+    return errors
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task
+
+
+@dataclass
+class FederatedTask:
+    name: str
+    namespace: str
+    uid: str
+    spec: TaskSpec
+    status: TaskStatus
+    generation: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def owner_reference(self) -> dict:
+        return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+def parse_spec(data: Any, path: str = "spec") -> TaskSpec:
+    """Decode and validate a spec (as a cluster would: defaults, bounds, enums, unknown fields, CEL rules)."""
+    errors: list[FieldError] = []
+    spec = decode_dataclass(TaskSpec, {} if data is None else data, path, errors)
+    if not errors:
+        errors = validate_spec_rules(spec)
+    if errors:
+        raise SpecError(errors)
+    return spec
+
+
+def status_from_dict(data: Any) -> TaskStatus:
+    """Decode a status as written by the planner; unknown fields are ignored (an API server prunes them)."""
+    errors: list[FieldError] = []
+    status = decode_dataclass(TaskStatus, data or {}, "status", errors, strict=False)
+    if errors:
+        raise SpecError(errors)
+    return status
+
+
+def status_to_dict(status: TaskStatus) -> dict:
+    return encode(status)
+
+
+def spec_to_dict(spec: TaskSpec) -> dict:
+    """The spec with every default filled in, as the API server stores it."""
+    return encode(spec)
+
+
+def parse_task(obj: Any) -> FederatedTask:
+    """A FederatedTask from its Kubernetes object; raises SpecError listing every problem with its field path."""
+    if not isinstance(obj, dict):
+        raise SpecError([FieldError("<document>", f"must be an object, not {type(obj).__name__}")])
+    errors: list[FieldError] = []
+    if obj.get("apiVersion") != API_VERSION:
+        errors.append(FieldError("apiVersion", f"must be {API_VERSION}, not {obj.get('apiVersion')!r}"))
+    if obj.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND}, not {obj.get('kind')!r}"))
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict):
+        metadata = {}
+        errors.append(FieldError("metadata", "must be an object with a name"))
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append(FieldError("metadata.name", "required"))
+        name = ""
+    elif len(name) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, name):
+        errors.append(FieldError("metadata.name", f"invalid name {name!r} (lower-case letters, digits, '-' and '.', "
+                                                  "at most 253 characters)"))
+    namespace = metadata.get("namespace") or "default"
+    if not isinstance(namespace, str) or not re.match(DNS_LABEL_PATTERN, namespace) or len(namespace) > 63:
+        errors.append(FieldError("metadata.namespace", f"invalid namespace {namespace!r}"))
+    for key in obj:
+        if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
+            errors.append(FieldError(key, "unknown field"))
+    spec_data = obj.get("spec")
+    spec = TaskSpec()
+    if spec_data is not None and not isinstance(spec_data, dict):
+        errors.append(FieldError("spec", f"must be an object, not {type(spec_data).__name__}"))
+    else:
+        try:
+            spec = parse_spec(spec_data)
+        except SpecError as exc:
+            errors.extend(exc.errors)
+    status = TaskStatus()
+    try:
+        status = status_from_dict(obj.get("status"))
+    except SpecError as exc:
+        errors.extend(exc.errors)
+    if errors:
+        raise SpecError(errors)
+    return FederatedTask(name=name, namespace=namespace, uid=str(metadata.get("uid") or ""), spec=spec,
+                         status=status, generation=int(metadata.get("generation") or 0),
+                         labels=dict(metadata.get("labels") or {}), raw=obj)
+
+
+def with_defaults(obj: dict) -> dict:
+    """A copy of a valid FederatedTask object with every spec default filled in."""
+    task = parse_task(obj)
+    out = copy.deepcopy(obj)
+    out["spec"] = spec_to_dict(task.spec)
+    return out
