@@ -393,6 +393,8 @@ class TaskStatus:
     current: StagePodStatus | None = api_field(None, doc="The current server-side pod (init, aggregate, adjust).")
     published: list[PublishStatus] = api_field([], doc="Publish pods, one per device node (publish.toDevices).")
     assignment: list[AssignedDevice] = api_field([], doc="The scheduler's choice for the coming round.")
+    current_round: RoundRecord | None = api_field(
+        None, doc="The round in flight, filled in stage by stage; appended to history when it completes.")
     history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
     model: ModelRef | None = api_field(None, doc="The published final model (the last round's global).")
     best: ModelRef | None = api_field(None, doc="The best-accuracy round's global model.")
