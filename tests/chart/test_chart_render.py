@@ -1,0 +1,275 @@
+"""The chart renders, with Helm 3 and Helm 4, into objects a recent Kubernetes accepts, for every combination of
+the values users switch; the objects are least-privilege and hardened; the embedded CRD and dashboard are the
+repository's own files."""
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.support.tools import CHART, REPO, HelmError, Tools, helm_template
+
+KUBERNETES_VERSION = "1.34"  # recent; kubernetes-validate bundles schemas up to 1.37
+SCHEMAS = Path(__file__).parent / "schemas"
+CUSTOM_RESOURCE_SCHEMAS = {  # monitoring.coreos.com kinds: our own minimal schemas of the fields the chart sets
+    "ServiceMonitor": SCHEMAS / "servicemonitor.json",
+    "PrometheusRule": SCHEMAS / "prometheusrule.json",
+}
+COMBINATIONS = {
+    "defaults": [],
+    "namespace-scoped": ["rbac.scope=namespace", "operator.watchNamespaces={team-a,team-b}"],
+    "minio": ["minio.enabled=true"],
+    "minio-no-persistence": ["minio.enabled=true", "minio.persistence.enabled=false"],
+    "external-store": ["storage.endpoint=s3.example.com:443", "storage.secure=true", "storage.credentialsSecret=s3-creds"],
+    "monitoring": ["metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true"],
+    "everything-on": ["minio.enabled=true", "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+                      "rbac.scope=namespace"],
+    "minimal": ["crds.enabled=false", "dashboard.enabled=false", "networkPolicy.enabled=false",
+                "metrics.service.enabled=false", "replicaCount=1"],
+}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+def kinds(objects: list[dict]) -> list[str]:
+    return sorted(obj["kind"] for obj in objects)
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def the(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
+    matches = [obj for obj in by_kind(objects, kind) if obj["metadata"]["name"].endswith(name_suffix)]
+    assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, got {[m['metadata']['name'] for m in matches]}"
+    return matches[0]
+
+
+@pytest.fixture(scope="module")
+def rendered(tools: Tools) -> dict[str, list[dict]]:
+    return {name: helm_template(tools, *values) for name, values in COMBINATIONS.items()}
+
+
+@pytest.mark.parametrize("major", [3, 4])
+def test_chart_lints_strictly(tools: Tools, major: int) -> None:
+    for values in (COMBINATIONS["defaults"], COMBINATIONS["everything-on"]):
+        args = [str(tools.helm(major)), "lint", "--strict", str(CHART)] + [a for v in values for a in ("--set", v)]
+        result = subprocess.run(args, capture_output=True, text=True, env=tools.helm_env(), timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 chart(s) failed" in result.stdout
+
+
+def test_helm_3_and_helm_4_render_the_same_objects(tools: Tools, rendered: dict[str, list[dict]]) -> None:
+    values = COMBINATIONS["everything-on"]
+    # Generated MinIO credentials differ between runs: compare with given ones.
+    values = values + ["minio.rootUser=fedtask", "minio.rootPassword=not-a-secret"]
+    assert helm_template(tools, *values, major=4) == helm_template(tools, *values, major=3)
+
+
+@pytest.mark.parametrize("combination", sorted(COMBINATIONS))
+def test_every_object_is_valid_for_a_recent_kubernetes(rendered: dict[str, list[dict]], combination: str) -> None:
+    objects = rendered[combination]
+    assert objects, "nothing rendered"
+    for obj in objects:
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] in CUSTOM_RESOURCE_SCHEMAS:
+            schema = json.loads(CUSTOM_RESOURCE_SCHEMAS[obj["kind"]].read_text())
+            errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(obj)]
+            assert not errors, f"{name}: {errors}"
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{combination}: {name}: {error.message} at {list(error.path)}")
+
+
+def test_values_switch_the_objects_they_name(rendered: dict[str, list[dict]]) -> None:
+    defaults = kinds(rendered["defaults"])
+    assert "CustomResourceDefinition" in defaults and "ConfigMap" in defaults  # crds.enabled, dashboard.enabled: true
+    assert "ServiceMonitor" not in defaults and "PrometheusRule" not in defaults
+    assert not [o for o in rendered["defaults"] if o["metadata"]["name"].endswith("-minio")]
+    assert {"ServiceMonitor", "PrometheusRule"} <= set(kinds(rendered["monitoring"]))
+    minio = [o["kind"] for o in rendered["minio"] if o["metadata"]["name"].endswith("-minio")]
+    assert sorted(minio) == ["Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Secret", "Service"]
+    assert "PersistentVolumeClaim" not in kinds(rendered["minio-no-persistence"])
+    minimal = kinds(rendered["minimal"])
+    assert not {"CustomResourceDefinition", "ConfigMap", "NetworkPolicy", "Service"} & set(minimal)
+
+
+def test_namespace_scope_grants_task_rights_only_in_watched_namespaces(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["namespace-scoped"]
+    roles = by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(objects, "RoleBinding")) == ["team-a", "team-b"]
+    cluster_rules = [rule for role in by_kind(objects, "ClusterRole") for rule in role["rules"]]
+    assert not any(set(rule["verbs"]) - {"get", "list", "watch"} for rule in cluster_rules
+                   if {"pods", "nodes"} & set(rule["resources"])), "namespace scope must not create pods cluster-wide"
+    args = the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    # Without explicit namespaces the release namespace is the one watched.
+    default_namespaced = rendered["everything-on"]
+    assert [r["metadata"]["namespace"] for r in by_kind(default_namespaced, "Role")] == ["fedtask"]
+
+
+def test_cluster_scope_watches_all_namespaces(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["defaults"]
+    assert not by_kind(objects, "Role")
+    args = the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args
+
+
+@pytest.mark.parametrize("combination", sorted(COMBINATIONS))
+def test_rbac_has_no_wildcards_and_no_secret_access(rendered: dict[str, list[dict]], combination: str) -> None:
+    for role in by_kind(rendered[combination], "ClusterRole") + by_kind(rendered[combination], "Role"):
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
+                assert "*" not in rule.get(field, []), f"{role['metadata']['name']}: wildcard in {field}: {rule}"
+            assert "secrets" not in rule["resources"], f"{role['metadata']['name']} grants secrets: {rule}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+@pytest.mark.parametrize("combination", sorted(COMBINATIONS))
+def test_every_pod_runs_non_root_with_a_read_only_root_filesystem(rendered: dict[str, list[dict]],
+                                                                  combination: str) -> None:
+    workloads = [o for o in rendered[combination] if o["kind"] in WORKLOAD_KINDS]
+    assert workloads
+    for workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        name = workload["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] > 0, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, f"{name}/{container['name']}"
+            assert context["allowPrivilegeEscalation"] is False, f"{name}/{container['name']}"
+            assert context["capabilities"]["drop"] == ["ALL"], f"{name}/{container['name']}"
+            assert not context.get("privileged"), f"{name}/{container['name']}"
+            assert "limits" in container["resources"] and "requests" in container["resources"], name
+            assert container.get("livenessProbe") and container.get("readinessProbe"), name
+
+
+def test_operator_is_highly_available_and_probed(rendered: dict[str, list[dict]]) -> None:
+    deployment = the(rendered["defaults"], "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert any(arg.startswith("--peering=") for arg in container["args"])
+    health_port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+    assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in container["args"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    single = the(rendered["minimal"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert not any(arg.startswith("--peering") for arg in single["args"])
+
+
+def test_services_and_monitors_select_what_they_mean(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["everything-on"]
+    operator_labels = the(objects, "Deployment", "fedtask")["spec"]["template"]["metadata"]["labels"]
+    minio_labels = the(objects, "Deployment", "-minio")["spec"]["template"]["metadata"]["labels"]
+    metrics = the(objects, "Service", "-metrics")
+    assert metrics["spec"]["selector"].items() <= operator_labels.items()
+    assert the(objects, "Service", "-minio")["spec"]["selector"].items() <= minio_labels.items()
+    monitor = the(objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == metrics["spec"]["ports"][0]["name"]
+    operator_policy = the(objects, "NetworkPolicy", "-operator")
+    assert operator_policy["spec"]["podSelector"]["matchLabels"].items() <= operator_labels.items()
+
+
+def test_operator_gets_the_in_chart_store_and_its_generated_credentials(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["minio"]
+    env = {e["name"]: e.get("value") for e in
+           the(objects, "Deployment", "fedtask")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    service = the(objects, "Service", "-minio")
+    assert env["FEDTASK_S3_ENDPOINT"] == f"{service['metadata']['name']}.fedtask.svc:{service['spec']['ports'][0]['port']}"
+    secret = the(objects, "Secret", "-minio")
+    assert env["FEDTASK_S3_SECRET"] == secret["metadata"]["name"]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= set(secret["data"])
+    assert len(secret["data"]["AWS_SECRET_ACCESS_KEY"]) >= 40  # generated, base64 of 40 characters
+    external = {e["name"]: e.get("value") for e in the(rendered["external-store"], "Deployment")["spec"]["template"][
+        "spec"]["containers"][0]["env"]}
+    assert external["FEDTASK_S3_ENDPOINT"] == "s3.example.com:443" and external["FEDTASK_S3_SECRET"] == "s3-creds"
+    assert external["FEDTASK_S3_SECURE"] == "true"
+
+
+def test_given_minio_credentials_are_used(tools: Tools) -> None:
+    objects = helm_template(tools, "minio.enabled=true", "minio.rootUser=alice", "minio.rootPassword=correct-horse")
+    data = the(objects, "Secret", "-minio")["data"]
+    assert base64.b64decode(data["AWS_ACCESS_KEY_ID"]) == b"alice"
+    assert base64.b64decode(data["MINIO_ROOT_PASSWORD"]) == b"correct-horse"
+
+
+def test_chart_crd_is_the_repository_crd_with_a_keep_policy(rendered: dict[str, list[dict]]) -> None:
+    sources = sorted((REPO / "crds").glob("*.yaml"))
+    assert sources, "crds/ holds no CRD"
+    expected = {yaml.safe_load(path.read_text())["metadata"]["name"]: yaml.safe_load(path.read_text()) for path in sources}
+    rendered_crds = by_kind(rendered["defaults"], "CustomResourceDefinition")
+    assert sorted(crd["metadata"]["name"] for crd in rendered_crds) == sorted(expected)
+    for crd in rendered_crds:
+        metadata = crd["metadata"]
+        assert metadata["annotations"].pop("helm.sh/resource-policy") == "keep"
+        for key in [k for k in metadata["labels"] if k.startswith(("helm.sh/", "app.kubernetes.io/"))]:
+            del metadata["labels"][key]
+        for field in ("annotations", "labels"):
+            if not metadata[field]:
+                del metadata[field]
+        assert crd == expected[metadata["name"]]
+
+
+def test_chart_copies_are_identical_to_their_sources() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "hack" / "sync-chart-files.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"stale chart files, run hack/sync-chart-files.py:\n{result.stderr}"
+
+
+def test_dashboard_configmap_holds_the_repository_dashboard(rendered: dict[str, list[dict]]) -> None:
+    configmap = the(rendered["defaults"], "ConfigMap", "-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["data"]["fedtask.json"] + "\n" == (REPO / "dashboards" / "fedtask.json").read_text()
+
+
+def test_network_policies_allow_only_api_store_and_dns(rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["minio"]
+    operator = the(objects, "NetworkPolicy", "-operator")["spec"]
+    task_pods = the(objects, "NetworkPolicy", "-task-pods")["spec"]
+    assert set(operator["policyTypes"]) == set(task_pods["policyTypes"]) == {"Ingress", "Egress"}
+    assert task_pods["ingress"] == []
+    egress_ports = lambda policy: sorted(p["port"] for rule in policy["egress"] for p in rule["ports"])  # noqa: E731
+    assert egress_ports(task_pods) == [53, 53, 9000]  # DNS (UDP, TCP) and the store; never the API server
+    assert egress_ports(operator) == [53, 53, 443, 6443, 9000]
+    store_rule = [rule for rule in task_pods["egress"] if rule["ports"][0]["port"] == 9000][0]
+    minio_labels = the(objects, "Deployment", "-minio")["spec"]["template"]["metadata"]["labels"]
+    assert store_rule["to"][0]["podSelector"]["matchLabels"].items() <= minio_labels.items()
+
+
+BAD_VALUES = {
+    "bogusTopLevel=1": "bogusTopLevel",
+    "rbac.scope=everywhere": "scope",
+    "replicaCount=-1": "replicaCount",
+    "minio.enabled=yes-please": "enabled",
+    "metrics.port=70000": "port",
+    "metrics.serviceMonitor.interval=often": "interval",
+    "storage.endpoint=http://minio:9000": "endpoint",
+    "storage.bucket=Not_A_Bucket": "bucket",
+    "operator.watchNamespaces={Team_A}": "watchNamespaces",
+    "securityContext.readOnlyRootFilesystem=false": "readOnlyRootFilesystem",
+    "podSecurityContext.runAsNonRoot=false": "runAsNonRoot",
+    "image.pullPolicy=Sometimes": "pullPolicy",
+    "minio.rootPassword=short": "rootPassword",
+    "dashboard.labels.grafana_dashboard=1": "grafana_dashboard",  # --set makes 1 a number; labels are strings
+}
+
+
+@pytest.mark.parametrize("value", sorted(BAD_VALUES))
+@pytest.mark.parametrize("major", [3, 4])
+def test_wrong_values_are_rejected_naming_the_field(tools: Tools, value: str, major: int) -> None:
+    field = BAD_VALUES[value]
+    with pytest.raises(HelmError) as error:
+        helm_template(tools, value, major=major)
+    assert "schema" in str(error.value) and field in str(error.value), str(error.value)
