@@ -387,6 +387,9 @@ class TaskStatus:
     stage: str | None = api_field(None, enum=STAGES, doc="The current stage of the round.")
     accuracy: float | None = api_field(None, doc="Accuracy of the latest round's global model.")
     observed_generation: int | None = api_field(None, doc="The spec generation this status reflects.")
+    shard_count: int | None = api_field(None, minimum=1,
+                                        doc="Simulated devices (builtin data): devices.count or the matching nodes "
+                                            "when the task started.")
     message: str = api_field("", doc="A one-line summary for humans.")
     conditions: list[Condition] = api_field([], doc="Keyed by type; reasons are constants.")
     devices: list[DeviceStatus] = api_field([], doc="This round's target devices.")

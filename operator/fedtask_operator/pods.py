@@ -1,0 +1,326 @@
+"""Pod manifests for every stage of a FederatedTask (pure).
+
+Every builder returns a whole Pod dict: the worker command with its flags (docs/internals.md), store settings in the
+environment (credentials only as `secretKeyRef`), labels, owner reference, resources, node pinning through required
+node affinity (kube-scheduler still enforces resources and taints), and a hardened security context. The local
+runtime runs these very manifests as processes, so everything a stage needs is in command/args/env/volumes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedtask_operator import naming
+from fedtask_operator.scheduling.types import DeviceSlot
+from fedtask_operator.spec import FederatedTask, ResourceRequirements
+
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+CONTAINER_NAME = "worker"
+DATA_MOUNT = "/data"
+MODELS_MOUNT = "/models"
+TMP_MOUNT = "/tmp"
+HOME_MOUNT = "/home/fedtask"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+STATEFUL_STRATEGIES = ("fedavgm", "fedadam")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What the runtime (operator or `fedtask run`) decides for every task's pods."""
+
+    image: str = "fedtask-worker:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    store_base_uri: str = "s3://fedtask/tasks"  # or file:///DIR/store locally
+    s3_endpoint: str = ""  # host:port
+    s3_secure: bool = False
+    s3_region: str = ""
+    credentials_secret: str = ""  # a Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, read via secretKeyRef
+    worker_command: tuple[str, ...] = ("python", "-m", "fedtask_worker")
+    namespace: str = "default"  # the runtime's own namespace (tasks' pods go to their task's namespace)
+    store_retry_seconds: float | None = None  # FEDTASK_STORE_RETRY_SECONDS for the stages; None: worker default
+    run_as_user: int = 10001
+    extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # e.g. (("OMP_NUM_THREADS", "1"),)
+
+    @property
+    def local_store(self) -> bool:
+        return not self.store_base_uri.startswith("s3://")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Flags
+
+
+def _number(value: float | int) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _common_flags(task: FederatedTask, stage: str, round_: int, result_file: str = TERMINATION_MESSAGE_PATH) -> list:
+    return [stage, "--task", task.name, "--round", str(round_), "--result-file", result_file]
+
+
+def _model_data_flags(task: FederatedTask) -> list[str]:
+    spec = task.spec
+    return ["--model", spec.model.name, "--model-args", _json(spec.model.args),
+            "--dataset", spec.data.dataset, "--dataset-args", _json(spec.data.args),
+            "--seed", str(spec.model.seed)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pod pieces
+
+
+def _quantities(values: dict) -> dict:
+    return {key: str(value) for key, value in values.items()}
+
+
+def _resources(resources: ResourceRequirements) -> dict:
+    out = {}
+    if resources.requests:
+        out["requests"] = _quantities(resources.requests)
+    if resources.limits:
+        out["limits"] = _quantities(resources.limits)
+    return out
+
+
+def build_store_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
+    """Store settings for the worker; credentials only as references to a Secret."""
+    env: list[dict] = []
+    if not config.local_store:
+        storage = task.spec.storage
+        env.append({"name": "FEDTASK_S3_ENDPOINT", "value": storage.endpoint or config.s3_endpoint})
+        env.append({"name": "FEDTASK_S3_SECURE", "value": "true" if config.s3_secure else "false"})
+        if config.s3_region:
+            env.append({"name": "FEDTASK_S3_REGION", "value": config.s3_region})
+        secret = storage.secret_ref.name if storage.secret_ref is not None else config.credentials_secret
+        if secret:
+            for key in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
+                env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    if config.store_retry_seconds is not None:
+        env.append({"name": "FEDTASK_STORE_RETRY_SECONDS", "value": _number(config.store_retry_seconds)})
+    return env
+
+
+def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
+    env = [
+        {"name": "HOME", "value": HOME_MOUNT},
+        {"name": "TMPDIR", "value": TMP_MOUNT},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    env += build_store_env(task, config)
+    env += [{"name": name, "value": value} for name, value in config.extra_env]
+    return env
+
+
+def _node_affinity(node: str) -> dict:
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}]}]}}}
+
+
+def _tolerations(task: FederatedTask) -> list[dict]:
+    out = []
+    for toleration in task.spec.devices.tolerations:
+        item = {"operator": toleration.operator}
+        if toleration.key:
+            item["key"] = toleration.key
+        if toleration.value:
+            item["value"] = toleration.value
+        if toleration.effect:
+            item["effect"] = toleration.effect
+        if toleration.toleration_seconds is not None:
+            item["tolerationSeconds"] = toleration.toleration_seconds
+        out.append(item)
+    return out
+
+
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def _pod_security_context(config: RuntimeConfig) -> dict:
+    return {"runAsNonRoot": True, "runAsUser": config.run_as_user, "runAsGroup": config.run_as_user,
+            "fsGroup": config.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: dict, args: list[str],
+              resources: ResourceRequirements | None = None, node: str | None = None,
+              tolerations: list[dict] | None = None, volumes: list[dict] = (), mounts: list[dict] = ()) -> dict:
+    """A whole worker Pod: the parts every stage shares, plus the stage's own."""
+    spec = task.spec
+    container = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or config.image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": list(config.worker_command),
+        "args": args,
+        "env": _base_env(task, config),
+        "resources": _resources(resources) if resources is not None else {},
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "home", "mountPath": HOME_MOUNT},
+                         *mounts],
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(config),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}, *volumes],
+    }
+    if node is not None:
+        pod_spec["affinity"] = _node_affinity(node)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": ref.name} for ref in spec.image_pull_secrets]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": task.namespace,
+            "labels": labels,
+            "ownerReferences": [task.owner_reference()],
+        },
+        "spec": pod_spec,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def build_init_pod(task: FederatedTask, config: RuntimeConfig, attempt: int = 0) -> dict:
+    base = naming.store_base(task, config)
+    args = _common_flags(task, naming.STAGE_INIT, 0)
+    args += ["--output", naming.global_uri(base, 0)]
+    if task.spec.model.initial_uri:
+        args += ["--initial-uri", task.spec.model.initial_uri]
+    args += _model_data_flags(task)
+    return build_pod(task, config, name=naming.init_pod_name(task.name, attempt),
+                     labels=naming.pod_labels(task.name, naming.STAGE_INIT, 0), args=args,
+                     resources=task.spec.adjustment.resources)
+
+
+def shard_count(task: FederatedTask) -> int | None:
+    """The number of simulated devices: spec.devices.count, else what the planner resolved into status."""
+    return task.spec.devices.count if task.spec.devices.count is not None else task.status.shard_count
+
+
+def _data_volume(task: FederatedTask, node: str) -> dict:
+    data = task.spec.data
+    if data.source == "hostPath":
+        return {"name": "data", "hostPath": {"path": data.host_path, "type": "Directory"}}
+    return {"name": "data", "persistentVolumeClaim": {"claimName": data.claim_name.replace("{node}", node),
+                                                      "readOnly": True}}
+
+
+def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slot: DeviceSlot,
+                    attempt: int = 0) -> dict:
+    spec = task.spec
+    base = naming.store_base(task, config)
+    args = _common_flags(task, naming.STAGE_TRAIN, round_)
+    args += ["--global", naming.global_uri(base, round_ - 1),
+             "--output", naming.update_uri(base, round_, slot.device)]
+    volumes: list[dict] = []
+    mounts: list[dict] = []
+    if spec.data.source == "builtin":
+        index = naming.shard_index(slot.device)
+        count = shard_count(task)
+        if index is None or count is None:
+            raise ValueError(f"{task.key}: builtin data needs shard devices (d000...) and a device count, "
+                             f"got device {slot.device!r} and count {count!r}")
+        partition = spec.data.partition
+        args += ["--data-source", "builtin",
+                 "--partition", partition.scheme, "--alpha", _number(partition.alpha),
+                 "--classes-per-device", str(partition.classes_per_device),
+                 "--partition-seed", str(partition.seed),
+                 "--device-index", str(index), "--device-count", str(count),
+                 "--shared-fraction", _number(spec.data.shared.fraction)]
+    else:
+        volumes.append(_data_volume(task, slot.node))
+        mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
+        args += ["--data-source", "dir", "--data-dir", DATA_MOUNT]
+    training = spec.training
+    args += ["--local-epochs", str(training.local_epochs), "--batch-size", str(training.batch_size),
+             "--learning-rate", _number(training.learning_rate), "--optimizer", training.optimizer,
+             "--momentum", _number(training.momentum), "--weight-decay", _number(training.weight_decay),
+             "--proximal-mu", _number(training.proximal_mu)]
+    args += _model_data_flags(task)
+    return build_pod(task, config, name=naming.train_pod_name(task.name, round_, slot.device, attempt),
+                     labels=naming.pod_labels(task.name, naming.STAGE_TRAIN, round_, slot.device), args=args,
+                     resources=spec.devices.resources, node=slot.node, tolerations=_tolerations(task),
+                     volumes=volumes, mounts=mounts)
+
+
+def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int, update_uris: list[str],
+                        attempt: int = 0) -> dict:
+    aggregation = task.spec.aggregation
+    base = naming.store_base(task, config)
+    args = _common_flags(task, naming.STAGE_AGGREGATE, round_)
+    args += ["--output", naming.aggregate_uri(base, round_),
+             "--strategy", aggregation.strategy,
+             "--base", naming.global_uri(base, round_ - 1),
+             "--on-invalid", aggregation.on_invalid]
+    if aggregation.strategy in STATEFUL_STRATEGIES:
+        if round_ > 1:
+            args += ["--state-in", naming.server_state_uri(base, round_ - 1)]
+        args += ["--state-out", naming.server_state_uri(base, round_)]
+    args += ["--server-learning-rate", _number(aggregation.server_learning_rate),
+             "--server-momentum", _number(aggregation.server_momentum),
+             "--trim-fraction", _number(aggregation.trim_fraction),
+             "--byzantine", str(aggregation.byzantine)]
+    args += list(update_uris)
+    return build_pod(task, config, name=naming.aggregate_pod_name(task.name, round_, attempt),
+                     labels=naming.pod_labels(task.name, naming.STAGE_AGGREGATE, round_), args=args,
+                     resources=task.spec.adjustment.resources)
+
+
+def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, attempt: int = 0) -> dict:
+    spec = task.spec
+    adjustment = spec.adjustment
+    base = naming.store_base(task, config)
+    args = _common_flags(task, naming.STAGE_ADJUST, round_)
+    args += ["--input", naming.aggregate_uri(base, round_), "--output", naming.global_uri(base, round_)]
+    if not adjustment.enabled:
+        args.append("--no-adjust")
+    args += ["--epochs", str(adjustment.epochs), "--batch-size", str(adjustment.batch_size),
+             "--learning-rate", _number(adjustment.learning_rate),
+             "--shared-fraction", _number(spec.data.shared.fraction)]
+    if spec.data.shared.uri:
+        args += ["--shared-uri", spec.data.shared.uri]
+    args += _model_data_flags(task)
+    return build_pod(task, config, name=naming.adjust_pod_name(task.name, round_, attempt),
+                     labels=naming.pod_labels(task.name, naming.STAGE_ADJUST, round_), args=args,
+                     resources=adjustment.resources)
+
+
+def build_publish_pod(task: FederatedTask, config: RuntimeConfig, node: str, model_uri: str,
+                      attempt: int = 0) -> dict:
+    """Copies the final model to `publish.hostPath` on one device node."""
+    round_ = task.status.round or 0
+    args = _common_flags(task, naming.STAGE_PUBLISH, round_)
+    args += ["--input", model_uri,
+             "--output", naming.published_model_path(MODELS_MOUNT, task.namespace, task.name)]
+    volumes = [{"name": "models", "hostPath": {"path": task.spec.publish.host_path, "type": "DirectoryOrCreate"}}]
+    mounts = [{"name": "models", "mountPath": MODELS_MOUNT}]
+    return build_pod(task, config, name=naming.publish_pod_name(task.name, node, attempt),
+                     labels=naming.pod_labels(task.name, naming.STAGE_PUBLISH, device=node), args=args,
+                     node=node, tolerations=_tolerations(task), volumes=volumes, mounts=mounts)
