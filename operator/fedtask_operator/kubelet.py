@@ -16,6 +16,7 @@ The kubelet knows nothing about FederatedTasks or the local store; the API-emula
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -218,9 +219,11 @@ class ProcessKubelet:
             time.sleep(interval)
 
     def stop_all(self) -> None:
-        """Kill every running pod (Ctrl-C); their folders stay, so a later kubelet reruns them."""
+        """Kill every running pod (Ctrl-C) and mark it interrupted, so a later kubelet runs it again from the start
+        instead of reporting the kill as the container's failure."""
         for proc in self.pods.values():
             if proc.status.get("phase") in ("Pending", "Running"):
+                (proc.dir / "interrupted").touch()
                 self._kill(proc)
 
     def log(self, name_or_key: str, namespace: str = "default") -> str:
@@ -258,6 +261,8 @@ class ProcessKubelet:
         cwd = container.get("workingDir")
         cwd = rewrite_paths(cwd, rewrites) if cwd else str(proc.dir)
         full_env = {**self.base_env, **env}
+        if "OMP_NUM_THREADS" not in env:
+            full_env["OMP_NUM_THREADS"] = str(cpu_threads(container.get("resources") or {}))
         proc.result_path.touch()
         started_at = utc_now()
         if self.launcher is not None and self.launcher.handles(argv):
@@ -411,6 +416,8 @@ class ProcessKubelet:
         uid = proc.pod.get("metadata", {}).get("uid")
         if old is None or not uid or old.get("metadata", {}).get("uid") != uid:
             return False
+        if (proc.dir / "interrupted").exists():
+            return False
         failed = read_json(proc.dir / "failed.json")
         if failed is not None:
             proc.status = failed
@@ -490,6 +497,19 @@ class ProcessKubelet:
                 proc.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def cpu_threads(resources: dict) -> int:
+    """Threads for a container, from its CPU limit (or request), as a cgroup quota would allow: at least 1."""
+    value = (resources.get("limits") or {}).get("cpu") or (resources.get("requests") or {}).get("cpu")
+    if value is None:
+        return 1
+    text = str(value)
+    try:
+        cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return 1
+    return max(1, min(os.cpu_count() or 1, math.ceil(cores)))
 
 
 def running_status(container_name: str, started_at: str) -> dict:

@@ -1,0 +1,1 @@
+"""`fedtask run`: the operator's planner and scheduler on one machine, pods as processes, a folder as the store."""

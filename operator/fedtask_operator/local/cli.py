@@ -1,0 +1,156 @@
+"""`fedtask run MANIFEST... [--nodes NODES] [--workdir DIR]`: run FederatedTasks on this machine.
+
+Pods run as local processes (worker pods fork from a preloaded server), the object store is `DIR/store`, and
+`DIR/<task>/federatedtask.json` holds each task with its status as the operator would show it. Running the same
+command again resumes where the last run stopped (Ctrl-C, or even kill -9).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+import yaml
+
+from ..spec import SpecError, parse_task, spec_to_dict
+from .nodes import NodesFileError, builtin_nodes, describe_yaml_error, load_nodes
+
+DEFAULT_WORKDIR = "./fedtask-runs"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedtask run",
+        description="Run FederatedTasks on this machine: pods as local processes, a folder as the object store. "
+                    "Several manifests share one fleet. Run the same command again to resume.")
+    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="FederatedTask YAML/JSON files")
+    parser.add_argument("--nodes", metavar="NODES",
+                        help="nodes in `kubectl get nodes -o yaml|json` form (default: a built-in fleet of "
+                             "3 CPU nodes)")
+    parser.add_argument("--workdir", metavar="DIR", default=DEFAULT_WORKDIR,
+                        help=f"where tasks, pods, logs and the object store live (default {DEFAULT_WORKDIR})")
+    parser.add_argument("--secrets", metavar="FILE",
+                        help="Secret/ConfigMap objects (YAML) that pods' secretKeyRef/configMapKeyRef resolve from")
+    parser.add_argument("--no-fork-server", action="store_true",
+                        help="start every worker pod as a fresh process (slower; for debugging)")
+    return parser
+
+
+def load_manifests(paths: list[str]) -> list[dict]:
+    """Every FederatedTask in the files, validated as a cluster would; ManifestError names file and field."""
+    manifests: list[dict] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            with open(path) as handle:
+                documents = [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+        except OSError as err:
+            errors.append(f"{path}: cannot read: {err.strerror or err}")
+            continue
+        except yaml.YAMLError as err:
+            errors.append(f"{path}: invalid YAML: {describe_yaml_error(err)}")
+            continue
+        if not documents:
+            errors.append(f"{path}: no FederatedTask in the file")
+        for number, document in enumerate(documents):
+            where = f"{path} (document {number + 1})" if len(documents) > 1 else path
+            try:
+                task = parse_task(document)
+            except SpecError as err:
+                errors.extend(f"{where}: {error}" for error in err.errors)
+                continue
+            if task.name in seen:
+                errors.append(f"{where}: metadata.name: {task.name!r} is already defined in {seen[task.name]}")
+                continue
+            seen[task.name] = where
+            manifests.append({"manifest": document, "spec": spec_to_dict(task.spec), "name": task.name})
+    if errors:
+        raise ManifestError("\n".join(errors))
+    return manifests
+
+
+def load_secrets(path: str) -> tuple[dict, dict]:
+    secrets: dict[str, dict] = {}
+    config_maps: dict[str, dict] = {}
+    try:
+        with open(path) as handle:
+            documents = [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: invalid YAML: {describe_yaml_error(err)}") from None
+    import base64
+
+    for number, document in enumerate(documents):
+        items = document.get("items", [document]) if isinstance(document, dict) else [document]
+        for item in items:
+            if not isinstance(item, dict) or item.get("kind") not in ("Secret", "ConfigMap"):
+                raise ManifestError(f"{path}: document {number + 1}: kind: must be Secret or ConfigMap")
+            metadata = item.get("metadata") or {}
+            name = metadata.get("name")
+            if not name:
+                raise ManifestError(f"{path}: document {number + 1}: metadata.name: required")
+            data = {k: str(v) for k, v in (item.get("stringData") or {}).items()}
+            for key, value in (item.get("data") or {}).items():
+                data[key] = base64.b64decode(value).decode() if item["kind"] == "Secret" else str(value)
+            target = secrets if item["kind"] == "Secret" else config_maps
+            target[f"{metadata.get('namespace') or 'default'}/{name}"] = data
+    return secrets, config_maps
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        manifests = load_manifests(args.manifests)
+        nodes = load_nodes(args.nodes) if args.nodes else builtin_nodes()
+        secrets, config_maps = load_secrets(args.secrets) if args.secrets else ({}, {})
+    except (ManifestError, NodesFileError) as err:
+        print(f"fedtask run: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    # Imported here: validating a manifest needs neither torch nor the runtime.
+    from ..forkserver import ForkServer
+    from ..kubelet import ProcessKubelet
+    from .config import local_runtime_config
+    from .progress import Progress, summary_table
+    from .runtime import LocalRuntime
+    from .store import LocalStore
+
+    workdir = Path(args.workdir).resolve()
+    store = LocalStore(workdir)
+    for item in manifests:
+        store.apply_task(item["manifest"], item["spec"])
+    fork_server = None if args.no_fork_server else ForkServer()
+    if fork_server is not None:  # pay the imports while the first plans are made
+        threading.Thread(target=fork_server.start, daemon=True).start()
+    kubelet = ProcessKubelet(workdir / "pods", secrets=secrets, config_maps=config_maps, launcher=fork_server,
+                             claims_root=workdir / "claims")
+    progress = Progress()
+    runtime = LocalRuntime(store, kubelet, nodes, local_runtime_config(workdir),
+                           [item["name"] for item in manifests], progress)
+    progress.message(f"fedtask run: {len(manifests)} task(s) on {len(nodes)} node(s), workdir {workdir}")
+    try:
+        succeeded = runtime.run()
+    except KeyboardInterrupt:
+        runtime.stop()
+        progress.update(runtime.tasks(), force=True)
+        progress.message("interrupted: pods stopped; run the same command again to resume")
+        return EXIT_INTERRUPTED
+    finally:
+        if fork_server is not None:
+            fork_server.stop()
+    progress.update(runtime.tasks(), force=True)
+    stuck = runtime.stuck_reasons()
+    for name, reason in stuck.items():
+        progress.message(f"{name}: cannot progress on this fleet: {reason}")
+    models = {name: str(store.task_dir(name) / "model.safetensors") for name in runtime.runs
+              if (store.task_dir(name) / "model.safetensors").exists()}
+    progress.message("\n" + summary_table(runtime.tasks(), {n: r.elapsed for n, r in runtime.runs.items()}, models))
+    return EXIT_OK if succeeded else EXIT_FAILED

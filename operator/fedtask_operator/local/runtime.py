@@ -1,0 +1,216 @@
+"""The local runtime's control loop: the operator's planner and scheduler, with pods as local processes.
+
+observe (pod records, kubelet status changes) -> plan every task -> for the tasks that need devices, select devices
+jointly over the one fleet and plan them again with their assignment -> apply (status, pods, events) -> wait for a pod
+to change or a requeue to come due. A run is a fixpoint search: it ends when every task has finished, or when nothing
+runs and no plan changes anything any more (a task stuck, e.g. unschedulable on this fleet).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..kubelet import ProcessKubelet
+from ..planner import Observed, Plan, plan_task
+from ..scheduling.select import select_devices
+from .progress import Progress, plot_accuracy
+from .store import LocalStore, now_utc
+
+FINISHED_PHASES = ("Succeeded", "Failed")
+POLL_SECONDS = 0.005
+IDLE_SECONDS = 0.05
+# With nothing running and no plan changing anything, wait this long for a requeue before calling the run stuck.
+STUCK_AFTER_SECONDS = 2.0
+MAX_RECONCILE_STREAK = 50
+
+
+@dataclass
+class TaskRun:
+    name: str
+    key: str  # namespace/name, the scheduler's task key
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    requeue_at: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+
+class LocalRuntime:
+    def __init__(self, store: LocalStore, kubelet: ProcessKubelet, nodes: list[dict], config, tasks: list[str],
+                 progress: Progress | None = None):
+        self.store = store
+        self.kubelet = kubelet
+        self.nodes = nodes
+        self.config = config
+        self.runs = {name: TaskRun(name, self._key(name)) for name in tasks}
+        self.progress = progress or Progress()
+        self.pod_task: dict[str, str] = {}  # namespace/pod -> task name
+
+    def _key(self, name: str) -> str:
+        metadata = self.store.task(name)["metadata"]
+        return f"{metadata.get('namespace') or 'default'}/{name}"
+
+    # ------------------------------------------------------------------------------------------------------ the loop
+    def resume_pods(self) -> None:
+        """Adopt the pods an earlier run left running (or run them again), and learn how the finished ones ended."""
+        for name in self.runs:
+            for pod in self.store.task_pods(name):
+                self.pod_task[self._pod_key(pod)] = name
+                if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+                    continue
+                status = self.kubelet.run_pod(pod)
+                self.store.set_pod_status(name, pod["metadata"]["name"], status)
+
+    def run(self) -> bool:
+        """Run until every task has finished or the run is stuck. Returns True when every task succeeded."""
+        self.resume_pods()
+        idle_since: float | None = None
+        changed = True
+        streak = 0  # reconciles in a row that acted
+        while True:
+            for pod, status in self.kubelet.poll():
+                task = self.pod_task.get(self._pod_key(pod))
+                if task is not None and self.store.set_pod_status(task, pod["metadata"]["name"], status):
+                    changed = True
+            now = time.monotonic()
+            if any(run.requeue_at is not None and run.requeue_at <= now for run in self.runs.values()):
+                changed = True
+            if changed:
+                acted = self.reconcile()
+                changed = False
+                self.progress.update(self.tasks())
+                if acted:
+                    idle_since = None
+                    changed = True  # a reconcile that acted is followed by another, until a fixpoint
+                    streak += 1
+                    if streak >= MAX_RECONCILE_STREAK:  # a planner that never settles must not spin a core
+                        time.sleep(IDLE_SECONDS)
+                        streak = 0
+                    continue
+                streak = 0
+            if all(self._finished(name) for name in self.runs) and not self.kubelet.running():
+                return all(self._phase(name) == "Succeeded" for name in self.runs)
+            if self.kubelet.running():
+                idle_since = None
+                self.progress.update(self.tasks())
+                time.sleep(POLL_SECONDS)
+                continue
+            idle_since = idle_since or now
+            if now - idle_since > STUCK_AFTER_SECONDS and not self._requeue_soon(now):
+                return False
+            time.sleep(IDLE_SECONDS)
+
+    def reconcile(self) -> bool:
+        """Plan every unfinished task (jointly for devices) and apply the plans; returns whether anything changed."""
+        now = now_utc()
+        observed = {}
+        plans: dict[str, Plan] = {}
+        for name, run in self.runs.items():
+            if self._finished(name):
+                continue
+            observed[name] = Observed(pods=self.store.task_pods(name), now=now, nodes=self.nodes)
+            plans[name] = plan_task(self.store.task(name), observed[name], self.config, None)
+        needing = [name for name, plan in plans.items() if plan.needs_devices and plan.device_request is not None]
+        if needing:
+            requests = [plans[name].device_request for name in needing]
+            live_pods = [pod for pod in self.store.all_pods()
+                         if (pod.get("status") or {}).get("phase") not in FINISHED_PHASES]
+            assignment = select_devices(requests, self.nodes, live_pods, now.timestamp())
+            for name in needing:
+                task_assignment = assignment.tasks.get(plans[name].device_request.task)
+                plans[name] = plan_task(self.store.task(name), observed[name], self.config, task_assignment)
+        acted = False
+        for name, plan in plans.items():
+            acted |= self.apply(name, plan)
+        return acted
+
+    def apply(self, name: str, plan: Plan) -> bool:
+        run = self.runs[name]
+        acted = False
+        if plan.status and self.store.write_status(name, plan.status):
+            acted = True
+        for event in plan.events:
+            self.store.append_event(name, {"time": now_utc().isoformat(), "type": event.type,
+                                           "reason": event.reason, "message": event.message})
+            if event.type == "Warning":
+                self.progress.message(f"{name}: {event.reason}: {event.message}")
+        for manifest in plan.create:
+            pod, created = self.store.create_pod(name, manifest)
+            if created:
+                acted = True
+                self.pod_task[self._pod_key(pod)] = name
+                status = self.kubelet.run_pod(pod)
+                self.store.set_pod_status(name, pod["metadata"]["name"], status)
+        for pod_name in plan.delete:
+            namespace = self.store.task(name)["metadata"].get("namespace") or "default"
+            self.kubelet.delete_pod(pod_name, namespace)
+            if self.store.delete_pod(name, pod_name):
+                acted = True
+        run.requeue_at = time.monotonic() + plan.requeue_after if plan.requeue_after is not None else None
+        if self._finished(name) and run.finished is None:
+            run.finished = time.monotonic()
+            self.finish_task(name)
+        return acted
+
+    def finish_task(self, name: str) -> None:
+        """Copy the final model next to the task record and draw its accuracy plot."""
+        status = self.store.task(name).get("status") or {}
+        task_dir = self.store.task_dir(name)
+        model_uri = (status.get("model") or {}).get("uri") or ""
+        source = local_path(model_uri)
+        if source is not None and source.exists():
+            shutil.copyfile(source, task_dir / "model.safetensors")
+        plot_accuracy(name, status.get("history") or [], task_dir / "accuracy.png")
+
+    def stop(self) -> None:
+        """Ctrl-C: kill the running pods; their records stay, so the next run starts them again."""
+        self.kubelet.stop_all()
+
+    # ------------------------------------------------------------------------------------------------------ helpers
+    def tasks(self) -> dict[str, dict]:
+        return {name: self.store.task(name) for name in self.runs}
+
+    def _phase(self, name: str) -> str | None:
+        return (self.store.task(name).get("status") or {}).get("phase")
+
+    def _finished(self, name: str) -> bool:
+        return self._phase(name) in FINISHED_PHASES
+
+    def _requeue_soon(self, now: float) -> bool:
+        return any(run.requeue_at is not None and run.requeue_at - now < 30 and not self._finished(run.name)
+                   for run in self.runs.values())
+
+    @staticmethod
+    def _pod_key(pod: dict) -> str:
+        metadata = pod["metadata"]
+        return f"{metadata.get('namespace') or 'default'}/{metadata['name']}"
+
+    def stuck_reasons(self) -> dict[str, str]:
+        """For each unfinished task, the conditions that say why it does not progress."""
+        reasons = {}
+        for name in self.runs:
+            if self._finished(name):
+                continue
+            status = self.store.task(name).get("status") or {}
+            messages = [f"{c.get('type')}: {c.get('message') or c.get('reason')}"
+                        for c in status.get("conditions") or []
+                        if c.get("status") == "True" and c.get("type") in ("Unschedulable", "Stalled", "Suspended")]
+            reasons[name] = "; ".join(messages) or status.get("message") or "no progress"
+        return reasons
+
+
+def local_path(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if uri.startswith("/"):
+        return Path(uri)
+    return None
+
+
+def dump(obj: dict) -> str:
+    return json.dumps(obj, indent=1)
