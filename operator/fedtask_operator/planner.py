@@ -1,0 +1,902 @@
+"""The round planner: from one FederatedTask and its observed pods, the next actions (pure).
+
+`plan_task` is the whole control loop of one task as one pure function, shared by the Kubernetes operator and the
+local runtime. All state lives in `task["status"]` and in the pods that exist; the same input gives the same plan.
+
+How a runtime applies a plan (the order matters for crash safety):
+1. if `plan.needs_devices`: run the scheduler with `plan.device_request` (and the other tasks' requests), call
+   `plan_task` again with this task's `TaskAssignment`, and apply only that second plan;
+2. patch `plan.status` when it differs from the current status; stop here if the patch fails;
+3. create `plan.create` (AlreadyExists is success), delete `plan.delete` (NotFound is success), post `plan.events`;
+4. reconcile again when a pod of the task changes, or after `plan.requeue_after` seconds.
+
+A pod is deleted only when the status given to the planner already holds its result (or it has none: it is still
+running and no longer wanted), so a crash between any two steps loses nothing: missing pods are recreated under the
+same deterministic name, finished pods are recorded, pods of older rounds are cleaned up.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from fedtask_operator import conditions, naming, pods
+from fedtask_operator.scheduling.estimates import update_train_estimate
+from fedtask_operator.scheduling.matching import matches_selector
+from fedtask_operator.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
+from fedtask_operator.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task, status_from_dict
+
+# Phases and stages (status.phase, status.stage).
+PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
+INITIALIZING, SCHEDULING, TRAINING = "Initializing", "Scheduling", "Training"
+AGGREGATING, ADJUSTING, PUBLISHING = "Aggregating", "Adjusting", "Publishing"
+
+# States of one pod record (status.devices[].state, status.current.state, status.published[].state).
+POD_PENDING, POD_RUNNING, POD_SUCCEEDED, POD_FAILED, POD_EXCLUDED = (
+    "Pending", "Running", "Succeeded", "Failed", "Excluded")
+_UNFINISHED = (POD_PENDING, POD_RUNNING)
+
+EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
+UNSCHEDULABLE_RETRY_SECONDS = 10.0
+TERMINATING_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    pods: list[dict]  # this task's pods, as Kubernetes objects with status
+    now: datetime  # timezone-aware
+    nodes: list[dict] | None = None  # candidate nodes, only needed to publish to every device node
+
+
+@dataclass
+class Plan:
+    create: list[dict] = field(default_factory=list)  # pod manifests
+    delete: list[str] = field(default_factory=list)  # pod names
+    status: dict = field(default_factory=dict)  # the complete new status
+    events: list[Event] = field(default_factory=list)
+    needs_devices: bool = False
+    requeue_after: float | None = None
+    device_request: DeviceRequest | None = None  # what to ask the scheduler for when needs_devices
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Observing pods
+
+
+@dataclass(frozen=True)
+class PodOutcome:
+    """What one observed pod says: still going, finished with a result, or failed (and why)."""
+
+    state: str  # "Missing" | "Terminating" | POD_PENDING | POD_RUNNING | POD_SUCCEEDED | POD_FAILED
+    result: dict | None = None
+    reason: str = ""
+    retryable: bool = True
+
+
+def observe_pod(pod: dict | None) -> PodOutcome:
+    if pod is None:
+        return PodOutcome("Missing")
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return PodOutcome("Terminating")
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    terminated = _terminated_state(status)
+    if phase == "Succeeded":
+        result = _parse_result(terminated.get("message"))
+        if result is None:
+            return PodOutcome(POD_FAILED, reason="the pod succeeded but wrote no JSON result to its termination message")
+        return PodOutcome(POD_SUCCEEDED, result=result)
+    if phase == "Failed":
+        exit_code = terminated.get("exitCode")
+        return PodOutcome(POD_FAILED, reason=_failure_reason(status, terminated),
+                          retryable=exit_code != EXIT_BAD_INPUT)
+    if phase == "Running":
+        return PodOutcome(POD_RUNNING)
+    return PodOutcome(POD_PENDING)
+
+
+def _terminated_state(pod_status: dict) -> dict:
+    container_statuses = pod_status.get("containerStatuses") or []
+    if not container_statuses:
+        return {}
+    return (container_statuses[0].get("state") or {}).get("terminated") or {}
+
+
+def _parse_result(message: str | None) -> dict | None:
+    try:
+        result = json.loads(message or "")
+    except ValueError:
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _failure_reason(pod_status: dict, terminated: dict) -> str:
+    parts = []
+    if "exitCode" in terminated:
+        parts.append(f"exit code {terminated['exitCode']}")
+    reason = terminated.get("reason") or pod_status.get("reason")
+    if reason:
+        parts.append(str(reason))
+    message = terminated.get("message") or pod_status.get("message") or ""
+    parsed = _parse_result(message)
+    if parsed is not None and parsed.get("error"):
+        message = str(parsed["error"])
+    message = message.strip().splitlines()[-1] if message.strip() else ""
+    if message:
+        parts.append(message[:300])
+    return ": ".join(parts) if parts else "the pod failed"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Time
+
+
+def timestamp(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds: stage durations of local runs are often below a second."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _seconds_between(start: str | None, end: datetime) -> float:
+    if not start:
+        return 0.0
+    return round(max(0.0, (end - conditions.parse_time(start)).total_seconds()), 3)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One planning pass
+
+
+class _Planning:
+    """The new status and the actions of one pass, built up by the stage functions below."""
+
+    def __init__(self, task: FederatedTask, observed: Observed, config, assignment: TaskAssignment | None):
+        self.task = task
+        self.spec = task.spec
+        self.config = config
+        self.now = observed.now
+        self.nodes = observed.nodes
+        self.assignment = assignment
+        self.input_status = copy.deepcopy(task.raw.get("status") or {})
+        self.status = copy.deepcopy(self.input_status)
+        self.pods = {pod["metadata"]["name"]: pod for pod in observed.pods}
+        self.create: list[dict] = []
+        self.events: list[Event] = []
+        self.needs_devices = False
+        self.device_request: DeviceRequest | None = None
+        self.requeue: list[float] = []
+        self.keep: set[str] = set()  # pods the current stage still owns
+
+    @property
+    def round(self) -> int:
+        return int(self.status.get("round") or 0)
+
+    def build_task(self) -> FederatedTask:
+        """The task as the pod builders must see it: with this pass's round and shard count."""
+        status = self.task.status
+        round_, shards = self.status.get("round"), self.status.get("shardCount")
+        if status.round == round_ and status.shard_count == shards:
+            return self.task
+        return dataclasses.replace(self.task, status=dataclasses.replace(status, round=round_, shard_count=shards))
+
+    @property
+    def stamp(self) -> str:
+        return timestamp(self.now)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str) -> None:
+        self.status["conditions"] = conditions.set_condition(
+            self.status.get("conditions"), type_, status, reason, message, self.now, self.task.generation)
+
+    def progressing(self, reason: str, message: str) -> None:
+        self.condition(conditions.PROGRESSING, True, reason, message)
+        self.status["message"] = message
+
+    def plan(self) -> Plan:
+        requeue = min(self.requeue) if self.requeue else None
+        return Plan(create=self.create, delete=self._deletions(), status=self.status, events=self.events,
+                    needs_devices=self.needs_devices, requeue_after=requeue, device_request=self.device_request)
+
+    def _deletions(self) -> list[str]:
+        unrecorded = pods_awaiting_results(self.input_status)
+        failed_task = self.status.get("phase") == FAILED
+        delete = []
+        for name, pod in sorted(self.pods.items()):
+            state = observe_pod(pod).state
+            if state == "Terminating" or name in self.keep:
+                continue
+            finished = state in (POD_SUCCEEDED, POD_FAILED)
+            if finished and (name in unrecorded or failed_task):
+                continue  # its result goes into status first; a failed task keeps its pods for inspection
+            delete.append(name)
+        return delete
+
+
+def pods_awaiting_results(status: dict) -> set[str]:
+    """Pods whose results the status does not hold yet: they must not be deleted."""
+    return {record["pod"] for record in _pod_records(status)
+            if record.get("state") in _UNFINISHED and record.get("pod")}
+
+
+def _pod_records(status: dict) -> list[dict]:
+    """Every pod record of the status: this round's devices, the server-side stage pod, the publish pods."""
+    current = [status["current"]] if status.get("current") else []
+    return (status.get("devices") or []) + current + (status.get("published") or [])
+
+
+@dataclass(frozen=True)
+class _Progress:
+    state: str  # POD_PENDING | POD_RUNNING | POD_SUCCEEDED | POD_FAILED (after the retries)
+    result: dict | None = None
+    reason: str = ""
+
+
+def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
+    """Move one pod record on: create its pod when missing, retry a failed pod, report a result.
+
+    `record` holds `pod` (the current attempt's name) and `attempts` (failed attempts so far); `build(attempt)`
+    returns the pod manifest of an attempt. The caller stores the result or the failure in the status.
+    """
+    ctx.keep.add(record["pod"])
+    outcome = observe_pod(ctx.pods.get(record["pod"]))
+    if outcome.state == "Missing":
+        ctx.create.append(build(int(record.get("attempts") or 0)))
+        return _Progress(POD_PENDING)
+    if outcome.state == "Terminating":  # a pod of the same name is going away; create it again once it is gone
+        ctx.requeue.append(TERMINATING_RETRY_SECONDS)
+        return _Progress(POD_PENDING)
+    if outcome.state in (POD_PENDING, POD_RUNNING, POD_SUCCEEDED):
+        return _Progress(outcome.state, outcome.result)
+    attempts = int(record.get("attempts") or 0)
+    limit = ctx.spec.backoff_limit
+    if not outcome.retryable or attempts >= limit:
+        why = "bad input, not retried" if not outcome.retryable else f"backoffLimit {limit} reached"
+        return _Progress(POD_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}")
+    manifest = build(attempts + 1)
+    ctx.event(conditions.REASON_POD_FAILED,
+              f"{what}: pod {record['pod']} failed ({outcome.reason}); retrying as {manifest['metadata']['name']} "
+              f"(retry {attempts + 1} of {limit})", warning=True)
+    record["attempts"] = attempts + 1
+    record["pod"] = manifest["metadata"]["name"]
+    ctx.keep.add(record["pod"])
+    ctx.create.append(manifest)
+    return _Progress(POD_PENDING)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def plan_task(task: dict, observed: Observed, config, assignment: TaskAssignment | None = None) -> Plan:
+    """The next actions for one FederatedTask: pods to create and delete, its new status, events."""
+    try:
+        parsed = parse_task(task)
+    except SpecError as error:
+        return _plan_invalid_spec(task, observed, error)
+    ctx = _Planning(parsed, observed, config, assignment)
+    _plan(ctx)
+    return ctx.plan()
+
+
+def _plan(ctx: _Planning) -> None:
+    status = ctx.status
+    status["observedGeneration"] = ctx.task.generation
+    if _is_failed_invalid_spec(status):
+        status.clear()  # the spec was fixed before the task ever ran: start afresh
+        status["observedGeneration"] = ctx.task.generation
+    if status.get("phase") in (SUCCEEDED, FAILED):
+        return  # finished: only the clean-up of recorded pods remains
+    if not status.get("phase"):
+        _start_task(ctx)
+    if _deadline_passed(ctx):
+        return
+    if ctx.spec.suspend:
+        _suspend(ctx)
+        return
+    if status.get("phase") == SUSPENDED:
+        _resume(ctx)
+    _run_stages(ctx)
+
+
+def _run_stages(ctx: _Planning) -> None:
+    """Run the current stage's planner; one that finishes its stage moves on, and the next stage plans at once."""
+    for _ in range(len(_STAGE_PLANNERS) + 2):
+        if ctx.status.get("phase") in (SUCCEEDED, FAILED):
+            return
+        if not _STAGE_PLANNERS[ctx.status["stage"]](ctx):
+            return
+
+
+def _start_task(ctx: _Planning) -> None:
+    ctx.status.update(phase=PENDING, round=0, stage=INITIALIZING, startTime=conditions.format_time(ctx.now))
+    if ctx.spec.data.source == "builtin":
+        ctx.status["shardCount"] = _resolve_shard_count(ctx)
+    ctx.condition(conditions.READY, False, conditions.REASON_INITIALIZING, "creating the initial global model")
+    ctx.progressing(conditions.REASON_INITIALIZING, "creating the initial global model")
+    ctx.event("Started", f"task started: up to {ctx.spec.rounds.max} rounds, {ctx.spec.devices.per_round} devices "
+                         "per round")
+
+
+def _resolve_shard_count(ctx: _Planning) -> int:
+    """Simulated devices of builtin data: devices.count, else the matching nodes when the task starts (else
+    perRound when the runtime passed no nodes)."""
+    if ctx.spec.devices.count is not None:
+        return ctx.spec.devices.count
+    if ctx.nodes:
+        selector = encode(ctx.spec.devices.selector)
+        matching = sum(1 for node in ctx.nodes if matches_selector(node["metadata"].get("labels") or {}, selector))
+        return max(matching, ctx.spec.devices.per_round)
+    return ctx.spec.devices.per_round
+
+
+def _is_failed_invalid_spec(status: dict) -> bool:
+    failed = conditions.get_condition(status.get("conditions"), conditions.FAILED) or {}
+    return (status.get("phase") == FAILED and failed.get("reason") == conditions.REASON_INVALID_SPEC
+            and not status.get("startTime"))
+
+
+def _plan_invalid_spec(task: dict, observed: Observed, error: SpecError) -> Plan:
+    """A task whose spec a cluster would reject: Failed with every field path; its running pods are stopped."""
+    status = copy.deepcopy(task.get("status") or {}) if isinstance(task, dict) else {}
+    message = "; ".join(str(e) for e in error.errors)
+    metadata = task.get("metadata") if isinstance(task, dict) else None
+    generation = (metadata or {}).get("generation")
+    previous = conditions.get_condition(status.get("conditions"), conditions.FAILED) or {}
+    events = []
+    if previous.get("reason") != conditions.REASON_INVALID_SPEC or previous.get("message") != message:
+        events.append(Event("Warning", conditions.REASON_INVALID_SPEC, message))
+    status["phase"] = FAILED
+    status["message"] = f"invalid spec: {message}"
+    status.setdefault("completionTime", conditions.format_time(observed.now))
+    if generation is not None:
+        status["observedGeneration"] = int(generation)
+    for type_, value in ((conditions.FAILED, True), (conditions.READY, False), (conditions.PROGRESSING, False)):
+        status["conditions"] = conditions.set_condition(status.get("conditions"), type_, value,
+                                                        conditions.REASON_INVALID_SPEC, message, observed.now,
+                                                        generation)
+    running = sorted(pod["metadata"]["name"] for pod in observed.pods
+                     if observe_pod(pod).state in (POD_PENDING, POD_RUNNING))
+    return Plan(delete=running, status=status, events=events)
+
+
+def _deadline_passed(ctx: _Planning) -> bool:
+    deadline = ctx.spec.active_deadline_seconds
+    if not deadline or not ctx.status.get("startTime"):
+        return False
+    elapsed = _seconds_between(ctx.status["startTime"], ctx.now)
+    if elapsed < deadline:
+        ctx.requeue.append(round(deadline - elapsed, 3))
+        return False
+    _fail(ctx, conditions.REASON_DEADLINE_EXCEEDED,
+          f"the task ran {elapsed:.0f}s, beyond spec.activeDeadlineSeconds={deadline} (stopped in round {ctx.round}, "
+          f"stage {ctx.status.get('stage')}); raise activeDeadlineSeconds or lower rounds.max to finish in time")
+    return True
+
+
+def _fail(ctx: _Planning, reason: str, message: str) -> None:
+    ctx.create.clear()
+    ctx.keep.clear()
+    ctx.needs_devices = False
+    ctx.device_request = None
+    ctx.status.update(phase=FAILED, completionTime=conditions.format_time(ctx.now), message=message)
+    ctx.condition(conditions.FAILED, True, reason, message)
+    ctx.condition(conditions.READY, False, reason, message)
+    ctx.condition(conditions.PROGRESSING, False, reason, message)
+    ctx.event("TaskFailed", f"{reason}: {message}", warning=True)
+
+
+def _succeed(ctx: _Planning, reason: str, message: str) -> None:
+    ctx.status.update(phase=SUCCEEDED, completionTime=conditions.format_time(ctx.now), message=message)
+    ctx.condition(conditions.SUCCEEDED, True, reason, message)
+    ctx.condition(conditions.READY, True, conditions.REASON_COMPLETED, message)
+    ctx.condition(conditions.PROGRESSING, False, reason, message)
+    ctx.event("TaskSucceeded", message)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Suspend and resume
+
+
+def _suspend(ctx: _Planning) -> None:
+    """No new pods; running ones are deleted; results that already arrived are kept."""
+    _record_finished_pods(ctx)
+    ctx.keep.clear()
+    if ctx.status.get("phase") != SUSPENDED:
+        ctx.status["phase"] = SUSPENDED
+        message = f"suspended in round {ctx.round}, stage {ctx.status.get('stage')}; set spec.suspend: false to resume"
+        ctx.condition(conditions.SUSPENDED, True, conditions.REASON_SUSPENDED, message)
+        ctx.condition(conditions.PROGRESSING, False, conditions.REASON_SUSPENDED, message)
+        ctx.status["message"] = message
+        ctx.event("Suspended", message)
+    for record in _pod_records(ctx.status):
+        if record.get("state") == POD_RUNNING:
+            record["state"] = POD_PENDING  # its pod is deleted; resume creates it again
+
+
+def _record_finished_pods(ctx: _Planning) -> None:
+    """Store the results of pods that succeeded, without launching anything."""
+    for record in _pod_records(ctx.status):
+        if record.get("state") in _UNFINISHED:
+            outcome = observe_pod(ctx.pods.get(record.get("pod", "")))
+            if outcome.state == POD_SUCCEEDED:
+                _store_success(ctx, record, outcome.result)
+
+
+def _resume(ctx: _Planning) -> None:
+    message = f"resumed in round {ctx.round}, stage {ctx.status.get('stage')}"
+    ctx.status["phase"] = RUNNING if ctx.status.get("stage") != INITIALIZING else PENDING
+    ctx.condition(conditions.SUSPENDED, False, conditions.REASON_RESUMED, message)
+    ctx.progressing(conditions.REASON_RESUMED, message)
+    ctx.event("Resumed", message)
+
+
+def _resumed_at(status: dict) -> str | None:
+    suspended = conditions.get_condition(status.get("conditions"), conditions.SUSPENDED)
+    if suspended and suspended.get("status") == conditions.FALSE:
+        return suspended.get("lastTransitionTime")
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stages. Each planner returns True when it finished its stage and moved the task to the next one.
+
+
+def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> dict:
+    """The record of the server-side pod for `stage` (init, aggregate, adjust), created on first use."""
+    record = ctx.status.get("current")
+    if not record or record.get("stage") != stage:
+        record = {"stage": stage, "pod": build(0)["metadata"]["name"], "state": POD_PENDING, "attempts": 0,
+                  "startTime": ctx.stamp}
+        ctx.status["current"] = record
+    return record
+
+
+def _advance_record(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
+    """Advance one pod record and store what happened in it (state, reason, result, times)."""
+    if record.get("state") not in _UNFINISHED:
+        ctx.keep.add(record["pod"])  # a finished pod of the running stage stays until the stage ends
+        return _Progress(record["state"], record.get("result"), record.get("reason", ""))
+    attempts_before = int(record.get("attempts") or 0)
+    progress = _advance_pod(ctx, record, build, what)
+    if int(record.get("attempts") or 0) != attempts_before:
+        record["startTime"] = ctx.stamp
+    if progress.state == POD_SUCCEEDED:
+        _store_success(ctx, record, progress.result)
+    elif progress.state == POD_FAILED:
+        record.update(state=POD_FAILED, reason=progress.reason, finishTime=ctx.stamp)
+    else:
+        record["state"] = progress.state
+    return progress
+
+
+def _advance_stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> _Progress:
+    record = _stage_pod(ctx, stage, build)
+    return _advance_record(ctx, record, build, f"round {ctx.round} {stage}" if ctx.round else stage)
+
+
+def _plan_initializing(ctx: _Planning) -> bool:
+    progress = _advance_stage_pod(ctx, naming.STAGE_INIT,
+                                  lambda attempt: pods.build_init_pod(ctx.build_task(), ctx.config, attempt=attempt))
+    if progress.state == POD_RUNNING and ctx.status.get("phase") == PENDING:
+        ctx.status["phase"] = RUNNING
+    if progress.state == POD_FAILED:
+        _fail(ctx, conditions.REASON_STAGE_FAILED,
+              f"the initial model could not be created: {progress.reason}; check spec.model "
+              "(name, args, initialUri) and the store settings, then recreate the task")
+        return False
+    if progress.state != POD_SUCCEEDED:
+        return False
+    ctx.status["phase"] = RUNNING
+    ctx.condition(conditions.READY, True, conditions.REASON_ROUND_RUNNING, "the initial global model is ready")
+    _start_round(ctx, 1)
+    return True
+
+
+def _start_round(ctx: _Planning, round_: int) -> None:
+    ctx.status.update(round=round_, stage=SCHEDULING, devices=[], waitingSince=ctx.stamp)
+    ctx.status.pop("current", None)
+    ctx.status.pop("roundStartTime", None)
+    ctx.status.pop("currentRound", None)
+    ctx.progressing(conditions.REASON_SCHEDULING, f"round {round_}: selecting devices")
+
+
+def _plan_scheduling(ctx: _Planning) -> bool:
+    per_round, quorum = ctx.spec.devices.per_round, ctx.spec.devices.quorum
+    if ctx.assignment is None:
+        _ask_for_devices(ctx, per_round)
+        return False
+    slots = _new_slots(ctx, ctx.assignment, per_round)
+    if ctx.assignment.waiting_reason or len(slots) < quorum:
+        reason = conditions.REASON_WAITING_FOR_DEVICES
+        message = ctx.assignment.waiting_reason
+        if not message:
+            reason = conditions.REASON_INSUFFICIENT_DEVICES
+            message = (f"only {len(slots)} devices qualify, {quorum} needed (spec.devices.minReturned/perRound); "
+                       "add device nodes matching spec.devices.selector or lower spec.devices.perRound")
+        _mark_unschedulable(ctx, reason, f"round {ctx.round}: {message}")
+        ctx.requeue.append(UNSCHEDULABLE_RETRY_SECONDS)
+        return False
+    ctx.condition(conditions.UNSCHEDULABLE, False, conditions.REASON_SCHEDULABLE,
+                  f"round {ctx.round}: {len(slots)} devices selected")
+    ctx.status.pop("waitingSince", None)
+    ctx.status.update(stage=TRAINING, roundStartTime=ctx.stamp,
+                      devices=[_device_record(ctx, slot) for slot in slots])
+    ctx.status["currentRound"] = {"round": ctx.round, "startTime": ctx.stamp}
+    names = ", ".join(slot.device for slot in slots)
+    ctx.progressing(conditions.REASON_TRAINING, f"round {ctx.round}: training on {len(slots)} devices")
+    ctx.event("RoundStarted", f"round {ctx.round} started with {len(slots)} devices: {names}")
+    return True
+
+
+def _mark_unschedulable(ctx: _Planning, reason: str, message: str) -> None:
+    previous = conditions.get_condition(ctx.status.get("conditions"), conditions.UNSCHEDULABLE) or {}
+    if previous.get("status") != conditions.TRUE or previous.get("message") != message:
+        ctx.event("DeviceUnschedulable", message, warning=True)
+    ctx.condition(conditions.UNSCHEDULABLE, True, reason, message)
+    ctx.status["message"] = message
+
+
+def _ask_for_devices(ctx: _Planning, count: int) -> None:
+    ctx.needs_devices = True
+    ctx.device_request = build_device_request(ctx.task, ctx.status, count)
+
+
+def _new_slots(ctx: _Planning, assignment: TaskAssignment, wanted: int) -> list[DeviceSlot]:
+    """The assignment's devices that are not in this round yet, at most `wanted`, each device once."""
+    seen = {record["device"] for record in ctx.status.get("devices") or []}
+    slots = []
+    for slot in assignment.devices:
+        if slot.device not in seen and len(slots) < wanted:
+            seen.add(slot.device)
+            slots.append(slot)
+    return slots
+
+
+def _device_record(ctx: _Planning, slot: DeviceSlot) -> dict:
+    manifest = _build_train_pod(ctx, slot.device, slot.node, 0)
+    return {"device": slot.device, "node": slot.node, "pod": manifest["metadata"]["name"], "state": POD_PENDING,
+            "attempts": 0, "startTime": ctx.stamp}
+
+
+def _build_train_pod(ctx: _Planning, device: str, node: str, attempt: int) -> dict:
+    return pods.build_train_pod(ctx.build_task(), ctx.config, ctx.round, DeviceSlot(device=device, node=node),
+                                attempt=attempt)
+
+
+def build_device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequest:
+    """What this task asks the scheduler for: `count` more devices for the current round."""
+    spec = task.spec
+    participation = dict(status.get("participation") or {})
+    for record in status.get("devices") or []:  # this round's devices: prefer others for replacements
+        participation[record["device"]] = participation.get(record["device"], 0) + 1
+    waiting_since = status.get("waitingSince")
+    return DeviceRequest(
+        task=task.key,
+        per_round=count,
+        requests=dict(spec.devices.resources.requests),
+        selector=encode(spec.devices.selector),
+        tolerations=tuple(encode(toleration) for toleration in spec.devices.tolerations),
+        node_devices=spec.data.source != "builtin",
+        shard_count=int(status.get("shardCount") or spec.devices.count or 0),
+        priority=spec.scheduling.priority,
+        policy=spec.scheduling.policy,
+        waiting_since=conditions.parse_time(waiting_since).timestamp() if waiting_since else None,
+        participation=participation,
+        train_seconds=dict(status.get("trainSecondsEstimate") or {}),
+        samples={record["device"]: int(record["result"]["num_samples"]) for record in status.get("devices") or []
+                 if isinstance(record.get("result"), dict) and "num_samples" in record["result"]},
+        round=int(status.get("round") or 1),
+    )
+
+
+def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
+    record.update(state=POD_SUCCEEDED, reason="", finishTime=ctx.stamp, result=result or {})
+    if "device" not in record:
+        return
+    device = record["device"]
+    participation = ctx.status.setdefault("participation", {})
+    participation[device] = int(participation.get(device, 0)) + 1
+    seconds = _number((result or {}).get("seconds"))
+    if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+        estimates = ctx.status.setdefault("trainSecondsEstimate", {})
+        estimates[device] = round(update_train_estimate(estimates.get(device), seconds), 3)
+
+
+def _advance_devices(ctx: _Planning) -> None:
+    for record in ctx.status.get("devices") or []:
+        was_unfinished = record.get("state") in _UNFINISHED
+        progress = _advance_record(
+            ctx, record, lambda attempt, r=record: _build_train_pod(ctx, r["device"], r["node"], attempt),
+            f"round {ctx.round} device {record['device']}")
+        if was_unfinished and progress.state == POD_FAILED:
+            ctx.event("DeviceFailed", f"round {ctx.round}: device {record['device']} on node {record['node']} "
+                                      f"gave up: {progress.reason}", warning=True)
+
+
+def _round_timer_start(status: dict) -> str | None:
+    """The round deadline counts from the round's start, or from the resume of a suspended round."""
+    start, resumed = status.get("roundStartTime"), _resumed_at(status)
+    if start and resumed and conditions.parse_time(resumed) > conditions.parse_time(start):
+        return resumed
+    return start
+
+
+def _plan_training(ctx: _Planning) -> bool:
+    spec = ctx.spec
+    per_round, quorum, timeout = spec.devices.per_round, spec.devices.quorum, spec.rounds.timeout_seconds
+    _advance_devices(ctx)
+    records = ctx.status["devices"]
+    returned = [r for r in records if r["state"] == POD_SUCCEEDED]
+    active = [r for r in records if r["state"] in _UNFINISHED]
+    elapsed = _seconds_between(_round_timer_start(ctx.status), ctx.now)
+    timed_out = elapsed >= timeout
+    missing = per_round - len(returned) - len(active)
+    replacements_refused = False
+    if missing > 0 and not timed_out:
+        if ctx.assignment is None:
+            _ask_for_devices(ctx, missing)
+        else:
+            replacements_refused = not _add_replacements(ctx, missing)
+    if active and timed_out and len(returned) >= quorum:
+        _exclude_stragglers(ctx, active, timeout)
+        active = []
+    if active:
+        if timed_out:
+            _mark_stalled(ctx, conditions.REASON_QUORUM_NOT_REACHED,
+                          f"round {ctx.round}: past rounds.timeoutSeconds={timeout} with {len(returned)} of "
+                          f"{quorum} needed updates; waiting for {len(active)} running devices")
+        else:
+            ctx.requeue.append(round(timeout - elapsed, 3))
+        return False
+    if missing > 0 and not timed_out and not replacements_refused:
+        return False  # the runtime is asked for replacement devices
+    if len(returned) < quorum:
+        _fail(ctx, conditions.REASON_QUORUM_NOT_REACHED, _quorum_message(ctx, records, returned, quorum))
+        return False
+    _finish_training(ctx)
+    return True
+
+
+def _add_replacements(ctx: _Planning, missing: int) -> bool:
+    slots = _new_slots(ctx, ctx.assignment, missing)
+    for slot in slots:
+        record = _device_record(ctx, slot)
+        ctx.status["devices"].append(record)
+        ctx.event(conditions.REASON_DEVICE_REPLACED,
+                  f"round {ctx.round}: device {slot.device} on node {slot.node} replaces a failed device")
+    _advance_devices(ctx)
+    return bool(slots)
+
+
+def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) -> None:
+    for record in stragglers:
+        record.update(state=POD_EXCLUDED, finishTime=ctx.stamp,
+                      reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
+        ctx.keep.discard(record["pod"])
+        ctx.event("StragglerExcluded", f"round {ctx.round}: device {record['device']} on node {record['node']} "
+                                       f"excluded, no update within {timeout}s", warning=True)
+
+
+def _mark_stalled(ctx: _Planning, reason: str, message: str) -> None:
+    ctx.condition(conditions.STALLED, True, reason, message)
+    ctx.status["message"] = message
+
+
+def _quorum_message(ctx: _Planning, records: list[dict], returned: list[dict], quorum: int) -> str:
+    failures = "; ".join(f"{r['device']}: {r.get('reason') or r['state']}" for r in records
+                         if r["state"] in (POD_FAILED, POD_EXCLUDED))
+    return (f"round {ctx.round}: only {len(returned)} of {len(records)} devices returned updates, "
+            f"spec.devices.minReturned={quorum} needed, and no free device could replace the failed ones "
+            f"({failures}); fix the failing devices, add device nodes matching spec.devices.selector, raise "
+            "spec.backoffLimit or lower spec.devices.minReturned")
+
+
+def _finish_training(ctx: _Planning) -> None:
+    records = ctx.status["devices"]
+    current = ctx.status.setdefault("currentRound", {"round": ctx.round, "startTime": ctx.status["roundStartTime"]})
+    current.update(
+        devices=[r["device"] for r in records],
+        returned=sorted(r["device"] for r in records if r["state"] == POD_SUCCEEDED),
+        excluded=sorted(r["device"] for r in records if r["state"] in (POD_FAILED, POD_EXCLUDED)),
+        trainSeconds=_seconds_between(ctx.status["roundStartTime"], ctx.now),
+        samples=sum(int((r.get("result") or {}).get("num_samples") or 0) for r in records
+                    if r["state"] == POD_SUCCEEDED),
+    )
+    conditions_list = ctx.status.get("conditions")
+    if conditions.get_condition(conditions_list, conditions.STALLED):
+        ctx.status["conditions"] = conditions.remove_condition(conditions_list, conditions.STALLED)
+    ctx.keep.clear()
+    ctx.status["stage"] = AGGREGATING
+    ctx.progressing(conditions.REASON_AGGREGATING,
+                    f"round {ctx.round}: aggregating {len(current['returned'])} updates")
+
+
+def _plan_aggregating(ctx: _Planning) -> bool:
+    base = naming.store_base(ctx.task, ctx.config)
+    returned = ctx.status["currentRound"]["returned"]
+    update_uris = sorted(naming.update_uri(base, ctx.round, device) for device in returned)
+    progress = _advance_stage_pod(ctx, naming.STAGE_AGGREGATE, lambda attempt: pods.build_aggregate_pod(
+        ctx.build_task(), ctx.config, ctx.round, update_uris, attempt=attempt))
+    if progress.state == POD_FAILED:
+        _fail(ctx, conditions.REASON_STAGE_FAILED,
+              f"round {ctx.round}: aggregation failed: {progress.reason}; check spec.aggregation and the updates in "
+              "the store, then recreate the task")
+        return False
+    if progress.state != POD_SUCCEEDED:
+        return False
+    result = progress.result or {}
+    rejected = [item for item in result.get("rejected") or [] if isinstance(item, dict)]
+    for item in rejected:
+        ctx.event("UpdateRejected", f"round {ctx.round}: update {item.get('uri')} rejected: {item.get('reason')}",
+                  warning=True)
+    current = ctx.status["currentRound"]
+    current.update(rejected=sorted(_device_of(str(item.get("uri", ""))) for item in rejected),
+                   aggregateSeconds=_seconds_between(ctx.status["current"]["startTime"], ctx.now))
+    if result.get("updates") == 0:
+        _fail(ctx, conditions.REASON_ALL_UPDATES_REJECTED,
+              f"round {ctx.round}: every update was rejected ({len(rejected)}); see the UpdateRejected events and "
+              "check the devices' data and spec.training")
+        return False
+    ctx.keep.clear()
+    ctx.status["stage"] = ADJUSTING
+    ctx.progressing(conditions.REASON_ADJUSTING, f"round {ctx.round}: adjusting the aggregated model")
+    return True
+
+
+def _device_of(update_uri: str) -> str:
+    """The device of an update URI (…/updates/<device>.safetensors); the URI itself when it has another form."""
+    name = update_uri.rsplit("/", 1)[-1]
+    return name[: -len(".safetensors")] if name.endswith(".safetensors") else update_uri
+
+
+def _plan_adjusting(ctx: _Planning) -> bool:
+    progress = _advance_stage_pod(ctx, naming.STAGE_ADJUST, lambda attempt: pods.build_adjust_pod(
+        ctx.build_task(), ctx.config, ctx.round, attempt=attempt))
+    if progress.state == POD_FAILED:
+        _fail(ctx, conditions.REASON_STAGE_FAILED,
+              f"round {ctx.round}: adjustment failed: {progress.reason}; check spec.adjustment and "
+              "spec.data.shared, then recreate the task")
+        return False
+    if progress.state != POD_SUCCEEDED:
+        return False
+    _record_round(ctx, progress.result or {})
+    ctx.keep.clear()
+    end = _end_reason(ctx)
+    if end is None:
+        _start_round(ctx, ctx.round + 1)
+    else:
+        _start_publishing(ctx, *end)
+    return True
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _record_round(ctx: _Planning, result: dict) -> None:
+    base = naming.store_base(ctx.task, ctx.config)
+    record = dict(ctx.status["currentRound"])
+    record.update(
+        accuracy=_number(result.get("accuracy")),
+        loss=_number(result.get("loss")),
+        adjustSeconds=_seconds_between(ctx.status["current"]["startTime"], ctx.now),
+        durationSeconds=_seconds_between(record.get("startTime"), ctx.now),
+        uri=naming.global_uri(base, ctx.round),
+    )
+    record = {key: value for key, value in record.items() if value is not None}
+    history = [entry for entry in ctx.status.get("history") or [] if entry.get("round") != ctx.round]
+    ctx.status["history"] = (history + [record])[-HISTORY_LIMIT:]
+    ctx.status.pop("currentRound", None)
+    if record.get("accuracy") is not None:
+        ctx.status["accuracy"] = record["accuracy"]
+        best = ctx.status.get("best") or {}
+        if best.get("accuracy") is None or record["accuracy"] > best["accuracy"]:
+            ctx.status["best"] = {"uri": record["uri"], "round": ctx.round, "accuracy": record["accuracy"]}
+    shown = "n/a" if record.get("accuracy") is None else f"{record['accuracy']:.4f}"
+    ctx.event("RoundCompleted", f"round {ctx.round} completed: accuracy {shown}, "
+                                f"{len(record.get('returned', []))} of {len(record.get('devices', []))} devices "
+                                f"returned, {record['durationSeconds']:.1f}s")
+
+
+def _end_reason(ctx: _Planning) -> tuple[str, str] | None:
+    rounds = ctx.spec.rounds
+    accuracy = ctx.status.get("accuracy")
+    best = ctx.status.get("best") or {}
+    if rounds.target_accuracy > 0 and accuracy is not None and accuracy >= rounds.target_accuracy:
+        return (conditions.REASON_TARGET_ACCURACY_REACHED,
+                f"accuracy {accuracy:.4f} reached rounds.targetAccuracy={rounds.target_accuracy} in round {ctx.round}")
+    if rounds.patience > 0 and best.get("round") is not None and ctx.round - best["round"] >= rounds.patience:
+        return (conditions.REASON_NO_IMPROVEMENT,
+                f"no improvement over round {best['round']} (accuracy {best['accuracy']:.4f}) for "
+                f"rounds.patience={rounds.patience} rounds")
+    if ctx.round >= rounds.max:
+        return conditions.REASON_MAX_ROUNDS_REACHED, f"all rounds.max={rounds.max} rounds done"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Publishing
+
+
+def _start_publishing(ctx: _Planning, reason: str, message: str) -> None:
+    """Record the final and the best model; publish pods follow when publish.toDevices asks for them."""
+    last = ctx.status["history"][-1]
+    ctx.status["model"] = {key: last[key] for key in ("uri", "round", "accuracy") if key in last}
+    ctx.status.setdefault("best", dict(ctx.status["model"]))
+    ctx.status.update(stage=PUBLISHING, devices=[])
+    ctx.status.pop("current", None)
+    ctx.status.pop("roundStartTime", None)
+    ctx.status["published"] = [{"node": node, "pod": naming.publish_pod_name(ctx.task.name, node),
+                                "state": POD_PENDING, "attempts": 0}
+                               for node in _publish_nodes(ctx)] if ctx.spec.publish.to_devices else []
+    ctx.condition(conditions.PROGRESSING, True, reason, f"{message}; publishing the model")
+    ctx.status["message"] = f"{message}; publishing the model"
+
+
+def _publish_nodes(ctx: _Planning) -> list[str]:
+    """Every device node: the nodes matching the device selector when the runtime passed nodes, else the nodes
+    that trained in the last round."""
+    if ctx.nodes is not None:
+        selector = encode(ctx.spec.devices.selector)
+        return sorted({node["metadata"]["name"] for node in ctx.nodes
+                       if matches_selector(node["metadata"].get("labels") or {}, selector)})
+    last_round = ctx.input_status.get("devices") or []
+    return sorted({record["node"] for record in last_round if record.get("node")})
+
+
+def _plan_publishing(ctx: _Planning) -> bool:
+    model_uri = ctx.status["model"]["uri"]
+    records = ctx.status.get("published") or []
+    for record in records:
+        progress = _advance_record(
+            ctx, record, lambda attempt, node=record["node"]: pods.build_publish_pod(
+                ctx.build_task(), ctx.config, node, model_uri, attempt=attempt),
+            f"publish to node {record['node']}")
+        if progress.state == POD_FAILED and record.get("finishTime") == ctx.stamp:
+            ctx.event("PublishFailed", f"publishing to node {record['node']} failed: {progress.reason}",
+                      warning=True)
+    if any(record["state"] in _UNFINISHED for record in records):
+        return False
+    failed = [record for record in records if record["state"] == POD_FAILED]
+    if failed:
+        _fail(ctx, conditions.REASON_STAGE_FAILED,
+              f"publishing the model to {len(failed)} of {len(records)} nodes failed "
+              f"({'; '.join(r['node'] + ': ' + r['reason'] for r in failed)}); the model is at {model_uri}; "
+              "check spec.publish.hostPath on those nodes")
+        return False
+    progressing = conditions.get_condition(ctx.status.get("conditions"), conditions.PROGRESSING) or {}
+    model, best = ctx.status["model"], ctx.status["best"]
+    where = f" and copied to {len(records)} device nodes" if records else ""
+    ctx.event("ModelPublished", f"model of round {model['round']} (accuracy {_shown(model.get('accuracy'))}) at "
+                                f"{model['uri']}{where}; best: round {best['round']} "
+                                f"(accuracy {_shown(best.get('accuracy'))})")
+    reason = progressing.get("reason") or conditions.REASON_COMPLETED
+    message = (progressing.get("message") or "").replace("; publishing the model", "")
+    _succeed(ctx, reason, f"{message}; model of round {model['round']} published")
+    return False
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+_STAGE_PLANNERS: dict[str, Callable[[_Planning], bool]] = {
+    INITIALIZING: _plan_initializing,
+    SCHEDULING: _plan_scheduling,
+    TRAINING: _plan_training,
+    AGGREGATING: _plan_aggregating,
+    ADJUSTING: _plan_adjusting,
+    PUBLISHING: _plan_publishing,
+}
