@@ -1,0 +1,120 @@
+"""kopf handlers: thin wrappers that hand every change to `k8s.Reconciler` (see k8s.py for the logic).
+
+Watched: FederatedTasks (create/update/resume, a resync timer, deletions for metrics), pods (a task's pod changes
+trigger its reconcile at once: this is the reaction path from "train pod succeeded" to "aggregate pod created"),
+nodes (a new or changed node wakes tasks that wait for devices). Indexes keep pods, nodes and tasks in memory, so
+no handler lists anything. Label filters run in kopf, not in the API server (which may ignore selectors).
+"""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import kopf
+
+from fedtask_operator import k8s, metrics
+from fedtask_operator.naming import TASK_LABEL
+from fedtask_operator.spec import GROUP, PLURAL, VERSION
+
+TASKS = (GROUP, VERSION, PLURAL)
+_registered = False
+
+
+def _plain(body) -> dict:
+    return copy.deepcopy(dict(body))
+
+
+def _views(kwargs) -> k8s.ClusterView:
+    return k8s.ClusterView(task_pods=kwargs["task_pods"], nodes=_values(kwargs["node_objects"]),
+                           pods=_values(kwargs["pod_objects"]), tasks=kwargs["task_objects"])
+
+
+def _values(index) -> list[dict]:
+    return [value for store in index.values() for value in store]
+
+
+# ------------------------------------------------------------------------------------------------------- indexes
+def task_pods(body, **_):
+    pod = _plain(body)
+    task = k8s.owning_task(pod)
+    return {(body["metadata"].get("namespace"), task): pod} if task else None
+
+
+def pod_objects(body, spec, status, **_):
+    """What resource accounting needs of every pod: where it runs, what it requests, whether it still runs."""
+    return {None: {"metadata": {"name": body["metadata"].get("name"),
+                                "namespace": body["metadata"].get("namespace"),
+                                "labels": dict(body["metadata"].get("labels") or {})},
+                   "spec": {"nodeName": spec.get("nodeName"), "affinity": copy.deepcopy(spec.get("affinity")),
+                            "containers": copy.deepcopy(list(spec.get("containers") or [])),
+                            "initContainers": copy.deepcopy(list(spec.get("initContainers") or []))},
+                   "status": {"phase": status.get("phase")}}}
+
+
+def node_objects(body, **_):
+    return {None: _plain(body)}
+
+
+def task_objects(body, namespace, name, **_):
+    return {(namespace, name): _plain(body)}
+
+
+# ------------------------------------------------------------------------------------------------------ handlers
+async def startup(memo, settings, **_):
+    memo.reconciler = k8s.Reconciler(
+        api=k8s.KubeApi(request_timeout=memo.config.request_timeout),
+        runtime_config=k8s.build_runtime_config(memo.config),
+        clusterwide=memo.config.clusterwide,
+        post_event=lambda body, type_, reason, message: kopf.event(body, type=type_, reason=reason,
+                                                                   message=message))
+
+
+async def task_changed(namespace, name, memo, **kwargs):
+    await memo.reconciler.request(namespace, name, _views(kwargs))
+
+
+async def task_resync(namespace, name, memo, **kwargs):
+    await memo.reconciler.request(namespace, name, _views(kwargs))
+    counts = Counter((ns, (body.get("status") or {}).get("phase") or "Pending")
+                     for (ns, _), bodies in kwargs["task_objects"].items() for body in bodies)
+    metrics.set_task_counts(dict(counts))
+
+
+async def task_event(type, namespace, name, memo, **_):
+    if type == "DELETED":
+        memo.reconciler.forget(namespace, name)
+        metrics.forget_task(namespace, name)
+
+
+async def pod_changed(body, namespace, memo, **kwargs):
+    task = k8s.owning_task(body)
+    if task:
+        await memo.reconciler.request(namespace, task, _views(kwargs))
+
+
+async def node_changed(memo, **kwargs):
+    """A node appeared or changed: tasks waiting for devices may fit now."""
+    views = _views(kwargs)
+    for (namespace, name), bodies in list(views.tasks.items()):
+        if any((body.get("status") or {}).get("stage") == "Scheduling" for body in bodies):
+            await memo.reconciler.request(namespace, name, views)
+
+
+def register(config) -> None:
+    """Register the handlers with kopf's default registry (intervals come from the configuration)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    kopf.on.startup()(startup)
+    kopf.index("pods", labels={TASK_LABEL: kopf.PRESENT})(task_pods)
+    kopf.index("pods")(pod_objects)
+    kopf.index("nodes")(node_objects)
+    kopf.index(*TASKS)(task_objects)
+    kopf.on.create(*TASKS)(task_changed)
+    kopf.on.update(*TASKS)(task_changed)
+    kopf.on.resume(*TASKS)(task_changed)
+    kopf.timer(*TASKS, interval=config.resync_seconds, sharp=False)(task_resync)
+    kopf.on.event(*TASKS)(task_event)
+    kopf.on.event("pods", labels={TASK_LABEL: kopf.PRESENT})(pod_changed)
+    kopf.on.event("nodes")(node_changed)

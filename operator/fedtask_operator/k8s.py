@@ -1,0 +1,248 @@
+"""The operator's I/O: observe a task, call the planner (and the scheduler), apply the plan through the API.
+
+Handlers (handlers.py) only call `Reconciler.request(namespace, name, views)`. One reconcile:
+1. fetch the task (a GET: the index may lag behind our own last status patch);
+2. observe its pods (kopf index, kept current by the watch) and the nodes;
+3. `plan_task`; if it needs devices, select devices jointly for every task in the Scheduling stage and plan again;
+4. patch the status when it changed, then create pods (AlreadyExists is success), delete pods (NotFound is success)
+   and post events. The planner deletes a pod only once the status it was given holds the pod's result.
+
+Reconciles of one task never overlap: a request during a run marks the task dirty and the run repeats.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+from fedtask_operator import metrics
+from fedtask_operator.naming import TASK_LABEL
+from fedtask_operator.planner import SCHEDULING, Observed, Plan, plan_task
+from fedtask_operator.pods import RuntimeConfig
+from fedtask_operator.scheduling.select import select_devices
+from fedtask_operator.spec import GROUP, KIND, PLURAL, VERSION
+
+logger = logging.getLogger("fedtask.operator")
+MAX_PASSES = 8  # consecutive plans without new pod events (status-only steps) before waiting for an event
+
+
+@dataclasses.dataclass
+class ClusterView:
+    """What the kopf indexes hold right now (handlers pass them in)."""
+
+    task_pods: dict  # (namespace, task) -> pods
+    nodes: Iterable[dict]
+    pods: Iterable[dict]  # every watched pod (resource accounting)
+    tasks: dict  # (namespace, name) -> task bodies
+
+
+def owning_task(pod: dict) -> str | None:
+    """The FederatedTask that controls a pod (owner reference first, the task label as a fallback)."""
+    for owner in pod.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
+            return owner.get("name")
+    return (pod.get("metadata", {}).get("labels") or {}).get(TASK_LABEL)
+
+
+def build_status_patch(old: dict, new: dict) -> dict:
+    """A JSON merge patch (RFC 7386) turning `old` into `new`; lists and scalars are replaced whole."""
+    patch: dict = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = build_status_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif value != before or key not in old:
+            patch[key] = value
+    return patch
+
+
+def build_runtime_config(config) -> RuntimeConfig:
+    """The pod builder's settings from the operator's flags/environment (operator_cli.OperatorConfig)."""
+    prefix = config.store_prefix.strip("/")
+    base = f"s3://{config.store_bucket}" + (f"/{prefix}" if prefix else "")
+    return RuntimeConfig(image=config.image, image_pull_policy=config.image_pull_policy, store_base_uri=base,
+                         s3_endpoint=config.store_endpoint, s3_secure=config.store_secure,
+                         s3_region=config.store_region, credentials_secret=config.store_secret)
+
+
+class KubeApi:
+    """The few API calls the operator makes (besides kopf's watches, peering and event posting)."""
+
+    def __init__(self, request_timeout: float = 30.0):
+        import kubernetes
+
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()
+        self._client = kubernetes.client.ApiClient()
+        self._client.user_agent = "fedtask-operator"
+        self._core = kubernetes.client.CoreV1Api(self._client)
+        self._custom = kubernetes.client.CustomObjectsApi(self._client)
+        self._exception = kubernetes.client.ApiException
+        self._timeout = request_timeout
+
+    @staticmethod
+    def _json(response) -> dict:
+        import json
+
+        return json.loads(response.data or b"{}")
+
+    async def fetch_task(self, namespace: str, name: str) -> dict | None:
+        def call():
+            try:
+                return self._json(self._custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self._timeout))
+            except self._exception as error:
+                if error.status == 404:
+                    return None
+                raise
+        return await asyncio.to_thread(call)
+
+    async def patch_task_status(self, namespace: str, name: str, patch: dict) -> None:
+        await asyncio.to_thread(lambda: self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False,
+            _request_timeout=self._timeout))
+
+    async def create_pod(self, namespace: str, manifest: dict) -> bool:
+        """Create a pod; False when it already exists (a retry of an earlier reconcile)."""
+        def call():
+            try:
+                self._core.create_namespaced_pod(namespace, manifest, _preload_content=False,
+                                                 _request_timeout=self._timeout)
+                return True
+            except self._exception as error:
+                if error.status == 409:
+                    return False
+                raise
+        return await asyncio.to_thread(call)
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        def call():
+            try:
+                self._core.delete_namespaced_pod(name, namespace, _preload_content=False,
+                                                 _request_timeout=self._timeout)
+                return True
+            except self._exception as error:
+                if error.status == 404:
+                    return False
+                raise
+        return await asyncio.to_thread(call)
+
+    async def list_all_pods(self) -> list[dict]:
+        """Every pod in the cluster (resource accounting when the watch covers only some namespaces)."""
+        def call():
+            return self._json(self._core.list_pod_for_all_namespaces(
+                _preload_content=False, _request_timeout=self._timeout)).get("items", [])
+        return await asyncio.to_thread(call)
+
+
+class Reconciler:
+    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event):
+        self.api = api
+        self.runtime_config = runtime_config
+        self.clusterwide = clusterwide
+        self.post_event = post_event  # post_event(task_body, type, reason, message)
+        self._running: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._views: ClusterView | None = None
+
+    async def request(self, namespace: str, name: str, views: ClusterView) -> None:
+        key = (namespace, name)
+        self._views = views
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        try:
+            passes = 0
+            self._dirty.add(key)
+            while key in self._dirty and passes < MAX_PASSES:
+                self._dirty.discard(key)
+                passes += 1
+                if await self._reconcile(namespace, name, self._views):
+                    self._dirty.add(key)
+        finally:
+            self._running.discard(key)
+            self._dirty.discard(key)
+
+    def forget(self, namespace: str, name: str) -> None:
+        timer = self._timers.pop((namespace, name), None)
+        if timer is not None:
+            timer.cancel()
+
+    def _requeue(self, namespace: str, name: str, seconds: float) -> None:
+        key = (namespace, name)
+        previous = self._timers.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(
+            max(0.0, seconds), lambda: asyncio.ensure_future(self.request(namespace, name, self._views)))
+
+    async def _reconcile(self, namespace: str, name: str, views: ClusterView) -> bool:
+        """One observe-plan-apply pass; True when the status moved without a pod change (plan again at once)."""
+        task = await self.api.fetch_task(namespace, name)
+        if task is None or task.get("metadata", {}).get("deletionTimestamp"):
+            return False
+        now = datetime.now(timezone.utc)
+        pods = [pod for pod in views.task_pods.get((namespace, name), ()) if owning_task(pod) == name]
+        observed = Observed(pods=pods, now=now, nodes=list(views.nodes))
+        plan = plan_task(task, observed, self.runtime_config, None)
+        if plan.needs_devices:
+            plan = await self._plan_with_devices(task, observed, plan, views, now)
+        changed = await self.apply(task, plan)
+        if plan.requeue_after is not None:
+            self._requeue(namespace, name, plan.requeue_after)
+        return changed and not plan.create and not plan.delete
+
+    async def _plan_with_devices(self, task: dict, observed: Observed, plan: Plan, views: ClusterView,
+                                 now: datetime) -> Plan:
+        """Joint selection: every task waiting in the Scheduling stage asks at once; this task takes its share."""
+        key = f"{task['metadata']['namespace']}/{task['metadata']['name']}"
+        requests = [plan.device_request] if plan.device_request is not None else []
+        for (namespace, name), bodies in list(views.tasks.items()):
+            if f"{namespace}/{name}" == key:
+                continue
+            for body in bodies:
+                if (body.get("status") or {}).get("stage") != SCHEDULING:
+                    continue
+                pods = [pod for pod in views.task_pods.get((namespace, name), ()) if owning_task(pod) == name]
+                other = plan_task(body, Observed(pods=pods, now=now, nodes=observed.nodes), self.runtime_config)
+                if other.needs_devices and other.device_request is not None:
+                    requests.append(other.device_request)
+        pods = list(views.pods) if self.clusterwide else await self.api.list_all_pods()
+        started = time.perf_counter()
+        assignment = select_devices(requests, list(views.nodes), pods, now.timestamp())
+        metrics.SCHEDULING_SECONDS.observe(time.perf_counter() - started)
+        return plan_task(task, observed, self.runtime_config, assignment.tasks.get(key))
+
+    async def apply(self, task: dict, plan: Plan) -> bool:
+        """Status first (it holds every result before a pod goes), then pods, then events."""
+        namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
+        old_status = task.get("status") or {}
+        patch = build_status_patch(old_status, plan.status)
+        if patch:
+            await self.api.patch_task_status(namespace, name, patch)
+            metrics.record_status_change(namespace, name, old_status, plan.status)
+        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
+                 "uid": task["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+        creations = []
+        for manifest in plan.create:
+            metadata = manifest.setdefault("metadata", {})
+            if not metadata.get("ownerReferences"):
+                metadata["ownerReferences"] = [owner]
+            creations.append(self.api.create_pod(namespace, manifest))
+        await asyncio.gather(*creations)
+        await asyncio.gather(*(self.api.delete_pod(namespace, pod) for pod in plan.delete))
+        for event in plan.events:
+            self.post_event(task, event.type, event.reason, event.message)
+        return bool(patch)

@@ -1,0 +1,124 @@
+"""The operator's Prometheus metrics, every name written out in full (dashboards and alerts are checked against them).
+
+The metrics are derived from status transitions (`record_status_change(old, new)`), so an operator that restarts
+neither double-counts a round (the history record is already in the old status) nor misses one.
+"""
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+TASK_LABELS = ("namespace", "task")
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+SCHEDULING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+ROUNDS_TOTAL = Counter("fedtask_rounds_total", "Rounds completed.", TASK_LABELS)
+ROUND_DURATION_SECONDS = Histogram(
+    "fedtask_round_duration_seconds", "Wall time of a round and of its stages (stage=train|aggregate|adjust|round).",
+    TASK_LABELS + ("stage",), buckets=DURATION_BUCKETS)
+TASK_ROUND = Gauge("fedtask_task_round", "The task's current round.", TASK_LABELS)
+TASK_ACCURACY = Gauge("fedtask_task_accuracy", "Accuracy of the latest round's global model (after adjustment).",
+                      TASK_LABELS)
+TASK_LOSS = Gauge("fedtask_task_loss", "Loss of the latest round's global model.", TASK_LABELS)
+DEVICES_SELECTED = Gauge("fedtask_devices_selected", "Devices asked to train in the current round.", TASK_LABELS)
+DEVICES_RETURNED = Gauge("fedtask_devices_returned", "Devices whose updates arrived in the last finished round.",
+                         TASK_LABELS)
+STRAGGLERS_TOTAL = Counter("fedtask_stragglers_total", "Devices excluded from a round (late or failed).", TASK_LABELS)
+UPDATES_REJECTED_TOTAL = Counter("fedtask_updates_rejected_total", "Updates the aggregator rejected as invalid.",
+                                 TASK_LABELS)
+POD_FAILURES_TOTAL = Counter("fedtask_pod_failures_total", "Failed pod attempts (stage=init|train|aggregate|adjust|"
+                             "publish).", TASK_LABELS + ("stage",))
+UPDATE_BYTES_TOTAL = Counter("fedtask_update_bytes_total", "Bytes of model updates uploaded by train pods.",
+                             TASK_LABELS)
+TASKS = Gauge("fedtask_tasks", "FederatedTasks by phase.", ("namespace", "phase"))
+SCHEDULING_SECONDS = Histogram("fedtask_scheduling_seconds", "Time of one joint device selection.",
+                               buckets=SCHEDULING_BUCKETS)
+DEVICE_TRAIN_SECONDS = Gauge("fedtask_device_train_seconds", "A device's last train time (straggler heatmaps).",
+                             TASK_LABELS + ("device", "node"))
+
+PER_TASK_METRICS = (ROUNDS_TOTAL, ROUND_DURATION_SECONDS, TASK_ROUND, TASK_ACCURACY, TASK_LOSS, DEVICES_SELECTED,
+                    DEVICES_RETURNED, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, POD_FAILURES_TOTAL,
+                    UPDATE_BYTES_TOTAL, DEVICE_TRAIN_SECONDS)
+ALL_METRICS = PER_TASK_METRICS + (TASKS, SCHEDULING_SECONDS)
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+
+
+def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose /metrics on all interfaces (a background thread)."""
+    start_http_server(port, registry=registry)
+
+
+def record_status_change(namespace: str, task: str, old: dict | None, new: dict) -> None:
+    """Update the metrics from one status transition of one task."""
+    old = old or {}
+    labels = (namespace, task)
+    if new.get("round") is not None:
+        TASK_ROUND.labels(*labels).set(new["round"])
+    if new.get("devices") is not None:
+        DEVICES_SELECTED.labels(*labels).set(len(new.get("devices") or []))
+
+    seen_rounds = {record.get("round") for record in old.get("history") or []}
+    for record in new.get("history") or []:
+        if record.get("round") in seen_rounds:
+            continue
+        ROUNDS_TOTAL.labels(*labels).inc()
+        for stage, key in (("round", "durationSeconds"), ("train", "trainSeconds"),
+                           ("aggregate", "aggregateSeconds"), ("adjust", "adjustSeconds")):
+            if record.get(key) is not None:
+                ROUND_DURATION_SECONDS.labels(*labels, stage).observe(float(record[key]))
+        DEVICES_RETURNED.labels(*labels).set(len(record.get("returned") or []))
+        STRAGGLERS_TOTAL.labels(*labels).inc(len(record.get("excluded") or []))
+        UPDATES_REJECTED_TOTAL.labels(*labels).inc(len(record.get("rejected") or []))
+        if record.get("accuracy") is not None:
+            TASK_ACCURACY.labels(*labels).set(float(record["accuracy"]))
+        if record.get("loss") is not None:
+            TASK_LOSS.labels(*labels).set(float(record["loss"]))
+
+    old_devices = {(device.get("device"), device.get("pod")): device for device in old.get("devices") or []}
+    for device in new.get("devices") or []:
+        before = old_devices.get((device.get("device"), device.get("pod"))) or {}
+        failures = int(device.get("attempts") or 0) - int(before.get("attempts") or 0)
+        if failures > 0 and before:
+            POD_FAILURES_TOTAL.labels(*labels, "train").inc(failures)
+        if device.get("state") == "Succeeded" and before.get("state") != "Succeeded":
+            result = device.get("result") or {}
+            if result.get("bytes"):
+                UPDATE_BYTES_TOTAL.labels(*labels).inc(float(result["bytes"]))
+            if result.get("seconds") is not None:
+                DEVICE_TRAIN_SECONDS.labels(*labels, device.get("device") or "", device.get("node") or "").set(
+                    float(result["seconds"]))
+
+    old_current, new_current = old.get("current") or {}, new.get("current") or {}
+    if new_current and old_current.get("stage") == new_current.get("stage"):
+        failures = int(new_current.get("attempts") or 0) - int(old_current.get("attempts") or 0)
+        if failures > 0:
+            POD_FAILURES_TOTAL.labels(*labels, new_current.get("stage") or "unknown").inc(failures)
+
+
+def set_task_counts(counts: dict[tuple[str, str], int]) -> None:
+    """Set `fedtask_tasks` from a full count {(namespace, phase): n} (the index of every task)."""
+    for namespace in {namespace for namespace, _ in counts} | _namespaces_with_task_series():
+        for phase in PHASES:
+            TASKS.labels(namespace, phase).set(counts.get((namespace, phase), 0))
+
+
+def _namespaces_with_task_series() -> set[str]:
+    return {sample.labels["namespace"] for metric in TASKS.collect() for sample in metric.samples}
+
+
+def forget_task(namespace: str, task: str) -> None:
+    """Remove every series of a deleted task."""
+    for metric in PER_TASK_METRICS:
+        for labels in _label_sets(metric):
+            if labels.get("namespace") == namespace and labels.get("task") == task:
+                metric.remove(*(labels[name] for name in metric._labelnames))
+
+
+def _label_sets(metric) -> list[dict]:
+    seen, out = set(), []
+    for family in metric.collect():
+        for sample in family.samples:
+            key = tuple(sample.labels.get(name, "") for name in metric._labelnames)
+            if key not in seen and all(name in sample.labels for name in metric._labelnames):
+                seen.add(key)
+                out.append(dict(zip(metric._labelnames, key)))
+    return out

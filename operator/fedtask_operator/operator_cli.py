@@ -1,0 +1,201 @@
+"""`fedtask operator`: run the FederatedTask operator (kopf) against the cluster of the current kubeconfig.
+
+Every flag has an environment variable (what a Helm chart sets); the flag wins over the environment.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import random
+import socket
+import sys
+
+DEFAULT_IMAGE = "ghcr.io/fedtask/worker:0.1.0"
+PROGRESS_PREFIX = "fedtask.io"
+FINALIZER = "fedtask.io/cleanup-store"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace (cluster-wide)
+    metrics_port: int = 8080  # 0: no metrics endpoint
+    liveness: str = "http://0.0.0.0:8081/healthz"  # "": no liveness endpoint
+    peering: str = "fedtask"  # "": standalone (no peering; only ever run one replica)
+    priority: int = 0  # peering priority; replicas need distinct ones (equal priorities freeze each other)
+    peering_lifetime: int = 60  # seconds a silent peer is considered alive (failover time)
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    store_endpoint: str = ""  # host:port of the S3 store
+    store_bucket: str = "fedtask"
+    store_prefix: str = ""
+    store_secure: bool = True
+    store_region: str = "us-east-1"
+    store_secret: str = ""  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, mounted into pods
+    cleanup_store: bool = False  # delete a task's objects when the task is deleted (adds a finalizer)
+    clean_pod_policy: str = "All"  # All | None: delete finished pods once their result is in the status
+    resync_seconds: float = 10.0  # the timer that enforces deadlines even when nothing happens
+    request_timeout: float = 30.0
+    watch_server_timeout: int = 300
+    verbose: bool = False
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"fedtask operator: {name}={value!r} must be true or false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env_namespaces = [ns for ns in _env("FEDTASK_NAMESPACES", "").replace(",", " ").split() if ns]
+    parser = argparse.ArgumentParser(
+        prog="fedtask operator",
+        description="Run the FederatedTask operator against the cluster of the current kubeconfig "
+                    "(or the in-cluster service account).")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", default=None, metavar="NS",
+                       help="watch FederatedTasks in this namespace (repeatable; env FEDTASK_NAMESPACES, "
+                            "comma-separated)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default when no namespace is given)")
+    parser.add_argument("--metrics-port", type=int, default=int(_env("FEDTASK_METRICS_PORT", "8080")),
+                        help="serve Prometheus /metrics on this port, 0 disables (env FEDTASK_METRICS_PORT)")
+    parser.add_argument("--liveness", default=_env("FEDTASK_LIVENESS", "http://0.0.0.0:8081/healthz"),
+                        help="kopf liveness endpoint URL, '' disables (env FEDTASK_LIVENESS)")
+    parser.add_argument("--peering", default=_env("FEDTASK_PEERING", "fedtask"),
+                        help="kopf peering name shared by replicas (env FEDTASK_PEERING)")
+    parser.add_argument("--standalone", action="store_true", default=_env_bool("FEDTASK_STANDALONE", False),
+                        help="no peering: only ever run one replica (env FEDTASK_STANDALONE)")
+    parser.add_argument("--priority", type=int, default=int(_env("FEDTASK_PRIORITY", "-1")),
+                        help="peering priority; the highest active replica works, the others stand by. "
+                             "Default: random, so replicas of one Deployment differ (env FEDTASK_PRIORITY)")
+    parser.add_argument("--peering-lifetime", type=int, default=int(_env("FEDTASK_PEERING_LIFETIME", "60")),
+                        help="seconds before a silent replica is presumed dead (env FEDTASK_PEERING_LIFETIME)")
+    parser.add_argument("--image", default=_env("FEDTASK_DEFAULT_IMAGE", DEFAULT_IMAGE),
+                        help="default worker image for pods (env FEDTASK_DEFAULT_IMAGE)")
+    parser.add_argument("--image-pull-policy", default=_env("FEDTASK_IMAGE_PULL_POLICY", "IfNotPresent"),
+                        choices=["Always", "IfNotPresent", "Never"], help="(env FEDTASK_IMAGE_PULL_POLICY)")
+    parser.add_argument("--store-endpoint", default=_env("FEDTASK_S3_ENDPOINT", ""),
+                        help="S3 endpoint host:port (env FEDTASK_S3_ENDPOINT)")
+    parser.add_argument("--store-bucket", default=_env("FEDTASK_S3_BUCKET", "fedtask"),
+                        help="bucket for models and updates (env FEDTASK_S3_BUCKET)")
+    parser.add_argument("--store-prefix", default=_env("FEDTASK_S3_PREFIX", ""),
+                        help="key prefix inside the bucket (env FEDTASK_S3_PREFIX)")
+    parser.add_argument("--store-secure", default=_env_bool("FEDTASK_S3_SECURE", True),
+                        action=argparse.BooleanOptionalAction, help="use TLS for the store (env FEDTASK_S3_SECURE)")
+    parser.add_argument("--store-region", default=_env("FEDTASK_S3_REGION", "us-east-1"),
+                        help="(env FEDTASK_S3_REGION)")
+    parser.add_argument("--store-secret", default=_env("FEDTASK_S3_SECRET", ""),
+                        help="Secret (in the task's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
+                             "pods; the operator never reads it (env FEDTASK_S3_SECRET)")
+    parser.add_argument("--cleanup-store", default=_env_bool("FEDTASK_CLEANUP_STORE", False),
+                        action=argparse.BooleanOptionalAction,
+                        help="delete a task's store objects when it is deleted (env FEDTASK_CLEANUP_STORE)")
+    parser.add_argument("--clean-pod-policy", default=_env("FEDTASK_CLEAN_POD_POLICY", "All"),
+                        choices=["All", "None"],
+                        help="All: delete finished pods once their result is in the status; None: keep them "
+                             "until the task is deleted (env FEDTASK_CLEAN_POD_POLICY)")
+    parser.add_argument("--resync-seconds", type=float, default=float(_env("FEDTASK_RESYNC_SECONDS", "10")),
+                        help="timer interval that enforces deadlines (env FEDTASK_RESYNC_SECONDS)")
+    parser.add_argument("--request-timeout", type=float, default=float(_env("FEDTASK_REQUEST_TIMEOUT", "30")),
+                        help="seconds for one API request (env FEDTASK_REQUEST_TIMEOUT)")
+    parser.add_argument("--watch-timeout", type=int, default=int(_env("FEDTASK_WATCH_TIMEOUT", "300")),
+                        help="server-side watch timeout; the client gives up 60 s later and reconnects "
+                             "(env FEDTASK_WATCH_TIMEOUT)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=_env_bool("FEDTASK_VERBOSE", False))
+    parser.set_defaults(env_namespaces=env_namespaces)
+    return parser
+
+
+def parse_config(argv: list[str]) -> OperatorConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    namespaces = () if args.all_namespaces else tuple(args.namespaces or args.env_namespaces)
+    for name, value in (("--metrics-port", args.metrics_port),):
+        if not 0 <= value <= 65535:
+            parser.error(f"{name} must be between 0 and 65535, not {value}")
+    if args.resync_seconds <= 0:
+        parser.error(f"--resync-seconds must be positive, not {args.resync_seconds}")
+    if args.peering_lifetime <= 0:
+        parser.error(f"--peering-lifetime must be positive, not {args.peering_lifetime}")
+    priority = args.priority if args.priority >= 0 else random.SystemRandom().randrange(1, 2**31)
+    return OperatorConfig(
+        namespaces=namespaces, metrics_port=args.metrics_port, liveness=args.liveness,
+        peering="" if args.standalone else args.peering, priority=priority,
+        peering_lifetime=args.peering_lifetime, image=args.image, image_pull_policy=args.image_pull_policy,
+        store_endpoint=args.store_endpoint, store_bucket=args.store_bucket, store_prefix=args.store_prefix,
+        store_secure=args.store_secure, store_region=args.store_region, store_secret=args.store_secret,
+        cleanup_store=args.cleanup_store, clean_pod_policy=args.clean_pod_policy,
+        resync_seconds=args.resync_seconds, request_timeout=args.request_timeout,
+        watch_server_timeout=args.watch_timeout, verbose=args.verbose)
+
+
+def build_settings(config: OperatorConfig):
+    """kopf settings: timeouts that detect stalled watches, fedtask.io annotations, events, peering."""
+    import kopf
+
+    settings = kopf.OperatorSettings()
+    # Silent stalled watches are kopf's most reported problem: the server ends each watch, the client gives up
+    # shortly after, and a stream with no event (not even a bookmark) for a while is reconnected.
+    settings.watching.server_timeout = config.watch_server_timeout
+    settings.watching.client_timeout = config.watch_server_timeout + 60
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = config.request_timeout
+    settings.networking.connect_timeout = 10
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PROGRESS_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PROGRESS_PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.enabled = True
+    settings.posting.level = logging.WARNING  # kopf's own log lines are not Events; ours are posted explicitly
+    settings.posting.reporting_component = "fedtask-operator"
+    settings.posting.reporting_instance = socket.gethostname()
+    settings.posting.event_name_prefix = "fedtask-"
+    settings.peering.name = config.peering or "fedtask"
+    settings.peering.standalone = not config.peering
+    settings.peering.priority = config.priority
+    settings.peering.lifetime = config.peering_lifetime
+    settings.peering.clusterwide = config.clusterwide
+    settings.execution.max_workers = 8
+    return settings
+
+
+def main(argv: list[str]) -> int:
+    config = parse_config(argv)
+    import kopf
+
+    from fedtask_operator import handlers, metrics
+
+    kopf.configure(verbose=config.verbose)
+    if config.metrics_port:
+        try:
+            metrics.serve(config.metrics_port)
+        except OSError as error:
+            print(f"fedtask operator: --metrics-port {config.metrics_port}: {error}", file=sys.stderr)
+            return 2
+    handlers.register(config)
+    kopf.run(
+        settings=build_settings(config),
+        clusterwide=config.clusterwide,
+        namespaces=config.namespaces,
+        standalone=not config.peering,
+        peering_name=config.peering or None,
+        priority=config.priority,
+        liveness_endpoint=config.liveness or None,
+        memo=kopf.Memo(config=config),
+    )
+    return 0

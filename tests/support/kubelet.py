@@ -1,0 +1,109 @@
+"""A test kubelet for the emulated API: runs every pod the operator creates as a real local process
+(`fedtask_operator.kubelet.ProcessKubelet`) and writes phases and termination messages back through the HTTP API.
+
+It also plays kube-scheduler's binding (spec.nodeName from the pod's hostname affinity) and can inject failures:
+`fail_pods(prefix, times)` makes the next `times` pods whose name starts with `prefix` fail with exit code 1.
+"""
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+
+from fedtask_operator.kubelet import ProcessKubelet
+
+from tests.support.kube import PODS, ApiError, EmulatedCluster
+
+INJECTED_EXIT_CODE = 1
+
+
+def _bound_node(pod: dict) -> str:
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    for term in terms:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == "kubernetes.io/hostname" and expression.get("values"):
+                return expression["values"][0]
+    return (pod.get("spec") or {}).get("nodeName") or ""
+
+
+def _failed_status(pod: dict) -> dict:
+    name = (pod["spec"]["containers"][0] or {}).get("name", "main")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"phase": "Failed", "containerStatuses": [{"name": name, "ready": False, "restartCount": 0, "state": {
+        "terminated": {"exitCode": INJECTED_EXIT_CODE, "reason": "Error", "message": "injected failure",
+                       "startedAt": now, "finishedAt": now}}}]}
+
+
+class ApiKubelet:
+    def __init__(self, cluster: EmulatedCluster, root: pathlib.Path, base_env: dict | None = None,
+                 interval: float = 0.02):
+        self.cluster = cluster
+        self.processes = ProcessKubelet(root, base_env=base_env)
+        self.interval = interval
+        self.started: list[str] = []  # names of every pod started, in order (duplicates would show here)
+        self.bindings: dict[str, str] = {}  # pod name -> node
+        self._failures: dict[str, int] = {}
+        self._injected: set[str] = set()  # pods failed by injection (never run)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-kubelet", daemon=True)
+        self.paused = threading.Event()  # set: pods are observed but no status is written back
+        self.errors: list[str] = []
+
+    def fail_pods(self, prefix: str, times: int) -> None:
+        self._failures[prefix] = times
+
+    def __enter__(self) -> "ApiKubelet":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.processes.stop_all()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as error:  # keep running; the test reads self.errors
+                self.errors.append(repr(error))
+            self._stop.wait(self.interval)
+
+    def sync(self) -> None:
+        pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in self.cluster.objects(PODS)}
+        self._injected &= set(pods)
+        for key in list(self.processes.pods):
+            if key not in pods or pods[key]["metadata"].get("uid") != self.processes.pods[key].pod["metadata"].get("uid"):
+                self.processes.delete_pod(key)
+        for key, pod in pods.items():
+            if key in self.processes.pods or key in self._injected or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            namespace, name = key.split("/", 1)
+            node = _bound_node(pod)
+            self.bindings[name] = node
+            self.started.append(name)
+            prefix = next((p for p, n in self._failures.items() if name.startswith(p) and n > 0), None)
+            if prefix is not None:
+                self._failures[prefix] -= 1
+                self._write(namespace, name, _failed_status(pod), node)
+                self._injected.add(key)
+                continue
+            self.processes.run_pod(pod)
+        if self.paused.is_set():
+            return
+        for pod, status in self.processes.poll():
+            name = pod["metadata"]["name"]
+            self._write(pod["metadata"].get("namespace") or "default", name, status, self.bindings.get(name, ""))
+
+    def _write(self, namespace: str, name: str, status: dict, node: str) -> bool:
+        patch = {"status": status}
+        if node:
+            patch["spec"] = {"nodeName": node}
+        try:
+            self.cluster.patch(PODS, namespace, name, patch, subresource="status")
+            return True
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
