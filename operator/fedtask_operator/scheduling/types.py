@@ -22,6 +22,7 @@ class DeviceRequest:
     train_seconds: dict = field(default_factory=dict)  # device -> observed train time (EWMA), seconds
     samples: dict = field(default_factory=dict)  # device -> sample count, when known
     round: int = 1  # the round being scheduled (seeds `random`, rotates `round-robin`)
+    fairness_bound: float | None = None  # time-fair: rounds a device may fall behind the mean (None: the default, 2)
 
 
 @dataclass(frozen=True)
