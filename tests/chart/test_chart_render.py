@@ -35,6 +35,16 @@ COMBINATIONS = {
                 "metrics.service.enabled=false", "replicaCount=1"],
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+CHART_CRD_FILES = sorted((CHART / "crds").glob("*.yaml"))  # installed by Helm before the templates
+
+
+def crd_schemas() -> dict[str, dict]:
+    """kind -> openAPIV3Schema of the CRDs the chart ships in its crds/ folder."""
+    schemas = {}
+    for path in CHART_CRD_FILES:
+        for crd in yaml.safe_load_all(path.read_text()):
+            schemas[crd["spec"]["names"]["kind"]] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schemas
 
 
 def kinds(objects: list[dict]) -> list[str]:
@@ -76,10 +86,12 @@ def test_helm_3_and_helm_4_render_the_same_objects(tools: Tools, rendered: dict[
 def test_every_object_is_valid_for_a_recent_kubernetes(rendered: dict[str, list[dict]], combination: str) -> None:
     objects = rendered[combination]
     assert objects, "nothing rendered"
+    chart_crds = crd_schemas()
     for obj in objects:
         name = f"{obj['kind']}/{obj['metadata']['name']}"
-        if obj["kind"] in CUSTOM_RESOURCE_SCHEMAS:
-            schema = json.loads(CUSTOM_RESOURCE_SCHEMAS[obj["kind"]].read_text())
+        if obj["kind"] in CUSTOM_RESOURCE_SCHEMAS or obj["kind"] in chart_crds:
+            schema = (json.loads(CUSTOM_RESOURCE_SCHEMAS[obj["kind"]].read_text())
+                      if obj["kind"] in CUSTOM_RESOURCE_SCHEMAS else chart_crds[obj["kind"]])
             errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(obj)]
             assert not errors, f"{name}: {errors}"
             continue
@@ -87,6 +99,13 @@ def test_every_object_is_valid_for_a_recent_kubernetes(rendered: dict[str, list[
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:
             pytest.fail(f"{combination}: {name}: {error.message} at {list(error.path)}")
+
+
+def test_chart_crds_folder_holds_valid_crds() -> None:
+    assert CHART_CRD_FILES
+    for path in CHART_CRD_FILES:
+        for crd in yaml.safe_load_all(path.read_text()):
+            kubernetes_validate.validate(crd, KUBERNETES_VERSION, strict=True)
 
 
 def test_values_switch_the_objects_they_name(rendered: dict[str, list[dict]]) -> None:
@@ -164,8 +183,13 @@ def test_operator_is_highly_available_and_probed(rendered: dict[str, list[dict]]
     health_port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
     assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in container["args"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert the(rendered["defaults"], "ClusterKopfPeering")["metadata"]["name"] == "ft-fedtask"
+    assert "--peering=ft-fedtask" in container["args"]
+    peerings = by_kind(rendered["namespace-scoped"], "KopfPeering")
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     single = the(rendered["minimal"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert not any(arg.startswith("--peering") for arg in single["args"])
+    assert "--standalone" in single["args"] and not any(arg.startswith("--peering") for arg in single["args"])
+    assert not by_kind(rendered["minimal"], "ClusterKopfPeering")
 
 
 def test_services_and_monitors_select_what_they_mean(rendered: dict[str, list[dict]]) -> None:
