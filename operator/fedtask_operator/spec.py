@@ -512,6 +512,8 @@ def _check_scalar(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # an API server takes 5.0 for an integer field too
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -589,8 +591,7 @@ def _decode(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldE
                 errors.append(FieldError(f"{path}.{key}", "keys must be strings"))
                 continue
             if item is None:
-                errors.append(FieldError(f"{path}.{key}", f"must be {_type_name(value_tp)}, not null"))
-                continue
+                continue  # an API server drops null values
             if value_tp is IntOrString and isinstance(item, int) and not isinstance(item, bool):
                 checked = _check_scalar(item, value_tp, FieldInfo(), f"{path}.{key}", errors)
             else:

@@ -1,0 +1,278 @@
+"""The FederatedTask CustomResourceDefinition, generated from the typed model in spec.py (pure).
+
+`crds/federatedtask.yaml` is this module's output (`python -m fedtask_operator.crd > crds/federatedtask.yaml`);
+a test keeps the committed file identical, so the dataclasses, the Python validation and the CRD cannot drift.
+Also here: what a Kubernetes API server does with the schema (structural defaulting, pruning of unknown fields),
+for the local runtime and for tests that check every status field the code writes is in the schema.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from fedtask_operator import spec as api
+
+CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
+REPO_CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "federatedtask.yaml"
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Round", "type": "integer", "jsonPath": ".status.round"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+    {"name": "Accuracy", "type": "number", "jsonPath": ".status.accuracy"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _scalar_schema(tp: Any, info: api.FieldInfo) -> dict:
+    if tp is api.IntOrString:
+        schema: dict = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
+    elif tp is bool:
+        schema = {"type": "boolean"}
+    elif tp is int:
+        schema = {"type": "integer"}
+    elif tp is float:
+        schema = {"type": "number"}
+    elif tp is api.DateTime:
+        schema = {"type": "string", "format": "date-time"}
+    elif tp is str:
+        schema = {"type": "string"}
+    else:  # pragma: no cover - a model definition error
+        raise TypeError(f"no schema for {tp!r}")
+    if info.enum is not None:
+        schema["enum"] = list(info.enum)
+    if info.minimum is not None and tp in (int, float):
+        schema["minimum"] = info.minimum
+        if info.exclusive_minimum:
+            schema["exclusiveMinimum"] = True
+    if info.maximum is not None and tp in (int, float):
+        schema["maximum"] = info.maximum
+        if info.exclusive_maximum:
+            schema["exclusiveMaximum"] = True
+    if info.pattern is not None and tp in (str, api.IntOrString):
+        schema["pattern"] = info.pattern
+    if info.max_length is not None and tp is str:
+        schema["maxLength"] = info.max_length
+    return schema
+
+
+def _type_schema(tp: Any, info: api.FieldInfo, defaults: bool) -> dict:
+    tp, _ = api.unwrap_optional(tp)
+    if dataclasses.is_dataclass(tp):
+        return dataclass_schema(tp, defaults)
+    if tp in (dict, api.FreeForm):
+        return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item_info = api.FieldInfo(pattern=info.pattern)
+        schema = {"type": "array", "items": _type_schema(item_tp, item_info, defaults)}
+        if info.max_items is not None:
+            schema["maxItems"] = info.max_items
+        return schema
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        return {"type": "object",
+                "additionalProperties": _type_schema(value_tp, api.FieldInfo(pattern=info.pattern), defaults)}
+    return _scalar_schema(tp, info)
+
+
+def _field_default(f: dataclasses.Field, tp: Any) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(value):
+            # `{}` lets the API server fill in the nested defaults; a non-standard default is written out.
+            return {} if value == type(value)() else api.encode(value)
+        return api.encode(value)
+    return None
+
+
+def _validations(rules: list[api.CrossFieldRule]) -> list[dict]:
+    return [{"rule": rule.cel, "message": rule.message, "fieldPath": rule.field_path, "reason": "FieldValueInvalid"}
+            for rule in rules]
+
+
+def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | None = None) -> dict:
+    """The structural schema of a model dataclass; `defaults=False` for status (nothing is defaulted there)."""
+    hints = typing.get_type_hints(cls)
+    properties = {}
+    required = []
+    for f in dataclasses.fields(cls):
+        info = api.field_info(f)
+        sub_at = at + (f.name,) if at is not None else None
+        tp, _ = api.unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            schema = dataclass_schema(tp, defaults, sub_at)
+        else:
+            schema = _type_schema(hints[f.name], info, defaults)
+        if info.doc:
+            schema = {"description": info.doc, **schema}
+        if defaults and not info.required:
+            default = _field_default(f, tp)
+            if default is not None:
+                schema["default"] = default
+        if info.required:
+            required.append(api.json_name(f))
+        properties[api.json_name(f)] = schema
+    schema = {"type": "object", "properties": properties}
+    if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
+        schema = {"description": cls.__doc__.strip().splitlines()[0], **schema}
+    if required:
+        schema["required"] = required
+    rules = list(api.TYPE_RULES.get(cls, []))
+    if at is not None:
+        rules += [rule for rule in api.CROSS_FIELD_RULES if rule.at == at]
+    if rules:
+        schema["x-kubernetes-validations"] = _validations(rules)
+    return schema
+
+
+def build_openapi_schema() -> dict:
+    spec_schema = dataclass_schema(api.TaskSpec, defaults=True, at=())
+    spec_schema = {"description": "What to learn, from which devices, and how.", **spec_schema, "default": {}}
+    status_schema = dataclass_schema(api.TaskStatus, defaults=False)
+    status_schema = {"description": "What the operator observed and decided; written by the operator only.",
+                     **status_schema}
+    return {
+        "type": "object",
+        "description": "A federated learning job: rounds of training on devices, aggregation and server-side "
+                       "adjustment on a globally shared dataset.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+
+
+def build_crd() -> dict:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": api.GROUP,
+            "names": {"kind": api.KIND, "listKind": f"{api.KIND}List", "plural": api.PLURAL,
+                      "singular": api.SINGULAR, "shortNames": list(api.SHORT_NAMES), "categories": ["fedtask"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": api.VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": PRINTER_COLUMNS,
+                "schema": {"openAPIV3Schema": build_openapi_schema()},
+            }],
+        },
+    }
+
+
+HEADER = "# Generated from operator/fedtask_operator/spec.py by `python -m fedtask_operator.crd`: do not edit.\n"
+
+
+def render_crd() -> str:
+    import yaml
+
+    return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120, allow_unicode=True)
+
+
+def openapi_schema(crd: dict | None = None) -> dict:
+    crd = crd or build_crd()
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def status_schema() -> dict:
+    return openapi_schema()["properties"]["status"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What an API server does with the schema
+
+
+def unknown_fields(value: Any, schema: dict, path: str) -> list[str]:
+    """Paths under `value` that an API server would prune (not in the structural schema)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        for key, item in value.items():
+            if properties is not None and key in properties:
+                found += unknown_fields(item, properties[key], f"{path}.{key}")
+            elif isinstance(additional, dict):
+                found += unknown_fields(item, additional, f"{path}.{key}")
+            else:
+                found.append(f"{path}.{key}")
+    elif isinstance(value, list) and schema.get("type") == "array":
+        for index, item in enumerate(value):
+            found += unknown_fields(item, schema.get("items", {}), f"{path}[{index}]")
+    return found
+
+
+def unknown_status_fields(status: dict) -> list[str]:
+    """Paths in `status` a real API server would drop: every field the code writes must be in the CRD's schema."""
+    return unknown_fields(status, status_schema(), "status")
+
+
+def prune_unknown_fields(value: Any, schema: dict) -> Any:
+    """A copy of `value` without the fields a structural schema does not know (what the API server stores)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return copy.deepcopy(value)
+    if isinstance(value, dict) and schema.get("type") == "object":
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        out = {}
+        for key, item in value.items():
+            if properties is not None and key in properties:
+                out[key] = prune_unknown_fields(item, properties[key])
+            elif isinstance(additional, dict):
+                out[key] = prune_unknown_fields(item, additional)
+        return out
+    if isinstance(value, list) and schema.get("type") == "array":
+        return [prune_unknown_fields(item, schema.get("items", {})) for item in value]
+    return copy.deepcopy(value)
+
+
+def apply_defaults(value: Any, schema: dict) -> Any:
+    """A copy of `value` with the schema's defaults applied, as an API server does (null counts as absent)."""
+    if isinstance(value, dict) and schema.get("type") == "object" and "x-kubernetes-preserve-unknown-fields" not in schema:
+        out = {k: v for k, v in value.items() if v is not None}  # null fields are dropped before defaulting
+        for key, prop in (schema.get("properties") or {}).items():
+            if key not in out and "default" in prop:
+                out[key] = copy.deepcopy(prop["default"])
+        for key, item in list(out.items()):
+            prop = (schema.get("properties") or {}).get(key)
+            if prop is None and isinstance(schema.get("additionalProperties"), dict):
+                prop = schema["additionalProperties"]
+            if prop is not None:
+                out[key] = apply_defaults(item, prop)
+        return out
+    if isinstance(value, list) and schema.get("type") == "array":
+        return [apply_defaults(item, schema.get("items", {})) for item in value]
+    return copy.deepcopy(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    text = render_crd()
+    if argv[:1] == ["--check"]:
+        path = Path(argv[1]) if len(argv) > 1 else REPO_CRD_PATH
+        if path.read_text() != text:
+            print(f"{path} is out of date: run `python -m fedtask_operator.crd > {path}`", file=sys.stderr)
+            return 1
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""The CRD: generated from the typed model, structural, and enforcing exactly what the Python validation enforces.
+
+An API server is emulated here from the CRD alone: structural defaulting, strict field validation (kubectl's default),
+the OpenAPI schema (jsonschema) and the CEL rules (cel-python). Every manifest must be accepted or rejected by it
+exactly as `parse_task` accepts or rejects it, with the same field paths.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import celpy
+import jsonschema
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedtask_operator import crd as crdmod
+from fedtask_operator.spec import SpecError, TaskStatus, parse_task, spec_to_dict, status_to_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = yaml.safe_load((ROOT / "crds" / "federatedtask.yaml").read_text())
+SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+SPEC_SCHEMA = SCHEMA["properties"]["spec"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# An API server, from the CRD alone
+
+
+def draft7(schema):
+    """OpenAPI v3.0 (boolean exclusiveMinimum/Maximum) -> JSON Schema draft 7 (numeric)."""
+    if isinstance(schema, list):
+        return [draft7(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: draft7(v) for k, v in schema.items() if k not in ("default", "x-kubernetes-validations")}
+    if out.pop("exclusiveMinimum", False):
+        out["exclusiveMinimum"] = out.pop("minimum")
+    if out.pop("exclusiveMaximum", False):
+        out["exclusiveMaximum"] = out.pop("maximum")
+    return out
+
+
+SPEC_VALIDATOR = jsonschema.Draft7Validator(draft7(SPEC_SCHEMA))
+CEL_ENV = celpy.Environment()
+
+
+@functools.lru_cache(maxsize=None)
+def cel_program(rule: str):
+    return CEL_ENV.program(CEL_ENV.compile(rule))
+
+
+def to_cel(value, schema):
+    """Kubernetes hands CEL typed values: `number` fields are doubles even when written as 1."""
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else {}
+        return celpy.celtypes.MapType({celpy.celtypes.StringType(k): to_cel(v, props.get(k, extra))
+                                       for k, v in value.items()})
+    if isinstance(value, list):
+        return celpy.celtypes.ListType([to_cel(v, schema.get("items", {})) for v in value])
+    if schema.get("type") == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return celpy.celtypes.DoubleType(float(value))
+    return celpy.json_to_cel(value)
+
+
+def cel_errors(value, schema, path):
+    errors = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        ok = cel_program(rule["rule"]).evaluate({"self": to_cel(value, schema)})
+        if not bool(ok):
+            errors.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            prop = (schema.get("properties") or {}).get(key)
+            if prop is not None:
+                errors += cel_errors(item, prop, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            errors += cel_errors(item, schema.get("items", {}), f"{path}[{index}]")
+    return errors
+
+
+def json_path(parts) -> str:
+    out = "spec"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def api_server_errors(spec) -> list[str]:
+    """Field paths an API server (with kubectl's strict field validation) rejects `spec` for; [] when accepted."""
+    defaulted = crdmod.apply_defaults(spec, SPEC_SCHEMA)
+    errors = [f"{path}: unknown field" for path in crdmod.unknown_fields(defaulted, SPEC_SCHEMA, "spec")]
+    for error in SPEC_VALIDATOR.iter_errors(defaulted):
+        if error.validator == "required":  # the API server names the missing field itself
+            errors += [f"{json_path([*error.absolute_path, key])}: required" for key in error.validator_value
+                       if key not in error.instance]
+        else:
+            errors.append(f"{json_path(error.absolute_path)}: {error.validator}")
+    if errors:
+        return errors
+    return cel_errors(defaulted, SPEC_SCHEMA, "spec")
+
+
+def python_errors(spec) -> list[str]:
+    try:
+        parse_task({"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "metadata": {"name": "t"},
+                    "spec": spec})
+    except SpecError as exc:
+        return [str(e) for e in exc.errors]
+    return []
+
+
+def paths(errors: list[str]) -> set[str]:
+    return {e.split(": ", 1)[0] for e in errors}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The file and its structure
+
+
+def test_committed_crd_is_the_generated_one():
+    assert (ROOT / "crds" / "federatedtask.yaml").read_text() == crdmod.render_crd(), \
+        "run: python -m fedtask_operator.crd > crds/federatedtask.yaml"
+    assert crdmod.main(["--check", str(ROOT / "crds" / "federatedtask.yaml")]) == 0
+
+
+def test_crd_names_printer_columns_and_status_subresource():
+    assert CRD["apiVersion"] == "apiextensions.k8s.io/v1" and CRD["kind"] == "CustomResourceDefinition"
+    assert CRD["metadata"]["name"] == "federatedtasks.fedtask.io"
+    names = CRD["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("FederatedTask", "federatedtasks",
+                                                                     ["ft", "fedtask"])
+    (version,) = CRD["spec"]["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Phase", "Round", "Stage", "Accuracy", "Age"]
+    for column in version["additionalPrinterColumns"][:-1]:
+        field = column["jsonPath"].split(".")[-1]
+        assert SCHEMA["properties"]["status"]["properties"][field]["type"] == column["type"]
+
+
+def walk(schema, path="$"):
+    yield path, schema
+    for key, prop in (schema.get("properties") or {}).items():
+        yield from walk(prop, f"{path}.{key}")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from walk(schema["additionalProperties"], f"{path}.*")
+    if isinstance(schema.get("items"), dict):
+        yield from walk(schema["items"], f"{path}[]")
+
+
+def test_schema_is_structural():
+    for path, node in walk(SCHEMA):
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            assert "type" not in node, path
+        else:
+            assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean"), path
+            assert "anyOf" not in node and "oneOf" not in node and "allOf" not in node, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert not (node.get("x-kubernetes-preserve-unknown-fields") and "properties" in node), path
+        if node.get("type") == "array":
+            assert "items" in node, path
+        if path.startswith("$.properties.status"):
+            assert "default" not in node, f"{path}: no defaults in status"
+
+
+def test_every_default_is_valid_and_survives_pruning():
+    for path, node in walk(SCHEMA):
+        if "default" in node:
+            default = node["default"]
+            jsonschema.Draft7Validator(draft7(node)).validate(crdmod.apply_defaults(default, node))
+            assert crdmod.prune_unknown_fields(default, node) == default, path
+
+
+def test_rules_with_lists_have_bounded_cost():
+    # The API server refuses CEL rules whose estimated cost is unbounded: lists under rules need maxItems.
+    for path, node in walk(SCHEMA):
+        if node.get("type") == "array" and "[]" not in path:
+            items = node["items"]
+            if items.get("x-kubernetes-validations") or any(
+                    p.get("x-kubernetes-validations") for _, p in walk(items)):
+                assert "maxItems" in node, path
+        for rule in node.get("x-kubernetes-validations", []):
+            assert set(rule) <= {"rule", "message", "fieldPath", "reason", "messageExpression"}, path
+            cel_program(rule["rule"])  # compiles
+
+
+def test_defaulting_by_the_api_server_equals_the_typed_model():
+    for spec in GOOD_SPECS:
+        assert crdmod.apply_defaults(spec, SPEC_SCHEMA) == spec_to_dict(parse_task(
+            {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "metadata": {"name": "t"},
+             "spec": spec}).spec), spec
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Same verdicts
+
+
+GOOD_SPECS = [
+    {},
+    {"devices": {"perRound": 2, "minReturned": 1, "count": 2}},
+    {"devices": {"perRound": 5, "count": 10, "resources": {"requests": {"cpu": "500m", "nvidia.com/gpu": 1},
+                                                          "limits": {"memory": "1Gi"}}}},
+    {"data": {"source": "pvc", "claimName": "data-{node}"}, "devices": {"selector": {"matchExpressions": [
+        {"key": "gpu", "operator": "Exists"}, {"key": "zone", "operator": "In", "values": ["a", "b"]}]}}},
+    {"data": {"source": "hostPath", "hostPath": "/srv/data", "shared": {"fraction": 0, "uri": "s3://b/shared"}}},
+    {"adjustment": {"enabled": False}, "data": {"shared": {"fraction": 0}}},
+    {"aggregation": {"strategy": "krum", "byzantine": 1}, "training": {"learningRate": 1, "momentum": 0.5}},
+    {"aggregation": {"strategy": "trimmed-mean", "trimFraction": 0.49}},
+    {"devices": {"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                 {"key": "k", "operator": "Equal", "value": "v", "tolerationSeconds": 30}]}},
+    {"model": {"name": "mypkg.models:build", "args": {"hidden": [64], "x": None}}, "rounds": {"max": 1},
+     "storage": {"secretRef": {"name": "creds"}}, "imagePullSecrets": [{"name": "r"}], "suspend": True,
+     "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 0, "scheduling": {"priority": -5, "policy": "random"}},
+    {"devices": {"perRound": 3.0, "count": None}, "publish": {"toDevices": True}},
+]
+
+BAD_SPECS = [
+    ({"devices": {"perRound": 0}}, {"spec.devices.perRound"}),
+    ({"devices": {"perRound": 3, "minReturned": 4}}, {"spec.devices.minReturned"}),
+    ({"devices": {"perRound": 11, "count": 10}}, {"spec.devices.perRound"}),
+    ({"devices": {"minReturned": 0}}, {"spec.devices.minReturned"}),
+    ({"devices": {"resources": {"requests": {"cpu": "lots"}}}}, {"spec.devices.resources.requests.cpu"}),
+    ({"devices": {"resources": {"requests": {"cpu": True}}}}, {"spec.devices.resources.requests.cpu"}),
+    ({"devices": {"selector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}},
+     {"spec.devices.selector.matchExpressions[0].values"}),
+    ({"devices": {"selector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}}},
+     {"spec.devices.selector.matchExpressions[0].values"}),
+    ({"devices": {"selector": {"matchExpressions": [{"operator": "Exists"}]}}},
+     {"spec.devices.selector.matchExpressions[0].key"}),
+    ({"devices": {"tolerations": [{"operator": "Exists", "value": "v"}]}}, {"spec.devices.tolerations[0].value"}),
+    ({"devices": {"tolerations": [{"effect": "Sometimes"}]}}, {"spec.devices.tolerations[0].effect"}),
+    ({"data": {"source": "s3"}}, {"spec.data.source"}),
+    ({"data": {"source": "pvc", "claimName": "shared-claim"}}, {"spec.data.claimName"}),
+    ({"data": {"hostPath": "relative/dir"}}, {"spec.data.hostPath"}),
+    ({"data": {"partition": {"alpha": 0}}}, {"spec.data.partition.alpha"}),
+    ({"data": {"shared": {"fraction": 1.5}}}, {"spec.data.shared.fraction"}),
+    ({"data": {"shared": {"fraction": 0}}}, {"spec.adjustment.enabled"}),
+    ({"model": {"name": "not a name"}}, {"spec.model.name"}),
+    ({"model": {"args": "x"}}, {"spec.model.args"}),
+    ({"training": {"learningRate": 0}}, {"spec.training.learningRate"}),
+    ({"training": {"momentum": 1}}, {"spec.training.momentum"}),
+    ({"training": {"batchSize": 2.5}}, {"spec.training.batchSize"}),
+    ({"training": {"optimizer": "rmsprop"}}, {"spec.training.optimizer"}),
+    ({"aggregation": {"strategy": "krum"}}, {"spec.aggregation.byzantine"}),
+    ({"aggregation": {"trimFraction": 0.5}}, {"spec.aggregation.trimFraction"}),
+    ({"aggregation": {"onInvalid": "ignore"}}, {"spec.aggregation.onInvalid"}),
+    ({"rounds": {"max": 0}}, {"spec.rounds.max"}),
+    ({"rounds": {"targetAccuracy": 1.01, "timeoutSeconds": 0}},
+     {"spec.rounds.targetAccuracy", "spec.rounds.timeoutSeconds"}),
+    ({"scheduling": {"policy": "fifo"}}, {"spec.scheduling.policy"}),
+    ({"storage": {"secretRef": {}}}, {"spec.storage.secretRef.name"}),
+    ({"suspend": "no"}, {"spec.suspend"}),
+    ({"backoffLimit": -1}, {"spec.backoffLimit"}),
+    ({"activeDeadlineSeconds": 0}, {"spec.activeDeadlineSeconds"}),
+    ({"devices": {"perRond": 3}}, {"spec.devices.perRond"}),
+    ({"traning": {}}, {"spec.traning"}),
+    ({"imagePullSecrets": [{"name": "a"}] * 17}, {"spec.imagePullSecrets"}),
+]
+
+
+@pytest.mark.parametrize("spec", GOOD_SPECS)
+def test_good_specs_pass_both(spec):
+    assert api_server_errors(spec) == []
+    assert python_errors(spec) == []
+
+
+@pytest.mark.parametrize("spec, expected", BAD_SPECS)
+def test_bad_specs_fail_both_on_the_same_fields(spec, expected):
+    assert paths(api_server_errors(spec)) == expected
+    assert paths(python_errors(spec)) == expected
+
+
+def test_python_messages_for_cel_rules_are_the_crds():
+    for spec, _ in BAD_SPECS:
+        server = [e for e in api_server_errors(spec) if not e.endswith(("minimum", "enum", "type", "pattern",
+                                                                          "required", "maximum", "exclusiveMinimum",
+                                                                          "exclusiveMaximum", "maxItems",
+                                                                          "unknown field", "anyOf"))]
+        for error in server:
+            assert error in python_errors(spec)
+
+
+def leaf_paths(schema, prefix=()):
+    for key, prop in (schema.get("properties") or {}).items():
+        yield prefix + (key,)
+        yield from leaf_paths(prop, prefix + (key,))
+
+
+SPEC_PATHS = sorted(set(leaf_paths(SPEC_SCHEMA)))
+VALUES = st.sampled_from([
+    -1, 0, 1, 2, 3, 10, 0.0, 0.5, 0.49, 1.0, 1.5, 2.0, True, False, None, "", "x", "500m", "In", "Exists", "pvc",
+    "krum", "fedadam", "/abs", "d-{node}", [], [{"name": "a"}], [{"key": "a", "operator": "In"}], {}, {"a": "b"},
+    {"cpu": 1}, {"name": "n"}, {"enabled": False}, {"fraction": 0}])
+
+
+def set_path(spec, path, value):
+    target = spec
+    for key in path[:-1]:
+        if not isinstance(target.get(key), dict):
+            target[key] = {}
+        target = target[key]
+    target[path[-1]] = value
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from(GOOD_SPECS), edits=st.lists(st.tuples(st.sampled_from(SPEC_PATHS), VALUES),
+                                                        min_size=1, max_size=3))
+def test_random_edits_get_the_same_verdict(base, edits):
+    spec = copy.deepcopy(base)
+    for path, value in edits:
+        set_path(spec, path, copy.deepcopy(value))
+    server, python = api_server_errors(spec), python_errors(spec)
+    assert bool(server) == bool(python), (spec, server, python)
+    if not python:
+        assert crdmod.apply_defaults(spec, SPEC_SCHEMA) == spec_to_dict(parse_task(
+            {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "metadata": {"name": "t"},
+             "spec": spec}).spec)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Status: what the code writes must survive a real API server
+
+
+FULL_STATUS = {
+    "phase": "Running", "round": 3, "stage": "Training", "accuracy": 0.91, "observedGeneration": 2,
+    "shardCount": 10, "message": "round 3 of 20",
+    "conditions": [{"type": "Ready", "status": "True", "reason": "RoundRunning", "message": "",
+                    "lastTransitionTime": "2026-11-28T04:00:00Z", "observedGeneration": 2}],
+    "devices": [{"device": "d001", "node": "n1", "pod": "t-r0003-train-d001", "state": "Running", "reason": "",
+                 "attempts": 1, "startTime": "2026-11-28T04:00:00Z", "finishTime": "2026-11-28T04:00:09Z",
+                 "result": {"num_samples": 10, "loss": 0.5, "seconds": 1.0, "bytes": 100}}],
+    "current": {"stage": "aggregate", "pod": "t-r0003-aggregate", "state": "Running", "attempts": 0,
+                "startTime": "2026-11-28T04:00:00Z", "result": {"updates": 3, "rejected": [{"uri": "u", "reason": "r"}]}},
+    "published": [{"node": "n1", "pod": "t-publish-n1", "state": "Succeeded", "attempts": 0,
+                   "result": {"uri": "/models/x"}}],
+    "assignment": [{"device": "d001", "node": "n1", "estimatedSeconds": 1.5}],
+    "currentRound": {"round": 3, "devices": ["d001"], "startTime": "2026-11-28T04:00:00Z"},
+    "history": [{"round": 2, "devices": ["d001", "d002"], "returned": ["d001"], "excluded": ["d002"],
+                 "rejected": [], "accuracy": 0.9, "loss": 0.3, "startTime": "2026-11-28T04:00:00Z",
+                 "durationSeconds": 4.2, "trainSeconds": 2.0, "aggregateSeconds": 0.5, "adjustSeconds": 1.0,
+                 "samples": 300, "uri": "s3://b/r2"}],
+    "model": {"uri": "s3://b/final", "round": 20, "accuracy": 0.93},
+    "best": {"uri": "s3://b/best", "round": 19, "accuracy": 0.94},
+    "participation": {"d001": 3}, "trainSecondsEstimate": {"d001": 1.25},
+    "waitingSince": "2026-11-28T04:00:00Z", "roundStartTime": "2026-11-28T04:00:00Z",
+    "startTime": "2026-11-28T04:00:00Z", "completionTime": "2026-11-28T05:00:00Z",
+}
+
+
+def test_full_status_is_kept_by_the_api_server_and_valid():
+    assert crdmod.unknown_status_fields(FULL_STATUS) == []
+    jsonschema.Draft7Validator(draft7(SCHEMA["properties"]["status"]),
+                               format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER).validate(FULL_STATUS)
+
+
+def test_typed_status_round_trip_writes_only_schema_fields():
+    from fedtask_operator.spec import status_from_dict
+
+    typed = status_from_dict(FULL_STATUS)
+    encoded = status_to_dict(typed)
+    assert status_from_dict(encoded) == typed
+    assert encoded["history"][0] == FULL_STATUS["history"][0] and encoded["model"] == FULL_STATUS["model"]
+    assert crdmod.unknown_status_fields(encoded) == []
+    assert crdmod.unknown_status_fields(status_to_dict(TaskStatus())) == []
+
+
+def test_unknown_status_fields_are_found_where_a_server_would_prune():
+    status = copy.deepcopy(FULL_STATUS)
+    status["roundz"] = 1
+    status["devices"][0]["score"] = 2
+    status["history"][0]["extra"] = {"a": 1}
+    status["participation"]["d009"] = 1  # map entries are fine
+    status["devices"][0]["result"]["anything"] = {"goes": 1}  # results are free-form
+    assert sorted(crdmod.unknown_status_fields(status)) == ["status.devices[0].score", "status.history[0].extra",
+                                                            "status.roundz"]
+    pruned = crdmod.prune_unknown_fields({"status": status}, SCHEMA)["status"]
+    assert crdmod.unknown_status_fields(pruned) == []
+    assert "roundz" not in pruned and pruned["devices"][0]["result"]["anything"] == {"goes": 1}
