@@ -66,17 +66,7 @@ def _items(objects, kind: str) -> list[dict]:
         objects = objects.get("items")
     if not isinstance(objects, list):
         raise FleetError(f"{kind}: expected a list of objects or a List with items")
-    for i, obj in enumerate(objects):
-        if not isinstance(obj, dict):
-            raise FleetError(f"{kind}[{i}]: expected an object, got {type(obj).__name__}")
     return objects
-
-
-def _is_ready(status: dict) -> bool:
-    for condition in status.get("conditions") or ():
-        if condition.get("type") == "Ready":
-            return condition.get("status") == "True"
-    return False
 
 
 def _container_requests(container: dict, where: str) -> dict[str, int]:
@@ -115,16 +105,22 @@ def pod_requests(pod: dict, where: str = "pod") -> dict[str, int]:
     return total
 
 
-def _object_name(obj: dict, kind: str, i: int) -> str:
-    metadata = obj.get("metadata") or {}
-    name = metadata.get("name")
-    if not name:
-        raise FleetError(f"{kind}[{i}].metadata.name: required")
-    return str(name)
+def _hashable(resources) -> tuple | None:
+    """A cache key for a ResourceList, None when it is not a plain mapping of scalars."""
+    if not isinstance(resources, dict):
+        return None
+    try:
+        key = tuple(resources.items())
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def build_fleet(nodes, pods=()) -> Fleet:
-    """Precompute everything the scheduler needs from node and pod objects, in one pass over each."""
+    """Precompute everything the scheduler needs from node and pod objects, in one pass over each.
+
+    Fleets repeat themselves (a few node sizes, a few pod shapes), so parsed resource lists are cached by content."""
     nodes = _items(nodes, "nodes")
     pods = _items(pods, "pods") if pods else []
     count = len(nodes)
@@ -135,22 +131,30 @@ def build_fleet(nodes, pods=()) -> Fleet:
     taint_group = np.zeros(count, dtype=np.int64)
     taint_sets: list[tuple] = [()]
     taint_ids: dict = {(): 0}
-    allocatables: list[dict] = []
-    resources: dict[str, None] = {}
-    gpu_speeds = np.zeros(count)
+    shapes: dict = {}  # allocatable content -> shape id
+    shape_rows: list[dict] = []
+    shape_of = np.zeros(count, dtype=np.int64)
     index: dict[str, int] = {}
     for i, node in enumerate(nodes):
-        name = _object_name(node, "nodes", i)
+        if not isinstance(node, dict):
+            raise FleetError(f"nodes[{i}]: expected an object, got {type(node).__name__}")
+        metadata = node.get("metadata") or {}
+        name = metadata.get("name")
+        if not name or not isinstance(name, str):
+            raise FleetError(f"nodes[{i}].metadata.name: required")
         if name in index:
             raise FleetError(f"nodes[{i}].metadata.name: duplicate node {name!r}")
         index[name] = i
         names.append(name)
-        node_labels = (node.get("metadata") or {}).get("labels") or {}
-        labels.append(node_labels)
+        labels.append(metadata.get("labels") or {})
         spec = node.get("spec") or {}
         status = node.get("status") or {}
-        ready[i] = _is_ready(status)
-        cordoned[i] = bool(spec.get("unschedulable"))
+        for condition in status.get("conditions") or ():
+            if condition.get("type") == "Ready":
+                ready[i] = condition.get("status") == "True"
+                break
+        if spec.get("unschedulable"):
+            cordoned[i] = True
         taints = spec.get("taints")
         if taints:
             blocking = tuple(
@@ -161,54 +165,79 @@ def build_fleet(nodes, pods=()) -> Fleet:
                 taint_group[i] = taint_ids.setdefault(blocking, len(taint_ids))
                 if taint_group[i] == len(taint_sets):
                     taint_sets.append(tuple({"key": k, "value": v, "effect": e} for k, v, e in blocking))
-        try:
-            allocatable = parse_resource_list(status.get("allocatable") or status.get("capacity"),
-                                              f"node {name}: status.allocatable")
-        except QuantityError as error:
-            raise FleetError(str(error)) from None
-        allocatables.append(allocatable)
-        for resource in allocatable:
-            resources[resource] = None
-        if any(is_gpu_resource(r) and m > 0 for r, m in allocatable.items()):
-            gpu_speeds[i] = gpu_speed(node_labels)
-    columns = list(resources)
+        raw = status.get("allocatable") or status.get("capacity")
+        key = _hashable(raw)
+        shape = shapes.get(key) if key is not None else None
+        if shape is None:
+            try:
+                parsed = parse_resource_list(raw, f"node {name}: status.allocatable")
+            except QuantityError as error:
+                raise FleetError(str(error)) from None
+            shape = len(shape_rows)
+            shape_rows.append(parsed)
+            if key is not None:
+                shapes[key] = shape
+        shape_of[i] = shape
+    columns = list(dict.fromkeys(r for row in shape_rows for r in row))
     for standard in ("cpu", "memory"):
-        if standard not in resources:
+        if standard not in columns:
             columns.append(standard)
     column_of = {r: c for c, r in enumerate(columns)}
-    alloc = np.zeros((count, len(columns)), dtype=np.int64)
     pod_column = column_of.get(POD_COUNT)
-    for i, allocatable in enumerate(allocatables):
-        row = alloc[i]
-        for resource, milli in allocatable.items():
-            row[column_of[resource]] = milli
-        if pod_column is not None and POD_COUNT not in allocatable:
-            row[pod_column] = MAX_MILLI  # no pod limit reported: do not invent one
-    used = np.zeros_like(alloc)
+    shape_matrix = np.zeros((max(len(shape_rows), 1), len(columns)), dtype=np.int64)
+    for shape, parsed in enumerate(shape_rows):
+        for resource, milli in parsed.items():
+            shape_matrix[shape, column_of[resource]] = milli
+        if pod_column is not None and POD_COUNT not in parsed:
+            shape_matrix[shape, pod_column] = MAX_MILLI  # no pod limit reported: do not invent one
+    alloc = shape_matrix[shape_of]
+    used_rows: dict[int, list[int]] = {}
     training: dict[int, set] = {}
+    pod_shapes: dict = {}
     for i, pod in enumerate(pods):
+        if not isinstance(pod, dict):
+            raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}")
         spec = pod.get("spec") or {}
         node_index = index.get(spec.get("nodeName") or "")
         if node_index is None or (pod.get("status") or {}).get("phase") in TERMINATED_PHASES:
             continue
         metadata = pod.get("metadata") or {}
-        where = f"pod {metadata.get('namespace', '')}/{metadata.get('name', i)}"
-        try:
-            requests = pod_requests(pod, where)
-        except QuantityError as error:
-            raise FleetError(str(error)) from None
-        row = used[node_index]
-        for resource, milli in requests.items():
-            column = column_of.get(resource)
-            if column is not None:
-                row[column] += milli
+        requests = None
+        containers = spec.get("containers") or ()
+        simple = len(containers) == 1 and not spec.get("initContainers") and not spec.get("overhead")
+        if simple:
+            resources = containers[0].get("resources") or {}
+            key = (_hashable(resources.get("requests") or {}), _hashable(resources.get("limits") or {}))
+            if None not in key:
+                requests = pod_shapes.get(key)
+        if requests is None:
+            where = f"pod {metadata.get('namespace', '')}/{metadata.get('name', i)}"
+            try:
+                requests = [(column_of[r], m) for r, m in pod_requests(pod, where).items() if r in column_of]
+            except QuantityError as error:
+                raise FleetError(str(error)) from None
+            if simple and None not in key:
+                pod_shapes[key] = requests
+        row = used_rows.get(node_index)
+        if row is None:
+            row = used_rows[node_index] = [0] * len(columns)
+        for column, milli in requests:
+            row[column] += milli
         if pod_column is not None:
             row[pod_column] += 1000
-        pod_labels = metadata.get("labels") or {}
-        if pod_labels.get(STAGE_LABEL) == "train" and pod_labels.get(TASK_LABEL):
+        pod_labels = metadata.get("labels")
+        if pod_labels and pod_labels.get(STAGE_LABEL) == "train" and pod_labels.get(TASK_LABEL):
             task = f"{metadata.get('namespace') or 'default'}/{pod_labels[TASK_LABEL]}"
             training.setdefault(node_index, set()).add(task)
-    free = alloc - used
+    free = alloc.copy()
+    if used_rows:
+        busy = np.fromiter(used_rows, dtype=np.int64, count=len(used_rows))
+        free[busy] -= np.array(list(used_rows.values()), dtype=np.int64)
+    gpu_columns = [c for r, c in column_of.items() if is_gpu_resource(r)]
+    gpu_speeds = np.zeros(count)
+    if gpu_columns:
+        for i in np.flatnonzero((alloc[:, gpu_columns] > 0).any(axis=1)):
+            gpu_speeds[i] = gpu_speed(labels[i])
     cpu = alloc[:, column_of["cpu"]] / 1000.0
     return Fleet(
         names=names, labels=labels, ready=ready, cordoned=cordoned, taint_group=taint_group, taint_sets=taint_sets,

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.random  # noqa: F401  (imported up front: its first import costs 0.1 s)
 
 from ..naming import shard_device_id, shard_index
 from ..quantities import QuantityError, format_milli, parse_resource_list
@@ -84,6 +85,12 @@ class _LazyReasons(Mapping):
 
     def __repr__(self) -> str:
         return repr(dict(self))
+
+
+def _median(values) -> float:
+    ordered = np.sort(np.asarray(values, dtype=float))
+    middle = len(ordered) // 2
+    return float(ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def effective_priority(request: DeviceRequest, now: float | None) -> float:
@@ -340,7 +347,7 @@ def _node_estimates(context: _Context, task: _Task) -> np.ndarray:
     fleet, request = context.fleet, task.request
     speed = context.speed(task)
     known_samples = [s for s in request.samples.values() if s]
-    samples = np.full(len(fleet), float(np.median(known_samples)) if known_samples else float(DEFAULT_SAMPLES))
+    samples = np.full(len(fleet), _median(known_samples) if known_samples else float(DEFAULT_SAMPLES))
     for device, count in request.samples.items():
         node = fleet.index.get(device)
         if node is not None and count:
@@ -351,7 +358,7 @@ def _node_estimates(context: _Context, task: _Task) -> np.ndarray:
         nodes = np.array([n for n, _ in observed])
         seconds = np.array([s for _, s in observed], dtype=float)
         ratios = seconds / np.maximum(est[nodes], 1e-12)
-        est = est * float(np.median(ratios))
+        est = est * _median(ratios)
         est[nodes] = seconds
     return est
 
@@ -499,7 +506,11 @@ def _assign_node_tasks(context: _Context, tasks: list[_Task]) -> None:
             cand = cand[np.argsort(task.est[cand], kind="stable")]
         else:
             cand = _preference(task, limit)
-        return [int(n) for n in cand if fixed.get(int(n), task) is task]
+        if fixed:
+            others = [n for n, owner in fixed.items() if owner is not task]
+            if others:
+                cand = cand[~np.isin(cand, others)]
+        return cand.tolist()
 
     def solve(served: list[_Task], floor: float) -> _Matching | None:
         matching = _Matching({n: t for n, t in fixed.items() if t in served})
@@ -681,7 +692,7 @@ def _choose_shards(task: _Task, count: int) -> list[int]:
 def _shard_sizes(request: DeviceRequest, count: int) -> np.ndarray:
     """Per shard: observed seconds when known, else samples; used for ordering under `fastest`/`time-fair`."""
     known = [s for s in request.samples.values() if s]
-    size = np.full(count, float(np.median(known)) if known else float(DEFAULT_SAMPLES))
+    size = np.full(count, _median(known) if known else float(DEFAULT_SAMPLES))
     for device, samples in request.samples.items():
         index = shard_index(device)
         if index is not None and index < count and samples:
@@ -695,10 +706,10 @@ def _shard_work(context: _Context, task: _Task, shards: list[int], speed: np.nda
     observed = [(shard_index(d), s) for d, s in request.train_seconds.items() if s and shard_index(d) is not None]
     size = _shard_sizes(request, max([*shards, *(i for i, _ in observed)], default=0) + 1)
     work = [float(size[s]) * SECONDS_PER_SAMPLE_PER_CORE for s in shards]
-    typical_speed = float(np.median(speed[task.candidates])) if len(task.candidates) else 1.0
-    ratios = [seconds / max(float(size[index]) * SECONDS_PER_SAMPLE_PER_CORE / typical_speed, 1e-12)
-              for index, seconds in observed]
-    if ratios:
-        factor = float(np.median(ratios))
+    if observed:
+        typical_speed = _median(speed[task.candidates]) if len(task.candidates) else 1.0
+        ratios = [seconds / max(float(size[index]) * SECONDS_PER_SAMPLE_PER_CORE / typical_speed, 1e-12)
+                  for index, seconds in observed]
+        factor = _median(ratios)
         work = [w * factor for w in work]
     return work

@@ -1,0 +1,166 @@
+"""`fedtask schedule`: dry-run device selection against `kubectl get nodes/pods -o json` dumps."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+
+import yaml
+
+from ..spec import SpecError, parse_task
+from .fleet import FleetError, build_fleet
+from .matching import SelectorError
+from .request import build_device_request
+from .select import POLICIES, select_devices
+
+USAGE_EXAMPLE = """examples:
+  kubectl get nodes -o json > nodes.json; kubectl get pods -A -o json > pods.json
+  fedtask schedule --nodes nodes.json --pods pods.json vision.yaml speech.yaml
+  fedtask schedule --nodes nodes.json task.yaml --json --policy fastest"""
+
+
+class InputError(Exception):
+    """A file the command cannot use; the message names the file and the reason."""
+
+
+def load_documents(path: str) -> list:
+    """Every YAML/JSON document in a file ('-' reads stdin)."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        if text.lstrip().startswith(("{", "[")):
+            return [json.loads(text)]
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise InputError(f"{path}: not valid YAML or JSON{where}: {first_line}") from None
+
+
+def load_objects(path: str, kind: str) -> list[dict]:
+    """Objects of `kind` from a `kubectl get -o json|yaml` dump: a List with items, a list, or single objects."""
+    objects: list = []
+    for document in load_documents(path):
+        if isinstance(document, dict) and isinstance(document.get("items"), list):
+            objects.extend(document["items"])
+        elif isinstance(document, list):
+            objects.extend(document)
+        else:
+            objects.append(document)
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict) or obj.get("kind", kind) != kind:
+            found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
+            raise InputError(f"{path}: item {i}: expected a {kind}, found {found!r} "
+                             f"(use `kubectl get {kind.lower()}s -o json`)")
+    return objects
+
+
+def load_tasks(paths: list[str], now: float, policy: str | None):
+    requests, keys = [], set()
+    for path in paths:
+        documents = load_documents(path)
+        if not documents:
+            raise InputError(f"{path}: no FederatedTask in the file")
+        for number, document in enumerate(documents, 1):
+            where = path if len(documents) == 1 else f"{path} (document {number})"
+            try:
+                task = parse_task(document)
+            except SpecError as error:
+                raise InputError(f"{where}: {error}") from None
+            if task.key in keys:
+                raise InputError(f"{where}: task {task.key} given twice")
+            request = build_device_request(task, now)
+            if policy:
+                request = replace(request, policy=policy)
+            requests.append(request)
+            keys.add(task.key)
+    return requests
+
+
+def display_names(keys) -> dict[str, str]:
+    """Task names as users wrote them; namespace/name only where two namespaces share a name."""
+    short = [key.rsplit("/", 1)[-1] for key in keys]
+    return {key: name if short.count(name) == 1 else key for key, name in zip(keys, short)}
+
+
+def render_json(assignment) -> dict:
+    shown = display_names(list(assignment.tasks))
+    return {
+        "assignments": {shown[key]: [slot.node for slot in task.devices] for key, task in assignment.tasks.items()},
+        "excluded": dict(assignment.excluded),
+        "periodSeconds": round(assignment.period_seconds, 6),
+        "devices": {shown[key]: [{"device": s.device, "node": s.node, "estimatedSeconds": s.estimated_seconds}
+                                 for s in task.devices] for key, task in assignment.tasks.items()},
+        "waiting": {shown[key]: task.waiting_reason for key, task in assignment.tasks.items() if task.waiting_reason},
+    }
+
+
+def render_table(assignment, requests) -> str:
+    shown = display_names(list(assignment.tasks))
+    policy_of = {r.task: r.policy for r in requests}
+    lines = []
+    for key, task in assignment.tasks.items():
+        header = f"{shown[key]} ({policy_of.get(key, '')})"
+        if task.waiting_reason:
+            lines.append(f"{header}: waits: {task.waiting_reason}")
+            continue
+        slowest = max((s.estimated_seconds or 0.0 for s in task.devices), default=0.0)
+        lines.append(f"{header}: {len(task.devices)} devices, slowest {slowest:.3g} s")
+        width = max([len("DEVICE")] + [len(s.device) for s in task.devices])
+        node_width = max([len("NODE")] + [len(s.node) for s in task.devices])
+        lines.append(f"  {'DEVICE':<{width}}  {'NODE':<{node_width}}  EST. SECONDS")
+        for slot in task.devices:
+            seconds = "-" if slot.estimated_seconds is None else f"{slot.estimated_seconds:.3g}"
+            lines.append(f"  {slot.device:<{width}}  {slot.node:<{node_width}}  {seconds}")
+    excluded = dict(assignment.excluded)
+    if excluded:
+        width = max(len("NODE"), *(len(node) for node in excluded))
+        lines += ["", f"{len(excluded)} nodes not assigned:", f"  {'NODE':<{width}}  REASON"]
+        lines += [f"  {node:<{width}}  {reason}" for node, reason in excluded.items()]
+    lines += ["", f"period time (slowest task's slowest device): {assignment.period_seconds:.3g} s"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="fedtask schedule", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=USAGE_EXAMPLE,
+        description="Show which devices each FederatedTask would get in the next learning period, with estimated "
+                    "times, and why every other node is left out. Reads dumps; talks to no cluster.")
+    parser.add_argument("--nodes", required=True, metavar="NODES.json", help="`kubectl get nodes -o json` (or yaml)")
+    parser.add_argument("--pods", metavar="PODS.json", help="`kubectl get pods -A -o json` (or yaml)")
+    parser.add_argument("tasks", nargs="+", metavar="TASK.yaml", help="FederatedTask manifests")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--policy", choices=POLICIES, help="override every task's spec.scheduling.policy")
+    args = parser.parse_args(argv)
+    try:
+        nodes = load_objects(args.nodes, "Node")
+        pods = load_objects(args.pods, "Pod") if args.pods else []
+        requests = load_tasks(args.tasks, time.time(), args.policy)
+        fleet = build_fleet(nodes, pods)
+        assignment = select_devices(requests, fleet, now=time.time())
+        output = json.dumps(render_json(assignment)) if args.json else render_table(assignment, requests)
+    except InputError as error:
+        print(f"fedtask schedule: {error}", file=sys.stderr)
+        return 2
+    except FleetError as error:
+        print(f"fedtask schedule: {args.nodes if not args.pods else args.nodes + ' / ' + args.pods}: {error}",
+              file=sys.stderr)
+        return 2
+    except (SelectorError, ValueError) as error:
+        print(f"fedtask schedule: {error}", file=sys.stderr)
+        return 2
+    print(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
