@@ -28,7 +28,7 @@ from fedtask_operator import conditions, naming, pods
 from fedtask_operator.scheduling.estimates import update_train_estimate
 from fedtask_operator.scheduling.matching import matches_selector
 from fedtask_operator.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
-from fedtask_operator.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task, status_from_dict
+from fedtask_operator.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task
 
 # Phases and stages (status.phase, status.stage).
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
@@ -160,14 +160,15 @@ def _seconds_between(start: str | None, end: datetime) -> float:
 class _Planning:
     """The new status and the actions of one pass, built up by the stage functions below."""
 
-    def __init__(self, task: FederatedTask, observed: Observed, config, assignment: TaskAssignment | None):
+    def __init__(self, task: FederatedTask, status: dict, observed: Observed, config,
+                 assignment: TaskAssignment | None):
         self.task = task
         self.spec = task.spec
         self.config = config
         self.now = observed.now
         self.nodes = observed.nodes
         self.assignment = assignment
-        self.input_status = copy.deepcopy(task.raw.get("status") or {})
+        self.input_status = status
         self.status = copy.deepcopy(self.input_status)
         self.pods = {pod["metadata"]["name"]: pod for pod in observed.pods}
         self.create: list[dict] = []
@@ -185,9 +186,10 @@ class _Planning:
         """The task as the pod builders must see it: with this pass's round and shard count."""
         status = self.task.status
         round_, shards = self.status.get("round"), self.status.get("shardCount")
-        if status.round == round_ and status.shard_count == shards:
-            return self.task
-        return dataclasses.replace(self.task, status=dataclasses.replace(status, round=round_, shard_count=shards))
+        if status.round != round_ or status.shard_count != shards:
+            status = dataclasses.replace(status, round=round_, shard_count=shards)
+            self.task = dataclasses.replace(self.task, status=status)
+        return self.task
 
     @property
     def stamp(self) -> str:
@@ -282,10 +284,11 @@ def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], wha
 def plan_task(task: dict, observed: Observed, config, assignment: TaskAssignment | None = None) -> Plan:
     """The next actions for one FederatedTask: pods to create and delete, its new status, events."""
     try:
-        parsed = parse_task(task)
+        # the status is the planner's own record, read as plain data: decoding it would cost more than planning
+        parsed = parse_task({key: value for key, value in task.items() if key != "status"})
     except SpecError as error:
         return _plan_invalid_spec(task, observed, error)
-    ctx = _Planning(parsed, observed, config, assignment)
+    ctx = _Planning(parsed, task.get("status") or {}, observed, config, assignment)
     _plan(ctx)
     return ctx.plan()
 
@@ -470,15 +473,21 @@ def _advance_record(ctx: _Planning, record: dict, build: Callable[[int], dict], 
         return _Progress(record["state"], record.get("result"), record.get("reason", ""))
     attempts_before = int(record.get("attempts") or 0)
     progress = _advance_pod(ctx, record, build, what)
-    if int(record.get("attempts") or 0) != attempts_before:
+    if int(record.get("attempts") or 0) != attempts_before and "startTime" in record:
         record["startTime"] = ctx.stamp
     if progress.state == POD_SUCCEEDED:
         _store_success(ctx, record, progress.result)
     elif progress.state == POD_FAILED:
-        record.update(state=POD_FAILED, reason=progress.reason, finishTime=ctx.stamp)
+        record.update(state=POD_FAILED, reason=progress.reason)
+        _stamp_finish(ctx, record)
     else:
         record["state"] = progress.state
     return progress
+
+
+def _stamp_finish(ctx: _Planning, record: dict) -> None:
+    if "startTime" in record:  # device and stage records carry their times; publish records do not
+        record["finishTime"] = ctx.stamp
 
 
 def _advance_stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> _Progress:
@@ -602,7 +611,8 @@ def build_device_request(task: FederatedTask, status: dict, count: int) -> Devic
 
 
 def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
-    record.update(state=POD_SUCCEEDED, reason="", finishTime=ctx.stamp, result=result or {})
+    record.update(state=POD_SUCCEEDED, reason="", result=result or {})
+    _stamp_finish(ctx, record)
     if "device" not in record:
         return
     device = record["device"]
@@ -682,8 +692,8 @@ def _add_replacements(ctx: _Planning, missing: int) -> bool:
 
 def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) -> None:
     for record in stragglers:
-        record.update(state=POD_EXCLUDED, finishTime=ctx.stamp,
-                      reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
+        record.update(state=POD_EXCLUDED, reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
+        _stamp_finish(ctx, record)
         ctx.keep.discard(record["pod"])
         ctx.event("StragglerExcluded", f"round {ctx.round}: device {record['device']} on node {record['node']} "
                                        f"excluded, no update within {timeout}s", warning=True)
@@ -860,11 +870,12 @@ def _plan_publishing(ctx: _Planning) -> bool:
     model_uri = ctx.status["model"]["uri"]
     records = ctx.status.get("published") or []
     for record in records:
+        was_unfinished = record["state"] in _UNFINISHED
         progress = _advance_record(
             ctx, record, lambda attempt, node=record["node"]: pods.build_publish_pod(
                 ctx.build_task(), ctx.config, node, model_uri, attempt=attempt),
             f"publish to node {record['node']}")
-        if progress.state == POD_FAILED and record.get("finishTime") == ctx.stamp:
+        if was_unfinished and progress.state == POD_FAILED:
             ctx.event("PublishFailed", f"publishing to node {record['node']} failed: {progress.reason}",
                       warning=True)
     if any(record["state"] in _UNFINISHED for record in records):

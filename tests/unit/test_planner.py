@@ -1,0 +1,706 @@
+"""The round planner driven through whole tasks by a tiny pure simulator: an API server (task status, pods,
+events), a kubelet whose pods finish or fail when the test says so, and a scheduler that hands out free devices.
+
+It applies plans the way the runtimes must (docs/internals.md): status first, then pods, then events; with
+needs_devices it schedules and plans again with the assignment.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import json
+from datetime import datetime, timedelta, timezone
+
+from fedtask_operator.planner import Observed, Plan, plan_task, pods_awaiting_results
+from fedtask_operator.pods import RuntimeConfig
+from fedtask_operator.scheduling.types import DeviceSlot, TaskAssignment
+from fedtask_operator.spec import HISTORY_LIMIT, FieldError, TaskStatus, decode_dataclass
+
+T0 = datetime(2026, 11, 28, 5, 0, 0, tzinfo=timezone.utc)
+CONFIG = RuntimeConfig(store_base_uri="s3://fedtask/tasks")
+STAGE_LABEL = "fedtask.io/stage"
+ROUND_LABEL = "fedtask.io/round"
+
+
+def make_task(name: str = "mnist", **spec) -> dict:
+    body = {
+        "model": {"name": "mlp"},
+        "data": {"dataset": "digits"},
+        "devices": {"count": 6, "perRound": 3},
+        "rounds": {"max": 3, "timeoutSeconds": 60},
+        "backoffLimit": 1,
+    }
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
+            "metadata": {"name": name, "namespace": "default", "uid": "uid-1", "generation": 1}, "spec": body}
+
+
+def schema_problems(status: dict) -> list[str]:
+    """Fields the typed status model (the CRD's source) does not know or whose type it rejects."""
+    errors: list[FieldError] = []
+    decode_dataclass(TaskStatus, status, "status", errors, strict=True)
+    return [str(e) for e in errors]
+
+
+def accuracy_of_round(round_: int) -> float:
+    return round(0.5 + 0.1 * round_, 4)
+
+
+def result_for(pod: dict) -> dict:
+    """Plausible worker results per stage, derived from the pod (so tests can check they are recorded)."""
+    stage = pod["metadata"]["labels"][STAGE_LABEL]
+    round_ = int(pod["metadata"]["labels"].get(ROUND_LABEL, 0))
+    args = pod["spec"]["containers"][0].get("args") or []
+    if stage == "train":
+        return {"num_samples": 100, "loss": 0.5, "seconds": 2.0, "bytes": 1000}
+    if stage == "aggregate":
+        updates = [a for a in args if str(a).endswith(".safetensors") and "/updates/" in str(a)]
+        return {"updates": len(updates), "rejected": [], "seconds": 0.5, "bytes": 1000}
+    if stage == "adjust":
+        return {"accuracy": accuracy_of_round(round_), "loss": 1.0 / round_, "seconds": 1.0}
+    return {"uri": "s3://x", "bytes": 1000, "seconds": 0.1}
+
+
+class Cluster:
+    """One task, its pods and events; time moves only when the test says so."""
+
+    def __init__(self, task: dict, devices: list[str] | None = None, nodes: list[dict] | None = None):
+        self.task = copy.deepcopy(task)
+        self.pods: dict[str, dict] = {}
+        self.events = []
+        self.now = T0
+        self.nodes = nodes
+        count = task["spec"]["devices"].get("count") or 6
+        self.devices = devices if devices is not None else [f"d{i:03d}" for i in range(count)]
+        self.free_devices: list[str] | None = None  # None: every device not training is free
+        self.waiting_reason: str | None = None
+        self.plans: list[Plan] = []
+        self.created: list[str] = []
+        self.deleted: list[str] = []
+        self.schedule_calls = 0
+        self.requests = []
+
+    # ---- the planner, applied like a runtime
+    def plan(self, assignment: TaskAssignment | None = None) -> Plan:
+        observed = Observed(pods=copy.deepcopy(list(self.pods.values())), now=self.now, nodes=self.nodes)
+        return plan_task(copy.deepcopy(self.task), observed, CONFIG, assignment)
+
+    def reconcile(self) -> Plan:
+        plan = self.next_plan()
+        self.apply(plan)
+        return plan
+
+    def next_plan(self) -> Plan:
+        """The plan a runtime applies now (scheduling first when the planner asks for devices)."""
+        before = copy.deepcopy(self.task)
+        plan = self.plan()
+        assert self.plan() == plan, "the same input must give the same plan"
+        if plan.needs_devices:
+            assert plan.device_request is not None
+            assignment = self.schedule(plan.device_request)
+            plan = self.plan(assignment)
+            assert self.plan(assignment) == plan
+        assert self.task == before, "the planner must not change its input"
+        problems = schema_problems(plan.status)
+        assert not problems, problems
+        awaiting = pods_awaiting_results(self.status)
+        for name in plan.delete:
+            if self.pods[name]["status"]["phase"] in ("Succeeded", "Failed"):
+                assert name not in awaiting, f"{name} deleted before its result was in status"
+        return plan
+
+    def apply(self, plan: Plan, status: bool = True, pods: bool = True, events: bool = True) -> None:
+        """Apply a plan like a runtime: status, then pods, then events (a crash may stop after any step)."""
+        if not status:
+            return
+        self.task["status"] = plan.status
+        if not pods:
+            return
+        for manifest in plan.create:
+            name = manifest["metadata"]["name"]
+            if name not in self.pods:
+                pod = copy.deepcopy(manifest)
+                pod["status"] = {"phase": "Pending"}
+                self.pods[name] = pod
+                self.created.append(name)
+        for name in plan.delete:
+            assert name in self.pods, f"delete of unknown pod {name}"
+            del self.pods[name]
+            self.deleted.append(name)
+        if events:
+            self.events.extend(plan.events)
+        self.plans.append(plan)
+
+    def schedule(self, request) -> TaskAssignment:
+        self.schedule_calls += 1
+        self.requests.append(request)
+        if self.waiting_reason:
+            return TaskAssignment(waiting_reason=self.waiting_reason)
+        busy = {p["metadata"]["labels"].get("fedtask.io/device") for p in self.pods.values()
+                if p["status"]["phase"] in ("Pending", "Running")}
+        in_round = {d["device"] for d in self.task.get("status", {}).get("devices") or []}
+        pool = self.free_devices if self.free_devices is not None else self.devices
+        candidates = [d for d in pool if d not in busy and d not in in_round]
+        candidates.sort(key=lambda d: (request.participation.get(d, 0), d))
+        chosen = candidates[: request.per_round]
+        return TaskAssignment(devices=[DeviceSlot(device=d, node=self.node_of(d)) for d in chosen])
+
+    @staticmethod
+    def node_of(device: str) -> str:
+        return device if not device.startswith("d") else f"node-{int(device[1:]) % 2}"
+
+    # ---- the kubelet
+    def active(self, stage: str | None = None) -> list[str]:
+        return sorted(name for name, pod in self.pods.items() if pod["status"]["phase"] in ("Pending", "Running")
+                      and (stage is None or pod["metadata"]["labels"][STAGE_LABEL] == stage))
+
+    def start(self, name: str) -> None:
+        self.pods[name]["status"] = {"phase": "Running"}
+
+    def succeed(self, name: str, result: dict | None = None) -> None:
+        pod = self.pods[name]
+        message = json.dumps(result if result is not None else result_for(pod))
+        pod["status"] = {"phase": "Succeeded", "containerStatuses": [
+            {"name": "worker", "state": {"terminated": {"exitCode": 0, "reason": "Completed", "message": message}}}]}
+
+    def fail(self, name: str, exit_code: int = 1, message: str = "RuntimeError: boom") -> None:
+        self.pods[name]["status"] = {"phase": "Failed", "containerStatuses": [
+            {"name": "worker", "state": {"terminated": {"exitCode": exit_code, "reason": "Error",
+                                                        "message": json.dumps({"error": message})}}}]}
+
+    def finish_all(self, stage: str | None = None) -> list[str]:
+        names = self.active(stage)
+        for name in names:
+            self.succeed(name)
+        return names
+
+    def tick(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    # ---- views
+    @property
+    def status(self) -> dict:
+        return self.task.get("status") or {}
+
+    def event_reasons(self) -> list[str]:
+        return [e.reason for e in self.events]
+
+    def run_to_end(self, limit: int = 200) -> None:
+        """Every pod succeeds one second after it appears."""
+        for _ in range(limit):
+            self.reconcile()
+            if self.status.get("phase") in ("Succeeded", "Failed"):
+                self.reconcile()  # the clean-up pass
+                return
+            self.tick(1)
+            self.finish_all()
+        raise AssertionError(f"task did not finish: {self.status.get('phase')} {self.status.get('stage')}")
+
+
+# ====================================================================================================================
+# Tests
+
+
+def train_pods(round_: int, *devices: str, task: str = "mnist") -> list[str]:
+    return [f"{task}-r{round_:04d}-train-{device}" for device in devices]
+
+
+def test_first_plan_creates_the_init_pod_only():
+    cluster = Cluster(make_task())
+    plan = cluster.reconcile()
+    assert [pod["metadata"]["name"] for pod in plan.create] == ["mnist-init"]
+    assert plan.delete == [] and not plan.needs_devices
+    status = cluster.status
+    assert (status["phase"], status["round"], status["stage"]) == ("Pending", 0, "Initializing")
+    assert status["startTime"] == "2026-11-28T05:00:00Z" and status["observedGeneration"] == 1
+    assert status["shardCount"] == 6
+    assert cluster.event_reasons() == ["Started"]
+    # nothing changed: nothing to do, and no duplicate pod or event
+    plan = cluster.reconcile()
+    assert plan.create == [] and plan.delete == [] and plan.events == []
+
+
+def test_whole_task_runs_every_round_once_and_publishes():
+    cluster = Cluster(make_task())
+    cluster.run_to_end()
+    status = cluster.status
+    assert status["phase"] == "Succeeded" and status["completionTime"]
+    assert cluster.created == (["mnist-init"]
+                               + train_pods(1, "d000", "d001", "d002") + ["mnist-r0001-aggregate", "mnist-r0001-adjust"]
+                               + train_pods(2, "d003", "d004", "d005") + ["mnist-r0002-aggregate", "mnist-r0002-adjust"]
+                               + train_pods(3, "d000", "d001", "d002") + ["mnist-r0003-aggregate", "mnist-r0003-adjust"])
+    assert cluster.pods == {}, "every finished pod is cleaned up"
+    assert sorted(cluster.deleted) == sorted(cluster.created)
+    assert cluster.event_reasons() == (["Started"] + ["RoundStarted", "RoundCompleted"] * 3
+                                       + ["ModelPublished", "TaskSucceeded"])
+    history = status["history"]
+    assert [h["round"] for h in history] == [1, 2, 3]
+    assert [h["accuracy"] for h in history] == [0.6, 0.7, 0.8]
+    first = history[0]
+    assert first["devices"] == first["returned"] == ["d000", "d001", "d002"] and first["excluded"] == []
+    assert first["samples"] == 300 and first["rejected"] == []
+    for key in ("startTime", "durationSeconds", "trainSeconds", "aggregateSeconds", "adjustSeconds", "loss"):
+        assert key in first, key
+    assert first["durationSeconds"] >= first["trainSeconds"] > 0
+    base = "s3://fedtask/tasks/default/mnist/uid-1"
+    assert status["model"] == {"uri": f"{base}/round-0003/global.safetensors", "round": 3, "accuracy": 0.8}
+    assert status["best"] == status["model"]
+    assert status["participation"] == {"d000": 2, "d001": 2, "d002": 2, "d003": 1, "d004": 1, "d005": 1}
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["status"] == "True" and succeeded["reason"] == "MaxRoundsReached"
+    assert "RoundCompleted" in cluster.event_reasons()
+    completed = [e.message for e in cluster.events if e.reason == "RoundCompleted"]
+    assert "accuracy 0.6000" in completed[0]
+
+
+def test_round_flow_step_by_step():
+    cluster = Cluster(make_task())
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    plan = cluster.reconcile()  # init recorded, round 1 scheduled and launched in one pass
+    assert cluster.schedule_calls == 1
+    assert [p["metadata"]["name"] for p in plan.create] == train_pods(1, "d000", "d001", "d002")
+    status = cluster.status
+    assert (status["phase"], status["round"], status["stage"]) == ("Running", 1, "Training")
+    assert [(d["device"], d["node"], d["state"]) for d in status["devices"]] == [
+        ("d000", "node-0", "Pending"), ("d001", "node-1", "Pending"), ("d002", "node-0", "Pending")]
+    assert "mnist-init" not in plan.delete, "the init result is recorded by this very plan: delete it next time"
+    assert plan.requeue_after == 60  # the round deadline
+    plan = cluster.reconcile()
+    assert plan.delete == ["mnist-init"] and plan.create == []
+    cluster.start("mnist-r0001-train-d000")
+    cluster.succeed("mnist-r0001-train-d001")
+    cluster.tick(10)
+    plan = cluster.reconcile()
+    assert plan.requeue_after == 50
+    states = {d["device"]: d["state"] for d in cluster.status["devices"]}
+    assert states == {"d000": "Running", "d001": "Succeeded", "d002": "Pending"}
+    assert cluster.status["devices"][1]["result"]["num_samples"] == 100
+    assert plan.delete == [], "finished pods of a running stage stay until the stage ends"
+    cluster.succeed("mnist-r0001-train-d000")
+    cluster.succeed("mnist-r0001-train-d002")
+    plan = cluster.reconcile()
+    assert cluster.status["stage"] == "Aggregating"
+    aggregate = plan.create[0]
+    assert aggregate["metadata"]["name"] == "mnist-r0001-aggregate"
+    updates = [a for a in aggregate["spec"]["containers"][0]["args"] if "/updates/" in a]
+    assert updates == sorted(updates) and len(updates) == 3
+    assert plan.delete == train_pods(1, "d001"), "only the pod whose result was already in status"
+    plan = cluster.reconcile()
+    assert plan.delete == train_pods(1, "d000", "d002")
+    cluster.succeed("mnist-r0001-aggregate")
+    cluster.reconcile()
+    assert cluster.status["stage"] == "Adjusting"
+    assert cluster.active() == ["mnist-r0001-adjust"]
+    cluster.succeed("mnist-r0001-adjust")
+    plan = cluster.reconcile()
+    assert cluster.status["round"] == 2 and cluster.status["stage"] == "Training"
+    assert cluster.status["history"][-1]["round"] == 1
+    assert cluster.status.get("currentRound", {}).get("round") == 2
+
+
+def test_unschedulable_waits_with_condition_then_proceeds():
+    cluster = Cluster(make_task())
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.waiting_reason = "0/2 nodes qualify: nvidia.com/gpu short on 2 nodes"
+    plan = cluster.reconcile()
+    assert cluster.status["stage"] == "Scheduling" and plan.create == []
+    assert plan.requeue_after == 10
+    unschedulable = next(c for c in cluster.status["conditions"] if c["type"] == "Unschedulable")
+    assert unschedulable["status"] == "True" and "nvidia.com/gpu short on 2 nodes" in unschedulable["message"]
+    assert cluster.event_reasons().count("DeviceUnschedulable") == 1
+    cluster.tick(10)
+    cluster.reconcile()
+    assert cluster.event_reasons().count("DeviceUnschedulable") == 1, "no event storm while nothing changes"
+    cluster.waiting_reason = None
+    cluster.devices = ["d000", "d001"]  # fewer than perRound (3) = minReturned
+    cluster.reconcile()
+    unschedulable = next(c for c in cluster.status["conditions"] if c["type"] == "Unschedulable")
+    assert unschedulable["reason"] == "InsufficientDevices" and "only 2 devices qualify, 3 needed" in \
+        unschedulable["message"]
+    cluster.devices = ["d000", "d001", "d002", "d003"]
+    cluster.reconcile()
+    assert cluster.status["stage"] == "Training"
+    unschedulable = next(c for c in cluster.status["conditions"] if c["type"] == "Unschedulable")
+    assert unschedulable["status"] == "False"
+    assert "waitingSince" not in cluster.status
+
+
+def test_device_request_describes_the_task():
+    task = make_task(devices={"perRound": 3, "count": 6, "resources": {"requests": {"cpu": "500m"}}},
+                     scheduling={"priority": 5, "policy": "fastest"})
+    cluster = Cluster(task)
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    plan = cluster.plan()
+    assert plan.needs_devices
+    request = plan.device_request
+    assert (request.task, request.per_round, request.shard_count, request.node_devices) == ("default/mnist", 3, 6,
+                                                                                          False)
+    assert request.requests == {"cpu": "500m"} and request.priority == 5 and request.policy == "fastest"
+    assert request.selector == {"matchLabels": {"fedtask.io/device": "true"}, "matchExpressions": []}
+    assert request.round == 1 and request.waiting_since is not None
+
+
+def test_straggler_is_excluded_after_the_round_deadline_when_quorum_is_met():
+    cluster = Cluster(make_task(devices={"minReturned": 2}))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.succeed("mnist-r0001-train-d000")
+    cluster.succeed("mnist-r0001-train-d001")
+    cluster.start("mnist-r0001-train-d002")
+    cluster.tick(30)
+    plan = cluster.reconcile()
+    assert cluster.status["stage"] == "Training" and plan.requeue_after == 30
+    cluster.tick(30)
+    plan = cluster.reconcile()
+    assert cluster.status["stage"] == "Aggregating"
+    assert "mnist-r0001-train-d002" in plan.delete, "a running straggler has no result to lose"
+    straggler = cluster.status["devices"][2]
+    assert straggler["state"] == "Excluded" and "timeoutSeconds=60" in straggler["reason"]
+    assert cluster.event_reasons().count("StragglerExcluded") == 1
+    updates = [a for a in plan.create[0]["spec"]["containers"][0]["args"] if "/updates/" in a]
+    assert [u.rsplit("/", 1)[1] for u in updates] == ["d000.safetensors", "d001.safetensors"]
+    cluster.run_to_end()
+    first = cluster.status["history"][0]
+    assert first["returned"] == ["d000", "d001"] and first["excluded"] == ["d002"]
+    assert first["devices"] == ["d000", "d001", "d002"]
+
+
+def test_round_waits_past_deadline_without_quorum_and_says_so():
+    cluster = Cluster(make_task())  # minReturned defaults to perRound: wait for all
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.succeed("mnist-r0001-train-d000")
+    cluster.tick(61)
+    cluster.reconcile()
+    stalled = next(c for c in cluster.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "QuorumNotReached"
+    assert "1 of 3 needed updates" in stalled["message"]
+    assert cluster.status["stage"] == "Training"
+    cluster.finish_all()
+    cluster.reconcile()
+    assert cluster.status["stage"] == "Aggregating"
+    assert not any(c["type"] == "Stalled" for c in cluster.status["conditions"])
+
+
+def test_failed_pod_is_retried_with_a_new_name_and_recorded_before_deletion():
+    cluster = Cluster(make_task(backoffLimit=2))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.fail("mnist-r0001-train-d001", message="CUDA error: device lost")
+    plan = cluster.reconcile()
+    assert [p["metadata"]["name"] for p in plan.create] == ["mnist-r0001-train-d001-a1"]
+    assert "mnist-r0001-train-d001" not in plan.delete, "the failure is recorded by this plan, deleted by the next"
+    device = cluster.status["devices"][1]
+    assert (device["pod"], device["attempts"], device["state"]) == ("mnist-r0001-train-d001-a1", 1, "Pending")
+    failure = [e for e in cluster.events if e.reason == "PodFailed"]
+    assert len(failure) == 1 and failure[0].type == "Warning" and "CUDA error: device lost" in failure[0].message
+    plan = cluster.reconcile()
+    assert plan.delete == ["mnist-r0001-train-d001"]
+    cluster.fail("mnist-r0001-train-d001-a1")
+    cluster.reconcile()
+    assert cluster.status["devices"][1]["pod"] == "mnist-r0001-train-d001-a2"
+    cluster.run_to_end()
+    assert cluster.status["phase"] == "Succeeded"
+    assert cluster.status["history"][0]["returned"] == ["d000", "d001", "d002"]
+
+
+def test_bad_input_is_not_retried_and_the_device_is_replaced():
+    cluster = Cluster(make_task(backoffLimit=3))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.fail("mnist-r0001-train-d001", exit_code=2, message="dataset 'x' not found")
+    plan = cluster.reconcile()
+    assert cluster.schedule_calls == 2 and cluster.requests[-1].per_round == 1
+    assert [p["metadata"]["name"] for p in plan.create] == train_pods(1, "d003")
+    devices = {d["device"]: d for d in cluster.status["devices"]}
+    assert devices["d001"]["state"] == "Failed" and "bad input" in devices["d001"]["reason"]
+    assert devices["d001"]["attempts"] == 0
+    assert devices["d003"]["state"] == "Pending"
+    assert {"DeviceFailed", "DeviceReplaced"} <= set(cluster.event_reasons())
+    cluster.run_to_end()
+    first = cluster.status["history"][0]
+    assert first["returned"] == ["d000", "d002", "d003"] and first["excluded"] == ["d001"]
+
+
+def test_failed_device_without_replacement_proceeds_when_quorum_is_met():
+    cluster = Cluster(make_task(devices={"minReturned": 2}, backoffLimit=0))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.free_devices = []  # nothing left to replace a failed device
+    cluster.fail("mnist-r0001-train-d002")
+    cluster.succeed("mnist-r0001-train-d000")
+    cluster.reconcile()
+    assert cluster.status["stage"] == "Training", "d001 is still training"
+    cluster.succeed("mnist-r0001-train-d001")
+    cluster.reconcile()
+    assert cluster.status["stage"] == "Aggregating"
+    assert cluster.status["currentRound"]["excluded"] == ["d002"]
+
+
+def test_failed_device_without_replacement_below_quorum_fails_the_task_with_a_fix():
+    cluster = Cluster(make_task(backoffLimit=0))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.free_devices = []
+    cluster.fail("mnist-r0001-train-d002", message="out of memory")
+    cluster.finish_all()
+    plan = cluster.reconcile()
+    status = cluster.status
+    assert status["phase"] == "Failed" and status["completionTime"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "QuorumNotReached"
+    assert "only 2 of 3 devices returned" in failed["message"] and "out of memory" in failed["message"]
+    assert "minReturned" in failed["message"] and "backoffLimit" in failed["message"]
+    assert plan.create == [] and "TaskFailed" in cluster.event_reasons()
+    plan = cluster.reconcile()
+    assert plan.create == [] and plan.delete == [], "a failed task keeps its finished pods for inspection"
+
+
+@pytest.mark.parametrize("stage_pod", ["mnist-init", "mnist-r0001-aggregate", "mnist-r0001-adjust"])
+def test_server_stage_failing_after_retries_fails_the_task(stage_pod):
+    cluster = Cluster(make_task(backoffLimit=1))
+    for _ in range(12):
+        cluster.reconcile()
+        if stage_pod in cluster.pods:
+            break
+        cluster.finish_all()
+    cluster.fail(stage_pod)
+    cluster.reconcile()
+    assert f"{stage_pod}-a1" in cluster.pods and cluster.status["current"]["attempts"] == 1
+    cluster.fail(f"{stage_pod}-a1", message="store unreachable")
+    cluster.reconcile()
+    failed = next(c for c in cluster.status["conditions"] if c["type"] == "Failed")
+    assert cluster.status["phase"] == "Failed" and failed["reason"] == "StageFailed"
+    assert "store unreachable" in failed["message"] and "backoffLimit 1 reached" in failed["message"]
+
+
+def test_update_rejected_events_come_from_the_aggregate_result():
+    cluster = Cluster(make_task())
+    for _ in range(6):
+        cluster.reconcile()
+        if "mnist-r0001-aggregate" in cluster.pods:
+            break
+        cluster.finish_all()
+    uri = "s3://fedtask/tasks/default/mnist/uid-1/round-0001/updates/d001.safetensors"
+    cluster.succeed("mnist-r0001-aggregate",
+                    {"updates": 2, "rejected": [{"uri": uri, "reason": "non-finite values in fc1.weight"}],
+                     "seconds": 0.1, "bytes": 10})
+    cluster.reconcile()
+    rejected = [e for e in cluster.events if e.reason == "UpdateRejected"]
+    assert len(rejected) == 1 and "fc1.weight" in rejected[0].message and rejected[0].type == "Warning"
+    assert cluster.status["currentRound"]["rejected"] == ["d001"]
+    cluster.finish_all()
+    cluster.reconcile()
+    assert cluster.status["history"][0]["rejected"] == ["d001"]
+
+
+def test_all_updates_rejected_fails_the_task():
+    cluster = Cluster(make_task())
+    for _ in range(6):
+        cluster.reconcile()
+        if "mnist-r0001-aggregate" in cluster.pods:
+            break
+        cluster.finish_all()
+    cluster.succeed("mnist-r0001-aggregate", {"updates": 0, "rejected": [], "seconds": 0.1})
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Failed"
+    assert next(c for c in cluster.status["conditions"] if c["type"] == "Failed")["reason"] == "AllUpdatesRejected"
+
+
+def adjust_results(accuracies: list[float]):
+    """Make round N's adjust report accuracies[N-1]."""
+    def finish(cluster: Cluster) -> None:
+        for name in cluster.active():
+            pod = cluster.pods[name]
+            if pod["metadata"]["labels"][STAGE_LABEL] == "adjust":
+                round_ = int(pod["metadata"]["labels"][ROUND_LABEL])
+                cluster.succeed(name, {"accuracy": accuracies[round_ - 1], "loss": 0.1, "seconds": 0.1})
+            else:
+                cluster.succeed(name)
+    return finish
+
+
+def run_with(cluster: Cluster, finish) -> None:
+    for _ in range(100):
+        cluster.reconcile()
+        if cluster.status.get("phase") in ("Succeeded", "Failed"):
+            return
+        cluster.tick(1)
+        finish(cluster)
+    raise AssertionError("did not finish")
+
+
+def test_target_accuracy_ends_the_task_early():
+    cluster = Cluster(make_task(rounds={"max": 10, "targetAccuracy": 0.7}))
+    cluster.run_to_end()
+    assert [h["round"] for h in cluster.status["history"]] == [1, 2]
+    succeeded = next(c for c in cluster.status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "TargetAccuracyReached"
+
+
+def test_patience_ends_the_task_and_best_is_the_best_round():
+    cluster = Cluster(make_task(rounds={"max": 10, "patience": 2}))
+    run_with(cluster, adjust_results([0.5, 0.8, 0.7, 0.75, 0.9, 0.9]))
+    status = cluster.status
+    assert [h["round"] for h in status["history"]] == [1, 2, 3, 4]
+    assert status["best"]["round"] == 2 and status["best"]["accuracy"] == 0.8
+    assert status["model"]["round"] == 4 and status["model"]["accuracy"] == 0.75
+    assert status["best"]["uri"].endswith("round-0002/global.safetensors")
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "NoImprovement"
+
+
+def node(name: str, device: bool = True) -> dict:
+    labels = {"kubernetes.io/hostname": name}
+    if device:
+        labels["fedtask.io/device"] = "true"
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def test_publish_to_devices_runs_one_pod_per_device_node():
+    nodes = [node("edge-b"), node("edge-a"), node("server", device=False)]
+    task = make_task(data={"source": "hostPath"}, devices={"count": None, "perRound": 2},
+                     publish={"toDevices": True}, rounds={"max": 1})
+    task["spec"]["devices"].pop("count")
+    cluster = Cluster(task, devices=["edge-a", "edge-b"], nodes=nodes)
+    for _ in range(10):
+        cluster.reconcile()
+        if cluster.status.get("stage") == "Publishing":
+            break
+        cluster.finish_all()
+    assert "shardCount" not in cluster.status
+    assert cluster.active() == ["mnist-publish-edge-a", "mnist-publish-edge-b"]
+    published = cluster.status["published"]
+    assert [(p["node"], p["state"]) for p in published] == [("edge-a", "Pending"), ("edge-b", "Pending")]
+    assert cluster.status["model"]["round"] == 1 and cluster.status["phase"] == "Running"
+    cluster.fail("mnist-publish-edge-b")
+    cluster.reconcile()
+    assert "mnist-publish-edge-b-a1" in cluster.pods
+    cluster.finish_all()
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Succeeded"
+    published_event = next(e for e in cluster.events if e.reason == "ModelPublished")
+    assert "copied to 2 device nodes" in published_event.message
+    cluster.reconcile()
+    assert cluster.pods == {}
+
+
+def test_suspend_stops_pods_and_resume_continues_the_same_round():
+    cluster = Cluster(make_task())
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.succeed("mnist-r0001-train-d000")
+    cluster.start("mnist-r0001-train-d001")
+    cluster.task["spec"]["suspend"] = True
+    cluster.task["metadata"]["generation"] = 2
+    plan = cluster.reconcile()
+    assert plan.create == []
+    assert sorted(plan.delete) == ["mnist-init", "mnist-r0001-train-d001", "mnist-r0001-train-d002"]
+    status = cluster.status
+    assert status["phase"] == "Suspended" and status["round"] == 1 and status["observedGeneration"] == 2
+    suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
+    assert suspended["status"] == "True" and "suspend: false" in suspended["message"]
+    assert {d["device"]: d["state"] for d in status["devices"]} == {"d000": "Succeeded", "d001": "Pending",
+                                                                  "d002": "Pending"}
+    assert "Suspended" in cluster.event_reasons()
+    cluster.tick(600)
+    plan = cluster.reconcile()
+    assert plan.create == [] and plan.delete == ["mnist-r0001-train-d000"]
+    cluster.task["spec"]["suspend"] = False
+    plan = cluster.reconcile()
+    assert cluster.status["phase"] == "Running" and cluster.status["round"] == 1
+    assert sorted(p["metadata"]["name"] for p in plan.create) == train_pods(1, "d001", "d002")
+    assert plan.requeue_after == 60, "the round deadline restarts at resume"
+    assert next(c for c in cluster.status["conditions"] if c["type"] == "Suspended")["status"] == "False"
+    cluster.run_to_end()
+    assert [h["round"] for h in cluster.status["history"]] == [1, 2, 3]
+    assert cluster.created.count("mnist-r0001-train-d000") == 1, "a recorded update is not trained again"
+
+
+def test_suspend_records_a_result_that_arrived_and_resumes_at_the_next_stage():
+    cluster = Cluster(make_task())
+    for _ in range(6):
+        cluster.reconcile()
+        if "mnist-r0001-aggregate" in cluster.pods:
+            break
+        cluster.finish_all()
+    cluster.succeed("mnist-r0001-aggregate")
+    cluster.task["spec"]["suspend"] = True
+    cluster.reconcile()
+    assert cluster.status["current"]["state"] == "Succeeded"
+    cluster.reconcile()
+    assert "mnist-r0001-aggregate" not in cluster.pods
+    cluster.task["spec"]["suspend"] = False
+    plan = cluster.reconcile()
+    assert cluster.status["stage"] == "Adjusting"
+    assert [p["metadata"]["name"] for p in plan.create] == ["mnist-r0001-adjust"]
+    assert cluster.created.count("mnist-r0001-aggregate") == 1
+
+
+def test_active_deadline_fails_the_task_and_stops_its_pods():
+    cluster = Cluster(make_task(activeDeadlineSeconds=100))
+    plan = cluster.reconcile()
+    assert plan.requeue_after == 100
+    cluster.succeed("mnist-init")
+    cluster.tick(40)
+    plan = cluster.reconcile()
+    assert plan.requeue_after == 60  # the deadline comes before the round timeout
+    cluster.start("mnist-r0001-train-d000")
+    cluster.succeed("mnist-r0001-train-d001")
+    cluster.tick(60)
+    plan = cluster.reconcile()
+    status = cluster.status
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "DeadlineExceeded" and "activeDeadlineSeconds=100" in failed["message"]
+    assert sorted(plan.delete) == ["mnist-r0001-train-d000", "mnist-r0001-train-d002"]
+    assert plan.create == []
+
+
+def test_invalid_spec_fails_with_field_paths_and_no_pods():
+    task = make_task(devices={"perRound": 0, "minReturned": 9})
+    cluster = Cluster(task)
+    plan = cluster.reconcile()
+    assert plan.create == [] and cluster.status["phase"] == "Failed"
+    failed = next(c for c in cluster.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.devices.perRound: must be >= 1" in failed["message"]
+    assert [e.reason for e in plan.events] == ["InvalidSpec"]
+    assert cluster.reconcile().events == [], "the same error is reported once"
+    # fixed before it ever ran: the task starts
+    cluster.task["spec"]["devices"] = {"count": 6, "perRound": 3}
+    cluster.task["metadata"]["generation"] = 2
+    plan = cluster.reconcile()
+    assert cluster.status["phase"] == "Pending" and [p["metadata"]["name"] for p in plan.create] == ["mnist-init"]
+    assert not any(c["type"] == "Failed" for c in cluster.status["conditions"])
+
+
+def test_history_is_bounded_and_keeps_the_latest_rounds():
+    cluster = Cluster(make_task(rounds={"max": 1000}))
+    for _ in range(6):
+        cluster.reconcile()
+        if "mnist-r0001-adjust" in cluster.pods:
+            break
+        cluster.finish_all()
+    old = [{"round": 1000 + i, "accuracy": 0.1} for i in range(HISTORY_LIMIT)]
+    cluster.task["status"]["history"] = old
+    cluster.succeed("mnist-r0001-adjust")
+    cluster.reconcile()
+    history = cluster.status["history"]
+    assert len(history) == HISTORY_LIMIT >= 100
+    assert history[-1]["round"] == 1 and history[0]["round"] == 1001, "the oldest entry is dropped"
