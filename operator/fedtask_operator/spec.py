@@ -164,7 +164,7 @@ class PartitionSpec:
 
 @dataclass
 class SharedDataSpec:
-    fraction: float = api_field(0.01, minimum=0, maximum=1,
+    fraction: float = api_field(0.01, minimum=0, maximum=1, exclusive_maximum=True,
                                 doc="Fraction of the training set held by the server as the globally shared dataset.")
     uri: str = api_field("", doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
 
@@ -436,9 +436,10 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
     CrossFieldRule(("data",), "self.source != 'pvc' || self.claimName.contains('{node}')",
                    "must contain {node} (one claim per device node)", ".claimName",
                    lambda d: d.source != "pvc" or "{node}" in d.claim_name),
-    CrossFieldRule(("aggregation",), "self.strategy != 'krum' || self.byzantine >= 1",
-                   "must be >= 1 with strategy krum", ".byzantine",
-                   lambda a: a.strategy != "krum" or a.byzantine >= 1),
+    CrossFieldRule((), "self.aggregation.strategy != 'krum' || (has(self.devices.minReturned) ? "
+                       "self.devices.minReturned : self.devices.perRound) >= 2 * self.aggregation.byzantine + 3",
+                   "krum needs devices.minReturned (default perRound) >= 2 * byzantine + 3", ".aggregation.byzantine",
+                   lambda s: s.aggregation.strategy != "krum" or s.devices.quorum >= 2 * s.aggregation.byzantine + 3),
 ]
 
 # Per-item rules on shared types, keyed by the dataclass they are attached to.

@@ -114,7 +114,8 @@ def test_error_message_is_one_line_per_problem():
      "or adjustment.enabled: false"),
     ({"data": {"source": "pvc", "claimName": "one-claim"}},
      "spec.data.claimName: must contain {node} (one claim per device node)"),
-    ({"aggregation": {"strategy": "krum"}}, "spec.aggregation.byzantine: must be >= 1 with strategy krum"),
+    ({"aggregation": {"strategy": "krum", "byzantine": 1}, "devices": {"perRound": 4}},
+     "spec.aggregation.byzantine: krum needs devices.minReturned (default perRound) >= 2 * byzantine + 3"),
     ({"devices": {"selector": {"matchExpressions": [{"key": "gpu", "operator": "In"}]}}},
      "spec.devices.selector.matchExpressions[0].values: must be empty for Exists and DoesNotExist and non-empty "
      "for In and NotIn"),
