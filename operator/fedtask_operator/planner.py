@@ -469,7 +469,8 @@ def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> dict
 def _advance_record(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
     """Advance one pod record and store what happened in it (state, reason, result, times)."""
     if record.get("state") not in _UNFINISHED:
-        ctx.keep.add(record["pod"])  # a finished pod of the running stage stays until the stage ends
+        if record.get("state") != POD_EXCLUDED:
+            ctx.keep.add(record["pod"])  # a finished pod of the running stage stays until the stage ends
         return _Progress(record["state"], record.get("result"), record.get("reason", ""))
     attempts_before = int(record.get("attempts") or 0)
     progress = _advance_pod(ctx, record, build, what)
@@ -624,8 +625,8 @@ def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
         estimates[device] = round(update_train_estimate(estimates.get(device), seconds), 3)
 
 
-def _advance_devices(ctx: _Planning) -> None:
-    for record in ctx.status.get("devices") or []:
+def _advance_devices(ctx: _Planning, records: list[dict] | None = None) -> None:
+    for record in (ctx.status.get("devices") or []) if records is None else records:
         was_unfinished = record.get("state") in _UNFINISHED
         progress = _advance_record(
             ctx, record, lambda attempt, r=record: _build_train_pod(ctx, r["device"], r["node"], attempt),
@@ -680,14 +681,13 @@ def _plan_training(ctx: _Planning) -> bool:
 
 
 def _add_replacements(ctx: _Planning, missing: int) -> bool:
-    slots = _new_slots(ctx, ctx.assignment, missing)
-    for slot in slots:
-        record = _device_record(ctx, slot)
+    added = [_device_record(ctx, slot) for slot in _new_slots(ctx, ctx.assignment, missing)]
+    for record in added:
         ctx.status["devices"].append(record)
         ctx.event(conditions.REASON_DEVICE_REPLACED,
-                  f"round {ctx.round}: device {slot.device} on node {slot.node} replaces a failed device")
-    _advance_devices(ctx)
-    return bool(slots)
+                  f"round {ctx.round}: device {record['device']} on node {record['node']} replaces a failed device")
+    _advance_devices(ctx, added)
+    return bool(added)
 
 
 def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) -> None:

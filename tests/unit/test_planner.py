@@ -12,6 +12,7 @@ import pytest
 import json
 from datetime import datetime, timedelta, timezone
 
+from fedtask_operator.crd import unknown_status_fields
 from fedtask_operator.planner import Observed, Plan, plan_task, pods_awaiting_results
 from fedtask_operator.pods import RuntimeConfig
 from fedtask_operator.scheduling.types import DeviceSlot, TaskAssignment
@@ -41,10 +42,11 @@ def make_task(name: str = "mnist", **spec) -> dict:
 
 
 def schema_problems(status: dict) -> list[str]:
-    """Fields the typed status model (the CRD's source) does not know or whose type it rejects."""
+    """Fields a real API server would prune from the status (the CRD's schema), and values the typed status model
+    rejects."""
     errors: list[FieldError] = []
     decode_dataclass(TaskStatus, status, "status", errors, strict=True)
-    return [str(e) for e in errors]
+    return [f"pruned by the API server: {path}" for path in unknown_status_fields(status)] + [str(e) for e in errors]
 
 
 def accuracy_of_round(round_: int) -> float:
@@ -108,6 +110,9 @@ class Cluster:
         assert self.task == before, "the planner must not change its input"
         problems = schema_problems(plan.status)
         assert not problems, problems
+        names = [manifest["metadata"]["name"] for manifest in plan.create]
+        assert len(names) == len(set(names)), f"a pod is created twice in one plan: {names}"
+        assert not set(names) & set(plan.delete)
         awaiting = pods_awaiting_results(self.status)
         for name in plan.delete:
             if self.pods[name]["status"]["phase"] in ("Succeeded", "Failed"):
@@ -704,3 +709,131 @@ def test_history_is_bounded_and_keeps_the_latest_rounds():
     history = cluster.status["history"]
     assert len(history) == HISTORY_LIMIT >= 100
     assert history[-1]["round"] == 1 and history[0]["round"] == 1001, "the oldest entry is dropped"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Crash points: the runtime may die after any step of applying a plan; the next plan must neither lose nor repeat.
+
+
+def reference_run(task: dict) -> Cluster:
+    cluster = Cluster(task)
+    cluster.run_to_end()
+    return cluster
+
+
+@pytest.mark.parametrize("applied", ["nothing", "status only", "status and pods, no events"])
+def test_a_crash_at_any_step_neither_loses_nor_repeats_a_round(applied):
+    task = make_task(devices={"count": 4, "perRound": 2}, rounds={"max": 2})
+    reference = reference_run(task)
+    steps = len(reference.plans)
+    for crash_at in range(steps):
+        cluster = Cluster(task)
+        for step in range(100):
+            plan = cluster.next_plan()
+            if step == crash_at:  # the runtime dies part-way through applying this plan, then restarts
+                cluster.apply(plan, status=applied != "nothing", pods=applied.startswith("status and pods"),
+                              events=False)
+            else:
+                cluster.apply(plan)
+            if cluster.status.get("phase") == "Succeeded":
+                break
+            cluster.tick(1)
+            cluster.finish_all()
+        cluster.reconcile()
+        assert cluster.status["phase"] == "Succeeded", (crash_at, cluster.status)
+        assert [h["round"] for h in cluster.status["history"]] == [1, 2], crash_at
+        assert len(cluster.created) == len(set(cluster.created)), f"a pod ran twice after a crash at {crash_at}"
+        assert sorted(cluster.created) == sorted(reference.created), crash_at
+        assert cluster.pods == {}
+        assert [h["returned"] for h in cluster.status["history"]] == \
+            [h["returned"] for h in reference.status["history"]]
+
+
+def restarted(cluster: Cluster) -> Cluster:
+    """A new runtime process: nothing survives but the task object and the pods."""
+    fresh = Cluster(cluster.task)
+    fresh.pods = copy.deepcopy(cluster.pods)
+    fresh.now = cluster.now
+    return fresh
+
+
+def test_restart_during_training_adopts_the_running_pods():
+    cluster = Cluster(make_task())
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.reconcile()  # clean-up of the init pod
+    cluster.start("mnist-r0001-train-d000")
+    cluster.succeed("mnist-r0001-train-d001")
+    fresh = restarted(cluster)
+    plan = fresh.reconcile()
+    assert plan.create == [] and plan.delete == [] and fresh.schedule_calls == 0
+    assert fresh.status["round"] == 1 and fresh.status["stage"] == "Training"
+    assert [d["state"] for d in fresh.status["devices"]] == ["Running", "Succeeded", "Pending"]
+
+
+def test_restart_records_an_aggregate_result_that_arrived_while_down():
+    cluster = Cluster(make_task())
+    for _ in range(6):
+        cluster.reconcile()
+        if "mnist-r0001-aggregate" in cluster.pods:
+            break
+        cluster.finish_all()
+    cluster.succeed("mnist-r0001-aggregate")
+    fresh = restarted(cluster)
+    plan = fresh.reconcile()
+    assert fresh.status["stage"] == "Adjusting"
+    assert fresh.status["currentRound"]["aggregateSeconds"] >= 0
+    assert [p["metadata"]["name"] for p in plan.create] == ["mnist-r0001-adjust"]
+    assert "mnist-r0001-aggregate" not in plan.delete
+    plan = fresh.reconcile()
+    assert plan.delete == ["mnist-r0001-aggregate"] and plan.create == []
+
+
+def test_pods_of_an_older_round_and_orphans_are_deleted_and_ignored():
+    cluster = Cluster(make_task())
+    for _ in range(12):
+        cluster.reconcile()
+        if cluster.status.get("round") == 2 and cluster.status.get("stage") == "Training":
+            break
+        cluster.finish_all()
+    cluster.reconcile()  # the clean-up of round 1's adjust pod
+    history = copy.deepcopy(cluster.status["history"])
+    stale = copy.deepcopy(cluster.pods["mnist-r0002-train-d003"])
+    stale["metadata"]["name"] = "mnist-r0001-train-d005"
+    stale["metadata"]["labels"]["fedtask.io/round"] = "1"
+    stale["status"] = {"phase": "Running"}
+    orphan = copy.deepcopy(stale)
+    orphan["metadata"]["name"] = "mnist-r0002-train-d000"
+    cluster.pods[stale["metadata"]["name"]] = stale
+    cluster.pods[orphan["metadata"]["name"]] = orphan
+    cluster.succeed("mnist-r0001-train-d005")  # even a finished one: round 1 is recorded already
+    plan = cluster.reconcile()
+    assert sorted(plan.delete) == ["mnist-r0001-train-d005", "mnist-r0002-train-d000"]
+    assert plan.create == [] and cluster.status["history"] == history
+    assert [d["device"] for d in cluster.status["devices"]] == ["d003", "d004", "d005"]
+
+
+def test_a_pod_being_deleted_is_recreated_only_once_it_is_gone():
+    cluster = Cluster(make_task())
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    del cluster.pods["mnist-r0001-train-d000"]  # deleted by someone else: recreated under the same name
+    plan = cluster.reconcile()
+    assert [p["metadata"]["name"] for p in plan.create] == ["mnist-r0001-train-d000"]
+    cluster.pods["mnist-r0001-train-d001"]["metadata"]["deletionTimestamp"] = "2026-11-28T05:00:00Z"
+    plan = cluster.reconcile()
+    assert plan.create == [] and plan.delete == [] and plan.requeue_after == 1.0
+
+
+def test_a_retry_and_a_replacement_in_one_pass():
+    cluster = Cluster(make_task(backoffLimit=1))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.fail("mnist-r0001-train-d000")  # retried
+    cluster.fail("mnist-r0001-train-d001", exit_code=2)  # replaced
+    plan = cluster.reconcile()
+    assert sorted(p["metadata"]["name"] for p in plan.create) == ["mnist-r0001-train-d000-a1",
+                                                                  "mnist-r0001-train-d003"]
