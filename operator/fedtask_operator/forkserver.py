@@ -11,6 +11,7 @@ The parent never runs torch compute (it keeps one thread), so no OpenMP pool exi
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -48,9 +49,10 @@ class ForkServer:
     """Client side: starts the server process and asks it to spawn worker processes."""
 
     def __init__(self, python: str = sys.executable, env: dict | None = None, start_timeout: float = 120.0,
-                 entry: str = DEFAULT_ENTRY):
+                 entry: str = DEFAULT_ENTRY, preload_datasets: list[str] | None = None):
         self.python = python
         self.entry = entry
+        self.preload_datasets = preload_datasets  # None: the worker's default set
         self.env = env
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
@@ -109,7 +111,8 @@ class ForkServer:
         ours, theirs = socket.socketpair()
         env = dict(os.environ if self.env is None else self.env)
         self.process = subprocess.Popen(
-            [self.python, "-m", "fedtask_operator.forkserver", str(theirs.fileno()), self.entry],
+            [self.python, "-m", "fedtask_operator.forkserver", str(theirs.fileno()), self.entry,
+             json.dumps(self.preload_datasets)],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
         )
         theirs.close()
@@ -218,7 +221,7 @@ def run_child(request: dict, entry) -> None:
         os._exit(code)
 
 
-def serve(fd: int, entry_path: str = DEFAULT_ENTRY) -> int:
+def serve(fd: int, entry_path: str = DEFAULT_ENTRY, preload_datasets: list[str] | None = None) -> int:
     sock = socket.socket(fileno=fd)
     started = time.monotonic()
     try:
@@ -232,7 +235,11 @@ def serve(fd: int, entry_path: str = DEFAULT_ENTRY) -> int:
         module_name, _, function = entry_path.partition(":")
         entry = getattr(importlib.import_module(module_name), function)
         if hasattr(fedtask_worker, "preload"):
-            fedtask_worker.preload()
+            if preload_datasets is None:
+                fedtask_worker.preload()
+            else:
+                fedtask_worker.preload(preload_datasets)
+        gc.freeze()  # children share the preloaded objects; their GC must not touch (and so copy) those pages
     except BaseException as err:  # report why we cannot serve, then stop
         sock.sendall(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}).encode() + b"\n")
         return 1
@@ -291,4 +298,4 @@ def reap(children: dict[int, str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), *sys.argv[2:3]))
+    sys.exit(serve(int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None))

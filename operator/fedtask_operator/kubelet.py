@@ -34,6 +34,7 @@ DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 LOG_TAIL_LINES = 80
 # A container whose process vanished without recording an exit code (killed while nobody watched).
 LOST_EXIT_CODE = 137
+LAUNCHER_EXIT_GRACE_SECONDS = 1.0
 
 StatusCallback = Callable[[dict, dict], None]
 
@@ -99,6 +100,8 @@ class PodProcess:
     start_ticks: int | None = None
     popen: subprocess.Popen | None = None
     reported: str = ""  # the status last returned by poll(), serialised
+    launched: bool = False  # started by the launcher (the fork server), which records the exit of killed children
+    gone_since: float | None = None  # when the process was first seen gone without an exit record
 
     @property
     def exit_path(self) -> Path:
@@ -267,6 +270,7 @@ class ProcessKubelet:
         started_at = utc_now()
         if self.launcher is not None and self.launcher.handles(argv):
             pid = self.launcher.spawn(argv, full_env, cwd, str(proc.log_path), str(proc.exit_path))
+            proc.launched = True
         else:
             pid = self._spawn_subprocess(proc, argv, full_env, cwd)
         proc.pid = pid
@@ -436,6 +440,10 @@ class ProcessKubelet:
             return True
         return False  # it died while nobody watched and left no exit code: run it again
 
+    def _launcher_alive(self) -> bool:
+        alive = getattr(self.launcher, "alive", None)
+        return bool(alive()) if callable(alive) else False
+
     def _alive(self, proc: PodProcess) -> bool:
         if proc.popen is not None:
             return proc.popen.poll() is None
@@ -454,6 +462,11 @@ class ProcessKubelet:
             if self._alive(proc):
                 return
             exit_info = read_json(proc.exit_path)  # it may have written the file just before it ended
+            if exit_info is None and proc.launched and self._launcher_alive():
+                # The launcher reaps its children and records how they ended: give it a moment.
+                proc.gone_since = proc.gone_since or time.monotonic()
+                if time.monotonic() - proc.gone_since < LAUNCHER_EXIT_GRACE_SECONDS:
+                    return
             if exit_info is None and proc.popen is not None:
                 exit_info = exit_info_of(proc.popen.returncode)
             if exit_info is None:

@@ -17,6 +17,7 @@ from ..spec import SpecError, parse_task, spec_to_dict
 from .nodes import NodesFileError, builtin_nodes, describe_yaml_error, load_nodes
 
 DEFAULT_WORKDIR = "./fedtask-runs"
+PRELOADABLE_DATASETS = {"mnist", "digits"}  # the worker's builtin datasets worth loading once in the fork server
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -127,7 +128,8 @@ def main(argv: list[str]) -> int:
     store = LocalStore(workdir)
     for item in manifests:
         store.apply_task(item["manifest"], item["spec"])
-    fork_server = None if args.no_fork_server else ForkServer()
+    datasets = sorted({item["spec"]["data"]["dataset"] for item in manifests} & PRELOADABLE_DATASETS)
+    fork_server = None if args.no_fork_server else ForkServer(preload_datasets=datasets)
     if fork_server is not None:  # pay the imports while the first plans are made
         threading.Thread(target=fork_server.start, daemon=True).start()
     kubelet = ProcessKubelet(workdir / "pods", secrets=secrets, config_maps=config_maps, launcher=fork_server,
