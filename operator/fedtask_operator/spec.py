@@ -739,6 +739,7 @@ def parse_task(obj: Any) -> FederatedTask:
         errors.append(FieldError("apiVersion", f"must be {API_VERSION}, not {obj.get('apiVersion')!r}"))
     if obj.get("kind") != KIND:
         errors.append(FieldError("kind", f"must be {KIND}, not {obj.get('kind')!r}"))
+        raise SpecError(errors)  # another kind of object: its fields mean nothing here
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
         metadata = {}

@@ -1,0 +1,129 @@
+"""`fedtask validate MANIFEST...`: check FederatedTask manifests as a cluster would (defaults, bounds, enums, unknown
+fields, the CRD's CEL rules), one line per problem with file, line and field path; exit 2 when anything is wrong."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from fedtask_operator.spec import FederatedTask, SpecError, parse_task, with_defaults
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+class DuplicateKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate keys, as Kubernetes' strict decoding does (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is not None:
+        return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
+    return problem
+
+
+@dataclass
+class Document:
+    where: str  # "path:line" of the document's first line
+    content: object
+
+
+def read_documents(path: str, text: str | None = None) -> list[Document]:
+    """The non-empty YAML documents of a file with their start lines; raises ValueError with a one-line reason."""
+    if text is None:
+        try:
+            if path == "-":
+                text = sys.stdin.read()
+            else:
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from None
+    loader = DuplicateKeyLoader(text)
+    documents = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            line = node.start_mark.line + 1
+            content = loader.construct_document(node)
+            if content is not None:
+                documents.append(Document(f"{path}:{line}", content))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {describe_yaml_error(err)}") from None
+    finally:
+        loader.dispose()
+    return documents
+
+
+def load_tasks(paths: list[str]) -> tuple[list[tuple[Document, FederatedTask]], list[str]]:
+    """Every FederatedTask in the files, and one line per problem (file:line: field.path: reason)."""
+    tasks: list[tuple[Document, FederatedTask]] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        try:
+            documents = read_documents(path)
+        except ValueError as err:
+            errors.append(str(err))
+            continue
+        if not documents:
+            errors.append(f"{path}: no FederatedTask in the file")
+        for document in documents:
+            try:
+                task = parse_task(document.content)
+            except SpecError as err:
+                errors.extend(f"{document.where}: {error}" for error in err.errors)
+                continue
+            if task.key in seen:
+                errors.append(f"{document.where}: metadata.name: {task.key} is already defined at {seen[task.key]}")
+                continue
+            seen[task.key] = document.where
+            tasks.append((document, task))
+    return tasks, errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedtask validate",
+        description="Check FederatedTask manifests as a Kubernetes API server with the fedtask CRD would "
+                    "(kubectl's strict field validation): one line per problem, exit 2 if any.")
+    parser.add_argument("manifests", nargs="+", metavar="MANIFEST", help="YAML files (several documents each); - "
+                                                                          "reads standard input")
+    parser.add_argument("--show-defaults", action="store_true",
+                        help="print every valid task with all defaults filled in (YAML)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    tasks, errors = load_tasks(args.manifests)
+    for line in errors:
+        print(line, file=sys.stderr)
+    if args.show_defaults and tasks:
+        sys.stdout.write(yaml.safe_dump_all([with_defaults(doc.content) for doc, _ in tasks], sort_keys=False))
+    elif not args.quiet:
+        for document, task in tasks:
+            print(f"{document.where}: FederatedTask {task.key}: valid")
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
