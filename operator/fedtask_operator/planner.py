@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from fedtask_operator import conditions, naming, pods
+from fedtask_operator.pods import RuntimeConfig
 from fedtask_operator.scheduling.estimates import update_train_estimate
 from fedtask_operator.scheduling.matching import matches_selector
 from fedtask_operator.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
@@ -68,6 +69,7 @@ class Plan:
     needs_devices: bool = False
     requeue_after: float | None = None
     device_request: DeviceRequest | None = None  # what to ask the scheduler for when needs_devices
+    delete_task: bool = False  # spec.ttlSecondsAfterFinished has passed: the runtime deletes the task itself
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def _seconds_between(start: str | None, end: datetime) -> float:
 class _Planning:
     """The new status and the actions of one pass, built up by the stage functions below."""
 
-    def __init__(self, task: FederatedTask, status: dict, observed: Observed, config,
+    def __init__(self, task: FederatedTask, status: dict, observed: Observed, config: RuntimeConfig,
                  assignment: TaskAssignment | None):
         self.task = task
         self.spec = task.spec
@@ -177,6 +179,7 @@ class _Planning:
         self.device_request: DeviceRequest | None = None
         self.requeue: list[float] = []
         self.keep: set[str] = set()  # pods the current stage still owns
+        self.delete_task = False
 
     @property
     def round(self) -> int:
@@ -209,7 +212,8 @@ class _Planning:
     def plan(self) -> Plan:
         requeue = min(self.requeue) if self.requeue else None
         return Plan(create=self.create, delete=self._deletions(), status=self.status, events=self.events,
-                    needs_devices=self.needs_devices, requeue_after=requeue, device_request=self.device_request)
+                    needs_devices=self.needs_devices, requeue_after=requeue, device_request=self.device_request,
+                    delete_task=self.delete_task)
 
     def _deletions(self) -> list[str]:
         unrecorded = pods_awaiting_results(self.input_status)
@@ -281,7 +285,8 @@ def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], wha
 # The entry point
 
 
-def plan_task(task: dict, observed: Observed, config, assignment: TaskAssignment | None = None) -> Plan:
+def plan_task(task: dict, observed: Observed, config: RuntimeConfig,
+              assignment: TaskAssignment | None = None) -> Plan:
     """The next actions for one FederatedTask: pods to create and delete, its new status, events."""
     try:
         # the status is the planner's own record, read as plain data: decoding it would cost more than planning
@@ -300,7 +305,8 @@ def _plan(ctx: _Planning) -> None:
         status.clear()  # the spec was fixed before the task ever ran: start afresh
         status["observedGeneration"] = ctx.task.generation
     if status.get("phase") in (SUCCEEDED, FAILED):
-        return  # finished: only the clean-up of recorded pods remains
+        _plan_finished(ctx)
+        return
     if not status.get("phase"):
         _start_task(ctx)
     if _deadline_passed(ctx):
@@ -320,6 +326,18 @@ def _run_stages(ctx: _Planning) -> None:
             return
         if not _STAGE_PLANNERS[ctx.status["stage"]](ctx):
             return
+
+
+def _plan_finished(ctx: _Planning) -> None:
+    """A finished task only cleans up its recorded pods, and goes away after spec.ttlSecondsAfterFinished."""
+    ttl = ctx.spec.ttl_seconds_after_finished
+    if ttl is None or not ctx.status.get("completionTime"):
+        return
+    remaining = ttl - _seconds_between(ctx.status["completionTime"], ctx.now)
+    if remaining <= 0:
+        ctx.delete_task = True
+    else:
+        ctx.requeue.append(round(remaining, 3))
 
 
 def _start_task(ctx: _Planning) -> None:

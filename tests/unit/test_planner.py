@@ -837,3 +837,38 @@ def test_a_retry_and_a_replacement_in_one_pass():
     plan = cluster.reconcile()
     assert sorted(p["metadata"]["name"] for p in plan.create) == ["mnist-r0001-train-d000-a1",
                                                                   "mnist-r0001-train-d003"]
+
+
+def test_every_state_reaches_a_fixpoint_quickly():
+    """Runtimes reconcile until nothing changes: with no pod changes, the plans must settle within three passes."""
+    cluster = Cluster(make_task(devices={"minReturned": 2}))
+    for step in range(60):
+        passes = 0
+        while True:
+            before = copy.deepcopy(cluster.status)
+            plan = cluster.reconcile()
+            passes += 1
+            if not plan.create and not plan.delete and cluster.status == before:
+                break
+            assert passes < 3, (step, cluster.status.get("stage"), plan.create, plan.delete)
+            cluster.tick(0.25)
+        if cluster.status.get("phase") == "Succeeded":
+            return
+        cluster.tick(1)
+        names = cluster.active()
+        if names:  # one pod at a time, alternating start and finish
+            if step % 2:
+                cluster.succeed(names[0])
+            else:
+                cluster.start(names[0])
+    raise AssertionError("did not finish")
+
+
+def test_ttl_after_finished_asks_the_runtime_to_delete_the_task():
+    cluster = Cluster(make_task(rounds={"max": 1}, ttlSecondsAfterFinished=30))
+    cluster.run_to_end()
+    plan = cluster.reconcile()
+    assert not plan.delete_task and plan.requeue_after == 30
+    cluster.tick(30)
+    assert cluster.reconcile().delete_task
+    assert not Cluster(make_task(rounds={"max": 1})).reconcile().delete_task
