@@ -263,6 +263,10 @@ def apply_defaults(value: Any, schema: dict) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--reference"]:  # rewrite the generated sections of docs/api.md in place
+        path = Path(argv[1]) if len(argv) > 1 else REPO_CRD_PATH.parents[1] / "docs" / "api.md"
+        path.write_text(update_reference(path.read_text()))
+        return 0
     text = render_crd()
     if argv[:1] == ["--check"]:
         path = Path(argv[1]) if len(argv) > 1 else REPO_CRD_PATH
@@ -272,6 +276,137 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sys.stdout.write(text)
     return 0
+
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The field reference in docs/api.md (generated, so it lists every field with its real default and bounds)
+
+REFERENCE_BEGIN = "<!-- BEGIN GENERATED: python -m fedtask_operator.crd --reference {part} -->"
+REFERENCE_END = "<!-- END GENERATED {part} -->"
+
+
+def _type_label(tp: Any) -> str:
+    tp, _ = api.unwrap_optional(tp)
+    if dataclasses.is_dataclass(tp):
+        return "object"
+    if tp in (dict, api.FreeForm):
+        return "object (free-form)"
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        return f"list of {_type_label(item_tp)}"
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        return f"map of {_type_label(value_tp)}"
+    return {int: "integer", float: "number", str: "string", bool: "boolean", api.DateTime: "timestamp",
+            api.IntOrString: "quantity (int or string)"}[tp]
+
+
+def _constraints(info: api.FieldInfo) -> str:
+    parts = []
+    if info.enum is not None:
+        parts.append(" \\| ".join(f"`{e}`" if e != "" else '`""`' for e in info.enum))
+    if info.minimum is not None:
+        parts.append(f"{'>' if info.exclusive_minimum else '>='} {api._fmt_number(info.minimum)}")
+    if info.maximum is not None:
+        parts.append(f"{'<' if info.exclusive_maximum else '<='} {api._fmt_number(info.maximum)}")
+    if info.pattern is not None:
+        parts.append(api._pattern_hint(info.pattern).strip(" ()"))
+    if info.max_items is not None:
+        parts.append(f"at most {info.max_items} items")
+    if info.required:
+        parts.append("required")
+    return "; ".join(parts)
+
+
+def _default_label(f: dataclasses.Field, tp: Any) -> str:
+    import json
+
+    default = None if api.field_info(f).required else _field_default(f, tp)
+    if default is None or default == {} and dataclasses.is_dataclass(api.unwrap_optional(tp)[0]):
+        return ""
+    return f"`{json.dumps(default, separators=(', ', ': '))}`"
+
+
+def reference_rows(cls: type, prefix: str, with_defaults: bool) -> list[list[str]]:
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        info = api.field_info(f)
+        path = f"{prefix}.{api.json_name(f)}"
+        row = [f"`{path}`", _type_label(tp)]
+        if with_defaults:
+            row += [_default_label(f, tp), _constraints(info)]
+        row.append(info.doc.replace("|", "\\|"))
+        rows.append(row)
+        inner, _ = api.unwrap_optional(tp)
+        if dataclasses.is_dataclass(inner):
+            rows += reference_rows(inner, path, with_defaults)
+        elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
+            rows += reference_rows(typing.get_args(inner)[0], path + "[]", with_defaults)
+    return rows
+
+
+def _rule_rows() -> list[list[str]]:
+    rows = []
+    for rule in api.CROSS_FIELD_RULES:
+        base = "spec" + "".join("." + api._camel(a) for a in rule.at)
+        rows.append([f"`{base}{rule.field_path}`", rule.message, f"`{rule.cel}`"])
+    for cls, rules in api.TYPE_RULES.items():
+        for where in _paths_of(api.TaskSpec, cls, "spec"):
+            for rule in rules:
+                rows.append([f"`{where}{rule.field_path}`", rule.message, f"`{rule.cel}`"])
+    return rows
+
+
+def _paths_of(cls: type, target: type, prefix: str) -> list[str]:
+    """Where objects of dataclass `target` occur inside `cls` (list items as `[]`)."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        inner, _ = api.unwrap_optional(hints[f.name])
+        path = f"{prefix}.{api.json_name(f)}"
+        if typing.get_origin(inner) is list:
+            inner, path = typing.get_args(inner)[0], path + "[]"
+        if inner is target:
+            found.append(path)
+        elif dataclasses.is_dataclass(inner):
+            found += _paths_of(inner, target, path)
+    return found
+
+
+def render_reference(part: str) -> str:
+    if part == "spec":
+        header = ["Field", "Type", "Default", "Constraints", "Meaning"]
+        rows = reference_rows(api.TaskSpec, "spec", True)
+    elif part == "status":
+        header = ["Field", "Type", "Meaning"]
+        rows = reference_rows(api.TaskStatus, "status", False)
+    elif part == "rules":
+        header = ["Field", "Error", "CEL rule"]
+        rows = _rule_rows()
+    else:
+        raise ValueError(f"unknown reference part {part!r}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("\n", " ").replace("||", "\\|\\|") for cell in row) + " |"
+              for row in rows]
+    return "\n".join([REFERENCE_BEGIN.format(part=part), *lines, REFERENCE_END.format(part=part)])
+
+
+def update_reference(text: str) -> str:
+    """`text` (docs/api.md) with every generated section replaced by the current one."""
+    for part in ("spec", "rules", "status"):
+        begin, end = REFERENCE_BEGIN.format(part=part), REFERENCE_END.format(part=part)
+        head, found, rest = text.partition(begin)
+        if not found:
+            raise ValueError(f"docs/api.md has no {begin}")
+        _, found, tail = rest.partition(end)
+        if not found:
+            raise ValueError(f"docs/api.md has no {end}")
+        text = head + render_reference(part) + tail
+    return text
 
 
 if __name__ == "__main__":

@@ -387,3 +387,24 @@ def test_unknown_status_fields_are_found_where_a_server_would_prune():
     pruned = crdmod.prune_unknown_fields({"status": status}, SCHEMA)["status"]
     assert crdmod.unknown_status_fields(pruned) == []
     assert "roundz" not in pruned and pruned["devices"][0]["result"]["anything"] == {"goes": 1}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# docs/api.md
+
+
+def test_api_reference_is_current_and_complete():
+    from fedtask_operator import conditions
+
+    text = (ROOT / "docs" / "api.md").read_text()
+    assert crdmod.update_reference(text) == text, "run: python -m fedtask_operator.crd --reference"
+    documented = 0
+    for path, _ in walk(SPEC_SCHEMA, "spec"):
+        if path != "spec" and "*" not in path and not path.endswith("[]"):
+            assert f"`{path}`" in text, path
+            documented += 1
+    assert documented > 60
+    for name in dir(conditions):
+        if name.startswith("REASON_") or name in ("READY", "PROGRESSING", "UNSCHEDULABLE", "SUCCEEDED", "FAILED",
+                                                  "SUSPENDED", "STALLED"):
+            assert f"`{getattr(conditions, name)}`" in text, name
