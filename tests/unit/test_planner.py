@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -872,3 +874,84 @@ def test_ttl_after_finished_asks_the_runtime_to_delete_the_task():
     cluster.tick(30)
     assert cluster.reconcile().delete_task
     assert not Cluster(make_task(rounds={"max": 1})).reconcile().delete_task
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Random histories: whatever pods do, when, and however often the runtime restarts, the invariants hold.
+
+ACTIONS = st.lists(st.tuples(st.sampled_from(["succeed", "fail", "bad-input", "start", "tick", "long-tick",
+                                              "suspend", "resume", "restart", "crash"]),
+                             st.integers(min_value=0, max_value=5)), max_size=40)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions=ACTIONS)
+def test_random_histories_keep_the_invariants(actions):
+    cluster = Cluster(make_task(devices={"count": 5, "perRound": 3, "minReturned": 2}, rounds={"max": 3},
+                                backoffLimit=1))
+    recreatable: set[str] = set()  # pods deleted while running (suspend, stragglers) may be created again
+    seen_created = 0
+
+    def check_creations():
+        nonlocal seen_created
+        for name in cluster.created[seen_created:]:
+            assert cluster.created[:seen_created].count(name) == 0 or name in recreatable, name
+            seen_created += 1
+
+    def reconcile():
+        active_before = set(cluster.active())
+        plan = cluster.reconcile()
+        recreatable.update(set(plan.delete) & active_before)
+        check_creations()
+
+    for action, index in actions:
+        if cluster.status.get("phase") in ("Succeeded", "Failed"):
+            break
+        names = cluster.active()
+        name = names[index % len(names)] if names else None
+        if action == "succeed" and name:
+            cluster.succeed(name)
+        elif action == "fail" and name:
+            cluster.fail(name)
+        elif action == "bad-input" and name:
+            cluster.fail(name, exit_code=2)
+        elif action == "start" and name:
+            cluster.start(name)
+        elif action == "tick":
+            cluster.tick(5)
+        elif action == "long-tick":
+            cluster.tick(61)
+        elif action in ("suspend", "resume"):
+            cluster.task["spec"]["suspend"] = action == "suspend"
+        elif action == "crash":  # the runtime dies after patching the status, before touching pods
+            cluster.apply(cluster.next_plan(), pods=False)
+            continue
+        elif action == "restart":
+            cluster = restarted_keeping_log(cluster)
+        reconcile()
+    cluster.task["spec"]["suspend"] = False
+    for _ in range(80):  # from now on every pod succeeds
+        reconcile()
+        if cluster.status.get("phase") in ("Succeeded", "Failed"):
+            break
+        cluster.tick(1)
+        cluster.finish_all()
+    reconcile()
+    status = cluster.status
+    assert status["phase"] in ("Succeeded", "Failed"), status
+    rounds = [h["round"] for h in status.get("history") or []]
+    assert rounds == list(range(1, len(rounds) + 1)), "no round lost or repeated"
+    for entry in status.get("history") or []:
+        assert len(entry["returned"]) >= 2 and set(entry["returned"]) <= set(entry["devices"])
+    if status["phase"] == "Succeeded":
+        assert rounds == [1, 2, 3] and cluster.pods == {}
+        assert status["model"]["round"] == 3
+    else:
+        failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] in ("QuorumNotReached", "StageFailed"), failed
+
+
+def restarted_keeping_log(cluster: Cluster) -> Cluster:
+    fresh = restarted(cluster)
+    fresh.created, fresh.deleted, fresh.events = cluster.created, cluster.deleted, cluster.events
+    return fresh
