@@ -57,6 +57,8 @@ def _scalar_schema(tp: Any, info: api.FieldInfo) -> dict:
         schema["pattern"] = info.pattern
     if info.max_length is not None and tp is str:
         schema["maxLength"] = info.max_length
+    elif info.enum is not None and tp is str:
+        schema["maxLength"] = max(len(e) for e in info.enum)  # bounds the CEL cost estimate of rules over it
     return schema
 
 
@@ -94,8 +96,14 @@ def _field_default(f: dataclasses.Field, tp: Any) -> Any:
 
 
 def _validations(rules: list[api.CrossFieldRule]) -> list[dict]:
-    return [{"rule": rule.cel, "message": rule.message, "fieldPath": rule.field_path, "reason": "FieldValueInvalid"}
-            for rule in rules]
+    out = []
+    for rule in rules:
+        item = {"rule": rule.cel, "message": rule.message}
+        if rule.field_path:
+            item["fieldPath"] = rule.field_path
+        item["reason"] = "FieldValueForbidden" if rule.transition else "FieldValueInvalid"
+        out.append(item)
+    return out
 
 
 def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | None = None) -> dict:
@@ -111,6 +119,9 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
             schema = dataclass_schema(tp, defaults, sub_at)
         else:
             schema = _type_schema(hints[f.name], info, defaults)
+        if info.immutable and defaults:
+            schema.setdefault("x-kubernetes-validations", []).insert(0, {
+                "rule": "self == oldSelf", "message": api.IMMUTABLE_MESSAGE, "reason": "FieldValueForbidden"})
         if info.doc:
             schema = {"description": info.doc, **schema}
         if defaults and not info.required:
@@ -349,8 +360,21 @@ def reference_rows(cls: type, prefix: str, with_defaults: bool) -> list[list[str
     return rows
 
 
+def _immutable_paths(cls: type, prefix: str) -> list[str]:
+    found = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}.{api.json_name(f)}"
+        inner, _ = api.unwrap_optional(hints[f.name])
+        if api.field_info(f).immutable:
+            found.append(path)
+        elif dataclasses.is_dataclass(inner):
+            found += _immutable_paths(inner, path)
+    return found
+
+
 def _rule_rows() -> list[list[str]]:
-    rows = []
+    rows = [[f"`{path}`", api.IMMUTABLE_MESSAGE, "`self == oldSelf`"] for path in _immutable_paths(api.TaskSpec, "spec")]
     for rule in api.CROSS_FIELD_RULES:
         base = "spec" + "".join("." + api._camel(a) for a in rule.at)
         rows.append([f"`{base}{rule.field_path}`", rule.message, f"`{rule.cel}`"])

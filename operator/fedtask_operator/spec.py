@@ -70,6 +70,7 @@ class FieldInfo:
     max_length: int | None = None
     max_items: int | None = None
     required: bool = False
+    immutable: bool = False  # unchangeable once the task exists (a CEL transition rule `self == oldSelf`)
 
 
 def api_field(default: Any = dataclasses.MISSING, *, factory: Callable | None = None, doc: str = "",
@@ -136,7 +137,7 @@ class ResourceRequirements:
 
 @dataclass
 class LocalObjectReference:
-    name: str = api_field("", required=True, doc="Name of the object in the task's namespace.")
+    name: str = api_field("", required=True, max_length=253, doc="Name of the object in the task's namespace.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -145,11 +146,11 @@ class LocalObjectReference:
 
 @dataclass
 class ModelSpec:
-    name: str = api_field("mlp", pattern=PLUGIN_PATTERN, max_length=256,
+    name: str = api_field("mlp", pattern=PLUGIN_PATTERN, max_length=256, immutable=True,
                           doc="A registered model (`mlp`, `cnn`) or `module:callable` from the worker image.")
     args: FreeForm = api_field({}, doc="Keyword arguments for the model constructor.")
-    seed: int = api_field(0, minimum=0, doc="Seed of the initial weights.")
-    initial_uri: str = api_field("", doc="Warm start: a safetensors model to start from instead of random weights.")
+    seed: int = api_field(0, minimum=0, immutable=True, doc="Seed of the initial weights.")
+    initial_uri: str = api_field("", max_length=2048, immutable=True, doc="Warm start: a safetensors model to start from instead of random weights.")
 
 
 @dataclass
@@ -166,23 +167,23 @@ class PartitionSpec:
 class SharedDataSpec:
     fraction: float = api_field(0.01, minimum=0, maximum=1, exclusive_maximum=True,
                                 doc="Fraction of the training set held by the server as the globally shared dataset.")
-    uri: str = api_field("", doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
+    uri: str = api_field("", max_length=2048, doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
 
 
 @dataclass
 class DataSpec:
-    dataset: str = api_field("mnist", pattern=PLUGIN_PATTERN, max_length=256,
+    dataset: str = api_field("mnist", pattern=PLUGIN_PATTERN, max_length=256, immutable=True,
                              doc="mnist, digits, synthetic or `module:callable`.")
     args: FreeForm = api_field({}, doc="Keyword arguments for the dataset.")
-    source: str = api_field("builtin", enum=DATA_SOURCES,
+    source: str = api_field("builtin", enum=DATA_SOURCES, immutable=True,
                             doc="builtin: simulated devices share out the dataset; hostPath/pvc: each device node "
                                 "holds its own data.")
-    host_path: str = api_field("/var/lib/fedtask/data", pattern=ABSOLUTE_PATH_PATTERN,
+    host_path: str = api_field("/var/lib/fedtask/data", pattern=ABSOLUTE_PATH_PATTERN, max_length=4096, immutable=True,
                                doc="source=hostPath: the data directory on every device node.")
-    claim_name: str = api_field("fedtask-data-{node}", max_length=253,
+    claim_name: str = api_field("fedtask-data-{node}", max_length=253, immutable=True,
                                 doc="source=pvc: the claim per device node; `{node}` is replaced by the node name.")
-    partition: PartitionSpec = api_field(factory=PartitionSpec, doc="Partition of builtin data.")
-    shared: SharedDataSpec = api_field(factory=SharedDataSpec, doc="The globally shared dataset held by the server.")
+    partition: PartitionSpec = api_field(factory=PartitionSpec, immutable=True, doc="Partition of builtin data.")
+    shared: SharedDataSpec = api_field(factory=SharedDataSpec, immutable=True, doc="The globally shared dataset held by the server.")
 
 
 def default_device_selector() -> LabelSelector:
@@ -254,8 +255,8 @@ class RoundsSpec:
 @dataclass
 class StorageSpec:
     bucket: str = api_field("", max_length=63, doc="S3 bucket; default from the operator's configuration.")
-    prefix: str = api_field("", doc="Key prefix in the bucket; default from the operator's configuration.")
-    endpoint: str = api_field("", doc="S3 endpoint (host:port); default from the operator's configuration.")
+    prefix: str = api_field("", max_length=1024, doc="Key prefix in the bucket; default from the operator's configuration.")
+    endpoint: str = api_field("", max_length=253, doc="S3 endpoint (host:port); default from the operator's configuration.")
     secret_ref: LocalObjectReference | None = api_field(
         None, doc="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; default from the operator's configuration.")
 
@@ -283,7 +284,7 @@ class TaskSpec:
     adjustment: AdjustmentSpec = api_field(factory=AdjustmentSpec,
                                            doc="Server-side fine-tuning on the globally shared dataset.")
     rounds: RoundsSpec = api_field(factory=RoundsSpec, doc="How many rounds and when to stop.")
-    storage: StorageSpec = api_field(factory=StorageSpec, doc="The object store; defaults from the operator.")
+    storage: StorageSpec = api_field(factory=StorageSpec, immutable=True, doc="The object store; defaults from the operator.")
     publish: PublishSpec = api_field(factory=PublishSpec, doc="What happens with the final model.")
     scheduling: SchedulingSpec = api_field(factory=SchedulingSpec, doc="Device selection among competing tasks.")
     image: str = api_field("", doc="Worker image; default from the operator's configuration.")
@@ -419,7 +420,8 @@ class CrossFieldRule:
     cel: str
     message: str
     field_path: str  # JSON path (from the object) of the field the error is reported on, e.g. ".minReturned"
-    check: Callable[[Any], bool]
+    check: Callable[..., bool]  # check(obj) -> ok; transition rules: check(old, new) -> ok
+    transition: bool = False  # a rule on updates (CEL `oldSelf`): only checked when the object changes
 
 
 CROSS_FIELD_RULES: list[CrossFieldRule] = [
@@ -440,6 +442,16 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
                        "self.devices.minReturned : self.devices.perRound) >= 2 * self.aggregation.byzantine + 3",
                    "krum needs devices.minReturned (default perRound) >= 2 * byzantine + 3", ".aggregation.byzantine",
                    lambda s: s.aggregation.strategy != "krum" or s.devices.quorum >= 2 * s.aggregation.byzantine + 3),
+]
+
+# What a running task cannot change: its model, its data and their partition, where its objects live.
+IMMUTABLE_MESSAGE = "is immutable once the task exists: create a new FederatedTask instead"
+# Fields marked `immutable=True` get `self == oldSelf` (on scalars and small objects only: a rule over free-form
+# content such as model.args would have an unbounded estimated cost, and an API server refuses such a CRD).
+CROSS_FIELD_RULES += [
+    CrossFieldRule(("devices",), "has(self.count) == has(oldSelf.count) && (!has(self.count) || "
+                                 "self.count == oldSelf.count)", IMMUTABLE_MESSAGE, ".count",
+                   lambda old, new: old.count == new.count, True),
 ]
 
 # Per-item rules on shared types, keyed by the dataclass they are attached to.
@@ -663,13 +675,41 @@ def encode(obj: Any) -> Any:
 def validate_spec_rules(spec: TaskSpec) -> list[FieldError]:
     errors = []
     for rule in CROSS_FIELD_RULES:
-        target = spec
-        for attr in rule.at:
-            target = getattr(target, attr)
-        if not rule.check(target):
-            base = "spec" + "".join("." + _camel(a) for a in rule.at)
-            errors.append(FieldError(base + rule.field_path, rule.message))
+        if not rule.transition and not rule.check(_at(spec, rule.at)):
+            errors.append(FieldError(_rule_path(rule), rule.message))
     return errors
+
+
+def validate_update(old: TaskSpec, new: TaskSpec) -> list[FieldError]:
+    """What an API server refuses when a task's spec changes from `old` to `new` (the CRD's transition rules)."""
+    errors = _immutable_changes(old, new, "spec")
+    errors += [FieldError(_rule_path(rule), rule.message) for rule in CROSS_FIELD_RULES
+               if rule.transition and not rule.check(_at(old, rule.at), _at(new, rule.at))]
+    return errors
+
+
+def _immutable_changes(old: Any, new: Any, path: str) -> list[FieldError]:
+    errors = []
+    for f in dataclasses.fields(type(new)):
+        old_value, new_value = getattr(old, f.name), getattr(new, f.name)
+        if old_value is None or new_value is None:
+            continue  # transition rules run only where the old and the new object both have the field
+        field_path = f"{path}.{json_name(f)}"
+        if field_info(f).immutable and old_value != new_value:
+            errors.append(FieldError(field_path, IMMUTABLE_MESSAGE))
+        elif dataclasses.is_dataclass(new_value):
+            errors += _immutable_changes(old_value, new_value, field_path)
+    return errors
+
+
+def _at(spec: TaskSpec, attrs: tuple[str, ...]) -> Any:
+    for attr in attrs:
+        spec = getattr(spec, attr)
+    return spec
+
+
+def _rule_path(rule: CrossFieldRule) -> str:
+    return "spec" + "".join("." + _camel(a) for a in rule.at) + rule.field_path
 
 
 def _camel(name: str) -> str:

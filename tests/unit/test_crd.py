@@ -67,20 +67,29 @@ def to_cel(value, schema):
     return celpy.json_to_cel(value)
 
 
-def cel_errors(value, schema, path):
+MISSING = object()
+
+
+def cel_errors(value, schema, path, old=MISSING):
+    """The CEL rules' errors; transition rules (`oldSelf`) only run on updates, where the old value exists."""
     errors = []
     for rule in schema.get("x-kubernetes-validations", []):
-        ok = cel_program(rule["rule"]).evaluate({"self": to_cel(value, schema)})
-        if not bool(ok):
+        activation = {"self": to_cel(value, schema)}
+        if "oldSelf" in rule["rule"]:
+            if old is MISSING:
+                continue
+            activation["oldSelf"] = to_cel(old, schema)
+        if not bool(cel_program(rule["rule"]).evaluate(activation)):
             errors.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")
     if isinstance(value, dict):
         for key, item in value.items():
             prop = (schema.get("properties") or {}).get(key)
             if prop is not None:
-                errors += cel_errors(item, prop, f"{path}.{key}")
+                old_item = old.get(key, MISSING) if isinstance(old, dict) else MISSING
+                errors += cel_errors(item, prop, f"{path}.{key}", old_item)
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            errors += cel_errors(item, schema.get("items", {}), f"{path}[{index}]")
+            errors += cel_errors(item, schema.get("items", {}), f"{path}[{index}]")  # lists: atomic, no oldSelf
     return errors
 
 
@@ -127,6 +136,13 @@ def test_committed_crd_is_the_generated_one():
     assert (ROOT / "crds" / "federatedtask.yaml").read_text() == crdmod.render_crd(), \
         "run: python -m fedtask_operator.crd > crds/federatedtask.yaml"
     assert crdmod.main(["--check", str(ROOT / "crds" / "federatedtask.yaml")]) == 0
+
+
+def test_crd_is_a_valid_custom_resource_definition():
+    import kubernetes_validate
+
+    for version in ("1.28.0", "1.37.0"):
+        kubernetes_validate.validate(copy.deepcopy(CRD), version, strict=True)
 
 
 def test_crd_names_printer_columns_and_status_subresource():
@@ -189,6 +205,11 @@ def test_rules_with_lists_have_bounded_cost():
         for rule in node.get("x-kubernetes-validations", []):
             assert set(rule) <= {"rule", "message", "fieldPath", "reason", "messageExpression"}, path
             cel_program(rule["rule"])  # compiles
+            if rule["rule"] == "self == oldSelf":  # equality over the whole value: every part of it must be bounded
+                for inner_path, inner in walk(node, path):
+                    assert not inner.get("x-kubernetes-preserve-unknown-fields"), inner_path
+                    if inner.get("type") == "string":
+                        assert "maxLength" in inner, inner_path
 
 
 def test_defaulting_by_the_api_server_equals_the_typed_model():
@@ -285,7 +306,7 @@ def test_python_messages_for_cel_rules_are_the_crds():
     for spec, _ in BAD_SPECS:
         server = [e for e in api_server_errors(spec) if not e.endswith(("minimum", "enum", "type", "pattern",
                                                                           "required", "maximum", "exclusiveMinimum",
-                                                                          "exclusiveMaximum", "maxItems",
+                                                                          "exclusiveMaximum", "maxItems", "maxLength",
                                                                           "unknown field", "anyOf"))]
         for error in server:
             assert error in python_errors(spec)
@@ -408,3 +429,38 @@ def test_api_reference_is_current_and_complete():
         if name.startswith("REASON_") or name in ("READY", "PROGRESSING", "UNSCHEDULABLE", "SUCCEEDED", "FAILED",
                                                   "SUSPENDED", "STALLED"):
             assert f"`{getattr(conditions, name)}`" in text, name
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Updates: the CRD's transition rules and validate_update agree
+
+
+def update_verdicts(old_spec, new_spec):
+    from fedtask_operator.spec import parse_spec, validate_update
+
+    old = crdmod.apply_defaults(old_spec, SPEC_SCHEMA)
+    new = crdmod.apply_defaults(new_spec, SPEC_SCHEMA)
+    server = [e for e in cel_errors(new, SPEC_SCHEMA, "spec", old) if e not in cel_errors(new, SPEC_SCHEMA, "spec")]
+    python = [str(e) for e in validate_update(parse_spec(old_spec), parse_spec(new_spec))]
+    return server, python
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ({}, {"training": {"learningRate": 0.1}, "rounds": {"max": 50}, "suspend": True}, []),
+    ({}, {"devices": {"perRound": 3}, "aggregation": {"onInvalid": "fail"}}, []),
+    ({"model": {"name": "mlp"}}, {}, []),  # the default is the same model
+    ({}, {"model": {"name": "cnn"}}, ["spec.model.name"]),
+    ({"data": {"partition": {"scheme": "classes"}}}, {"data": {"partition": {"scheme": "iid"}}},
+     ["spec.data.partition"]),
+    ({"devices": {"count": 10}}, {"devices": {"count": 12}}, ["spec.devices.count"]),
+    ({"devices": {"count": 10}}, {}, ["spec.devices.count"]),
+    ({}, {"storage": {"bucket": "other"}}, ["spec.storage"]),
+    ({}, {"model": {"seed": 1}, "data": {"dataset": "digits", "source": "hostPath"}},
+     ["spec.model.seed", "spec.data.dataset", "spec.data.source"]),
+    ({}, {"data": {"shared": {"fraction": 0.05}}, "model": {"args": {"hidden": 8}}}, ["spec.data.shared"]),
+])
+def test_immutable_fields_on_update(old, new, expected):
+    server, python = update_verdicts(old, new)
+    assert sorted(paths(server)) == sorted(expected)
+    assert sorted(paths(python)) == sorted(expected)
+    assert sorted(server) == sorted(python)
