@@ -562,7 +562,7 @@ def _plan_scheduling(ctx: _Planning) -> bool:
     ctx.status.update(stage=TRAINING, roundStartTime=ctx.stamp,
                       devices=[_device_record(ctx, slot) for slot in slots])
     ctx.status["currentRound"] = {"round": ctx.round, "startTime": ctx.stamp}
-    names = ", ".join(slot.device for slot in slots)
+    names = _listed([slot.device for slot in slots], ", ")
     ctx.progressing(conditions.REASON_TRAINING, f"round {ctx.round}: training on {len(slots)} devices")
     ctx.event("RoundStarted", f"round {ctx.round} started with {len(slots)} devices: {names}")
     return True
@@ -723,8 +723,8 @@ def _mark_stalled(ctx: _Planning, reason: str, message: str) -> None:
 
 
 def _quorum_message(ctx: _Planning, records: list[dict], returned: list[dict], quorum: int) -> str:
-    failures = "; ".join(f"{r['device']}: {r.get('reason') or r['state']}" for r in records
-                         if r["state"] in (POD_FAILED, POD_EXCLUDED))
+    failures = _listed([f"{r['device']}: {r.get('reason') or r['state']}" for r in records
+                        if r["state"] in (POD_FAILED, POD_EXCLUDED)], "; ")
     return (f"round {ctx.round}: only {len(returned)} of {len(records)} devices returned updates, "
             f"spec.devices.minReturned={quorum} needed, and no free device could replace the failed ones "
             f"({failures}); fix the failing devices, add device nodes matching spec.devices.selector, raise "
@@ -915,6 +915,12 @@ def _plan_publishing(ctx: _Planning) -> bool:
     message = (progressing.get("message") or "").replace("; publishing the model", "")
     _succeed(ctx, reason, f"{message}; model of round {model['round']} published")
     return False
+
+
+def _listed(items: list[str], separator: str, limit: int = 10) -> str:
+    """Items for a message, the first `limit` of them: status and events stay small with thousands of devices."""
+    shown = separator.join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}{separator}... ({len(items) - limit} more)"
 
 
 def _shown(value: float | None) -> str:

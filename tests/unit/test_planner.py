@@ -955,3 +955,13 @@ def restarted_keeping_log(cluster: Cluster) -> Cluster:
     fresh = restarted(cluster)
     fresh.created, fresh.deleted, fresh.events = cluster.created, cluster.deleted, cluster.events
     return fresh
+
+
+def test_a_large_round_keeps_messages_short():
+    cluster = Cluster(make_task(devices={"count": 400, "perRound": 300}, rounds={"max": 1}))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    plan = cluster.reconcile()
+    assert len(plan.create) == 300
+    started = next(e for e in cluster.events if e.reason == "RoundStarted")
+    assert started.message.endswith("... (290 more)") and len(started.message) < 200
