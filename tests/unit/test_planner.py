@@ -15,7 +15,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from fedtask_operator.crd import unknown_status_fields
-from fedtask_operator.planner import Observed, Plan, plan_task, pods_awaiting_results
+from fedtask_operator.planner import Observed, Plan, observe_pod, plan_task, pods_awaiting_results
 from fedtask_operator.pods import RuntimeConfig
 from fedtask_operator.scheduling.types import DeviceSlot, TaskAssignment
 from fedtask_operator.spec import HISTORY_LIMIT, FieldError, TaskStatus, decode_dataclass
@@ -965,3 +965,26 @@ def test_a_large_round_keeps_messages_short():
     assert len(plan.create) == 300
     started = next(e for e in cluster.events if e.reason == "RoundStarted")
     assert started.message.endswith("... (290 more)") and len(started.message) < 200
+
+
+def terminated(phase: str, exit_code: int, message: str) -> dict:
+    return {"metadata": {"name": "p"}, "status": {"phase": phase, "containerStatuses": [
+        {"state": {"terminated": {"exitCode": exit_code, "reason": "Error", "message": message}}}]}}
+
+
+def test_observe_pod_reads_results_and_failures():
+    assert observe_pod(None).state == "Missing"
+    assert observe_pod({"metadata": {"name": "p"}}).state == "Pending"
+    assert observe_pod({"metadata": {"name": "p", "deletionTimestamp": "x"}, "status": {"phase": "Running"}}
+                       ).state == "Terminating"
+    ok = observe_pod(terminated("Succeeded", 0, '{"accuracy": 0.9}'))
+    assert (ok.state, ok.result) == ("Succeeded", {"accuracy": 0.9})
+    no_result = observe_pod(terminated("Succeeded", 0, "done"))
+    assert no_result.state == "Failed" and "no JSON result" in no_result.reason
+    bad_input = observe_pod(terminated("Failed", 2, '{"error": "spec.model.name: unknown model \'x\'"}'))
+    assert not bad_input.retryable and bad_input.reason == "exit code 2: Error: spec.model.name: unknown model 'x'"
+    crashed = observe_pod(terminated("Failed", 1, "Traceback (most recent call last):\n  ...\nMemoryError: big"))
+    assert crashed.retryable and crashed.reason == "exit code 1: Error: MemoryError: big"
+    evicted = observe_pod({"metadata": {"name": "p"}, "status": {
+        "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}})
+    assert evicted.retryable and evicted.reason == "Evicted: The node was low on resource: memory."
