@@ -309,13 +309,13 @@ def _plan(ctx: _Planning) -> None:
         return
     if not status.get("phase"):
         _start_task(ctx)
-    if _deadline_passed(ctx):
-        return
     if ctx.spec.suspend:
         _suspend(ctx)
         return
     if status.get("phase") == SUSPENDED:
         _resume(ctx)
+    if _deadline_passed(ctx):
+        return
     _run_stages(ctx)
 
 
@@ -393,10 +393,12 @@ def _plan_invalid_spec(task: dict, observed: Observed, error: SpecError) -> Plan
 
 
 def _deadline_passed(ctx: _Planning) -> bool:
+    """spec.activeDeadlineSeconds, counted from the start or, as for Kubernetes Jobs, from the last resume; the
+    clock stops while the task is suspended."""
     deadline = ctx.spec.active_deadline_seconds
     if not deadline or not ctx.status.get("startTime"):
         return False
-    elapsed = _seconds_between(ctx.status["startTime"], ctx.now)
+    elapsed = _seconds_between(_later(ctx.status["startTime"], _resumed_at(ctx.status)), ctx.now)
     if elapsed < deadline:
         ctx.requeue.append(round(deadline - elapsed, 3))
         return False
@@ -656,10 +658,13 @@ def _advance_devices(ctx: _Planning, records: list[dict] | None = None) -> None:
 
 def _round_timer_start(status: dict) -> str | None:
     """The round deadline counts from the round's start, or from the resume of a suspended round."""
-    start, resumed = status.get("roundStartTime"), _resumed_at(status)
-    if start and resumed and conditions.parse_time(resumed) > conditions.parse_time(start):
-        return resumed
-    return start
+    return _later(status.get("roundStartTime"), _resumed_at(status))
+
+
+def _later(first: str | None, second: str | None) -> str | None:
+    if first and second:
+        return second if conditions.parse_time(second) > conditions.parse_time(first) else first
+    return first or second
 
 
 def _plan_training(ctx: _Planning) -> bool:

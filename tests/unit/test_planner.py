@@ -988,3 +988,21 @@ def test_observe_pod_reads_results_and_failures():
     evicted = observe_pod({"metadata": {"name": "p"}, "status": {
         "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}})
     assert evicted.retryable and evicted.reason == "Evicted: The node was low on resource: memory."
+
+
+def test_active_deadline_stops_while_suspended_and_restarts_at_resume():
+    cluster = Cluster(make_task(activeDeadlineSeconds=100))
+    cluster.reconcile()
+    cluster.tick(50)
+    cluster.task["spec"]["suspend"] = True
+    assert cluster.reconcile().requeue_after is None
+    cluster.tick(500)
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Suspended"
+    cluster.task["spec"]["suspend"] = False
+    plan = cluster.reconcile()
+    assert cluster.status["phase"] == "Pending" and plan.requeue_after == 100
+    assert [p["metadata"]["name"] for p in plan.create] == ["mnist-init"]
+    cluster.tick(100)
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Failed"
