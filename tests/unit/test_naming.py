@@ -82,3 +82,33 @@ def test_object_keys_follow_the_contract():
     assert n.aggregate_uri(base, 3) == "s3://b/p/ns/t/uid/round-0003/aggregate.safetensors"
     assert n.server_state_uri(base, 2) == "s3://b/p/ns/t/uid/round-0002/server-state.safetensors"
     assert n.published_model_path("/models/", "ns", "t") == "/models/ns/t/model.safetensors"
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TASK_NAMES = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,100}[a-z0-9])?", fullmatch=True)
+DEVICES = st.one_of(st.integers(0, 99999).map(n.shard_device_id),
+                    st.from_regex(r"[a-z0-9]([-a-z0-9.]{0,80}[a-z0-9])?", fullmatch=True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(task=TASK_NAMES, round_=st.integers(0, 99999), device=DEVICES, attempt=st.integers(0, 200))
+def test_every_pod_name_is_valid_and_deterministic(task, round_, device, attempt):
+    names = [n.init_pod_name(task, attempt), n.train_pod_name(task, round_, device, attempt),
+             n.aggregate_pod_name(task, round_, attempt), n.adjust_pod_name(task, round_, attempt),
+             n.publish_pod_name(task, device, attempt)]
+    for name in names:
+        assert len(name) <= 63 and DNS_SUBDOMAIN.match(name), name
+    assert len(set(names)) == len(names)
+    assert names[1] == n.train_pod_name(task, round_, device, attempt)
+    assert LABEL_VALUE.match(n.label_value(task)) and len(n.label_value(task)) <= 63
+
+
+@settings(max_examples=40, deadline=None)
+@given(task=TASK_NAMES, round_=st.integers(1, 9999), devices=st.lists(DEVICES, min_size=2, max_size=2, unique=True),
+       attempts=st.lists(st.integers(0, 5), min_size=2, max_size=2))
+def test_distinct_inputs_give_distinct_train_pod_names(task, round_, devices, attempts):
+    a = n.train_pod_name(task, round_, devices[0], attempts[0])
+    b = n.train_pod_name(task, round_, devices[1], attempts[1])
+    assert a != b
