@@ -39,6 +39,7 @@ REASON_NO_MATCHING_NODES = "NoMatchingNodes"  # the selector matches no node
 REASON_STRAGGLERS_EXCLUDED = "StragglersExcluded"
 REASON_DEVICE_REPLACED = "DeviceReplaced"
 REASON_POD_FAILED = "PodFailed"
+REASON_POD_NOT_STARTING = "PodNotStarting"  # a pod stays Pending: image pull, container config or kube-scheduler
 REASON_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 REASON_QUORUM_NOT_REACHED = "QuorumNotReached"  # the round deadline passed with fewer than minReturned updates
 REASON_ALL_UPDATES_REJECTED = "AllUpdatesRejected"

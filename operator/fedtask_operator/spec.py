@@ -605,11 +605,7 @@ def _decode(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldE
                 continue
             if item is None:
                 continue  # an API server drops null values
-            if value_tp is IntOrString and isinstance(item, int) and not isinstance(item, bool):
-                checked = _check_scalar(item, value_tp, FieldInfo(), f"{path}.{key}", errors)
-            else:
-                checked = _check_scalar(item, value_tp, value_info, f"{path}.{key}", errors)
-            out[key] = checked
+            out[key] = _check_scalar(item, value_tp, value_info, f"{path}.{key}", errors)
         return out
     return _check_scalar(value, tp, info, path, errors)
 
