@@ -106,3 +106,11 @@ def test_every_example_task_is_valid():
     tasks = [str(p) for p in sorted(root.glob("*.yaml")) if "kind: FederatedTask" in p.read_text()]
     assert tasks, "examples/ holds FederatedTask manifests"
     assert main(["-q", *tasks]) == 0
+
+
+def test_standard_input_and_non_mapping_documents(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fedtask_operator.spec_cli", "-"], capture_output=True, text=True,
+                            input=GOOD + "---\n- just\n- a list\n", timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == "-:1: FederatedTask default/mnist: valid\n"
+    assert result.stderr == "-:8: <document>: must be an object, not list\n"
