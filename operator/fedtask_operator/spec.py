@@ -431,6 +431,9 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
     CrossFieldRule(("devices",), "!has(self.count) || self.perRound <= self.count",
                    "must be <= count", ".perRound",
                    lambda d: d.count is None or d.per_round <= d.count),
+    CrossFieldRule((), "!has(self.devices.count) || self.data.source == 'builtin'",
+                   "applies to data.source builtin only (with hostPath or pvc data every matching node is a device)",
+                   ".devices.count", lambda s: s.devices.count is None or s.data.source == "builtin"),
     CrossFieldRule((), "!self.adjustment.enabled || self.data.shared.fraction > 0.0 || self.data.shared.uri != ''",
                    "adjustment needs a shared dataset: set data.shared.fraction > 0 or data.shared.uri, "
                    "or adjustment.enabled: false", ".adjustment.enabled",
