@@ -259,7 +259,7 @@ BAD_SPECS = [
     ({"devices": {"tolerations": [{"operator": "Exists", "value": "v"}]}}, {"spec.devices.tolerations[0].value"}),
     ({"devices": {"tolerations": [{"effect": "Sometimes"}]}}, {"spec.devices.tolerations[0].effect"}),
     ({"data": {"source": "s3"}}, {"spec.data.source"}),
-    ({"data": {"source": "hostPath"}, "devices": {"count": 4}}, {"spec.devices.count"}),
+    ({"data": {"source": "hostPath"}, "devices": {"count": 8}}, {"spec.devices.count"}),
     ({"data": {"source": "pvc", "claimName": "shared-claim"}}, {"spec.data.claimName"}),
     ({"data": {"hostPath": "relative/dir"}}, {"spec.data.hostPath"}),
     ({"data": {"partition": {"alpha": 0}}}, {"spec.data.partition.alpha"}),
