@@ -27,6 +27,7 @@ from pathlib import Path
 WORKER_MODULE = "fedtask_worker"
 WORKER_SCRIPT = "fedtask-worker"
 DEFAULT_ENTRY = "fedtask_worker.cli:main"
+POOL_SIZE = 6  # children waiting for a request: a round's train pods start without waiting for fork()
 
 
 def worker_args(argv: list[str]) -> list[str] | None:
@@ -126,16 +127,14 @@ class ForkServer:
 
     def _stop_locked(self) -> None:
         if self.sock is not None:
-            self.sock.close()
+            self.sock.close()  # the server sees the end of its socket and exits; running pods go on
             self.sock = None
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
     def _send(self, message: dict) -> None:
@@ -245,38 +244,94 @@ def serve(fd: int, entry_path: str = DEFAULT_ENTRY, preload_datasets: list[str] 
         return 1
     sock.sendall(json.dumps({"ready": True, "seconds": time.monotonic() - started}).encode() + b"\n")
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runtime, which closes our socket
+    pool = WarmPool(sock, entry)
     children: dict[int, str] = {}  # pid -> exit file
     buffer = b""
     while True:
         reap(children)
-        readable, _, _ = select.select([sock], [], [], 0.05)
+        # Requests first; refill the pool of waiting children only while no request is waiting.
+        readable, _, _ = select.select([sock], [], [], 0 if pool.needs_refill() else 0.05)
         if not readable:
+            if pool.needs_refill():
+                pool.refill_one()
             continue
         chunk = sock.recv(1 << 20)
         if not chunk:
+            pool.close()
             return 0  # the client went away; running children keep going on their own
         buffer += chunk
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             request = json.loads(line)
-            sys.stdout.flush()
-            sys.stderr.flush()
             try:
-                pid = os.fork()
+                pid = pool.hand_over(request)
+                reply = {"pid": pid}
+                children[pid] = request["exit"]
             except OSError as err:
-                sock.sendall(json.dumps({"error": f"fork failed: {err}"}).encode() + b"\n")
-                continue
-            if pid == 0:
-                sock.close()
-                run_child(request, entry)
-            children[pid] = request["exit"]
-            sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                reply = {"error": f"fork failed: {err}"}
+            try:
+                sock.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:  # the client is gone (Ctrl-C while it waited for us)
+                pool.close()
+                return 0
+
+
+class WarmPool:
+    """Children forked ahead of time, each waiting on its own pipe for the request it will run.
+
+    A request is handed to a waiting child at once (no fork on the request path); the server forks the replacement
+    while the client goes on. A waiting child whose pipe closes without a request (the server ended) exits.
+    """
+
+    def __init__(self, sock: socket.socket, entry, size: int = POOL_SIZE):
+        self.sock = sock
+        self.entry = entry
+        self.size = size
+        self.waiting: list[tuple[int, int]] = []  # (pid, write end of its pipe)
+
+    def needs_refill(self) -> bool:
+        return len(self.waiting) < self.size
+
+    def refill_one(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_fd)
+            for _, other in self.waiting:
+                os.close(other)
+            self.sock.close()
+            request = read_request(read_fd)
+            if request is None:
+                os._exit(0)
+            run_child(request, self.entry)
+        os.close(read_fd)
+        self.waiting.append((pid, write_fd))
+
+    def hand_over(self, request: dict) -> int:
+        if not self.waiting:
+            self.refill_one()
+        pid, write_fd = self.waiting.pop(0)
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(json.dumps(request).encode())
+        return pid
+
+    def close(self) -> None:
+        for _, write_fd in self.waiting:
+            os.close(write_fd)
+        self.waiting.clear()
+
+
+def read_request(fd: int) -> dict | None:
+    with os.fdopen(fd, "rb") as pipe:
+        data = pipe.read()
+    return json.loads(data) if data else None
 
 
 def reap(children: dict[int, str]) -> None:
-    while children:
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:

@@ -18,12 +18,16 @@ from pathlib import Path
 from ..conditions import format_time
 
 
+_made_dirs: set[Path] = set()
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.parent not in _made_dirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _made_dirs.add(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=False)
-        handle.write("\n")
+        handle.write(json.dumps(data, separators=(",", ":")) + "\n")  # compact: the C encoder, several times faster
     os.replace(tmp, path)
 
 
