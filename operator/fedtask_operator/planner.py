@@ -105,7 +105,23 @@ def observe_pod(pod: dict | None) -> PodOutcome:
                           retryable=exit_code != EXIT_BAD_INPUT)
     if phase == "Running":
         return PodOutcome(POD_RUNNING)
-    return PodOutcome(POD_PENDING)
+    return PodOutcome(POD_PENDING, reason=_not_starting_reason(status))
+
+
+# Why a pending pod will not start by itself (the kubelet or kube-scheduler says so).
+_STUCK_WAITING_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                          "CreateContainerError")
+
+
+def _not_starting_reason(pod_status: dict) -> str:
+    for container in pod_status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _STUCK_WAITING_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+    for condition in pod_status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason') or 'Unschedulable'}: {condition.get('message') or ''}".rstrip(": ")
+    return ""
 
 
 def _terminated_state(pod_status: dict) -> dict:
@@ -180,6 +196,7 @@ class _Planning:
         self.requeue: list[float] = []
         self.keep: set[str] = set()  # pods the current stage still owns
         self.delete_task = False
+        self.not_starting: list[str] = []  # "pod: why" for pending pods that will not start by themselves
 
     @property
     def round(self) -> int:
@@ -247,6 +264,12 @@ class _Progress:
     state: str  # POD_PENDING | POD_RUNNING | POD_SUCCEEDED | POD_FAILED (after the retries)
     result: dict | None = None
     reason: str = ""
+    bad_input: bool = False  # failed with the worker's bad-input exit code (not retried)
+
+    @property
+    def failure_reason(self) -> str:
+        """The condition reason of a stage that failed for good."""
+        return conditions.REASON_STAGE_FAILED if self.bad_input else conditions.REASON_BACKOFF_LIMIT_EXCEEDED
 
 
 def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
@@ -263,13 +286,16 @@ def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], wha
     if outcome.state == "Terminating":  # a pod of the same name is going away; create it again once it is gone
         ctx.requeue.append(TERMINATING_RETRY_SECONDS)
         return _Progress(POD_PENDING)
+    if outcome.state == POD_PENDING and outcome.reason:
+        ctx.not_starting.append(f"pod {record['pod']}: {outcome.reason}")
     if outcome.state in (POD_PENDING, POD_RUNNING, POD_SUCCEEDED):
         return _Progress(outcome.state, outcome.result)
     attempts = int(record.get("attempts") or 0)
     limit = ctx.spec.backoff_limit
     if not outcome.retryable or attempts >= limit:
         why = "bad input, not retried" if not outcome.retryable else f"backoffLimit {limit} reached"
-        return _Progress(POD_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}")
+        return _Progress(POD_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}",
+                         bad_input=not outcome.retryable)
     manifest = build(attempts + 1)
     ctx.event(conditions.REASON_POD_FAILED,
               f"{what}: pod {record['pod']} failed ({outcome.reason}); retrying as {manifest['metadata']['name']} "
@@ -317,6 +343,7 @@ def _plan(ctx: _Planning) -> None:
     if _deadline_passed(ctx):
         return
     _run_stages(ctx)
+    _report_pods_not_starting(ctx)
 
 
 def _run_stages(ctx: _Planning) -> None:
@@ -326,6 +353,19 @@ def _run_stages(ctx: _Planning) -> None:
             return
         if not _STAGE_PLANNERS[ctx.status["stage"]](ctx):
             return
+
+
+def _report_pods_not_starting(ctx: _Planning) -> None:
+    """Pods stuck before they start (image pull, config, kube-scheduler) hold the task up: say so, and what helps."""
+    stalled = conditions.get_condition(ctx.status.get("conditions"), conditions.STALLED) or {}
+    if ctx.not_starting and ctx.status.get("phase") in (PENDING, RUNNING):
+        message = (f"{_listed(ctx.not_starting, '; ', limit=3)}; check spec.image, spec.imagePullSecrets, "
+                   "the store secret and the nodes' free resources")
+        if stalled.get("status") != conditions.TRUE or stalled.get("message") != message:
+            ctx.event(conditions.REASON_POD_NOT_STARTING, message, warning=True)
+        ctx.condition(conditions.STALLED, True, conditions.REASON_POD_NOT_STARTING, message)
+    elif stalled.get("reason") == conditions.REASON_POD_NOT_STARTING:
+        ctx.status["conditions"] = conditions.remove_condition(ctx.status.get("conditions"), conditions.STALLED)
 
 
 def _plan_finished(ctx: _Planning) -> None:
@@ -522,7 +562,7 @@ def _plan_initializing(ctx: _Planning) -> bool:
     if progress.state == POD_RUNNING and ctx.status.get("phase") == PENDING:
         ctx.status["phase"] = RUNNING
     if progress.state == POD_FAILED:
-        _fail(ctx, conditions.REASON_STAGE_FAILED,
+        _fail(ctx, progress.failure_reason,
               f"the initial model could not be created: {progress.reason}; check spec.model "
               "(name, args, initialUri) and the store settings, then recreate the task")
         return False
@@ -763,7 +803,7 @@ def _plan_aggregating(ctx: _Planning) -> bool:
     progress = _advance_stage_pod(ctx, naming.STAGE_AGGREGATE, lambda attempt: pods.build_aggregate_pod(
         ctx.build_task(), ctx.config, ctx.round, update_uris, attempt=attempt))
     if progress.state == POD_FAILED:
-        _fail(ctx, conditions.REASON_STAGE_FAILED,
+        _fail(ctx, progress.failure_reason,
               f"round {ctx.round}: aggregation failed: {progress.reason}; check spec.aggregation and the updates in "
               "the store, then recreate the task")
         return False
@@ -798,7 +838,7 @@ def _plan_adjusting(ctx: _Planning) -> bool:
     progress = _advance_stage_pod(ctx, naming.STAGE_ADJUST, lambda attempt: pods.build_adjust_pod(
         ctx.build_task(), ctx.config, ctx.round, attempt=attempt))
     if progress.state == POD_FAILED:
-        _fail(ctx, conditions.REASON_STAGE_FAILED,
+        _fail(ctx, progress.failure_reason,
               f"round {ctx.round}: adjustment failed: {progress.reason}; check spec.adjustment and "
               "spec.data.shared, then recreate the task")
         return False

@@ -491,8 +491,18 @@ def test_server_stage_failing_after_retries_fails_the_task(stage_pod):
     cluster.fail(f"{stage_pod}-a1", message="store unreachable")
     cluster.reconcile()
     failed = next(c for c in cluster.status["conditions"] if c["type"] == "Failed")
-    assert cluster.status["phase"] == "Failed" and failed["reason"] == "StageFailed"
+    assert cluster.status["phase"] == "Failed" and failed["reason"] == "BackoffLimitExceeded"
     assert "store unreachable" in failed["message"] and "backoffLimit 1 reached" in failed["message"]
+
+
+def test_server_stage_with_bad_input_fails_at_once():
+    cluster = Cluster(make_task(backoffLimit=3))
+    cluster.reconcile()
+    cluster.fail("mnist-init", exit_code=2, message="spec.model.initialUri: not a safetensors file")
+    plan = cluster.reconcile()
+    failed = next(c for c in cluster.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "StageFailed" and "not a safetensors file" in failed["message"]
+    assert plan.create == [] and "spec.model" in failed["message"]
 
 
 def test_update_rejected_events_come_from_the_aggregate_result():
@@ -948,7 +958,7 @@ def test_random_histories_keep_the_invariants(actions):
         assert status["model"]["round"] == 3
     else:
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-        assert failed["reason"] in ("QuorumNotReached", "StageFailed"), failed
+        assert failed["reason"] in ("QuorumNotReached", "StageFailed", "BackoffLimitExceeded"), failed
 
 
 def restarted_keeping_log(cluster: Cluster) -> Cluster:
@@ -1006,3 +1016,27 @@ def test_active_deadline_stops_while_suspended_and_restarts_at_resume():
     cluster.tick(100)
     cluster.reconcile()
     assert cluster.status["phase"] == "Failed"
+
+
+def test_a_pod_that_cannot_start_stalls_the_task_with_a_hint():
+    cluster = Cluster(make_task())
+    cluster.reconcile()
+    cluster.pods["mnist-init"]["status"] = {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image \"fedtask-worker:typo\""}}}]}
+    cluster.reconcile()
+    stalled = next(c for c in cluster.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "PodNotStarting"
+    assert "pod mnist-init: ImagePullBackOff: Back-off pulling image" in stalled["message"]
+    assert "spec.image" in stalled["message"]
+    cluster.reconcile()
+    assert cluster.event_reasons().count("PodNotStarting") == 1
+    cluster.start("mnist-init")
+    cluster.reconcile()
+    assert not any(c["type"] == "Stalled" for c in cluster.status["conditions"])
+    unschedulable_pod = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                             "reason": "Unschedulable",
+                                                             "message": "0/3 nodes: Insufficient memory"}]}
+    cluster.pods["mnist-init"]["status"] = unschedulable_pod
+    cluster.reconcile()
+    stalled = next(c for c in cluster.status["conditions"] if c["type"] == "Stalled")
+    assert "Unschedulable: 0/3 nodes: Insufficient memory" in stalled["message"]
