@@ -64,6 +64,8 @@ def to_cel(value, schema):
         return celpy.celtypes.ListType([to_cel(v, schema.get("items", {})) for v in value])
     if schema.get("type") == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return celpy.celtypes.DoubleType(float(value))
+    if schema.get("type") == "integer" and isinstance(value, float) and value.is_integer():
+        return celpy.celtypes.IntType(int(value))  # the API server stores 2.0 in an integer field as 2
     return celpy.json_to_cel(value)
 
 
