@@ -136,7 +136,17 @@ def _parse_result(message: str | None) -> dict | None:
         result = json.loads(message or "")
     except ValueError:
         return None
-    return result if isinstance(result, dict) else None
+    return _finite_only(result) if isinstance(result, dict) else None
+
+
+def _finite_only(value):
+    """The JSON value without NaN/Infinity (an API server refuses them; Python's json reads them)."""
+    if isinstance(value, dict):
+        return {key: _finite_only(item) for key, item in value.items()
+                if not (isinstance(item, float) and not math.isfinite(item))}
+    if isinstance(value, list):
+        return [_finite_only(item) for item in value if not (isinstance(item, float) and not math.isfinite(item))]
+    return value
 
 
 def _failure_reason(pod_status: dict, terminated: dict) -> str:
@@ -665,10 +675,17 @@ def build_device_request(task: FederatedTask, status: dict, count: int) -> Devic
         waiting_since=conditions.parse_time(waiting_since).timestamp() if waiting_since else None,
         participation=participation,
         train_seconds=dict(status.get("trainSecondsEstimate") or {}),
-        samples={record["device"]: int(record["result"]["num_samples"]) for record in status.get("devices") or []
-                 if isinstance(record.get("result"), dict) and "num_samples" in record["result"]},
+        samples={record["device"]: _samples(record) for record in status.get("devices") or []
+                 if _samples(record)},
         round=int(status.get("round") or 1),
     )
+
+
+def _samples(record: dict) -> int:
+    """The sample count a train result reports (0 when it reports none or nonsense)."""
+    result = record.get("result")
+    value = _number(result.get("num_samples")) if isinstance(result, dict) else None
+    return int(value) if value is not None and value > 0 else 0
 
 
 def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
@@ -680,7 +697,7 @@ def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
     participation = ctx.status.setdefault("participation", {})
     participation[device] = int(participation.get(device, 0)) + 1
     seconds = _number((result or {}).get("seconds"))
-    if seconds is not None and math.isfinite(seconds) and seconds >= 0:
+    if seconds is not None and seconds >= 0:
         estimates = ctx.status.setdefault("trainSecondsEstimate", {})
         estimates[device] = round(update_train_estimate(estimates.get(device), seconds), 3)
 
@@ -784,8 +801,7 @@ def _finish_training(ctx: _Planning) -> None:
         returned=sorted(r["device"] for r in records if r["state"] == POD_SUCCEEDED),
         excluded=sorted(r["device"] for r in records if r["state"] in (POD_FAILED, POD_EXCLUDED)),
         trainSeconds=_seconds_between(ctx.status["roundStartTime"], ctx.now),
-        samples=sum(int((r.get("result") or {}).get("num_samples") or 0) for r in records
-                    if r["state"] == POD_SUCCEEDED),
+        samples=sum(_samples(r) for r in records if r["state"] == POD_SUCCEEDED),
     )
     conditions_list = ctx.status.get("conditions")
     if conditions.get_condition(conditions_list, conditions.STALLED):
@@ -855,7 +871,10 @@ def _plan_adjusting(ctx: _Planning) -> bool:
 
 
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number from a worker's result, else None (a result never puts NaN into the status)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def _record_round(ctx: _Planning, result: dict) -> None:

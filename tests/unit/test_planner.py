@@ -112,6 +112,7 @@ class Cluster:
         assert self.task == before, "the planner must not change its input"
         problems = schema_problems(plan.status)
         assert not problems, problems
+        json.dumps(plan.status, allow_nan=False)  # what an API server accepts
         names = [manifest["metadata"]["name"] for manifest in plan.create]
         assert len(names) == len(set(names)), f"a pod is created twice in one plan: {names}"
         assert not set(names) & set(plan.delete)
@@ -1040,3 +1041,25 @@ def test_a_pod_that_cannot_start_stalls_the_task_with_a_hint():
     cluster.reconcile()
     stalled = next(c for c in cluster.status["conditions"] if c["type"] == "Stalled")
     assert "Unschedulable: 0/3 nodes: Insufficient memory" in stalled["message"]
+
+
+def test_nonsense_in_worker_results_never_reaches_the_status():
+    cluster = Cluster(make_task(rounds={"max": 1}))
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    cluster.succeed("mnist-r0001-train-d000", {"num_samples": "many", "loss": float("nan"), "seconds": "slow"})
+    cluster.succeed("mnist-r0001-train-d001", {"num_samples": float("inf"), "seconds": -1})
+    cluster.succeed("mnist-r0001-train-d002", {"num_samples": 40, "seconds": 1.5})
+    cluster.reconcile()
+    assert cluster.status["currentRound"]["samples"] == 40
+    json.dumps(cluster.status, allow_nan=False)
+    assert cluster.status["trainSecondsEstimate"] == {"d002": 1.5}
+    cluster.succeed("mnist-r0001-aggregate")
+    cluster.reconcile()
+    cluster.succeed("mnist-r0001-adjust", {"accuracy": float("nan"), "loss": float("inf"), "seconds": 1})
+    cluster.reconcile()
+    record = cluster.status["history"][0]
+    assert "accuracy" not in record and "loss" not in record
+    assert cluster.status["phase"] == "Succeeded" and "accuracy" not in cluster.status["model"]
+    json.dumps(cluster.status, allow_nan=False)
