@@ -1,0 +1,223 @@
+"""Blocked, multi-threaded reduction over updates: the engine behind every aggregation strategy.
+
+Updates are never loaded whole. The parameter space is cut into blocks small enough to stay in the CPU cache; for
+each block a thread reads that slice of every update (pread from the file, or a view of an in-memory array) and
+reduces it into the output, so memory stays at one output model plus a few blocks per thread whatever the number of
+updates, and each input byte is read from memory once. numpy ufuncs and os.preadv release the GIL, so blocks run in
+parallel. NaN/Inf are caught per block (a non-finite output block points at the culprits).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .errors import BadInput
+from .tensors import SAFETENSORS_NAMES, InvalidUpdate, Layout, TensorInfo
+
+BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 64 * 1024))
+
+
+def default_threads() -> int:
+    raw = os.environ.get("FEDTASK_AGGREGATE_THREADS")
+    if raw:
+        return max(1, int(raw))
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+class UpdateSource:
+    """One update's tensors, readable block by block."""
+
+    name: str
+    layout: Layout
+    num_samples: int
+
+    def read(self, tensor: str, start: int, stop: int, scratch: np.ndarray) -> np.ndarray:
+        """Elements [start, stop) of the flattened tensor; may fill and return `scratch[:stop-start]` or a view."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FileSource(UpdateSource):
+    def __init__(self, name: str, path: str, layout: Layout, num_samples: int):
+        self.name, self.layout, self.num_samples = name, layout, num_samples
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def read(self, tensor: str, start: int, stop: int, scratch: np.ndarray) -> np.ndarray:
+        info = self.layout.tensors[tensor]
+        itemsize = info.numpy_dtype.itemsize
+        out = scratch[: stop - start]
+        view = memoryview(out).cast("B")
+        offset = info.begin + start * itemsize
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got <= 0:
+                raise InvalidUpdate(f"{self.name}: file shrank while being read")
+            done += got
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class ArraySource(UpdateSource):
+    def __init__(self, name: str, arrays: dict[str, np.ndarray], num_samples: int):
+        self.name, self.num_samples = name, num_samples
+        self.flat = {key: np.ascontiguousarray(value).reshape(-1) for key, value in arrays.items()}
+        self.layout = layout_of_arrays(arrays)
+
+    def read(self, tensor: str, start: int, stop: int, scratch: np.ndarray) -> np.ndarray:
+        return self.flat[tensor][start:stop]
+
+
+def layout_of_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Layout:
+    tensors = {}
+    offset = 0
+    for key, value in arrays.items():
+        dtype = SAFETENSORS_NAMES.get(np.dtype(value.dtype))
+        if dtype is None:
+            raise BadInput(f"tensor {key!r}: unsupported dtype {value.dtype}")
+        tensors[key] = TensorInfo(dtype, tuple(value.shape), offset, offset + value.nbytes)
+        offset += value.nbytes
+    return Layout(tensors, dict(metadata or {}), offset)
+
+
+class NonFiniteValues(Exception):
+    def __init__(self, sources: list[UpdateSource], tensor: str):
+        super().__init__(tensor)
+        self.sources, self.tensor = sources, tensor
+
+
+def accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    if dtype.kind == "f":
+        return np.dtype(np.float64) if dtype.itemsize > 4 else np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+@dataclasses.dataclass
+class BlockContext:
+    """What a block kernel gets: the tensor, the element range, per-thread scratch buffers."""
+
+    tensor: str
+    info: TensorInfo
+    start: int
+    stop: int
+    scratch: dict[str, np.ndarray]
+
+    def buffer(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        size = int(np.prod(shape))
+        current = self.scratch.get(key)
+        if current is None or current.dtype != dtype or current.size < size:
+            current = np.empty(max(size, 1), dtype=dtype)
+            self.scratch[key] = current
+        return current[:size].reshape(shape)
+
+
+BlockKernel = Callable[[BlockContext, Sequence[UpdateSource], np.ndarray], None]
+
+
+def reduce_blocks(sources: Sequence[UpdateSource], reference: Layout, kernel: BlockKernel,
+                  threads: int | None = None, check_finite: bool = True,
+                  block_elements: int | None = None) -> dict[str, np.ndarray]:
+    """Run `kernel(context, sources, out_block)` over every block of every tensor; return the output arrays."""
+    block = block_elements or BLOCK_ELEMENTS
+    outputs = {name: np.empty(info.shape, dtype=info.numpy_dtype) for name, info in reference.tensors.items()}
+    work = []
+    for name, info in reference.tensors.items():
+        for start in range(0, info.count, block):
+            work.append((name, start, min(start + block, info.count)))
+    local = threading.local()
+
+    def run(item: tuple[str, int, int]) -> None:
+        name, start, stop = item
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = {}
+        info = reference.tensors[name]
+        out_block = outputs[name].reshape(-1)[start:stop]
+        context = BlockContext(name, info, start, stop, scratch)
+        kernel(context, sources, out_block)
+        if check_finite and info.dtype in ("F32", "F64", "F16") and not _all_finite(out_block):
+            culprits = [source for source in sources
+                        if not _all_finite(source.read(name, start, stop,
+                                                       context.buffer("check", (stop - start,), info.numpy_dtype)))]
+            raise NonFiniteValues(culprits, name)
+
+    threads = threads or default_threads()
+    if threads <= 1 or len(work) <= 1:
+        for item in work:
+            run(item)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="fedtask-reduce") as pool:
+            # Interleave so the threads walk memory in step; list() re-raises the first failure.
+            list(pool.map(run, work))
+    return outputs
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    if values.size == 0:
+        return True
+    total = float(np.sum(values, dtype=np.float64))
+    return math.isfinite(total) or bool(np.isfinite(values).all())
+
+
+def weighted_sum_kernel(weights: dict[int, float]) -> BlockKernel:
+    """out = sum_i weights[i] * update_i, accumulated in cache-sized blocks."""
+
+    def kernel(context: BlockContext, sources: Sequence[UpdateSource], out_block: np.ndarray) -> None:
+        size = context.stop - context.start
+        dtype = context.info.numpy_dtype
+        acc_dtype = accumulator_dtype(dtype)
+        direct = acc_dtype == dtype
+        acc = out_block if direct else context.buffer("acc", (size,), acc_dtype)
+        read_buffer = context.buffer("read", (size,), dtype)
+        product = context.buffer("product", (size,), acc_dtype)
+        first = True
+        for index, source in enumerate(sources):
+            values = source.read(context.tensor, context.start, context.stop, read_buffer)
+            weight = acc_dtype.type(weights[index])
+            if first:
+                np.multiply(values, weight, out=acc, casting="unsafe")
+                first = False
+            else:
+                np.multiply(values, weight, out=product, casting="unsafe")
+                np.add(acc, product, out=acc)
+        if first:
+            acc.fill(0)
+        if not direct:
+            if dtype.kind in "iub":
+                np.rint(acc, out=acc)
+            out_block[...] = acc.astype(dtype, copy=False)
+
+    return kernel
+
+
+def stacked_kernel(reduce: Callable[[np.ndarray, np.ndarray], None]) -> BlockKernel:
+    """Stack the block of every update (N x block, accumulator dtype) and call reduce(stack, out_acc)."""
+
+    def kernel(context: BlockContext, sources: Sequence[UpdateSource], out_block: np.ndarray) -> None:
+        size = context.stop - context.start
+        dtype = context.info.numpy_dtype
+        acc_dtype = accumulator_dtype(dtype)
+        stack = context.buffer("stack", (len(sources), size), acc_dtype)
+        read_buffer = context.buffer("read", (size,), dtype)
+        for index, source in enumerate(sources):
+            stack[index] = source.read(context.tensor, context.start, context.stop, read_buffer)
+        result = context.buffer("result", (size,), acc_dtype)
+        reduce(stack, result)
+        if dtype.kind in "iub":
+            np.rint(result, out=result)
+        out_block[...] = result.astype(dtype, copy=False)
+
+    return kernel

@@ -1,0 +1,2 @@
+"""One module per stage; each defines `add_arguments(parser)` and `run(args) -> dict` (the result)."""
+STAGES = ("init", "train", "aggregate", "adjust", "publish")

@@ -1,0 +1,21 @@
+"""publish: copy the final model to a device-local path (after checking it is a safetensors model)."""
+from __future__ import annotations
+
+import argparse
+import time
+
+from .. import store
+from ..tensors import read_layout
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="URI of the final global model")
+    parser.add_argument("--output", required=True, help="device-local path (or URI) to copy it to")
+
+
+def run(args: argparse.Namespace) -> dict:
+    started = time.perf_counter()
+    with store.local_copy(args.input) as path:
+        read_layout(path, args.input)
+        size = store.write_file(args.output, path)
+    return {"uri": args.output, "bytes": size, "seconds": round(time.perf_counter() - started, 4)}

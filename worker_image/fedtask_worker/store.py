@@ -1,0 +1,317 @@
+"""Object store access: `s3://bucket/key` (official minio client), `file:///abs/path` and plain paths.
+
+Writes are atomic (temp file + rename on disk; one PUT or a completed multipart upload on S3). Transient S3 errors
+are retried with exponential backoff and jitter for FEDTASK_STORE_RETRY_SECONDS (default 60); permanent ones fail
+fast with the URI in the message.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import shutil
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from .errors import BadInput, TransientFailure
+
+T = TypeVar("T")
+PART_SIZE = 16 * 1024 * 1024
+DEFAULT_RETRY_SECONDS = 60.0
+_TRANSIENT_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
+                       "OperationAborted"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    uri: str
+    bucket: str | None  # None: a local path
+    key: str  # the object key, or the absolute local path
+
+    @property
+    def is_local(self) -> bool:
+        return self.bucket is None
+
+    def child(self, name: str) -> "Location":
+        return parse_uri(self.uri.rstrip("/") + "/" + name)
+
+
+def parse_uri(uri: str) -> Location:
+    if not uri:
+        raise BadInput("object URI is empty")
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise BadInput(f"{uri}: no bucket in S3 URI (expected s3://bucket/key)")
+        return Location(uri, bucket, key)
+    if uri.startswith("file://"):
+        path = urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+        if not path.startswith("/"):
+            raise BadInput(f"{uri}: file URI must hold an absolute path (file:///abs/path)")
+        return Location(uri, None, path)
+    if "://" in uri.split("/", 1)[0] + "/":
+        raise BadInput(f"{uri}: unsupported URI scheme (use s3://, file:// or a plain path)")
+    return Location(uri, None, os.path.abspath(uri))
+
+
+def retry_seconds() -> float:
+    raw = os.environ.get("FEDTASK_STORE_RETRY_SECONDS", "")
+    try:
+        return float(raw) if raw else DEFAULT_RETRY_SECONDS
+    except ValueError:
+        raise BadInput(f"FEDTASK_STORE_RETRY_SECONDS={raw!r} is not a number") from None
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise BadInput(f"{name}={raw!r} is not true/false")
+
+
+_clients: dict[tuple, object] = {}
+
+
+def s3_client():
+    import minio
+    import urllib3
+
+    endpoint = os.environ.get("FEDTASK_S3_ENDPOINT", "")
+    if not endpoint:
+        raise BadInput("FEDTASK_S3_ENDPOINT is not set (host:port of the S3 store)")
+    secure = _env_flag("FEDTASK_S3_SECURE", False)
+    settings = (endpoint, secure, os.environ.get("FEDTASK_S3_REGION") or None,
+                os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"), os.getpid())
+    client = _clients.get(settings)
+    if client is None:
+        # Our own retry loop handles transient failures; urllib3's own retries would multiply the budget.
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60), retries=False, maxsize=8)
+        client = minio.Minio(endpoint, access_key=settings[3], secret_key=settings[4], secure=secure,
+                             region=settings[2], http_client=http)
+        _clients.clear()
+        _clients[settings] = client
+    return client
+
+
+def _is_transient(error: Exception) -> bool:
+    from minio.error import S3Error, ServerError
+    import urllib3.exceptions
+
+    if isinstance(error, ServerError):
+        return error.status_code >= 500
+    if isinstance(error, S3Error):
+        return error.code in _TRANSIENT_S3_CODES
+    return isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError))
+
+
+def _describe(error: Exception) -> str:
+    from minio.error import S3Error
+
+    if isinstance(error, S3Error):
+        return f"{error.code}: {error.message}" if error.message else error.code
+    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
+
+
+def with_retries(uri: str, action: str, operation: Callable[[], T], budget: float | None = None) -> T:
+    """Run an S3 operation, retrying transient failures with exponential backoff + jitter for `budget` seconds."""
+    budget = retry_seconds() if budget is None else budget
+    deadline = time.monotonic() + budget
+    delay = 0.2
+    while True:
+        try:
+            return operation()
+        except BadInput:
+            raise
+        except Exception as error:  # noqa: BLE001 - classified below
+            if not _is_transient(error):
+                raise BadInput(f"{uri}: {action} failed: {_describe(error)}") from None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TransientFailure(f"{uri}: {action} still failing after {budget:g} s of retries: "
+                                       f"{_describe(error)}") from None
+            time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+            delay = min(delay * 2, 5.0)
+
+
+def _ensure_bucket(client, bucket: str, uri: str) -> None:
+    from minio.error import S3Error
+
+    if client.bucket_exists(bucket):
+        return
+    try:
+        client.make_bucket(bucket, location=os.environ.get("FEDTASK_S3_REGION") or None)
+    except S3Error as error:
+        if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
+def write_file(uri: str, source_path: str) -> int:
+    """Store the local file `source_path` at `uri` atomically; return its size."""
+    location = parse_uri(uri)
+    size = os.path.getsize(source_path)
+    if location.is_local:
+        if os.path.abspath(source_path) == location.key:
+            return size
+        with _atomic_local_file(location) as temporary:
+            shutil.copyfile(source_path, temporary)
+        return size
+
+    def put() -> None:
+        client = s3_client()
+        _ensure_bucket(client, location.bucket, uri)
+        with open(source_path, "rb") as stream:
+            client.put_object(location.bucket, location.key, stream, size, part_size=PART_SIZE)
+
+    with_retries(uri, "write", put)
+    return size
+
+
+def write_bytes(uri: str, data: bytes | memoryview) -> int:
+    location = parse_uri(uri)
+    if location.is_local:
+        with _atomic_local_file(location) as temporary:
+            with open(temporary, "wb") as stream:
+                stream.write(data)
+        return len(data)
+
+    import io
+
+    def put() -> None:
+        client = s3_client()
+        _ensure_bucket(client, location.bucket, uri)
+        client.put_object(location.bucket, location.key, io.BytesIO(data), len(data), part_size=PART_SIZE)
+
+    with_retries(uri, "write", put)
+    return len(data)
+
+
+@contextlib.contextmanager
+def writer(uri: str) -> Iterator[str]:
+    """Yield a local path to write; on success it becomes the object at `uri` atomically."""
+    location = parse_uri(uri)
+    if location.is_local:
+        with _atomic_local_file(location) as temporary:
+            yield temporary
+        return
+    with tempfile.TemporaryDirectory(prefix="fedtask-put-") as folder:
+        path = os.path.join(folder, "object")
+        yield path
+        write_file(uri, path)
+
+
+@contextlib.contextmanager
+def _atomic_local_file(location: Location) -> Iterator[str]:
+    folder = os.path.dirname(location.key)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise BadInput(f"{location.uri}: cannot create folder {folder}: {error.strerror}") from None
+    handle, temporary = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, location.key)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def read_bytes(uri: str) -> bytes:
+    location = parse_uri(uri)
+    if location.is_local:
+        try:
+            with open(location.key, "rb") as stream:
+                return stream.read()
+        except OSError as error:
+            raise BadInput(f"{uri}: cannot read: {error.strerror}") from None
+
+    def get() -> bytes:
+        response = s3_client().get_object(location.bucket, location.key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    return with_retries(uri, "read", get)
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[str]:
+    """Yield a local file path holding the object: the file itself for local URIs, a streamed download for S3."""
+    location = parse_uri(uri)
+    if location.is_local:
+        if not os.path.isfile(location.key):
+            raise BadInput(f"{uri}: no such file")
+        yield location.key
+        return
+    with tempfile.TemporaryDirectory(prefix="fedtask-get-") as folder:
+        path = os.path.join(folder, "object")
+        download(uri, path)
+        yield path
+
+
+def download(uri: str, path: str) -> int:
+    location = parse_uri(uri)
+    if location.is_local:
+        shutil.copyfile(location.key, path)
+        return os.path.getsize(path)
+
+    def get() -> int:
+        response = s3_client().get_object(location.bucket, location.key)
+        try:
+            with open(path, "wb") as stream:
+                for chunk in response.stream(PART_SIZE):
+                    stream.write(chunk)
+        finally:
+            response.close()
+            response.release_conn()
+        return os.path.getsize(path)
+
+    return with_retries(uri, "read", get)
+
+
+def exists(uri: str) -> bool:
+    from minio.error import S3Error
+
+    location = parse_uri(uri)
+    if location.is_local:
+        return os.path.isfile(location.key)
+
+    def stat() -> bool:
+        try:
+            s3_client().stat_object(location.bucket, location.key)
+            return True
+        except S3Error as error:
+            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise
+
+    return with_retries(uri, "stat", stat)
+
+
+def list_objects(prefix_uri: str) -> list[str]:
+    """URIs of every object under a prefix (a folder for local URIs), sorted."""
+    location = parse_uri(prefix_uri)
+    if location.is_local:
+        if not os.path.isdir(location.key):
+            raise BadInput(f"{prefix_uri}: no such folder")
+        base = prefix_uri.rstrip("/")
+        return sorted(f"{base}/{name}" for name in os.listdir(location.key)
+                      if not name.startswith(".tmp-") and os.path.isfile(os.path.join(location.key, name)))
+    prefix = location.key if not location.key or location.key.endswith("/") else location.key + "/"
+
+    def listing() -> list[str]:
+        objects = s3_client().list_objects(location.bucket, prefix=prefix, recursive=True)
+        return sorted(f"s3://{location.bucket}/{item.object_name}" for item in objects)
+
+    return with_retries(prefix_uri, "list", listing)

@@ -1,0 +1,44 @@
+"""Shared part of FedAvgM and FedAdam: a server optimizer stepping along the pseudo-gradient base - mean."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BadInput
+from .base import Job, Strategy
+from .fedavg import weighted_mean
+
+
+class ServerOptimizer(Strategy):
+    needs_base = True
+    has_state = True
+    default_learning_rate = 1.0
+    state_slots: tuple[str, ...] = ()
+
+    def combine(self, job: Job):
+        if job.base is None:
+            raise BadInput(f"--strategy {self.name} needs --base (the previous global model)")
+        learning_rate = job.options.server_learning_rate
+        learning_rate = self.default_learning_rate if learning_rate is None else learning_rate
+        mean = weighted_mean(job)
+        state_in = job.state or {}
+        state_out: dict[str, np.ndarray] = {}
+        for name, averaged in mean.items():
+            if averaged.dtype.kind != "f":
+                continue  # counters (e.g. BatchNorm's num_batches_tracked) just take the mean
+            base = job.base[name]
+            gradient = base.astype(np.float32, copy=False) - averaged  # the pseudo-gradient
+            slots = {}
+            for slot in self.state_slots:
+                previous = state_in.get(f"{slot}/{name}")
+                if previous is not None and previous.shape != averaged.shape:
+                    raise BadInput(f"server state tensor {slot}/{name} has shape {list(previous.shape)}, "
+                                   f"expected {list(averaged.shape)}")
+                slots[slot] = np.zeros_like(gradient) if previous is None else previous.astype(np.float32)
+            step = self.step(gradient, slots, job)
+            averaged[...] = base - learning_rate * step
+            for slot, value in slots.items():
+                state_out[f"{slot}/{name}"] = value
+        return mean, state_out
+
+    def step(self, gradient: np.ndarray, slots: dict[str, np.ndarray], job: Job) -> np.ndarray:
+        raise NotImplementedError

@@ -1,0 +1,173 @@
+"""Plain functions the stages are thin wrappers over, callable in one in-process loop (benchmarks, simulations)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from .combine import aggregate_states  # noqa: F401 - re-exported: the in-process API lives in one place
+from .errors import BadInput, InvalidModel
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def configure_threads() -> int:
+    """Torch intra-op threads from FEDTASK_TORCH_THREADS (default 1: pods share nodes; small batches gain nothing)."""
+    raw = os.environ.get("FEDTASK_TORCH_THREADS", "1")
+    try:
+        threads = max(1, int(raw))
+    except ValueError:
+        raise BadInput(f"FEDTASK_TORCH_THREADS={raw!r} is not an integer") from None
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def compute_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's state as contiguous CPU numpy arrays (shared tensors appear once per name)."""
+    return {name: tensor.detach().cpu().contiguous().numpy() for name, tensor in model.state_dict().items()}
+
+
+def load_model_state(model: nn.Module, arrays: dict[str, np.ndarray], source: str) -> nn.Module:
+    expected = model.state_dict()
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise InvalidModel(f"{source}: does not fit the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, target in expected.items():
+        value = arrays[name]
+        if tuple(value.shape) != tuple(target.shape):
+            raise InvalidModel(f"{source}: tensor {name!r} has shape {list(value.shape)}, model needs "
+                               f"{list(target.shape)}")
+        if value.dtype.kind == "f" and value.size and not np.isfinite(value).all():
+            raise InvalidModel(f"{source}: tensor {name!r} contains NaN or Inf")
+    with torch.no_grad():
+        for name, target in expected.items():
+            target.copy_(torch.from_numpy(np.array(arrays[name], copy=True)))
+    return model
+
+
+def _as_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return _as_tensor(x, np.float32).to(device), _as_tensor(y, np.int64).to(device)
+
+
+def _as_tensor(values: np.ndarray, dtype) -> torch.Tensor:
+    array = np.ascontiguousarray(values, dtype=dtype)
+    if not array.flags.writeable:  # a slice of a memory-mapped dataset: torch wants memory it may write
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+class Optimizer:
+    """SGD (momentum, weight decay) and Adam with torch.optim's update rules, written out: torch.optim's first use
+    imports torch._dynamo, which costs seconds per pod start."""
+
+    def __init__(self, parameters: list[torch.Tensor], kind: str, learning_rate: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.parameters, self.kind = [p for p in parameters if p.requires_grad], kind
+        self.learning_rate, self.momentum, self.weight_decay = learning_rate, momentum, weight_decay
+        self.betas, self.eps, self.steps = betas, eps, 0
+        self.first = [None] * len(self.parameters)
+        self.second = [None] * len(self.parameters)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        for index, parameter in enumerate(self.parameters):
+            gradient = parameter.grad
+            if gradient is None:
+                continue
+            if self.weight_decay:
+                gradient = gradient.add(parameter, alpha=self.weight_decay)
+            if self.kind == "sgd":
+                if self.momentum:
+                    buffer = self.first[index]
+                    if buffer is None:
+                        buffer = self.first[index] = gradient.clone()
+                    else:
+                        buffer.mul_(self.momentum).add_(gradient)
+                    gradient = buffer
+                parameter.add_(gradient, alpha=-self.learning_rate)
+                continue
+            if self.first[index] is None:
+                self.first[index] = torch.zeros_like(parameter)
+                self.second[index] = torch.zeros_like(parameter)
+            first, second = self.first[index], self.second[index]
+            first.mul_(beta1).add_(gradient, alpha=1 - beta1)
+            second.mul_(beta2).addcmul_(gradient, gradient, value=1 - beta2)
+            corrected = (second / (1 - beta2 ** self.steps)).sqrt_().add_(self.eps)
+            parameter.addcdiv_(first, corrected, value=-self.learning_rate / (1 - beta1 ** self.steps))
+
+
+def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
+                learning_rate: float = 0.05, optimizer: str = "sgd", momentum: float = 0.0,
+                weight_decay: float = 0.0, proximal_mu: float = 0.0, seed: int = 0) -> tuple[float, int]:
+    """Train in place; return (mean loss of the last epoch, samples seen per epoch). FedProx when proximal_mu > 0."""
+    if optimizer not in OPTIMIZERS:
+        raise BadInput(f"--optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if epochs < 0 or batch_size < 1 or not learning_rate > 0:
+        raise BadInput("--local-epochs must be >= 0, --batch-size >= 1 and --learning-rate > 0")
+    if proximal_mu < 0:
+        raise BadInput(f"--proximal-mu {proximal_mu} must be >= 0")
+    count = len(y)
+    if count == 0 or epochs == 0:
+        return 0.0, count
+    device = next(model.parameters()).device
+    inputs, targets = _as_tensors(x, y, device)
+    step = Optimizer(list(model.parameters()), optimizer, learning_rate, momentum, weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    generator = torch.Generator().manual_seed(seed)
+    loss_function = nn.CrossEntropyLoss()
+    model.train()
+    last_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        for start in range(0, count, batch_size):
+            batch = order[start:start + batch_size]
+            loss = loss_function(model(inputs[batch]), targets[batch])
+            if anchor is not None:
+                proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(model.parameters(), anchor))
+                loss = loss + proximal_mu / 2 * proximal
+            step.zero_grad()
+            loss.backward()
+            step.step()
+            total += loss.detach() * len(batch)
+        last_loss = float(total) / count
+        if not np.isfinite(last_loss):
+            raise BadInput(f"training diverged (loss {last_loss}); lower --learning-rate")
+    return last_loss, count
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2048) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy loss) on the given split."""
+    if len(y) == 0:
+        raise BadInput("cannot evaluate on an empty validation split")
+    device = next(model.parameters()).device
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for start in range(0, len(y), batch_size):
+        inputs, targets = _as_tensors(x[start:start + batch_size], y[start:start + batch_size], device)
+        logits = model(inputs)
+        loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(1) == targets).sum())
+    return correct / len(y), loss_sum / len(y)
+
+
+def adjust_model(model: nn.Module, x_shared: np.ndarray, y_shared: np.ndarray, epochs: int = 1,
+                 batch_size: int = 32, learning_rate: float = 0.01, seed: int = 0) -> float:
+    """The server-side adjustment: fine-tune the aggregated model on the globally shared dataset; return its loss."""
+    loss, _ = train_local(model, x_shared, y_shared, epochs=epochs, batch_size=batch_size,
+                          learning_rate=learning_rate, optimizer="sgd", seed=seed)
+    return loss
