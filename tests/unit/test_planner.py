@@ -891,7 +891,8 @@ def test_ttl_after_finished_asks_the_runtime_to_delete_the_task():
 # Random histories: whatever pods do, when, and however often the runtime restarts, the invariants hold.
 
 ACTIONS = st.lists(st.tuples(st.sampled_from(["succeed", "fail", "bad-input", "start", "tick", "long-tick",
-                                              "suspend", "resume", "restart", "crash"]),
+                                              "suspend", "resume", "restart", "crash", "fleet-busy",
+                                              "fleet-free"]),
                              st.integers(min_value=0, max_value=5)), max_size=40)
 
 
@@ -934,6 +935,10 @@ def test_random_histories_keep_the_invariants(actions):
             cluster.tick(61)
         elif action in ("suspend", "resume"):
             cluster.task["spec"]["suspend"] = action == "suspend"
+        elif action == "fleet-busy":  # other work holds every device: no replacements, rounds wait
+            cluster.free_devices = []
+        elif action == "fleet-free":
+            cluster.free_devices = None
         elif action == "crash":  # the runtime dies after patching the status, before touching pods
             cluster.apply(cluster.next_plan(), pods=False)
             continue
@@ -941,6 +946,7 @@ def test_random_histories_keep_the_invariants(actions):
             cluster = restarted_keeping_log(cluster)
         reconcile()
     cluster.task["spec"]["suspend"] = False
+    cluster.free_devices = None
     for _ in range(80):  # from now on every pod succeeds
         reconcile()
         if cluster.status.get("phase") in ("Succeeded", "Failed"):
@@ -964,6 +970,7 @@ def test_random_histories_keep_the_invariants(actions):
 
 def restarted_keeping_log(cluster: Cluster) -> Cluster:
     fresh = restarted(cluster)
+    fresh.free_devices = cluster.free_devices
     fresh.created, fresh.deleted, fresh.events = cluster.created, cluster.deleted, cluster.events
     return fresh
 
