@@ -8,7 +8,8 @@ How a runtime applies a plan (the order matters for crash safety):
    `plan_task` again with this task's `TaskAssignment`, and apply only that second plan;
 2. patch `plan.status` when it differs from the current status; stop here if the patch fails;
 3. create `plan.create` (AlreadyExists is success), delete `plan.delete` (NotFound is success), post `plan.events`;
-4. reconcile again when a pod of the task changes, or after `plan.requeue_after` seconds.
+4. reconcile again when a pod of the task changes, after `plan.requeue_after` seconds, and after a plan that acted
+   (a finished stage's pods are deleted by the next plan); `plan.delete_task`: ttlSecondsAfterFinished has passed.
 
 A pod is deleted only when the status given to the planner already holds its result (or it has none: it is still
 running and no longer wanted), so a crash between any two steps loses nothing: missing pods are recreated under the
