@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -297,3 +299,76 @@ def test_wrong_values_are_rejected_naming_the_field(tools: Tools, value: str, ma
     with pytest.raises(HelmError) as error:
         helm_template(tools, value, major=major)
     assert "schema" in str(error.value) and field in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("combination", ["defaults", "namespace-scoped", "minio", "external-store", "minimal"])
+def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list[dict]], combination: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's flags and environment, parsed by the operator's own command line."""
+    from fedtask_operator.operator_cli import parse_config
+
+    container = the(rendered[combination], "Deployment", "fedtask")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "operator"
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    for name in [name for name in os.environ if name.startswith("FEDTASK_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = parse_config(container["args"][1:])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert config.metrics_port == ports["metrics"]
+    assert config.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
+    assert config.image == env["FEDTASK_DEFAULT_IMAGE"]
+    assert config.store_secure is (env["FEDTASK_S3_SECURE"] == "true")
+    assert config.store_endpoint == env.get("FEDTASK_S3_ENDPOINT", "")
+    assert config.store_secret == env.get("FEDTASK_S3_SECRET", "")
+    assert config.store_bucket == "fedtask" and config.store_prefix == "tasks"
+    replicas = the(rendered[combination], "Deployment", "fedtask")["spec"]["replicas"]
+    assert bool(config.peering) is (replicas > 1)
+    if combination == "namespace-scoped":
+        assert config.namespaces == ("team-a", "team-b")
+    else:
+        assert config.clusterwide
+
+
+def leaf_paths(values: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("labels", "requests", "limits"):
+            paths += leaf_paths(value, f"{path}.")
+        else:
+            paths.append(path)
+    return paths
+
+
+def test_chart_readme_documents_every_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([^`]+)`", readme, flags=re.MULTILINE))
+    # "a.b" / ".c" rows document a.b and a.c; a row for an object documents its children
+    expanded = set()
+    for row in re.findall(r"^\| (`[^|]+)\|", readme, flags=re.MULTILINE):
+        names = re.findall(r"`([^`]+)`", row)
+        first = names[0]
+        expanded.add(first)
+        for name in names[1:]:
+            expanded.add(first.rsplit(".", 1)[0] + name if name.startswith(".") else name)
+    documented |= expanded
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [path for path in leaf_paths(values)
+               if not any(path == doc or path.startswith(doc + ".") for doc in documented)]
+    assert not missing, f"values not documented in helm/fedtask/README.md: {missing}"
+
+
+@pytest.mark.parametrize("values", [[], ["minio.enabled=true", "rbac.scope=namespace"]], ids=["defaults", "minio"])
+def test_notes_render_with_every_value_resolved(tools: Tools, values: list[str]) -> None:
+    args = [str(tools.helm4), "install", "--dry-run=client", "ft", str(CHART), "--namespace", "fedtask"]
+    result = subprocess.run(args + [a for v in values for a in ("--set", v)], capture_output=True, text=True,
+                            env=tools.helm_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "<no value>" not in notes and "kubectl -n fedtask rollout status deployment/ft-fedtask" in notes
+    if values:
+        assert "ft-fedtask-minio.fedtask.svc:9000" in notes and "namespace(s) fedtask" in notes
+    else:
+        assert "WARNING: no default store" in notes and "all namespaces" in notes
