@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -53,7 +54,7 @@ def parse_uri(uri: str) -> Location:
         if not path.startswith("/"):
             raise BadInput(f"{uri}: file URI must hold an absolute path (file:///abs/path)")
         return Location(uri, None, path)
-    if "://" in uri.split("/", 1)[0] + "/":
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
         raise BadInput(f"{uri}: unsupported URI scheme (use s3://, file:// or a plain path)")
     return Location(uri, None, os.path.abspath(uri))
 
