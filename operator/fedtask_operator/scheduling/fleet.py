@@ -82,12 +82,12 @@ def pod_requests(pod: dict, where: str = "pod") -> dict[str, int]:
     spec = pod.get("spec") or {}
     total: dict[str, int] = {}
     for i, container in enumerate(spec.get("containers") or ()):
-        for name, milli in _container_requests(container, f"{where}.spec.containers[{i}]").items():
+        for name, milli in _container_requests(container, f"{where}: spec.containers[{i}]").items():
             total[name] = total.get(name, 0) + milli
     sidecars: dict[str, int] = {}
     init_peak: dict[str, int] = {}
     for i, container in enumerate(spec.get("initContainers") or ()):
-        requests = _container_requests(container, f"{where}.spec.initContainers[{i}]")
+        requests = _container_requests(container, f"{where}: spec.initContainers[{i}]")
         if container.get("restartPolicy") == "Always":
             for name, milli in requests.items():
                 sidecars[name] = sidecars.get(name, 0) + milli
@@ -100,7 +100,7 @@ def pod_requests(pod: dict, where: str = "pod") -> dict[str, int]:
         total[name] = total.get(name, 0) + milli
     for name, milli in init_peak.items():
         total[name] = max(total.get(name, 0), milli)
-    for name, milli in parse_resource_list(spec.get("overhead"), f"{where}.spec.overhead").items():
+    for name, milli in parse_resource_list(spec.get("overhead"), f"{where}: spec.overhead").items():
         total[name] = total.get(name, 0) + milli
     return total
 

@@ -1,0 +1,393 @@
+"""Device selection rules: candidates (Ready, cordon, taints, resources), exclusivity, priorities, aging, policies."""
+import math
+
+import pytest
+
+from fedtask_operator.scheduling import (DeviceRequest, jain_index, select_devices, update_train_estimate,
+                                         update_train_estimates)
+from fedtask_operator.scheduling.fleet import FleetError, build_fleet, pod_requests
+from fedtask_operator.scheduling.matching import SelectorError, matches_selector, tolerates
+from fedtask_operator.scheduling.synthetic import make_node, make_pod, make_train_pod
+
+
+def node_task(name="ns/a", per_round=1, **kwargs):
+    return DeviceRequest(task=name, per_round=per_round, requests=kwargs.pop("requests", {"cpu": "500m"}),
+                         node_devices=True, **kwargs)
+
+
+def shard_task(name="ns/s", per_round=1, shard_count=4, **kwargs):
+    return DeviceRequest(task=name, per_round=per_round, requests=kwargs.pop("requests", {"cpu": "500m"}),
+                         shard_count=shard_count, **kwargs)
+
+
+def nodes_of(assignment, task):
+    return [slot.node for slot in assignment.tasks[task].devices]
+
+
+# --- candidates -------------------------------------------------------------------------------------------------
+
+def test_not_ready_and_cordoned_nodes_are_excluded_with_their_reason():
+    nodes = [make_node("ok"), make_node("down", ready=False), make_node("cordoned", unschedulable=True)]
+    result = select_devices([node_task(per_round=1)], nodes, [])
+    assert nodes_of(result, "ns/a") == ["ok"]
+    assert result.excluded["down"].startswith("NotReady")
+    assert result.excluded["cordoned"].startswith("cordoned")
+
+
+def test_a_node_without_a_ready_condition_is_not_ready():
+    node = make_node("n")
+    node["status"]["conditions"] = [{"type": "MemoryPressure", "status": "False"}]
+    result = select_devices([node_task()], [node], [])
+    assert "NotReady" in result.tasks["ns/a"].waiting_reason
+
+
+def test_waiting_reason_counts_each_shortage():
+    nodes = [make_node(f"cpu{i}") for i in range(3)] + [make_node("down", ready=False, gpus=1),
+                                                         make_node("off", ready=False)]
+    result = select_devices([node_task("ns/vision", requests={"nvidia.com/gpu": 1})], nodes, [])
+    reason = result.tasks["ns/vision"].waiting_reason
+    assert reason.startswith("0 of 5 nodes qualify: 2 NotReady, 3 short of nvidia.com/gpu (0 free, 1 requested)")
+    assert result.tasks["ns/vision"].devices == []
+    assert result.excluded["cpu0"] == "vision: short of nvidia.com/gpu (0 free, 1 requested)"
+
+
+def test_selector_that_matches_nothing_is_named():
+    result = select_devices([node_task(selector={"matchLabels": {"zone": "mars"}})], [make_node("n")], [])
+    assert result.tasks["ns/a"].waiting_reason.startswith("no node matches the selector zone=mars")
+    assert result.excluded["n"] == "matches no task's selector"
+
+
+@pytest.mark.parametrize("selector, expected", [
+    ({}, {"a", "b", "c"}),
+    ({"matchLabels": {"zone": "x"}}, {"a", "b"}),
+    ({"matchLabels": {"zone": "x", "gpu": "yes"}}, {"a"}),
+    ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["x", "y"]}]}, {"a", "b", "c"}),
+    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["x"]}]}, {"c"}),
+    ({"matchExpressions": [{"key": "gpu", "operator": "NotIn", "values": ["yes"]}]}, {"b", "c"}),  # absent key
+    ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {"a"}),
+    ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, {"b", "c"}),
+    ({"matchLabels": {"zone": "x"}, "matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, {"b"}),
+])
+def test_label_selectors(selector, expected):
+    nodes = [make_node("a", labels={"zone": "x", "gpu": "yes"}), make_node("b", labels={"zone": "x"}),
+             make_node("c", labels={"zone": "y"})]
+    result = select_devices([node_task(per_round=len(expected), selector=selector, policy="fastest")], nodes, [])
+    assert set(nodes_of(result, "ns/a")) == expected
+    assert all(matches_selector(n["metadata"]["labels"], selector) == (n["metadata"]["name"] in expected)
+               for n in nodes)
+
+
+@pytest.mark.parametrize("selector", [
+    {"matchExpressions": [{"key": "a", "operator": "Near"}]},
+    {"matchExpressions": [{"key": "a", "operator": "In", "values": []}]},
+    {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
+    {"matchLabelz": {}},
+])
+def test_invalid_selectors_are_rejected_with_the_field(selector):
+    with pytest.raises(SelectorError, match="spec.devices.selector"):
+        select_devices([node_task(selector=selector)], [make_node("n")], [])
+
+
+TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+
+
+@pytest.mark.parametrize("toleration, tolerated", [
+    ({"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}, True),
+    ({"key": "dedicated", "value": "ml"}, True),  # operator defaults to Equal, empty effect matches all
+    ({"key": "dedicated", "operator": "Equal", "value": "db"}, False),
+    ({"key": "dedicated", "operator": "Exists"}, True),
+    ({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}, False),
+    ({"operator": "Exists"}, True),  # empty key + Exists tolerates everything
+    ({"key": "other", "operator": "Exists"}, False),
+])
+def test_toleration_semantics(toleration, tolerated):
+    assert tolerates(toleration, TAINT) is tolerated
+    nodes = [make_node("tainted", taints=[TAINT])]
+    result = select_devices([node_task(tolerations=(toleration,))], nodes, [])
+    assert (nodes_of(result, "ns/a") == ["tainted"]) is tolerated
+    if not tolerated:
+        assert "1 with untolerated taint dedicated=ml:NoSchedule" in result.tasks["ns/a"].waiting_reason
+
+
+def test_prefer_no_schedule_taints_do_not_block_and_no_execute_does():
+    nodes = [make_node("soft", taints=[{"key": "k", "effect": "PreferNoSchedule"}]),
+             make_node("hard", taints=[{"key": "k", "effect": "NoExecute"}])]
+    result = select_devices([node_task(per_round=1)], nodes, [])
+    assert nodes_of(result, "ns/a") == ["soft"]
+    assert result.excluded["hard"] == "a: taint k:NoExecute"
+
+
+def test_tolerating_the_unschedulable_taint_allows_cordoned_nodes():
+    nodes = [make_node("c", unschedulable=True,
+                       taints=[{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}])]
+    toleration = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}
+    assert nodes_of(select_devices([node_task(tolerations=(toleration,))], nodes, []), "ns/a") == ["c"]
+    assert "cordoned" in select_devices([node_task()], nodes, []).tasks["ns/a"].waiting_reason
+
+
+# --- resource arithmetic ------------------------------------------------------------------------------------------
+
+def test_free_resources_subtract_requests_of_non_terminated_pods():
+    nodes = [make_node("n", cpu="2", memory="4Gi")]
+    pods = [make_pod("p1", "n", {"cpu": "500m", "memory": "1Gi"}),
+            make_pod("p2", "n", {"cpu": "1", "memory": "1536Mi"}),
+            make_pod("done", "n", {"cpu": "2"}, phase="Succeeded"),
+            make_pod("failed", "n", {"cpu": "2"}, phase="Failed"),
+            make_pod("elsewhere", "other-node", {"cpu": "2"})]
+    fits = node_task(requests={"cpu": "500m", "memory": "1536Mi"})
+    assert nodes_of(select_devices([fits], nodes, pods), "ns/a") == ["n"]
+    too_much = node_task(requests={"cpu": "501m"})
+    reason = select_devices([too_much], nodes, pods).tasks["ns/a"].waiting_reason
+    assert "1 short of cpu (500m free, 501m requested)" in reason
+    memory = node_task(requests={"memory": "1537Mi"})
+    assert "short of memory (1536Mi free, 1537Mi requested)" in select_devices([memory], nodes, pods).tasks[
+        "ns/a"].waiting_reason
+
+
+def test_extended_resources_are_counted_and_missing_ones_are_zero():
+    nodes = [make_node("fpga", extra={"example.com/fpga": "2"}), make_node("plain")]
+    pods = [make_pod("user", "fpga", {"example.com/fpga": "1"})]
+    result = select_devices([node_task(requests={"example.com/fpga": 1})], nodes, pods)
+    assert nodes_of(result, "ns/a") == ["fpga"]
+    result = select_devices([node_task(requests={"example.com/fpga": 2})], nodes, pods)
+    assert "2 short of example.com/fpga" in result.tasks["ns/a"].waiting_reason
+
+
+def test_pod_requests_follow_kubernetes_init_container_and_limit_rules():
+    pod = {"spec": {
+        "containers": [{"resources": {"requests": {"cpu": "200m"}}},
+                       {"resources": {"limits": {"cpu": "300m", "memory": "1Gi"}}}],  # limit only: request = limit
+        "initContainers": [{"resources": {"requests": {"cpu": "2", "memory": "100Mi"}}},
+                           {"restartPolicy": "Always", "resources": {"requests": {"cpu": "100m"}}}],
+        "overhead": {"cpu": "10m"}}}
+    requests = pod_requests(pod)
+    assert requests["cpu"] == 2000 + 10  # the init container's 2 cores exceed 200m + 300m + 100m sidecar
+    assert requests["memory"] == 2**30 * 1000
+    sidecar_first = {"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}], "initContainers": [
+        {"restartPolicy": "Always", "resources": {"requests": {"cpu": "500m"}}},
+        {"resources": {"requests": {"cpu": "1200m"}}}]}}
+    assert pod_requests(sidecar_first)["cpu"] == 1700  # init runs beside the sidecar started before it
+
+
+def test_pod_count_limit_is_respected():
+    nodes = [make_node("full", pods="2"), make_node("room", pods="3")]
+    pods = [make_pod(f"p{i}", "full", {}) for i in range(2)]
+    assert nodes_of(select_devices([node_task()], nodes, pods), "ns/a") == ["room"]
+
+
+def test_bad_quantities_in_nodes_or_pods_name_the_object():
+    with pytest.raises(FleetError, match=r"node n: status.allocatable.cpu: invalid quantity 'lots'"):
+        build_fleet([make_node("n", cpu="lots")], [])
+    with pytest.raises(FleetError, match=r"pod default/p: spec.containers\[0\].resources.requests.memory"):
+        build_fleet([make_node("n")], [make_pod("p", "n", {"memory": "1 GB"})])
+    with pytest.raises(ValueError, match=r"task ns/a: spec.devices.resources.requests.cpu: invalid quantity"):
+        select_devices([node_task(requests={"cpu": "x"})], [make_node("n")], [])
+    with pytest.raises(FleetError, match=r"nodes\[1\].metadata.name: duplicate"):
+        build_fleet([make_node("n"), make_node("n")], [])
+
+
+# --- exclusivity and shard packing ---------------------------------------------------------------------------------
+
+def test_node_running_another_tasks_train_pod_is_taken_but_own_is_not():
+    nodes = [make_node("busy"), make_node("mine")]
+    pods = [make_train_pod("ns/other", "busy"), make_train_pod("ns/a", "mine")]
+    result = select_devices([node_task(per_round=2)], nodes, pods)
+    assert "1 taken by ns/other" in result.tasks["ns/a"].waiting_reason
+    result = select_devices([node_task(per_round=1)], nodes, pods)
+    assert nodes_of(result, "ns/a") == ["mine"]
+    assert result.excluded["busy"] == "a: taken by ns/other"
+    finished = [make_train_pod("ns/other", "busy", phase="Succeeded")]
+    assert len(nodes_of(select_devices([node_task(per_round=2)], nodes, finished), "ns/a")) == 2
+
+
+def test_node_devices_are_never_double_booked_within_a_period():
+    nodes = [make_node(f"n{i}", cpu="32") for i in range(4)]
+    tasks = [node_task(f"ns/t{i}", per_round=2) for i in range(2)]
+    result = select_devices(tasks, nodes, [])
+    first, second = nodes_of(result, "ns/t0"), nodes_of(result, "ns/t1")
+    assert len(first) == len(second) == 2 and not set(first) & set(second)
+
+
+def test_shards_are_packed_by_free_resources_subtracting_each_placement():
+    nodes = [make_node("big", cpu="4"), make_node("small", cpu="1")]
+    result = select_devices([shard_task(per_round=5, shard_count=10, requests={"cpu": "1"})], nodes, [])
+    placed = nodes_of(result, "ns/s")
+    assert sorted(placed) == ["big"] * 4 + ["small"]
+    assert [slot.device for slot in result.tasks["ns/s"].devices] == sorted({s.device for s in
+                                                                              result.tasks["ns/s"].devices})
+    assert all(slot.device.startswith("d0") for slot in result.tasks["ns/s"].devices)
+    result = select_devices([shard_task(per_round=6, shard_count=10, requests={"cpu": "1"})], nodes, [])
+    assert result.tasks["ns/s"].waiting_reason.startswith("room for 5 of 6 simulated devices")
+
+
+def test_shards_of_two_tasks_share_nodes_without_exceeding_them():
+    nodes = [make_node("n", cpu="2")]
+    tasks = [shard_task("ns/s1", per_round=1), shard_task("ns/s2", per_round=2), shard_task("ns/s3", per_round=2)]
+    result = select_devices(tasks, nodes, [])
+    served = [t for t in result.tasks.values() if not t.waiting_reason]
+    assert sum(len(t.devices) for t in served) <= 4  # 2 cores / 500m
+    assert result.tasks["ns/s3"].waiting_reason.startswith("room for 1 of 2")
+
+
+def test_shard_task_with_more_per_round_than_shards_waits():
+    result = select_devices([shard_task(per_round=5, shard_count=3)], [make_node("n", cpu="16")], [])
+    assert "exceeds the number of simulated devices (3)" in result.tasks["ns/s"].waiting_reason
+
+
+def test_node_device_task_then_shard_task_share_a_node_by_resources():
+    nodes = [make_node("n", cpu="2")]
+    tasks = [node_task("ns/a", requests={"cpu": "1500m"}), shard_task("ns/s", requests={"cpu": "500m"}),
+             shard_task("ns/t", requests={"cpu": "500m"})]
+    result = select_devices(tasks, nodes, [])
+    assert nodes_of(result, "ns/a") == ["n"] and nodes_of(result, "ns/s") == ["n"]
+    assert "short of cpu (0 free, 500m requested)" in result.tasks["ns/t"].waiting_reason
+
+
+# --- priorities and aging ---------------------------------------------------------------------------------------
+
+def test_priority_orders_competing_tasks():
+    nodes = [make_node("n0"), make_node("n1")]
+    low, high = node_task("ns/low", per_round=2, priority=0), node_task("ns/high", per_round=2, priority=5)
+    result = select_devices([low, high], nodes, [])
+    assert len(nodes_of(result, "ns/high")) == 2
+    reason = result.tasks["ns/low"].waiting_reason
+    assert "higher-priority tasks hold 2 of them (ns/high: 2)" in reason and reason.endswith("needs 2 devices")
+
+
+def test_aging_lets_a_long_waiting_task_overtake():
+    nodes = [make_node("n0")]
+    now = 10_000.0
+    waiting = node_task("ns/waiting", priority=0, waiting_since=now - 301)
+    fresh = node_task("ns/fresh", priority=5, waiting_since=now)
+    assert nodes_of(select_devices([waiting, fresh], nodes, [], now=now), "ns/waiting") == ["n0"]
+    assert nodes_of(select_devices([waiting, fresh], nodes, [], now=now - 200), "ns/fresh") == ["n0"]
+    assert nodes_of(select_devices([waiting, fresh], nodes, []), "ns/fresh") == ["n0"]  # no clock: no aging
+
+
+def test_equal_priority_goes_to_the_longest_waiting():
+    nodes = [make_node("n0")]
+    a = node_task("ns/a", waiting_since=200.0)
+    b = node_task("ns/b", waiting_since=100.0)
+    assert nodes_of(select_devices([a, b], nodes, []), "ns/b") == ["n0"]
+
+
+def test_joint_matching_serves_both_when_a_greedy_order_would_not():
+    # "wide" can use any node, "narrow" only gpu nodes: the matching keeps gpu nodes for "narrow".
+    nodes = [make_node("g0", gpus=1, cpu="16"), make_node("g1", gpus=1, cpu="16"), make_node("c0", cpu="1"),
+             make_node("c1", cpu="1")]
+    wide = node_task("ns/a-wide", per_round=2, priority=1, policy="fastest")
+    narrow = node_task("ns/b-narrow", per_round=2, requests={"nvidia.com/gpu": 1})
+    result = select_devices([wide, narrow], nodes, [])
+    assert sorted(nodes_of(result, "ns/b-narrow")) == ["g0", "g1"]
+    assert sorted(nodes_of(result, "ns/a-wide")) == ["c0", "c1"]
+
+
+def test_period_time_is_minimised_jointly():
+    # Each task alone would take the fast node; jointly the period is best when "b" (slow elsewhere) gets it.
+    nodes = [make_node("fast", cpu="16"), make_node("mid", cpu="8"), make_node("slow", cpu="1")]
+    a = node_task("ns/a", policy="fastest", selector={"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["fast", "mid"]}]})
+    b = node_task("ns/b", policy="fastest", selector={"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["fast", "slow"]}]})
+    result = select_devices([a, b], nodes, [])
+    assert nodes_of(result, "ns/a") == ["mid"] and nodes_of(result, "ns/b") == ["fast"]
+    assert result.period_seconds == pytest.approx(max(s.estimated_seconds for t in result.tasks.values()
+                                                      for s in t.devices))
+
+
+# --- policies ---------------------------------------------------------------------------------------------------
+
+def fleet(count=10):
+    return [make_node(f"n{i:02d}", cpu=str(1 + i)) for i in range(count)]
+
+
+def test_fastest_takes_the_fastest_devices():
+    result = select_devices([node_task(per_round=3, policy="fastest")], fleet(), [])
+    assert nodes_of(result, "ns/a") == ["n09", "n08", "n07"]
+
+
+def test_observed_train_seconds_override_the_resource_model():
+    observed = {"n00": 0.01, "n09": 50.0}
+    result = select_devices([node_task(per_round=2, policy="fastest", train_seconds=observed)], fleet(), [])
+    assert nodes_of(result, "ns/a")[0] == "n00"
+    assert "n09" not in nodes_of(result, "ns/a")
+    assert result.tasks["ns/a"].devices[0].estimated_seconds == pytest.approx(0.01)
+
+
+def test_random_is_deterministic_per_task_and_round_and_varies_with_the_round():
+    def pick(round_):
+        return nodes_of(select_devices([node_task(per_round=3, policy="random", round=round_)], fleet(), []), "ns/a")
+    assert pick(1) == pick(1)
+    assert len({tuple(pick(r)) for r in range(1, 8)}) > 1
+
+
+def test_round_robin_rotates_by_participation():
+    participation = {}
+    seen = []
+    for round_ in range(1, 6):
+        request = node_task(per_round=2, policy="round-robin", round=round_, participation=dict(participation))
+        chosen = nodes_of(select_devices([request], fleet(), []), "ns/a")
+        seen += chosen
+        for node in chosen:
+            participation[node] = participation.get(node, 0) + 1
+    assert sorted(seen) == sorted(f"n{i:02d}" for i in range(10))  # every device once in five rounds
+
+
+def test_time_fair_brings_back_devices_that_fell_behind():
+    participation = {f"n{i:02d}": 10 for i in range(10)}
+    participation["n00"] = 5  # the slowest device is 3.5 rounds behind the mean (8.5 + bound 2)
+    result = select_devices([node_task(per_round=3, participation=participation)], fleet(), [])
+    chosen = nodes_of(result, "ns/a")
+    assert "n00" in chosen
+    # once a slow device is in, the other places go to the least-participating devices no slower than it
+    fair = select_devices([node_task(per_round=3, participation=participation, fairness_bound=100)], fleet(), [])
+    assert nodes_of(fair, "ns/a") == ["n09", "n08", "n07"]
+
+
+def test_time_fair_keeps_participation_within_the_bound_over_many_rounds():
+    nodes = fleet(12)
+    participation = {}
+    for round_ in range(1, 41):
+        request = node_task(per_round=3, participation=dict(participation), round=round_, fairness_bound=2)
+        for node in nodes_of(select_devices([request], nodes, []), "ns/a"):
+            participation[node] = participation.get(node, 0) + 1
+        counts = [participation.get(n["metadata"]["name"], 0) for n in nodes]
+        assert min(counts) >= sum(counts) / len(counts) - 2 - 1  # at most one round past the bound
+    assert jain_index(counts) > 0.85
+
+
+def test_unknown_policy_is_rejected():
+    with pytest.raises(ValueError, match="spec.scheduling.policy: must be one of"):
+        select_devices([node_task(policy="cheapest")], fleet(), [])
+
+
+def test_duplicate_tasks_are_rejected():
+    with pytest.raises(ValueError, match="requested twice"):
+        select_devices([node_task(), node_task()], fleet(), [])
+
+
+# --- estimates and fairness -----------------------------------------------------------------------------------------
+
+def test_gpu_tasks_are_estimated_from_gpu_labels():
+    nodes = [make_node("t4", gpus=1, gpu_product="Tesla-T4"), make_node("a100", gpus=1,
+                                                                        gpu_product="NVIDIA-A100-SXM4-40GB")]
+    result = select_devices([node_task(per_round=2, policy="fastest", requests={"nvidia.com/gpu": 1})], nodes, [])
+    slots = result.tasks["ns/a"].devices
+    assert [s.node for s in slots] == ["a100", "t4"]
+    assert slots[0].estimated_seconds < slots[1].estimated_seconds
+
+
+def test_update_train_estimate_is_an_ewma():
+    assert update_train_estimate(None, 10.0) == 10.0
+    assert update_train_estimate(10.0, 20.0, alpha=0.5) == 15.0
+    assert update_train_estimates({"a": 10.0}, {"a": 20.0, "b": 4.0}, alpha=0.5) == {"a": 15.0, "b": 4.0}
+    for bad in (float("nan"), -1.0, "3"):
+        with pytest.raises(ValueError, match="observed train seconds"):
+            update_train_estimate(1.0, bad)
+
+
+def test_jain_index():
+    assert jain_index([3, 3, 3]) == 1.0
+    assert jain_index([1, 0, 0, 0]) == pytest.approx(0.25)
+    assert jain_index([]) == 1.0
+    assert math.isclose(jain_index([1, 2]), 9 / 10)
