@@ -1,0 +1,124 @@
+"""Property-based checks over random fleets: no double booking, capacity never exceeded, every task gets perRound
+devices or waits with a reason, the same input gives the same assignment, and exact optimality on small instances."""
+import itertools
+import random
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedtask_operator.scheduling import DeviceRequest, select_devices
+from fedtask_operator.scheduling.fleet import build_fleet
+from fedtask_operator.scheduling.synthetic import make_fleet, make_train_pod
+
+POLICIES = ("time-fair", "fastest", "random", "round-robin")
+
+
+def random_requests(rng: random.Random, count: int) -> list[DeviceRequest]:
+    requests = []
+    for t in range(count):
+        node_devices = rng.random() < 0.6
+        resources = rng.choice([{"cpu": "500m"}, {"cpu": "2", "memory": "2Gi"}, {"nvidia.com/gpu": 1},
+                                {"cpu": "250m", "memory": "512Mi"}, {"cpu": "8"}])
+        selector = rng.choice([{}, {"matchLabels": {"fedtask.io/pool": f"pool-{rng.randrange(3)}"}},
+                               {"matchExpressions": [{"key": "fedtask.io/pool", "operator": "NotIn",
+                                                      "values": ["pool-0"]}]}])
+        requests.append(DeviceRequest(
+            task=f"ns/t{t}", per_round=rng.randint(1, 6), requests=resources, selector=selector,
+            tolerations=rng.choice([(), ({"key": "dedicated", "operator": "Exists"},)]), node_devices=node_devices,
+            shard_count=0 if node_devices else rng.randint(1, 12), priority=rng.randint(0, 2),
+            policy=rng.choice(POLICIES), round=rng.randint(1, 9),
+            participation={f"node-{i:05d}": rng.randint(0, 6) for i in range(0, 40, 3)},
+        ))
+    return requests
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), nodes=st.integers(1, 40), tasks=st.integers(1, 6))
+def test_random_fleets_keep_every_invariant(seed, nodes, tasks):
+    rng = random.Random(seed)
+    node_objects, pods = make_fleet(nodes, seed=seed, pools=3, gpu_share=0.3, not_ready_share=0.1,
+                                    cordoned_share=0.1, tainted_share=0.2)
+    if nodes > 2:
+        pods.append(make_train_pod("ns/busy", node_objects[0]["metadata"]["name"]))
+    requests = random_requests(rng, tasks)
+    result = select_devices(requests, node_objects, pods)
+    again = select_devices(requests, node_objects, pods)
+    assert result.tasks == again.tasks and dict(result.excluded) == dict(again.excluded)  # deterministic
+
+    fleet = build_fleet(node_objects, pods)
+    free = fleet.free.copy()
+    node_owner = {}
+    for request in requests:
+        got = result.tasks[request.task]
+        if got.waiting_reason:
+            assert got.devices == [] and got.waiting_reason.strip()
+            continue
+        assert len(got.devices) == request.per_round
+        assert len({slot.device for slot in got.devices}) == request.per_round
+        for slot in got.devices:
+            i = fleet.index[slot.node]
+            assert fleet.ready[i]
+            if request.node_devices:
+                assert slot.device == slot.node
+                assert slot.node not in node_owner, "node device booked twice"
+                assert fleet.training.get(i, set()) <= {request.task}
+                node_owner[slot.node] = request.task
+            else:
+                assert slot.device.startswith("d") and int(slot.device[1:]) < request.shard_count
+            for resource, amount in request.requests.items():
+                column = fleet.column(resource)
+                free[i, column] -= {"500m": 500, "2": 2000, "2Gi": 2 * 2**30 * 1000, 1: 1000, "250m": 250,
+                                    "512Mi": 512 * 2**20 * 1000, "8": 8000}[amount]
+    touched = sorted({fleet.index[s.node] for t in result.tasks.values() for s in t.devices})
+    assert (free[touched] >= 0).all(), "capacity exceeded"
+    assigned = {s.node for t in result.tasks.values() for s in t.devices}
+    assert set(result.excluded) == set(fleet.names) - assigned
+    assert all(reason for reason in result.excluded.values())
+
+
+def brute_force_period(requests, est, candidates):
+    """The optimal period time by exhaustive search over disjoint device sets."""
+    best = float("inf")
+
+    def search(t, used, worst):
+        nonlocal best
+        if worst >= best:
+            return
+        if t == len(requests):
+            best = worst
+            return
+        options = [n for n in candidates[t] if n not in used]
+        for chosen in itertools.combinations(options, requests[t].per_round):
+            search(t + 1, used | set(chosen), max(worst, max(est[t][n] for n in chosen)))
+
+    search(0, frozenset(), 0.0)
+    return best
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_period_time_is_optimal_on_small_instances(seed):
+    rng = random.Random(seed)
+    count = rng.randint(4, 9)
+    node_objects, _ = make_fleet(count, seed=seed, pools=3, gpu_share=0, not_ready_share=0, cordoned_share=0,
+                                 tainted_share=0, pods_per_node=0)
+    requests = []
+    for t in range(3):
+        pools = rng.sample(["pool-0", "pool-1", "pool-2"], rng.randint(1, 3))
+        requests.append(DeviceRequest(
+            task=f"ns/t{t}", per_round=rng.randint(1, 2), requests={"cpu": "100m"}, node_devices=True,
+            policy="fastest", selector={"matchExpressions": [{"key": "fedtask.io/pool", "operator": "In",
+                                                              "values": pools}]},
+            train_seconds={f"node-{i:05d}": rng.choice([1.0, 2.0, 3.0, 5.0, 8.0]) for i in range(count)}))
+    result = select_devices(requests, node_objects, [])
+    names = [n["metadata"]["name"] for n in node_objects]
+    candidates = [[n["metadata"]["name"] for n in node_objects if n["metadata"]["labels"]["fedtask.io/pool"] in
+                   r.selector["matchExpressions"][0]["values"]] for r in requests]
+    est = [{n: r.train_seconds[n] for n in names} for r in requests]
+    optimum = brute_force_period(requests, est, candidates)
+    if optimum == float("inf"):
+        assert any(t.waiting_reason for t in result.tasks.values())
+    else:
+        assert all(not t.waiting_reason for t in result.tasks.values())
+        assert np.isclose(result.period_seconds, optimum)
