@@ -12,7 +12,9 @@ import concurrent.futures
 import dataclasses
 import math
 import os
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,7 +22,27 @@ import numpy as np
 from .errors import BadInput
 from .tensors import SAFETENSORS_NAMES, InvalidUpdate, Layout, TensorInfo
 
-BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 64 * 1024))
+# numpy needs two passes per update (multiply, add) over an in-cache block; torch's fused add_(alpha=) needs one and
+# streams well with larger blocks (measured on a 2-core EPYC: numpy 256K elements, torch 1M).
+BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 256 * 1024))
+TORCH_BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 1024 * 1024))
+
+
+def torch_backend():
+    """torch, if this process has already imported it (an in-process simulation, a preloaded worker), else None.
+
+    FEDTASK_AGGREGATE_BACKEND=numpy|torch|auto (default auto) overrides; the aggregate stage never imports torch
+    just to average.
+    """
+    choice = os.environ.get("FEDTASK_AGGREGATE_BACKEND", "auto")
+    if choice == "numpy":
+        return None
+    if choice == "torch":
+        import torch
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    return torch
 
 
 def default_threads() -> int:
@@ -168,12 +190,12 @@ def reduce_blocks(sources: Sequence[UpdateSource], reference: Layout, kernel: Bl
 def _all_finite(values: np.ndarray) -> bool:
     if values.size == 0:
         return True
-    total = float(np.sum(values, dtype=np.float64))
-    return math.isfinite(total) or bool(np.isfinite(values).all())
+    # A sum is NaN/Inf if any term is; only a (rare) overflowing sum needs the exact, slower element check.
+    return math.isfinite(float(np.sum(values))) or bool(np.isfinite(values).all())
 
 
-def weighted_sum_kernel(weights: dict[int, float]) -> BlockKernel:
-    """out = sum_i weights[i] * update_i, accumulated in cache-sized blocks."""
+def weighted_sum_kernel(weights: dict[int, float], torch=None) -> BlockKernel:
+    """out = sum_i weights[i] * update_i, accumulated in cache-sized blocks (torch: one fused pass per update)."""
 
     def kernel(context: BlockContext, sources: Sequence[UpdateSource], out_block: np.ndarray) -> None:
         size = context.stop - context.start
@@ -182,19 +204,26 @@ def weighted_sum_kernel(weights: dict[int, float]) -> BlockKernel:
         direct = acc_dtype == dtype
         acc = out_block if direct else context.buffer("acc", (size,), acc_dtype)
         read_buffer = context.buffer("read", (size,), dtype)
-        product = context.buffer("product", (size,), acc_dtype)
-        first = True
-        for index, source in enumerate(sources):
-            values = source.read(context.tensor, context.start, context.stop, read_buffer)
-            weight = acc_dtype.type(weights[index])
-            if first:
-                np.multiply(values, weight, out=acc, casting="unsafe")
-                first = False
-            else:
-                np.multiply(values, weight, out=product, casting="unsafe")
-                np.add(acc, product, out=acc)
-        if first:
+        if not sources:
             acc.fill(0)
+        elif torch is not None and direct:
+            total = torch.from_numpy(acc)
+            for index, source in enumerate(sources):
+                values = torch.from_numpy(source.read(context.tensor, context.start, context.stop, read_buffer))
+                if index == 0:
+                    torch.mul(values, weights[index], out=total)
+                else:
+                    total.add_(values, alpha=weights[index])
+        else:
+            product = context.buffer("product", (size,), acc_dtype)
+            for index, source in enumerate(sources):
+                values = source.read(context.tensor, context.start, context.stop, read_buffer)
+                weight = acc_dtype.type(weights[index])
+                if index == 0:
+                    np.multiply(values, weight, out=acc, casting="unsafe")
+                else:
+                    np.multiply(values, weight, out=product, casting="unsafe")
+                    np.add(acc, product, out=acc)
         if not direct:
             if dtype.kind in "iub":
                 np.rint(acc, out=acc)

@@ -1,0 +1,122 @@
+"""In-process aggregation speed and peak memory: fedtask's blocked reduction vs Flower's
+`flwr.server.strategy.aggregate.aggregate`, and vs the memory-bandwidth floor, on the same float32 updates.
+
+The floor is bytes read / the read bandwidth of a 2-thread `torch.sum` over a 1 GB float32 array, measured here.
+Peak memory is the peak of the allocations each aggregation makes (tracemalloc sees numpy's allocations), in
+units of one model. For large N the inputs cycle over a pool of distinct arrays (each larger than the L3 cache) to
+bound this benchmark's own memory; both peers read exactly the same arrays.
+
+Prints one JSON line. Usage: python benchmarks/bench_aggregate.py [--params 10000000] [--counts 10,100]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import time
+import tracemalloc
+
+import numpy as np
+
+
+def make_updates(params: int, count: int, pool: int, layers: int = 4) -> tuple[list[list[np.ndarray]], list[int]]:
+    rng = np.random.default_rng(0)
+    sizes = [params // layers] * (layers - 1) + [params - (params // layers) * (layers - 1)]
+    distinct = [[rng.standard_normal(size, dtype=np.float32) for size in sizes] for _ in range(min(pool, count))]
+    updates = [distinct[index % len(distinct)] for index in range(count)]
+    samples = [int(n) for n in rng.integers(50, 500, count)]
+    return updates, samples
+
+
+def ours(updates, samples, threads):
+    from fedtask_worker.combine import aggregate_states
+    from fedtask_worker.strategies import Options
+
+    states = [{f"layer{i}": layer for i, layer in enumerate(update)} for update in updates]
+    out, _ = aggregate_states(states, samples, "fedavg", options=Options(threads=threads))
+    return [out[f"layer{i}"] for i in range(len(updates[0]))]
+
+
+def flower(updates, samples):
+    from flwr.server.strategy.aggregate import aggregate
+
+    return aggregate(list(zip(updates, samples)))
+
+
+def best_time(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def peak_bytes(function) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def read_bandwidth(floor_bytes: int, threads: int) -> float:
+    """Bytes/s of a `threads`-thread torch.sum over a float32 array of floor_bytes."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        array = torch.ones(floor_bytes // 4, dtype=torch.float32)
+        array.sum()
+        seconds = best_time(lambda: array.sum(), 5)
+        del array
+        return floor_bytes / seconds
+    finally:
+        torch.set_num_threads(previous)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=int, default=10_000_000)
+    parser.add_argument("--counts", default="10,100")
+    parser.add_argument("--pool", type=int, default=20, help="distinct update arrays (inputs cycle over them)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--floor-bytes", type=int, default=1 << 30)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    bandwidth = read_bandwidth(args.floor_bytes, args.threads)
+    result: dict = {"benchmark": "aggregate_in_process", "peer": "flwr.server.strategy.aggregate.aggregate",
+                    "params": args.params, "threads": args.threads,
+                    "floor_read_gb_per_s": round(bandwidth / 1e9, 2), "runs": {}}
+    model_bytes = args.params * 4
+    for count in (int(c) for c in args.counts.split(",")):
+        updates, samples = make_updates(args.params, count, args.pool)
+        mine, theirs = ours(updates, samples, args.threads), flower(updates, samples)
+        error = max(float(np.max(np.abs(a - b))) for a, b in zip(mine, theirs))
+        del mine, theirs
+        ours_seconds = best_time(lambda: ours(updates, samples, args.threads), args.repeats)
+        flower_seconds = best_time(lambda: flower(updates, samples), max(1, args.repeats - 1))
+        ours_peak = peak_bytes(lambda: ours(updates, samples, args.threads))
+        flower_peak = peak_bytes(lambda: flower(updates, samples))
+        floor_seconds = count * model_bytes / bandwidth
+        result["runs"][str(count)] = {
+            "ours_seconds": round(ours_seconds, 4), "flower_seconds": round(flower_seconds, 4),
+            "floor_seconds": round(floor_seconds, 4),
+            "speedup_vs_flower": round(flower_seconds / ours_seconds, 2),
+            "ours_vs_floor": round(ours_seconds / floor_seconds, 2),
+            "ours_peak_models": round(ours_peak / model_bytes, 2),
+            "flower_peak_models": round(flower_peak / model_bytes, 2),
+            "max_abs_difference": error,
+        }
+        del updates
+        gc.collect()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
