@@ -19,8 +19,10 @@ import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +37,8 @@ LOG_TAIL_LINES = 80
 # A container whose process vanished without recording an exit code (killed while nobody watched).
 LOST_EXIT_CODE = 137
 LAUNCHER_EXIT_GRACE_SECONDS = 1.0
+NOTIFY_SOCKET_NAME = ".notify"
+NOTIFY_ENV = "FEDTASK_KUBELET_NOTIFY"  # the fork server's children ping this datagram socket when they end
 
 StatusCallback = Callable[[dict, dict], None]
 
@@ -151,6 +155,7 @@ class ProcessKubelet:
         self.on_status = on_status
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.pods: dict[str, PodProcess] = {}
+        self.notify_socket = self._bind_notify_socket()
 
     # ----------------------------------------------------------------------------------------------------- lifecycle
     def run_pod(self, pod: dict) -> dict:
@@ -237,6 +242,42 @@ class ProcessKubelet:
         except OSError:
             return ""
 
+    def wait_for_change(self, timeout: float) -> None:
+        """Sleep up to `timeout` seconds, waking early when a pod started by the fork server finishes."""
+        if self.notify_socket is None:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select([self.notify_socket], [], [], timeout)
+        if readable:
+            try:
+                while self.notify_socket.recv(64):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        if self.notify_socket is not None:
+            self.notify_socket.close()
+            self.notify_socket = None
+            try:
+                (self.root / NOTIFY_SOCKET_NAME).unlink()
+            except OSError:
+                pass
+
+    def _bind_notify_socket(self) -> socket.socket | None:
+        path = self.root / NOTIFY_SOCKET_NAME
+        if len(str(path)) >= 100:  # AF_UNIX paths are short; without the socket, wait_for_change just sleeps
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            path.unlink(missing_ok=True)
+            sock.bind(str(path))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        return sock
+
     # ------------------------------------------------------------------------------------------------------ starting
     def _start(self, proc: PodProcess) -> None:
         pod = proc.pod
@@ -264,6 +305,8 @@ class ProcessKubelet:
         cwd = container.get("workingDir")
         cwd = rewrite_paths(cwd, rewrites) if cwd else str(proc.dir)
         full_env = {**self.base_env, **env}
+        if self.notify_socket is not None:
+            full_env[NOTIFY_ENV] = str(self.root / NOTIFY_SOCKET_NAME)
         if "OMP_NUM_THREADS" not in env:
             full_env["OMP_NUM_THREADS"] = str(cpu_threads(container.get("resources") or {}))
         proc.result_path.touch()

@@ -67,7 +67,7 @@ def test_per_pod_start_overhead_is_far_below_a_fresh_process(tmp_path, fork_serv
         seconds, status = time_pod(forked, worker_pod(f"init-{i}", init_args(tmp_path, f"forked-{i}")))
         assert status["phase"] == "Succeeded", forked.log(f"init-{i}")
         forked_init.append(seconds)
-    for i in range(2):
+    for i in range(1):  # a fresh process costs seconds: one is enough for the comparison
         seconds, status = time_pod(plain, worker_pod(f"init-{i}", init_args(tmp_path, f"plain-{i}")))
         assert status["phase"] == "Succeeded", plain.log(f"init-{i}")
         plain_init.append(seconds)

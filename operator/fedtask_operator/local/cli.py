@@ -106,6 +106,28 @@ def load_secrets(path: str) -> tuple[dict, dict]:
     return secrets, config_maps
 
 
+def warm_up_spec(spec: dict) -> dict:
+    """What the fork server prepares once for a task's pods (see forkserver.warm_up)."""
+    return {
+        "model": spec["model"]["name"], "modelArgs": spec["model"]["args"],
+        "dataset": spec["data"]["dataset"], "datasetArgs": spec["data"]["args"],
+        "partition": spec["data"]["partition"], "deviceCount": spec["devices"].get("count"),
+        "sharedFraction": spec["data"]["shared"]["fraction"],
+        "batches": [(spec["training"]["batchSize"], spec["training"]["optimizer"]),
+                    (spec["adjustment"]["batchSize"], "sgd")],
+    }
+
+
+def import_matplotlib() -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except Exception:  # the plot step reports it, if it matters
+        pass
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -129,9 +151,11 @@ def main(argv: list[str]) -> int:
     for item in manifests:
         store.apply_task(item["manifest"], item["spec"])
     datasets = sorted({item["spec"]["data"]["dataset"] for item in manifests} & PRELOADABLE_DATASETS)
-    fork_server = None if args.no_fork_server else ForkServer(preload_datasets=datasets)
+    warm = [warm_up_spec(item["spec"]) for item in manifests if item["spec"]["data"]["source"] == "builtin"]
+    fork_server = None if args.no_fork_server else ForkServer(preload_datasets=datasets, warm=warm)
     if fork_server is not None:  # pay the imports while the first plans are made
         threading.Thread(target=fork_server.start, daemon=True).start()
+    threading.Thread(target=import_matplotlib, daemon=True).start()  # for the plots at the end, while pods start
     kubelet = ProcessKubelet(workdir / "pods", secrets=secrets, config_maps=config_maps, launcher=fork_server,
                              claims_root=workdir / "claims")
     progress = Progress()
@@ -148,6 +172,7 @@ def main(argv: list[str]) -> int:
     finally:
         if fork_server is not None:
             fork_server.stop()
+        kubelet.close()
     progress.update(runtime.tasks(), force=True)
     stuck = runtime.stuck_reasons()
     for name, reason in stuck.items():

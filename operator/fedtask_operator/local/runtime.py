@@ -20,7 +20,7 @@ from .progress import Progress, plot_accuracy
 from .store import LocalStore, now_utc
 
 FINISHED_PHASES = ("Succeeded", "Failed")
-POLL_SECONDS = 0.005
+POLL_SECONDS = 0.02  # the longest wait for a pod; worker pods wake the loop as soon as they end
 IDLE_SECONDS = 0.05
 # With nothing running and no plan changing anything, wait this long for a requeue before calling the run stuck.
 STUCK_AFTER_SECONDS = 2.0
@@ -98,7 +98,7 @@ class LocalRuntime:
             if self.kubelet.running():
                 idle_since = None
                 self.progress.update(self.tasks())
-                time.sleep(POLL_SECONDS)
+                self.kubelet.wait_for_change(POLL_SECONDS)
                 continue
             idle_since = idle_since or now
             if now - idle_since > STUCK_AFTER_SECONDS and not self._requeue_soon(now):
