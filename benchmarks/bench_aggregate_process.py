@@ -87,7 +87,8 @@ def main(argv=None) -> dict:
         output = os.path.join(folder, "out.safetensors")
         ours_argv = [sys.executable, "-m", "fedtask_worker", "aggregate", "--output", output]
         ours_runs = [run_process(ours_argv + paths) for _ in range(args.repeats)]
-        two_runs = [run_process(ours_argv + paths[:2]) for _ in range(args.repeats)]
+        two_argv = ours_argv[:-1] + [os.path.join(folder, "out-n2.safetensors")]
+        two_runs = [run_process(two_argv + paths[:2]) for _ in range(args.repeats)]
         flower_runs = [run_process([sys.executable, "-c", FLOWER_SCRIPT, output + ".flwr", *paths])
                        for _ in range(max(1, args.repeats - 1))]
         ours_seconds, ours_rss = best(ours_runs)
