@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import yaml
 
 from fedtask_operator.spec import FederatedTask, SpecError, parse_task, with_defaults
+from fedtask_operator.local.nodes import node_document_problems
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -86,6 +87,10 @@ def load_tasks(paths: list[str]) -> tuple[list[tuple[Document, FederatedTask]], 
         if not documents:
             errors.append(f"{path}: no FederatedTask in the file")
         for document in documents:
+            node_problems = node_document_problems(document.content)  # a fleet file (fedtask run/schedule --nodes)
+            if node_problems is not None:
+                errors.extend(f"{document.where}: {problem}" for problem in node_problems)
+                continue
             try:
                 task = parse_task(document.content)
             except SpecError as err:

@@ -187,3 +187,13 @@ def test_a_bad_nodes_file_exits_non_zero_naming_the_field(tmp_path):
 
     assert result.returncode == 2
     assert "items[0]: metadata.name: required" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_example_passes_fedtask_validate():
+    examples = sorted(str(path) for path in EXAMPLES.glob("*.yaml"))
+    assert len(examples) >= 4
+
+    result = fedtask("validate", *examples, timeout=60)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(": valid") == 3  # the three tasks; the fleet file is checked as Nodes

@@ -89,3 +89,23 @@ def describe_yaml_error(err: yaml.YAMLError) -> str:
     if mark is not None:
         return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
     return problem
+
+
+def node_document_problems(document) -> list[str] | None:
+    """For `fedtask validate`: None when the document is not a Node or a List of Nodes, else its problems."""
+    if not isinstance(document, dict) or document.get("kind") not in ("Node", "List", "NodeList"):
+        return None
+    items = document.get("items") if document.get("kind") != "Node" else [document]
+    if not isinstance(items, list):
+        return ["items: must be a list of Nodes"]
+    if document.get("kind") == "List" and not all(isinstance(i, dict) and i.get("kind", "Node") == "Node"
+                                                  for i in items):
+        return None  # some other List: not ours to judge
+    problems = []
+    for index, item in enumerate(items):
+        where = f"items[{index}]: " if document.get("kind") != "Node" else ""
+        try:
+            check_node(item, where.rstrip(": ") or "node")
+        except NodesFileError as err:
+            problems.append(str(err) if where else str(err).removeprefix("node: "))
+    return problems
