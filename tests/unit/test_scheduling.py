@@ -336,9 +336,15 @@ def test_round_robin_rotates_by_participation():
 def test_time_fair_brings_back_devices_that_fell_behind():
     participation = {f"n{i:02d}": 10 for i in range(10)}
     participation["n00"] = 5  # the slowest device is 3.5 rounds behind the mean (8.5 + bound 2)
-    result = select_devices([node_task(per_round=3, participation=participation)], fleet(), [])
+    result = select_devices([node_task(per_round=3, participation=participation, fairness_share=0)], fleet(), [])
     chosen = nodes_of(result, "ns/a")
     assert "n00" in chosen
+    # by default the allowed lag grows with the mean (70% of it): 5 of a mean 9.5 is not behind yet
+    assert "n00" not in nodes_of(select_devices([node_task(per_round=3, participation=participation)], fleet(), []),
+                                 "ns/a")
+    participation["n00"] = 2
+    assert "n00" in nodes_of(select_devices([node_task(per_round=3, participation=participation)], fleet(), []),
+                             "ns/a")
     # once a slow device is in, the other places go to the least-participating devices no slower than it
     fair = select_devices([node_task(per_round=3, participation=participation, fairness_bound=100)], fleet(), [])
     assert nodes_of(fair, "ns/a") == ["n09", "n08", "n07"]
@@ -348,7 +354,8 @@ def test_time_fair_keeps_participation_within_the_bound_over_many_rounds():
     nodes = fleet(12)
     participation = {}
     for round_ in range(1, 41):
-        request = node_task(per_round=3, participation=dict(participation), round=round_, fairness_bound=2)
+        request = node_task(per_round=3, participation=dict(participation), round=round_, fairness_bound=2,
+                            fairness_share=0)
         for node in nodes_of(select_devices([request], nodes, []), "ns/a"):
             participation[node] = participation.get(node, 0) + 1
         counts = [participation.get(n["metadata"]["name"], 0) for n in nodes]

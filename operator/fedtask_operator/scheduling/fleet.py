@@ -117,6 +117,19 @@ def _hashable(resources) -> tuple | None:
     return key
 
 
+def _check_node(node, i: int):
+    if not isinstance(node, dict):
+        raise FleetError(f"nodes[{i}]: expected an object, got {type(node).__name__}")
+    metadata = node.get("metadata") or {}
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not name or not isinstance(name, str):
+        raise FleetError(f"nodes[{i}].metadata.name: required")
+    status = node.get("status") or {}
+    if not isinstance(status, dict):
+        raise FleetError(f"nodes[{i}].status: expected an object")
+    return metadata, name, status
+
+
 def build_fleet(nodes, pods=()) -> Fleet:
     """Precompute everything the scheduler needs from node and pod objects, in one pass over each.
 
@@ -126,48 +139,52 @@ def build_fleet(nodes, pods=()) -> Fleet:
     count = len(nodes)
     names: list[str] = []
     labels: list[dict] = []
-    ready = np.zeros(count, dtype=bool)
-    cordoned = np.zeros(count, dtype=bool)
-    taint_group = np.zeros(count, dtype=np.int64)
+    ready: list[bool] = []
+    cordoned: list[bool] = []
+    taint_of: dict[int, int] = {}  # node -> taint set id, for tainted nodes only
     taint_sets: list[tuple] = [()]
     taint_ids: dict = {(): 0}
     shapes: dict = {}  # allocatable content -> shape id
     shape_rows: list[dict] = []
-    shape_of = np.zeros(count, dtype=np.int64)
+    shape_of: list[int] = []
     index: dict[str, int] = {}
     for i, node in enumerate(nodes):
-        if not isinstance(node, dict):
-            raise FleetError(f"nodes[{i}]: expected an object, got {type(node).__name__}")
-        metadata = node.get("metadata") or {}
-        name = metadata.get("name")
-        if not name or not isinstance(name, str):
-            raise FleetError(f"nodes[{i}].metadata.name: required")
-        if name in index:
+        try:
+            metadata = node["metadata"]
+            name = metadata["name"]
+            status = node["status"]
+        except (KeyError, TypeError):
+            metadata, name, status = _check_node(node, i)
+        if not isinstance(name, str) or not name or name in index:
+            _check_node(node, i)
             raise FleetError(f"nodes[{i}].metadata.name: duplicate node {name!r}")
         index[name] = i
         names.append(name)
         labels.append(metadata.get("labels") or {})
-        spec = node.get("spec") or {}
-        status = node.get("status") or {}
+        is_ready = False
         for condition in status.get("conditions") or ():
             if condition.get("type") == "Ready":
-                ready[i] = condition.get("status") == "True"
+                is_ready = condition.get("status") == "True"
                 break
-        if spec.get("unschedulable"):
-            cordoned[i] = True
-        taints = spec.get("taints")
+        ready.append(is_ready)
+        spec = node.get("spec")
+        is_cordoned = bool(spec and spec.get("unschedulable"))
+        cordoned.append(is_cordoned)
+        taints = spec and spec.get("taints")
         if taints:
             blocking = tuple(
                 (t.get("key", ""), t.get("value") or "", t.get("effect")) for t in taints
-                if t.get("effect") in BLOCKING_EFFECTS and not (cordoned[i] and t.get("key") == UNSCHEDULABLE_TAINT["key"])
+                if t.get("effect") in BLOCKING_EFFECTS and not (is_cordoned and t.get("key") == UNSCHEDULABLE_TAINT["key"])
             )
             if blocking:
-                taint_group[i] = taint_ids.setdefault(blocking, len(taint_ids))
-                if taint_group[i] == len(taint_sets):
+                group = taint_of[i] = taint_ids.setdefault(blocking, len(taint_ids))
+                if group == len(taint_sets):
                     taint_sets.append(tuple({"key": k, "value": v, "effect": e} for k, v, e in blocking))
         raw = status.get("allocatable") or status.get("capacity")
-        key = _hashable(raw)
-        shape = shapes.get(key) if key is not None else None
+        try:
+            shape = shapes.get(tuple(raw.items()))
+        except (AttributeError, TypeError):
+            shape = None
         if shape is None:
             try:
                 parsed = parse_resource_list(raw, f"node {name}: status.allocatable")
@@ -175,9 +192,15 @@ def build_fleet(nodes, pods=()) -> Fleet:
                 raise FleetError(str(error)) from None
             shape = len(shape_rows)
             shape_rows.append(parsed)
+            key = _hashable(raw)
             if key is not None:
                 shapes[key] = shape
-        shape_of[i] = shape
+        shape_of.append(shape)
+    ready = np.array(ready, dtype=bool)
+    cordoned = np.array(cordoned, dtype=bool)
+    taint_group = np.zeros(count, dtype=np.int64)
+    if taint_of:
+        taint_group[list(taint_of)] = list(taint_of.values())
     columns = list(dict.fromkeys(r for row in shape_rows for r in row))
     for standard in ("cpu", "memory"):
         if standard not in columns:
@@ -194,37 +217,43 @@ def build_fleet(nodes, pods=()) -> Fleet:
     used_rows: dict[int, list[int]] = {}
     training: dict[int, set] = {}
     pod_shapes: dict = {}
+    width = len(columns)
     for i, pod in enumerate(pods):
-        if not isinstance(pod, dict):
-            raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}")
-        spec = pod.get("spec") or {}
-        node_index = index.get(spec.get("nodeName") or "")
+        try:
+            spec = pod["spec"]
+            node_index = index.get(spec.get("nodeName"))
+        except (KeyError, TypeError, AttributeError):
+            if not isinstance(pod, dict):
+                raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}") from None
+            continue  # a pod without a spec is not bound anywhere
         if node_index is None or (pod.get("status") or {}).get("phase") in TERMINATED_PHASES:
             continue
         metadata = pod.get("metadata") or {}
-        requests = None
+        requests = key = None
         containers = spec.get("containers") or ()
-        simple = len(containers) == 1 and not spec.get("initContainers") and not spec.get("overhead")
-        if simple:
+        if len(containers) == 1 and not spec.get("initContainers") and not spec.get("overhead"):
             resources = containers[0].get("resources") or {}
-            key = (_hashable(resources.get("requests") or {}), _hashable(resources.get("limits") or {}))
-            if None not in key:
+            try:
+                key = (tuple((resources.get("requests") or {}).items()),
+                       tuple((resources.get("limits") or {}).items()))
                 requests = pod_shapes.get(key)
+            except (TypeError, AttributeError):
+                key = None
         if requests is None:
             where = f"pod {metadata.get('namespace', '')}/{metadata.get('name', i)}"
             try:
                 requests = [(column_of[r], m) for r, m in pod_requests(pod, where).items() if r in column_of]
             except QuantityError as error:
                 raise FleetError(str(error)) from None
-            if simple and None not in key:
+            if pod_column is not None:
+                requests.append((pod_column, 1000))
+            if key is not None:
                 pod_shapes[key] = requests
         row = used_rows.get(node_index)
         if row is None:
-            row = used_rows[node_index] = [0] * len(columns)
+            row = used_rows[node_index] = [0] * width
         for column, milli in requests:
             row[column] += milli
-        if pod_column is not None:
-            row[pod_column] += 1000
         pod_labels = metadata.get("labels")
         if pod_labels and pod_labels.get(STAGE_LABEL) == "train" and pod_labels.get(TASK_LABEL):
             task = f"{metadata.get('namespace') or 'default'}/{pod_labels[TASK_LABEL]}"

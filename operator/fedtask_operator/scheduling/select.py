@@ -30,7 +30,8 @@ from .types import Assignment, DeviceRequest, DeviceSlot, TaskAssignment
 
 POLICIES = ("time-fair", "fastest", "random", "round-robin")
 TIME_POLICIES = ("time-fair", "fastest")
-DEFAULT_FAIRNESS_BOUND = 2.0  # rounds a device may fall behind its task's mean participation under `time-fair`
+DEFAULT_FAIRNESS_BOUND = 2.0  # rounds a device may fall behind its task's mean participation under `time-fair`...
+DEFAULT_FAIRNESS_SHARE = 0.7  # ...or this share of the mean, whichever is larger (slow devices train less often)
 AGING_SECONDS = 60.0  # a waiting task gains one priority level per minute
 
 
@@ -85,6 +86,15 @@ class _LazyReasons(Mapping):
 
     def __repr__(self) -> str:
         return repr(dict(self))
+
+
+def allowed_lag(request: DeviceRequest, mean: float) -> float:
+    """How far (in rounds) a device's participation may fall behind the task's mean before `time-fair` must pick it:
+    the absolute bound early on, a share of the mean later, so fast devices may train more often than slow ones
+    while every device keeps training at a steady fraction of the mean rate."""
+    bound = request.fairness_bound if request.fairness_bound is not None else DEFAULT_FAIRNESS_BOUND
+    share = request.fairness_share if request.fairness_share is not None else DEFAULT_FAIRNESS_SHARE
+    return max(bound, share * mean)
 
 
 def _median(values) -> float:
@@ -378,8 +388,7 @@ def _prepare_node_task(context: _Context, task: _Task) -> None:
     task.participation = _participation(fleet, request)
     if request.policy == "time-fair" and len(task.candidates):
         shares = task.participation[task.candidates]
-        bound = request.fairness_bound if request.fairness_bound is not None else DEFAULT_FAIRNESS_BOUND
-        behind = task.candidates[shares < shares.mean() - bound]
+        behind = task.candidates[shares < shares.mean() - allowed_lag(request, float(shares.mean()))]
         order = np.lexsort((task.est[behind], task.participation[behind]))
         task.forced = [int(n) for n in behind[order][: request.per_round]]
 
@@ -683,8 +692,7 @@ def _choose_shards(task: _Task, count: int) -> list[int]:
     elif request.policy == "fastest":
         order = np.lexsort((np.arange(count), size))
     else:
-        bound = request.fairness_bound if request.fairness_bound is not None else DEFAULT_FAIRNESS_BOUND
-        behind = participation < participation.mean() - bound
+        behind = participation < participation.mean() - allowed_lag(request, float(participation.mean()))
         order = np.lexsort((np.arange(count), size, participation, ~behind))
     return sorted(int(i) for i in order[: request.per_round])
 
