@@ -110,6 +110,8 @@ def _is_transient(error: Exception) -> bool:
         return error.status_code >= 500
     if isinstance(error, S3Error):
         return error.code in _TRANSIENT_S3_CODES
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False  # local files around the transfer: retrying will not help
     return isinstance(error, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError, OSError))
 
 
