@@ -6,9 +6,9 @@ simulated wall time is its slowest selected device: samples / speed. The schedul
 count = speed) and learns per-device times from the simulated durations through the same EWMA the runtimes use.
 Peer: the `random` policy, run in the same process on the same data. Reported: speed-up of `time-fair` (and
 `fastest`) over `random` to a target accuracy (98% of random's final accuracy), and final accuracies (mean of the
-last 5 rounds, after the same number of rounds).
+last 10 rounds, after the same number of rounds).
 
-    python benchmarks/bench_sched_effect.py [--rounds 40] [--train-samples 50000]
+    python benchmarks/bench_sched_effect.py [--rounds 50] [--train-samples 50000]
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from fedtask_worker.training import aggregate_states, evaluate, load_model_state
 SECONDS_PER_SAMPLE = 0.001  # simulated seconds per sample at speed 1x
 SPEEDS = [10] * 4 + [3] * 12 + [1] * 24
 PER_ROUND = 8
-FINAL_WINDOW = 5  # "final accuracy" is the mean of the last rounds: non-IID rounds swing by a few points
+FINAL_WINDOW = 10  # "final accuracy" is the mean of the last rounds: non-IID rounds swing by a few points
+LEARNING_RATE = 0.02
 
 
 def run_policy(policy: str, data, shards, speeds, rounds: int, seed: int, fairness_share: float | None) -> dict:
@@ -57,7 +58,7 @@ def run_policy(policy: str, data, shards, speeds, rounds: int, seed: int, fairne
             shard = shards[index]
             load_model_state(model, global_state, "global")
             train_local(model, data.x_train[shard], data.y_train[shard], epochs=1, batch_size=32,
-                        learning_rate=0.05, seed=seed + round_)
+                        learning_rate=LEARNING_RATE, seed=seed + round_)
             states.append(model_state(model))
             counts.append(len(shard))
             seconds = len(shard) * SECONDS_PER_SAMPLE / speeds[index]
@@ -81,7 +82,7 @@ def time_to(curve, target: float) -> float | None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--train-samples", type=int, default=50000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fairness-share", type=float, default=None,

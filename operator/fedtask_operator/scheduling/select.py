@@ -265,6 +265,18 @@ class _Context:
                 reasons.append(f"taken by {', '.join(owners)}")
         return ", ".join(reasons) or None
 
+    def trouble_masks(self, tasks: list[_Task]) -> list[tuple[_Task, np.ndarray]]:
+        """Per task (by key): the matching nodes with a task-specific reason (taint, resources, taken)."""
+        if getattr(self, "_trouble", None) is None:
+            self._trouble = []
+            for task in sorted(tasks, key=lambda t: t.key):
+                fits = task.fits if task.fits is not None else self.fit_mask(task, self.free)
+                trouble = task.matched & ~(task.tolerated & fits)
+                if task.taken is not None:
+                    trouble |= task.matched & task.taken
+                self._trouble.append((task, trouble))
+        return self._trouble
+
     def explain(self, node_name: str, tasks: list[_Task]) -> str:
         fleet = self.fleet
         node = fleet.index[node_name]
@@ -275,14 +287,14 @@ class _Context:
             reasons.append("cordoned")
         matched_any = False
         qualified_for = []
-        for task in sorted(tasks, key=lambda t: t.key):
+        for task, trouble in self.trouble_masks(tasks):
             if not task.matched[node]:
                 continue
             matched_any = True
-            reason = self.task_reason(task, node)
+            reason = self.task_reason(task, node) if trouble[node] else None
             if reason:
                 reasons.append(f"{task.name}: {reason}")
-            elif fleet.ready[node] and task.schedulable[node]:
+            elif task.schedulable[node]:
                 qualified_for.append(task.name)
         if not matched_any:
             reasons.append("matches no task's selector")
