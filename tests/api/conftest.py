@@ -29,13 +29,23 @@ def operator(cluster, s3_server, store_bucket, tmp_path):
     print(process.log()[-20000:])
 
 
+@pytest.fixture(scope="session")
+def fork_server():
+    """Preloaded worker processes (torch imported once): pods start in milliseconds, as in `fedtask run`."""
+    from fedtask_operator.forkserver import ForkServer
+
+    server = ForkServer(preload_datasets=["digits"]).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def kubelet(cluster, s3_server, tmp_path):
+def kubelet(cluster, s3_server, tmp_path, fork_server):
     import os
 
     from tests.support.kubelet import ApiKubelet
 
     env = dict(os.environ, OMP_NUM_THREADS="1", FEDTASK_STORE_RETRY_SECONDS="5")
-    with ApiKubelet(cluster, tmp_path / "kubelet", base_env=env) as running:
+    with ApiKubelet(cluster, tmp_path / "kubelet", base_env=env, launcher=fork_server) as running:
         yield running
     assert not running.errors, running.errors

@@ -37,9 +37,9 @@ def _failed_status(pod: dict) -> dict:
 
 class ApiKubelet:
     def __init__(self, cluster: EmulatedCluster, root: pathlib.Path, base_env: dict | None = None,
-                 interval: float = 0.02):
+                 interval: float = 0.02, launcher=None):
         self.cluster = cluster
-        self.processes = ProcessKubelet(root, base_env=base_env)
+        self.processes = ProcessKubelet(root, base_env=base_env, launcher=launcher)
         self.interval = interval
         self.started: list[str] = []  # names of every pod started, in order (duplicates would show here)
         self.bindings: dict[str, str] = {}  # pod name -> node
