@@ -258,10 +258,12 @@ def resource_path(resource: str, namespace: str | None) -> str:
 
 
 def collection_path(api_version: str, kind: str, namespace: str) -> str:
-    plural = {"Node": "nodes", "Pod": "pods", "Namespace": "namespaces", "Event": "events"}.get(kind)
+    plural = {"Node": "nodes", "Pod": "pods", "Namespace": "namespaces", "Event": "events",
+              "KopfPeering": "kopfpeerings", "ClusterKopfPeering": "clusterkopfpeerings"}.get(kind)
     if plural is None:
         return resource_path(FEDERATEDTASKS, namespace)
-    return resource_path(f"{api_version}/{plural}", None if kind in ("Node", "Namespace") else namespace)
+    cluster_scoped = kind in ("Node", "Namespace", "ClusterKopfPeering")
+    return resource_path(f"{api_version}/{plural}", None if cluster_scoped else namespace)
 
 
 def make_node(name: str, cpu: str = "4", memory: str = "8Gi", gpus: int = 0, labels: dict | None = None,

@@ -1,0 +1,76 @@
+"""The RBAC rules (deploy/rbac/rules.yaml) grant every API call the real operator makes, and nothing it never makes.
+
+The calls are recorded by the API emulator while the operator (namespace-scoped, with peering) runs a task to the
+end and sees it deleted. Calls of the tests' own clients (the kubelet, the fixtures) carry their own user agent.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+from tests.api.test_operator import DEVICE, digits_task, finished
+from tests.support.kube import FEDERATEDTASKS, TEST_USER_AGENT, make_node
+from tests.support.operator import OperatorProcess, wait_for
+
+pytestmark = pytest.mark.api
+
+RULES = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "rbac" / "rules.yaml"
+VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
+         "DELETE": "delete"}
+CLUSTERWIDE_ONLY = {("kopf.dev", "clusterkopfpeerings")}  # exercised by the cluster-wide variant only
+
+
+def granted(rules: list[dict]) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def recorded_calls(cluster) -> set[tuple[str, str, str, bool]]:
+    """(group, resource[/subresource], verb, cluster-wide?) of every resource call the operator made."""
+    calls = set()
+    for request in cluster.requests():
+        resource = request["resource"]
+        if TEST_USER_AGENT in request["user_agent"] or resource is None or not resource.plural:
+            continue  # the tests' own calls; API discovery (allowed to every authenticated user)
+        name = resource.plural + (f"/{request['subresource']}" if request["subresource"] else "")
+        calls.add((resource.group, name, VERBS[request["action"]], request["namespace"] is None))
+    return calls
+
+
+def test_the_role_grants_exactly_the_calls_the_operator_makes(cluster, s3_server, store_bucket, kubelet, tmp_path):
+    rules = yaml.safe_load(RULES.read_text())
+    cluster_rules, task_rules = granted(rules["cluster"]), granted(rules["tasks"])
+    cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                   "metadata": {"name": "fedtask", "namespace": "default"}})
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    with OperatorProcess(cluster, s3_server, tmp_path / "operator.log", "--peering=fedtask", "--priority=10"):
+        cluster.apply(digits_task("rbac", rounds=1))
+        wait_for(lambda: finished(cluster, "rbac"), timeout=120, what="the task to finish")
+        cluster.delete(FEDERATEDTASKS, "default", "rbac")
+
+    calls = recorded_calls(cluster)
+    denied = sorted(call for call in calls
+                    if call[:3] not in cluster_rules and (call[3] or call[:3] not in task_rules))
+    assert not denied, f"calls the role does not grant (group, resource, verb, cluster-wide): {denied}"
+    used = {call[:3] for call in calls}
+    unused = sorted(rule for rule in cluster_rules | task_rules
+                    if rule not in used and rule[:2] not in CLUSTERWIDE_ONLY)
+    assert not unused, f"granted but never called: {unused}"
+
+
+@pytest.mark.parametrize("manifest", ["cluster-wide.yaml", "namespaced.yaml"])
+def test_the_deployable_manifests_carry_exactly_the_rules(manifest):
+    rules = yaml.safe_load(RULES.read_text())
+    documents = list(yaml.safe_load_all((RULES.parent / manifest).read_text()))
+    roles = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] in ("ClusterRole", "Role")}
+    assert roles["fedtask-operator-cluster"]["kind"] == "ClusterRole"
+    assert roles["fedtask-operator-cluster"]["rules"] == rules["cluster"]
+    assert roles["fedtask-operator-tasks"]["rules"] == rules["tasks"]
+    expected_kind = "ClusterRole" if manifest == "cluster-wide.yaml" else "Role"
+    assert roles["fedtask-operator-tasks"]["kind"] == expected_kind
+    bindings = [doc for doc in documents if doc["kind"].endswith("Binding")]
+    assert {binding["roleRef"]["name"] for binding in bindings} == set(roles)
+    assert all(not any(rule_resource == "secrets" for rule in doc["rules"] for rule_resource in rule["resources"])
+               for doc in roles.values())
