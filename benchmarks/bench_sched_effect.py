@@ -33,7 +33,8 @@ SECONDS_PER_SAMPLE = 0.001  # simulated seconds per sample at speed 1x
 SPEEDS = [10] * 4 + [3] * 12 + [1] * 24
 PER_ROUND = 8
 FINAL_WINDOW = 10  # "final accuracy" is the mean of the last rounds: non-IID rounds swing by a few points
-LEARNING_RATE = 0.02
+LEARNING_RATE = 0.05
+SMOOTHING = 3  # time-to-target reads the running mean of this many rounds, so one lucky round does not count
 
 
 def run_policy(policy: str, data, shards, speeds, rounds: int, seed: int, fairness_share: float | None) -> dict:
@@ -77,7 +78,10 @@ def run_policy(policy: str, data, shards, speeds, rounds: int, seed: int, fairne
 
 
 def time_to(curve, target: float) -> float | None:
-    return next((clock for clock, accuracy in curve if accuracy >= target), None)
+    for end in range(SMOOTHING, len(curve) + 1):
+        if statistics.mean(a for _, a in curve[end - SMOOTHING:end]) >= target:
+            return curve[end - 1][0]
+    return None
 
 
 def main(argv=None) -> dict:

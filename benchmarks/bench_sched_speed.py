@@ -3,7 +3,7 @@
 10,000 nodes (heterogeneous: CPU sizes, GPUs of several products, NotReady/cordoned/tainted nodes, one system pod
 each) and 100 competing tasks (node-device and shard tasks; pool selectors, GPU requests, tolerations, all four
 policies), from the raw `kubectl get -o json` dicts to the Assignment. Target: <= 200 ms. Also: the same with the
-fleet prebuilt, how the time grows with nodes and with tasks, and the cost of writing out every excluded node's
+fleet prebuilt, CPU time (robust to other processes on shared cores), how the time grows with nodes and with tasks, and the cost of writing out every excluded node's
 reasons. Peer: one plain Python pass over the same node and pod dicts (the least any scheduler must pay).
 
     python benchmarks/bench_sched_speed.py [--nodes 10000] [--tasks 100] [--repeat 5]
@@ -45,12 +45,12 @@ def make_requests(count: int, seed: int = 0) -> list[DeviceRequest]:
     return requests
 
 
-def best_of(repeat: int, function) -> float:
+def best_of(repeat: int, function, clock=time.perf_counter) -> float:
     times = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started = clock()
         function()
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return min(times)
 
 
@@ -73,6 +73,7 @@ def main(argv=None) -> dict:
     requests = make_requests(args.tasks)
     select_devices(requests, nodes, pods)  # warm-up (imports, caches of parsed quantity strings)
     total = best_of(args.repeat, lambda: select_devices(requests, nodes, pods))
+    cpu = best_of(args.repeat, lambda: select_devices(requests, nodes, pods), time.process_time)
     peer = best_of(args.repeat, lambda: scan(nodes, pods))
     fleet_build = best_of(args.repeat, lambda: build_fleet(nodes, pods))
     prebuilt = best_of(args.repeat, lambda: select_devices(requests, build_fleet(nodes, pods)))
@@ -89,7 +90,8 @@ def main(argv=None) -> dict:
     waiting = sum(1 for task in assignment.tasks.values() if task.waiting_reason)
     report = {
         "benchmark": "sched_speed", "nodes": args.nodes, "pods": len(pods), "tasks": args.tasks,
-        "seconds": round(total, 4), "target_seconds": 0.2, "meets_target": total <= 0.2,
+        "seconds": round(total, 4), "cpu_seconds": round(cpu, 4), "target_seconds": 0.2,
+        "meets_target": total <= 0.2,
         "peer": "one plain Python pass over the node and pod dicts", "peer_seconds": round(peer, 4),
         "ratio_vs_peer": round(total / peer, 1),
         "fleet_build_seconds": round(fleet_build, 4),
