@@ -3,24 +3,23 @@
     python tests/observability/local_run_exporter.py --port N --workdir DIR MANIFEST...
 
 Runs `fedtask run MANIFEST... --workdir DIR` in this process and serves /metrics with the operator's own metrics
-module: a watcher thread feeds every status transition the run writes (DIR/<task>/federatedtask.json) to
-`metrics.record_status_change` and the phase counts to `metrics.set_task_counts`, as the operator's handlers do, and
-device selection is timed into `fedtask_scheduling_seconds` as the operator's reconciler does. Prints "run finished"
-when the run ends, then keeps serving until it is terminated.
+module, fed the way the operator feeds it: every status write of the run goes through
+`metrics.record_status_change(old, new)` and the phase counts through `metrics.set_task_counts` (as the operator's
+reconciler and handlers do after each status patch), and device selection is timed into
+`fedtask_scheduling_seconds`. Prints "run finished" when the run ends, then serves until it is terminated.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 from fedtask_operator import metrics
 from fedtask_operator.local import cli as local_cli
 from fedtask_operator.local import runtime as local_runtime
+from fedtask_operator.local.store import LocalStore
 
 
 def timed_select_devices(select_devices):
@@ -33,24 +32,18 @@ def timed_select_devices(select_devices):
     return select
 
 
-def watch_statuses(workdir: Path, stop: threading.Event, interval: float = 0.1) -> None:
-    seen: dict[tuple[str, str], dict] = {}
-    while not stop.is_set():
-        counts: collections.Counter = collections.Counter()
-        for path in sorted(workdir.glob("*/federatedtask.json")):
-            try:
-                task = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):  # written atomically; a vanished file is a deleted task
-                continue
-            key = (task["metadata"].get("namespace") or "default", task["metadata"]["name"])
-            status = task.get("status") or {}
-            if status != seen.get(key):
-                metrics.record_status_change(*key, seen.get(key), status)
-                seen[key] = status
-            if status.get("phase"):
-                counts[(key[0], status["phase"])] += 1
-        metrics.set_task_counts(dict(counts))
-        stop.wait(interval)
+def metered_write_status(write_status):
+    def write(store: LocalStore, name: str, status: dict) -> bool:
+        task = store.tasks[name]
+        old = task.get("status")
+        changed = write_status(store, name, status)
+        if changed:
+            metrics.record_status_change(task["metadata"].get("namespace") or "default", name, old, status)
+            counts = collections.Counter((t["metadata"].get("namespace") or "default", t["status"]["phase"])
+                                         for t in store.tasks.values() if (t.get("status") or {}).get("phase"))
+            metrics.set_task_counts(dict(counts))
+        return changed
+    return write
 
 
 def main(argv: list[str]) -> int:
@@ -61,11 +54,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     metrics.serve(args.port)
     local_runtime.select_devices = timed_select_devices(local_runtime.select_devices)
-    stop = threading.Event()
-    watcher = threading.Thread(target=watch_statuses, args=(args.workdir, stop), daemon=True)
-    watcher.start()
+    LocalStore.write_status = metered_write_status(LocalStore.write_status)
     code = local_cli.main([*args.manifests, "--workdir", str(args.workdir)])
-    time.sleep(0.5)  # the watcher's last pass sees the final statuses
     print(f"run finished: exit {code}", flush=True)
     try:
         while True:

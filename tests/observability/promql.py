@@ -68,8 +68,8 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def substitute_grafana_variables(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
+def substitute_grafana_variables(expr: str, values: dict[str, str] = GRAFANA_VARIABLES) -> str:
+    for variable, value in values.items():
         expr = expr.replace(variable, value)
     return expr
 

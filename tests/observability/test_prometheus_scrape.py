@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.observability.promql import dashboard_queries, dashboard_variable_metrics, substitute_grafana_variables
+from tests.observability.promql import (GRAFANA_VARIABLES, dashboard_queries, dashboard_variable_metrics,
+                                        substitute_grafana_variables)
 from tests.support.s3 import free_port
 from tests.support.tools import REPO, Tools, helm_template
 
 HERE = Path(__file__).parent
-SCRAPE_INTERVAL = "1s"
+SCRAPE_INTERVAL = "250ms"  # several scrapes per round: rounds of this tiny task take about a second
 RUN_TIMEOUT = 240.0
 TASK = {
     "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
@@ -33,7 +34,7 @@ TASK = {
         "devices": {"count": 4, "perRound": 3, "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}},
         "training": {"localEpochs": 1, "batchSize": 16},
         "adjustment": {"enabled": True, "epochs": 1},
-        "rounds": {"max": 4},
+        "rounds": {"max": 5},
         "backoffLimit": 2,
     },
 }
@@ -120,8 +121,12 @@ def observed_run(tools: Tools, tmp_path_factory: pytest.TempPathFactory):
         prometheus.stop()
 
 
+# Grafana's $__rate_interval is at least four scrape intervals
+RATE_INTERVAL = {**GRAFANA_VARIABLES, "$__rate_interval": "2s"}
+
+
 def query_range(base: str, expr: str, start: float, end: float) -> list[dict]:
-    params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": "1s"})
+    params = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": "0.25"})
     answer = get_json(f"{base}/api/v1/query_range?{params}")
     assert answer["status"] == "success", answer
     return answer["data"]["result"]
@@ -133,10 +138,10 @@ def test_every_dashboard_query_returns_data_from_a_scraped_run(observed_run) -> 
     assert [t["health"] for t in targets] == ["up"], targets
     empty = {}
     for title, expr in dashboard_queries().items():
-        series = query_range(base, substitute_grafana_variables(expr), start, end)
+        series = query_range(base, substitute_grafana_variables(expr, RATE_INTERVAL), start, end)
         values = [float(value) for s in series for _, value in s["values"]]
         if not any(math.isfinite(value) for value in values):
-            empty[title] = expr
+            empty[title] = {"expr": expr, "result": series[:3]}
     assert not empty, f"dashboard queries without data: {json.dumps(empty, indent=1)}"
     for variable, (selector, label) in dashboard_variable_metrics().items():
         series = query_range(base, substitute_grafana_variables(selector), start, end)
@@ -152,8 +157,8 @@ def test_the_run_is_what_the_dashboard_shows(observed_run) -> None:
         return float(series["values"][-1][1])
 
     labels = 'namespace="team-a", task="digits-observed"'
-    assert last(f"fedtask_task_round{{{labels}}}") == 4
-    assert last(f"fedtask_rounds_total{{{labels}}}") == 4
+    assert last(f"fedtask_task_round{{{labels}}}") == 5
+    assert last(f"fedtask_rounds_total{{{labels}}}") == 5
     assert last(f'fedtask_pod_failures_total{{{labels}, stage="init"}}') == 1
     assert last('fedtask_tasks{namespace="team-a", phase="Succeeded"}') == 1
     assert 0 < last(f"fedtask_task_accuracy{{{labels}}}") <= 1
