@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Copy the chart's embedded files from their single sources of truth into helm/fedtask/files/.
 
-Helm can only read files inside the chart, so the CRD (crds/), the operator's RBAC rules (deploy/rbac/) and the
+Helm can only read files inside the chart, so the CRD (crds/), the operator's RBAC rules (deploy/rbac/rules.yaml) and the
 Grafana dashboard (dashboards/) are copied verbatim; tests/chart checks that the copies are identical.
 Run it after changing any of them:  python3 hack/sync-chart-files.py  (--check: exit 1 if a copy is stale).
 """
@@ -18,7 +18,7 @@ CHART_FILES = ROOT / "helm" / "fedtask" / "files"
 # source folder -> (glob, folder inside the chart's files/)
 SOURCES = {
     ROOT / "crds": ("*.yaml", "crds"),
-    ROOT / "deploy" / "rbac": ("*.yaml", "rbac"),
+    ROOT / "deploy" / "rbac": ("rules.yaml", "rbac"),
     ROOT / "dashboards": ("*.json", "dashboards"),
 }
 

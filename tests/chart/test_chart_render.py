@@ -372,3 +372,12 @@ def test_notes_render_with_every_value_resolved(tools: Tools, values: list[str])
         assert "ft-fedtask-minio.fedtask.svc:9000" in notes and "namespace(s) fedtask" in notes
     else:
         assert "WARNING: no default store" in notes and "all namespaces" in notes
+
+
+@pytest.mark.parametrize("combination", ["defaults", "namespace-scoped"])
+def test_chart_rbac_rules_are_the_operators_rules(rendered: dict[str, list[dict]], combination: str) -> None:
+    rules = yaml.safe_load((REPO / "deploy" / "rbac" / "rules.yaml").read_text())
+    objects = rendered[combination]
+    assert the(objects, "ClusterRole", "-cluster")["rules"] == rules["cluster"]
+    task_roles = by_kind(objects, "Role") if combination == "namespace-scoped" else [the(objects, "ClusterRole", "-tasks")]
+    assert task_roles and all(role["rules"] == rules["tasks"] for role in task_roles)

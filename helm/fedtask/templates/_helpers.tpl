@@ -109,38 +109,3 @@ app.kubernetes.io/component: store
 {{- end }}
 {{- end }}
 
-{{/* RBAC rules: "cluster" is bound cluster-wide; "tasks" cluster-wide (rbac.scope=cluster) or per watched namespace.
-       The operator's calls (handlers.py, k8s.py) plus what kopf itself needs (its docs' RBAC example). */}}
-{{- define "fedtask.rbacRules" -}}
-cluster:
-  # resource accounting: every node and every pod's requests, whatever its namespace
-  - apiGroups: [""]
-    resources: [nodes, pods]
-    verbs: [get, list, watch]
-  # kopf: peering of cluster-wide replicas, and observing CRDs and namespaces as they come and go
-  - apiGroups: [kopf.dev]
-    resources: [clusterkopfpeerings]
-    verbs: [get, list, watch, patch]
-  - apiGroups: [apiextensions.k8s.io]
-    resources: [customresourcedefinitions]
-    verbs: [list, watch]
-  - apiGroups: [""]
-    resources: [namespaces]
-    verbs: [list, watch]
-tasks:
-  - apiGroups: [fedtask.io]
-    resources: [federatedtasks]
-    verbs: [get, list, watch, patch]
-  - apiGroups: [fedtask.io]
-    resources: [federatedtasks/status]
-    verbs: [get, patch]
-  - apiGroups: [""]
-    resources: [pods]
-    verbs: [create, delete, patch]
-  - apiGroups: ["", events.k8s.io]
-    resources: [events]
-    verbs: [create, patch]
-  - apiGroups: [kopf.dev]
-    resources: [kopfpeerings]
-    verbs: [get, list, watch, patch]
-{{- end }}
