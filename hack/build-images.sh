@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the operator and worker images (CPU; WORKER_BUILD_ARGS="--build-arg VARIANT=cuda" for the CUDA variant)
+# Build the operator and worker images (CPU torch; WORKER_BUILD_ARGS="--build-arg TORCH_VARIANT=cu124" for CUDA)
 # and load them into the kind cluster.
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
