@@ -84,3 +84,10 @@ def test_kind_cluster_has_a_control_plane_and_labelled_device_workers() -> None:
     assert len(gpu_nodes) == 1
     # hack/fake-gpu.sh finds the GPU nodes by that very label.
     assert "nvidia.com/gpu.present=true" in (REPO / "hack" / "fake-gpu.sh").read_text()
+
+
+def test_operator_image_exposes_the_chart_ports() -> None:
+    exposed = {int(port) for line in final_stage(DOCKERFILES[0]) if line.upper().startswith("EXPOSE ")
+               for port in line.split()[1:]}
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert exposed == {values["metrics"]["port"], values["operator"]["healthPort"]}
