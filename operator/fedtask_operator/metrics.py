@@ -73,11 +73,12 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         if record.get("loss") is not None:
             TASK_LOSS.labels(*labels).set(float(record["loss"]))
 
-    old_devices = {(device.get("device"), device.get("pod")): device for device in old.get("devices") or []}
+    same_round = old.get("round") == new.get("round")
+    old_devices = {device.get("device"): device for device in old.get("devices") or []} if same_round else {}
     for device in new.get("devices") or []:
-        before = old_devices.get((device.get("device"), device.get("pod"))) or {}
-        failures = int(device.get("attempts") or 0) - int(before.get("attempts") or 0)
-        if failures > 0 and before:
+        before = old_devices.get(device.get("device")) or {}
+        failures = _failed_attempts(before, device)
+        if failures > 0:
             POD_FAILURES_TOTAL.labels(*labels, "train").inc(failures)
         if device.get("state") == "Succeeded" and before.get("state") != "Succeeded":
             result = device.get("result") or {}
@@ -89,9 +90,16 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
 
     old_current, new_current = old.get("current") or {}, new.get("current") or {}
     if new_current and old_current.get("stage") == new_current.get("stage"):
-        failures = int(new_current.get("attempts") or 0) - int(old_current.get("attempts") or 0)
+        failures = _failed_attempts(old_current, new_current)
         if failures > 0:
             POD_FAILURES_TOTAL.labels(*labels, new_current.get("stage") or "unknown").inc(failures)
+
+
+def _failed_attempts(before: dict, after: dict) -> int:
+    """Pods that failed between two versions of one pod record: retries taken plus a final failure."""
+    retries = max(0, int(after.get("attempts") or 0) - int(before.get("attempts") or 0))
+    gave_up = after.get("state") == "Failed" and before.get("state") != "Failed"
+    return retries + int(gave_up)
 
 
 def set_task_counts(counts: dict[tuple[str, str], int]) -> None:

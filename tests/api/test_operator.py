@@ -63,3 +63,120 @@ def test_a_three_round_task_succeeds_with_history_model_and_metrics(cluster, ope
     assert len(kubelet.started) == len(set(kubelet.started))
     owners = {ref["uid"] for pod in cluster.history(PODS) for ref in pod["metadata"].get("ownerReferences", [])}
     assert owners == {cluster.get(FEDERATEDTASKS, "default", "digits")["metadata"]["uid"]}
+
+
+def train_pods(kubelet, task: str) -> list[str]:
+    return [name for name in kubelet.started if name.startswith(f"{task}-r") and "-train-" in name]
+
+
+def test_a_gpu_task_lands_only_on_a_ready_untainted_uncordoned_node_with_a_free_gpu(cluster, operator, kubelet):
+    taint = [{"key": "maintenance", "value": "true", "effect": "NoSchedule"}]
+    cluster.apply(make_node("gpu-free", gpus=1, labels=DEVICE))
+    cluster.apply(make_node("gpu-cordoned", gpus=4, labels=DEVICE, unschedulable=True))
+    cluster.apply(make_node("gpu-notready", gpus=4, labels=DEVICE, ready=False))
+    cluster.apply(make_node("gpu-tainted", gpus=4, labels=DEVICE, taints=taint))
+    cluster.apply(make_node("cpu-only", cpu="16", labels=DEVICE))
+    gpu = {"count": 2, "perRound": 1,
+           "resources": {"requests": {"cpu": "250m", "memory": "128Mi", "nvidia.com/gpu": "1"},
+                         "limits": {"nvidia.com/gpu": "1"}}}
+    cluster.apply(digits_task("gpu", rounds=2, devices=gpu))
+
+    status = wait_for(lambda: finished(cluster, "gpu"), timeout=120, what="the GPU task to finish")
+
+    assert status["phase"] == "Succeeded", status.get("message")
+    placed = {kubelet.bindings[name] for name in train_pods(kubelet, "gpu")}
+    assert placed == {"gpu-free"}, placed
+
+
+def test_an_unschedulable_task_says_why_and_starts_when_a_suitable_node_appears(cluster, operator, kubelet):
+    cluster.apply(make_node("plain", labels={}))  # not a device node: the selector matches nothing
+    cluster.apply(digits_task("waiting", rounds=1))
+
+    def unschedulable():
+        """the Unschedulable condition"""
+        found = conditions.get_condition(task_status(cluster, "waiting").get("conditions"), conditions.UNSCHEDULABLE)
+        return found if found and found["status"] == conditions.TRUE else None
+
+    condition = wait_for(unschedulable, timeout=30)
+    assert condition["reason"] in (conditions.REASON_WAITING_FOR_DEVICES, conditions.REASON_NO_MATCHING_NODES, conditions.REASON_INSUFFICIENT_DEVICES,
+                                   conditions.REASON_INSUFFICIENT_RESOURCES), condition
+    assert "selector" in condition["message"], condition
+    assert not train_pods(kubelet, "waiting")
+    assert any(event["type"] == "Warning" for event in task_events(cluster, "waiting"))
+
+    cluster.apply(make_node("device", labels=DEVICE))
+    status = wait_for(lambda: finished(cluster, "waiting"), timeout=90, what="the task to start and finish")
+
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert not conditions.is_true(status["conditions"], conditions.UNSCHEDULABLE)
+
+
+def test_a_failing_training_pod_is_retried_then_replaced_and_the_round_completes(cluster, operator, kubelet):
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    kubelet.fail_device("flaky-r0001-train-", times=2)  # the first attempt and its one retry (backoffLimit 1)
+    cluster.apply(digits_task("flaky", rounds=1, devices={"count": 3, "perRound": 2}))
+
+    status = wait_for(lambda: finished(cluster, "flaky"), timeout=120, what="the task to finish")
+
+    assert status["phase"] == "Succeeded", status.get("message")
+    started = train_pods(kubelet, "flaky")
+    failed_device = started[0].split("-train-")[1]
+    assert f"flaky-r0001-train-{failed_device}-a1" in started, started  # retried under a new attempt name
+    record = status["history"][0]
+    assert failed_device not in record["returned"] and len(record["returned"]) == 2, record  # replaced
+    text = operator.metrics()
+    assert metric_value(text, "fedtask_pod_failures_total", namespace="default", task="flaky", stage="train") == 2.0
+    assert metric_value(text, "fedtask_rounds_total", namespace="default", task="flaky") == 1.0
+
+
+def test_an_operator_killed_mid_round_resumes_without_repeating_a_round_or_a_pod(cluster, operator, kubelet):
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    cluster.apply(make_node("node-b", labels=DEVICE))
+    cluster.apply(digits_task("phoenix", rounds=2))
+    wait_for(lambda: task_status(cluster, "phoenix").get("round") == 2, timeout=60, what="round 2")
+
+    operator.kill()
+    operator.start()
+
+    status = wait_for(lambda: finished(cluster, "phoenix"), timeout=120, what="the task to finish")
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [record["round"] for record in status["history"]] == [1, 2]
+    assert len(kubelet.started) == len(set(kubelet.started)), kubelet.started  # no pod was created twice
+    assert not any("-a1" in name for name in kubelet.started)  # and none was retried
+    text = wait_for(operator.metrics, timeout=10)
+    # the restarted process counts only what it saw finish; the status is the record of the rounds
+    assert metric_value(text, "fedtask_task_round", namespace="default", task="phoenix") == 2.0
+
+
+@pytest.mark.slow
+def test_suspend_resume_continues_at_the_same_round_and_deleting_a_task_removes_its_pods(cluster, operator, kubelet):
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    cluster.apply(make_node("node-b", labels=DEVICE))
+    cluster.apply(digits_task("pausable", rounds=3))
+    wait_for(lambda: task_status(cluster, "pausable").get("round") == 2, timeout=60, what="round 2")
+
+    cluster.patch(FEDERATEDTASKS, "default", "pausable", {"spec": {"suspend": True}})
+    suspended = wait_for(lambda: (lambda s: s if s.get("phase") == "Suspended" else None)(
+        task_status(cluster, "pausable")), timeout=30, what="Suspended")
+    suspended_round = suspended["round"]
+    wait_for(lambda: not [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("pausable-")],
+             timeout=30, what="the suspended task's pods to go")
+    started_while_suspended = len(kubelet.started)
+    cluster.patch(FEDERATEDTASKS, "default", "pausable", {"spec": {"suspend": False}})
+
+    status = wait_for(lambda: finished(cluster, "pausable"), timeout=120, what="the task to finish")
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [record["round"] for record in status["history"]] == [1, 2, 3]
+    assert suspended_round in (2, 3)
+    assert len(kubelet.started) > started_while_suspended
+
+    cluster.apply(digits_task("doomed", rounds=3))
+    wait_for(lambda: [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-r0001")],
+             timeout=60, what="doomed's round 1 pods")
+    wait_for(lambda: metric_value(operator.metrics(), "fedtask_task_round", namespace="default", task="doomed")
+             is not None, timeout=10, what="doomed's metrics")
+    cluster.delete(FEDERATEDTASKS, "default", "doomed")
+
+    wait_for(lambda: not [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-")],
+             timeout=10, what="doomed's pods to be removed")
+    wait_for(lambda: 'task="doomed"' not in operator.metrics(), timeout=10, what="doomed's series to be removed")

@@ -76,12 +76,13 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
             elif request.action == kmock.action.UPDATE:
                 meta["resourceVersion"] = str(next(self._versions))
         response = await super()._handle(request)
-        if request.action == kmock.action.DELETE and request.name is not None and response.status < 300:
+        if request.action in (kmock.action.DELETE, kmock.action.CREATE) and response.status < 300:
             await self._collect_garbage()
         return response
 
     async def _collect_garbage(self) -> None:
-        """Delete objects whose every owner is gone (the cluster's garbage collector, foreground-less)."""
+        """Delete objects whose every owner is gone (the cluster's garbage collector, background mode): after a
+        deletion, and after a creation that names an owner which no longer exists."""
         async with self._lock:
             live_uids = {obj.raw.get("metadata", {}).get("uid")
                          for obj in self._objects.values() if not obj.deleted}

@@ -7,6 +7,7 @@ It also plays kube-scheduler's binding (spec.nodeName from the pod's hostname af
 from __future__ import annotations
 
 import pathlib
+import re
 import threading
 import time
 
@@ -27,6 +28,11 @@ def _bound_node(pod: dict) -> str:
     return (pod.get("spec") or {}).get("nodeName") or ""
 
 
+def _matches(name: str, prefix: str) -> bool:
+    """`prefix` ending in '-' matches any pod starting with it; otherwise the pod's name without `-aN`."""
+    return name.startswith(prefix) if prefix.endswith("-") else re.sub(r"-a\d+$", "", name) == prefix
+
+
 def _failed_status(pod: dict) -> dict:
     name = (pod["spec"]["containers"][0] or {}).get("name", "main")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -45,6 +51,7 @@ class ApiKubelet:
         self.bindings: dict[str, str] = {}  # pod name -> node
         self._failures: dict[str, int] = {}
         self._injected: set[str] = set()  # pods failed by injection (never run)
+        self._device_failures: tuple[str, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="test-kubelet", daemon=True)
         self.paused = threading.Event()  # set: pods are observed but no status is written back
@@ -52,6 +59,11 @@ class ApiKubelet:
 
     def fail_pods(self, prefix: str, times: int) -> None:
         self._failures[prefix] = times
+
+    def fail_device(self, prefix: str, times: int) -> None:
+        """The first pod started whose name starts with `prefix` picks the device: its next `times` pods fail
+        (the attempt suffix `-aN` is ignored), e.g. fail_device("t-r0001-train-", 2)."""
+        self._device_failures = (prefix, times)
 
     def __enter__(self) -> "ApiKubelet":
         self._thread.start()
@@ -83,7 +95,11 @@ class ApiKubelet:
             node = _bound_node(pod)
             self.bindings[name] = node
             self.started.append(name)
-            prefix = next((p for p, n in self._failures.items() if name.startswith(p) and n > 0), None)
+            if self._device_failures and name.startswith(self._device_failures[0]):
+                _, times = self._device_failures
+                self._failures[re.sub(r"-a\d+$", "", name)] = times
+                self._device_failures = None
+            prefix = next((p for p, n in self._failures.items() if n > 0 and _matches(name, p)), None)
             if prefix is not None:
                 self._failures[prefix] -= 1
                 self._write(namespace, name, _failed_status(pod), node)
