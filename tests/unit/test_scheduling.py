@@ -339,7 +339,7 @@ def test_time_fair_brings_back_devices_that_fell_behind():
     result = select_devices([node_task(per_round=3, participation=participation, fairness_share=0)], fleet(), [])
     chosen = nodes_of(result, "ns/a")
     assert "n00" in chosen
-    # by default the allowed lag grows with the mean (70% of it): 5 of a mean 9.5 is not behind yet
+    # by default the allowed lag grows with the mean (half of it): 5 of a mean 9.5 is not behind yet
     assert "n00" not in nodes_of(select_devices([node_task(per_round=3, participation=participation)], fleet(), []),
                                  "ns/a")
     participation["n00"] = 2

@@ -31,7 +31,7 @@ from .types import Assignment, DeviceRequest, DeviceSlot, TaskAssignment
 POLICIES = ("time-fair", "fastest", "random", "round-robin")
 TIME_POLICIES = ("time-fair", "fastest")
 DEFAULT_FAIRNESS_BOUND = 2.0  # rounds a device may fall behind its task's mean participation under `time-fair`...
-DEFAULT_FAIRNESS_SHARE = 0.7  # ...or this share of the mean, whichever is larger (slow devices train less often)
+DEFAULT_FAIRNESS_SHARE = 0.5  # ...or this share of the mean, whichever is larger (slow devices train less often)
 AGING_SECONDS = 60.0  # a waiting task gains one priority level per minute
 
 

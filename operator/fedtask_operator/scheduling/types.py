@@ -23,7 +23,7 @@ class DeviceRequest:
     samples: dict = field(default_factory=dict)  # device -> sample count, when known
     round: int = 1  # the round being scheduled (seeds `random`, rotates `round-robin`)
     fairness_bound: float | None = None  # time-fair: rounds a device may fall behind the mean (None: the default, 2)
-    fairness_share: float | None = None  # ... or this share of the mean when larger (None: the default, 0.7)
+    fairness_share: float | None = None  # ... or this share of the mean when larger (None: the default, 0.5)
 
 
 @dataclass(frozen=True)
