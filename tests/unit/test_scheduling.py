@@ -398,3 +398,34 @@ def test_jain_index():
     assert jain_index([1, 0, 0, 0]) == pytest.approx(0.25)
     assert jain_index([]) == 1.0
     assert math.isclose(jain_index([1, 2]), 9 / 10)
+
+
+# --- the request from a FederatedTask -------------------------------------------------------------------------------
+
+def test_build_device_request_reads_spec_and_status():
+    from fedtask_operator.scheduling import build_device_request
+    from fedtask_operator.spec import parse_task
+
+    task = parse_task({
+        "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "metadata": {"name": "vision", "namespace": "ml"},
+        "spec": {"data": {"source": "hostPath"},
+                 "devices": {"perRound": 3, "selector": {"matchLabels": {"gpu": "yes"}},
+                             "resources": {"requests": {"cpu": "500m", "nvidia.com/gpu": 1}},
+                             "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+                 "scheduling": {"priority": 7, "policy": "fastest"}},
+        "status": {"round": 4, "participation": {"n1": 2}, "trainSecondsEstimate": {"n1": 3.5},
+                   "waitingSince": "2026-01-01T00:00:00Z",
+                   "devices": [{"device": "n1", "node": "n1", "result": {"num_samples": 640}}]},
+    })
+    request = build_device_request(task, now=5.0)
+    assert (request.task, request.per_round, request.node_devices, request.priority, request.policy) == (
+        "ml/vision", 3, True, 7, "fastest")
+    assert request.requests == {"cpu": "500m", "nvidia.com/gpu": 1}
+    assert request.selector["matchLabels"] == {"gpu": "yes"}
+    assert request.tolerations[0]["key"] == "gpu" and request.tolerations[0]["operator"] == "Exists"
+    assert request.participation == {"n1": 2} and request.train_seconds == {"n1": 3.5}
+    assert request.samples == {"n1": 640} and request.round == 4
+    assert request.waiting_since == 1767225600.0
+    nodes = [make_node("n1", gpus=1, labels={"gpu": "yes"}, taints=[{"key": "gpu", "effect": "NoSchedule"}])]
+    result = select_devices([build_device_request(task, now=5.0)], nodes, [])
+    assert "1 of 1 nodes qualify" in result.tasks["ml/vision"].waiting_reason  # perRound 3 > 1 node
