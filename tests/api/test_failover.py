@@ -1,0 +1,41 @@
+"""High availability: a standby replica (lower kopf peering priority) never acts while the active one runs, and
+takes over when the active one dies; the task completes with every round exactly once."""
+from __future__ import annotations
+
+import pytest
+
+from tests.api.test_operator import DEVICE, digits_task, finished
+from tests.support.kube import make_node
+from tests.support.operator import OperatorProcess, task_status, wait_for
+
+pytestmark = pytest.mark.api
+
+LIFETIME = 4  # seconds before a silent peer is presumed dead
+
+
+def test_the_standby_stays_idle_and_takes_over_when_the_active_replica_dies(cluster, s3_server, store_bucket,
+                                                                            kubelet, tmp_path):
+    cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                   "metadata": {"name": "fedtask", "namespace": "default"}})
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    cluster.apply(make_node("node-b", labels=DEVICE))
+    peering = ("--peering=fedtask", f"--peering-lifetime={LIFETIME}")
+    active = OperatorProcess(cluster, s3_server, tmp_path / "active.log", *peering, "--priority=20").start()
+    standby = OperatorProcess(cluster, s3_server, tmp_path / "standby.log", *peering, "--priority=10").start()
+    try:
+        wait_for(lambda: "Pausing operations in favour of" in standby.log(), timeout=30, what="the standby to pause")
+        cluster.apply(digits_task("ha", rounds=2))
+        wait_for(lambda: task_status(cluster, "ha").get("round") == 1, timeout=60, what="round 1")
+        assert "Handler 'task_changed'" not in standby.log()  # the standby never acted
+
+        active.kill()
+        status = wait_for(lambda: finished(cluster, "ha"), timeout=120, what="the standby to finish the task")
+
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert [record["round"] for record in status["history"]] == [1, 2]
+        assert "Handler 'task_" in standby.log() or "Handler 'pod_changed'" in standby.log()
+        assert len(kubelet.started) == len(set(kubelet.started)), kubelet.started
+    finally:
+        active.stop()
+        standby.stop()
+        print(standby.log()[-5000:])
