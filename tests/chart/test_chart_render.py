@@ -18,7 +18,8 @@ import yaml
 
 from tests.support.tools import CHART, REPO, HelmError, Tools, helm_template
 
-KUBERNETES_VERSION = "1.34"  # recent; kubernetes-validate bundles schemas up to 1.37
+KUBERNETES_VERSIONS = ("1.34", "1.37")  # recent ones; kubernetes-validate bundles schemas up to 1.37
+KUBERNETES_VERSION = KUBERNETES_VERSIONS[-1]
 SCHEMAS = Path(__file__).parent / "schemas"
 CUSTOM_RESOURCE_SCHEMAS = {  # monitoring.coreos.com kinds: our own minimal schemas of the fields the chart sets
     "ServiceMonitor": SCHEMAS / "servicemonitor.json",
@@ -97,10 +98,11 @@ def test_every_object_is_valid_for_a_recent_kubernetes(rendered: dict[str, list[
             errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(obj)]
             assert not errors, f"{name}: {errors}"
             continue
-        try:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            pytest.fail(f"{combination}: {name}: {error.message} at {list(error.path)}")
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                pytest.fail(f"{combination}: {name} (Kubernetes {version}): {error.message} at {list(error.path)}")
 
 
 def test_chart_crds_folder_holds_valid_crds() -> None:
