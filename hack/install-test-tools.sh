@@ -6,7 +6,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-TOOLS="$ROOT/.tools"
+TOOLS="${FEDTASK_TOOLS_DIR:-$ROOT/.tools}"  # override: tests install into a temporary folder
 BIN="$TOOLS/bin"
 CACHE="$TOOLS/cache"
 PIP="${PIP:-$ROOT/.venv/bin/pip}"
