@@ -118,7 +118,7 @@ def test_kill_minus_9_of_the_whole_run_then_resume_runs_every_round_exactly_once
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "runs"
-    manifest = small_digits_task(tmp_path, "digits-ctrlc", rounds=6)
+    manifest = small_digits_task(tmp_path, "digits-ctrlc", rounds=4)
     proc = start_fedtask("run", str(manifest), "--workdir", str(workdir))
     wait_for_rounds(workdir, "digits-ctrlc", 2, proc)
 
@@ -131,7 +131,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     assert read_task(workdir, "digits-ctrlc")["status"]["phase"] == "Running"
     result = fedtask("run", str(manifest), "--workdir", str(workdir))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert_completed_exactly_once(read_task(workdir, "digits-ctrlc"), 6)
+    assert_completed_exactly_once(read_task(workdir, "digits-ctrlc"), 4)
 
 
 def test_two_tasks_share_one_fleet_each_with_its_own_progress(tmp_path):
@@ -197,3 +197,15 @@ def test_every_example_passes_fedtask_validate():
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(": valid") == 3  # the three tasks; the fleet file is checked as Nodes
+
+
+def test_a_task_the_fleet_cannot_serve_ends_the_run_with_the_reason(tmp_path):
+    manifest = small_digits_task(tmp_path, "needs-gpu", rounds=2,
+                                 devices={"count": 4, "perRound": 2, "resources": {"requests": {"nvidia.com/gpu": 1}}})
+
+    result = fedtask("run", str(manifest), "--workdir", str(tmp_path / "runs"))  # the built-in fleet has no GPU
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "needs-gpu: cannot progress on this fleet" in result.stdout and "nvidia.com/gpu" in result.stdout
+    conditions = {c["type"]: c for c in read_task(tmp_path / "runs", "needs-gpu")["status"]["conditions"]}
+    assert conditions["Unschedulable"]["status"] == "True"

@@ -70,6 +70,7 @@ class LocalRuntime:
         """Run until every task has finished or the run is stuck. Returns True when every task succeeded."""
         self.resume_pods()
         idle_since: float | None = None
+        idle_requeues = 0  # requeues that came due while nothing ran, and changed nothing
         changed = True
         streak = 0  # reconciles in a row that acted
         while True:
@@ -78,14 +79,16 @@ class LocalRuntime:
                 if task is not None and self.store.set_pod_status(task, pod["metadata"]["name"], status):
                     changed = True
             now = time.monotonic()
-            if any(run.requeue_at is not None and run.requeue_at <= now for run in self.runs.values()):
-                changed = True
+            requeued = any(run.requeue_at is not None and run.requeue_at <= now for run in self.runs.values())
+            changed |= requeued
             if changed:
                 acted = self.reconcile()
+                if requeued and not acted and idle_since is not None:
+                    idle_requeues += 1
                 changed = False
                 self.progress.update(self.tasks())
                 if acted:
-                    idle_since = None
+                    idle_since, idle_requeues = None, 0
                     changed = True  # a reconcile that acted is followed by another, until a fixpoint
                     streak += 1
                     if streak >= MAX_RECONCILE_STREAK:  # a planner that never settles must not spin a core
@@ -96,12 +99,14 @@ class LocalRuntime:
             if all(self._finished(name) for name in self.runs) and not self.kubelet.running():
                 return all(self._phase(name) == "Succeeded" for name in self.runs)
             if self.kubelet.running():
-                idle_since = None
+                idle_since, idle_requeues = None, 0
                 self.progress.update(self.tasks())
                 self.kubelet.wait_for_change(POLL_SECONDS)
                 continue
+            # Nothing runs and the fleet is fixed: once a requeue has changed nothing (or none is pending), no
+            # later one will either. The task's conditions say why (e.g. Unschedulable: short of nvidia.com/gpu).
             idle_since = idle_since or now
-            if now - idle_since > STUCK_AFTER_SECONDS and not self._requeue_soon(now):
+            if now - idle_since > STUCK_AFTER_SECONDS and (idle_requeues or not self._requeue_pending()):
                 return False
             time.sleep(IDLE_SECONDS)
 
@@ -181,9 +186,8 @@ class LocalRuntime:
     def _finished(self, name: str) -> bool:
         return self._phase(name) in FINISHED_PHASES
 
-    def _requeue_soon(self, now: float) -> bool:
-        return any(run.requeue_at is not None and run.requeue_at - now < 30 and not self._finished(run.name)
-                   for run in self.runs.values())
+    def _requeue_pending(self) -> bool:
+        return any(run.requeue_at is not None and not self._finished(run.name) for run in self.runs.values())
 
     @staticmethod
     def _pod_key(pod: dict) -> str:
