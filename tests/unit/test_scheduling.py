@@ -429,3 +429,9 @@ def test_build_device_request_reads_spec_and_status():
     nodes = [make_node("n1", gpus=1, labels={"gpu": "yes"}, taints=[{"key": "gpu", "effect": "NoSchedule"}])]
     result = select_devices([build_device_request(task, now=5.0)], nodes, [])
     assert "1 of 1 nodes qualify" in result.tasks["ml/vision"].waiting_reason  # perRound 3 > 1 node
+
+
+def test_shards_of_competing_tasks_spread_over_equal_nodes():
+    nodes = [make_node("n0", cpu="8"), make_node("n1", cpu="8")]
+    result = select_devices([shard_task("ns/s1"), shard_task("ns/s2")], nodes, [])
+    assert sorted(nodes_of(result, "ns/s1") + nodes_of(result, "ns/s2")) == ["n0", "n1"]

@@ -157,6 +157,7 @@ class _Context:
             if len(owners) == 1:
                 self.training_only.setdefault(next(iter(owners)), []).append(node)
         self.node_owner: dict[int, str] = {}  # node -> node-device task that got it this period
+        self.period_load = np.zeros(n)  # train pods placed on each node this period, by any task
         self.pod_column = fleet.column(POD_COUNT)
 
     # --- masks -----------------------------------------------------------------------------------------------
@@ -585,6 +586,7 @@ def _assign_node_tasks(context: _Context, tasks: list[_Task]) -> None:
                                  estimated_seconds=round(float(task.est[n]), 6)) for n in chosen]
         for node in chosen:
             context.node_owner[node] = task.key
+            context.period_load[node] += 1
     if served:
         free = context.free.copy()
         for task in served:
@@ -648,10 +650,13 @@ def _place_shards(context: _Context, task: _Task) -> None:
     shards = _choose_shards(task, count)
     speed = context.speed(task)
     cand = task.candidates
-    # The best placement only ever uses the per_round fastest qualifying nodes (an unused one beats any slower node).
+    # Train pods placed on one node this period share its speed. The best placement only ever uses the per_round
+    # nodes with the highest speed per pod (an unused one of them beats any other node).
+    shared = context.period_load
+    per_pod = speed / (1 + shared)
     if len(cand) > request.per_round:
-        cand = cand[np.argpartition(-speed[cand], request.per_round - 1)[: request.per_round]]
-    cand = cand[np.lexsort((cand, -speed[cand]))]
+        cand = cand[np.argpartition(-per_pod[cand], request.per_round - 1)[: request.per_round]]
+    cand = cand[np.lexsort((cand, -per_pod[cand]))]
     work = _shard_work(context, task, shards, speed)
     free = context.free
     rows = {int(n): free[n].copy() for n in cand}
@@ -662,7 +667,7 @@ def _place_shards(context: _Context, task: _Task) -> None:
         for node in rows:
             row = rows[node]
             if all(column is not None and row[column] >= amount for _, column, amount in task.requests):
-                finish = seconds * (load[node] + 1) / speed[node]
+                finish = seconds * (shared[node] + load[node] + 1) / speed[node]
                 if best is None or finish < best[0]:
                     best = (finish, node)
         if best is None:
@@ -684,9 +689,11 @@ def _place_shards(context: _Context, task: _Task) -> None:
     seconds_of = dict(zip(shards, work))
     task.slots = [
         DeviceSlot(device=shard_device_id(shard), node=fleet.names[node],
-                   estimated_seconds=round(float(seconds_of[shard] * load[node] / speed[node]), 6))
+                   estimated_seconds=round(float(seconds_of[shard] * (shared[node] + load[node]) / speed[node]), 6))
         for shard, node in sorted(placements)
     ]
+    for node, placed in load.items():
+        shared[node] += placed
 
 
 def _choose_shards(task: _Task, count: int) -> list[int]:
