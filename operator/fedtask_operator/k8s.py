@@ -1,7 +1,7 @@
 """The operator's I/O: observe a task, call the planner (and the scheduler), apply the plan through the API.
 
 Handlers (handlers.py) only call `Reconciler.request(namespace, name, views)`. One reconcile:
-1. fetch the task (a GET: the index may lag behind our own last status patch);
+1. take the task from the index, or our own last write while the index lags behind it (no request);
 2. observe its pods (kopf index, kept current by the watch) and the nodes;
 3. `plan_task`; if it needs devices, select devices jointly for every task in the Scheduling stage and plan again;
 4. patch the status when it changed, then create pods (AlreadyExists is success), delete pods (NotFound is success)
@@ -95,21 +95,11 @@ class KubeApi:
 
         return json.loads(response.data or b"{}")
 
-    async def fetch_task(self, namespace: str, name: str) -> dict | None:
-        def call():
-            try:
-                return self._json(self._custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self._timeout))
-            except self._exception as error:
-                if error.status == 404:
-                    return None
-                raise
-        return await asyncio.to_thread(call)
-
-    async def patch_task_status(self, namespace: str, name: str, patch: dict) -> None:
-        await asyncio.to_thread(lambda: self._custom.patch_namespaced_custom_object_status(
+    async def patch_task_status(self, namespace: str, name: str, patch: dict) -> dict:
+        """Merge-patch the status; returns the task as stored after the patch."""
+        return self._json(await asyncio.to_thread(lambda: self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False,
-            _request_timeout=self._timeout))
+            _request_timeout=self._timeout)))
 
     async def create_pod(self, namespace: str, manifest: dict) -> bool:
         """Create a pod; False when it already exists (a retry of an earlier reconcile)."""
@@ -154,6 +144,10 @@ class Reconciler:
         self._dirty: set[tuple[str, str]] = set()
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._views: ClusterView | None = None
+        # Our own last status write per task, and the versions it superseded: the watch (and so the index) may not
+        # have delivered our write yet, and planning from the older version would repeat a step.
+        self._written: dict[tuple[str, str], dict] = {}
+        self._superseded: dict[tuple[str, str], set[str]] = {}
 
     async def request(self, namespace: str, name: str, views: ClusterView) -> None:
         key = (namespace, name)
@@ -175,6 +169,8 @@ class Reconciler:
             self._dirty.discard(key)
 
     def forget(self, namespace: str, name: str) -> None:
+        self._written.pop((namespace, name), None)
+        self._superseded.pop((namespace, name), None)
         timer = self._timers.pop((namespace, name), None)
         if timer is not None:
             timer.cancel()
@@ -190,7 +186,7 @@ class Reconciler:
 
     async def _reconcile(self, namespace: str, name: str, views: ClusterView) -> bool:
         """One observe-plan-apply pass; True when the status moved without a pod change (plan again at once)."""
-        task = await self.api.fetch_task(namespace, name)
+        task = self._current_task(namespace, name, views)
         if task is None or task.get("metadata", {}).get("deletionTimestamp"):
             return False
         now = datetime.now(timezone.utc)
@@ -203,6 +199,17 @@ class Reconciler:
         if plan.requeue_after is not None:
             self._requeue(namespace, name, plan.requeue_after)
         return changed and not plan.create and not plan.delete
+
+    def _current_task(self, namespace: str, name: str, views: ClusterView) -> dict | None:
+        """The newest task we know without a request: the index, or our own write when the index still lags."""
+        key = (namespace, name)
+        indexed = list(views.tasks.get(key, ()))
+        if not indexed:
+            return None
+        version = indexed[-1].get("metadata", {}).get("resourceVersion")
+        if version in self._superseded.get(key, ()) and key in self._written:
+            return self._written[key]
+        return indexed[-1]
 
     async def _plan_with_devices(self, task: dict, observed: Observed, plan: Plan, views: ClusterView,
                                  now: datetime) -> Plan:
@@ -226,23 +233,36 @@ class Reconciler:
         return plan_task(task, observed, self.runtime_config, assignment.tasks.get(key))
 
     async def apply(self, task: dict, plan: Plan) -> bool:
-        """Status first (it holds every result before a pod goes), then pods, then events."""
+        """Status and new pods together, then deletions, then events.
+
+        A pod is deleted only after the status holding its result is stored. New pods are created alongside the
+        status write: their names are deterministic, so if the write fails the next pass finds them (AlreadyExists
+        is success) instead of duplicating them."""
         namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
         old_status = task.get("status") or {}
         patch = build_status_patch(old_status, plan.status)
-        if patch:
-            await self.api.patch_task_status(namespace, name, patch)
-            metrics.record_status_change(namespace, name, old_status, plan.status)
         owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
                  "uid": task["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
-        creations = []
+        writes = [self._write_status(task, patch, plan.status)] if patch else []
         for manifest in plan.create:
             metadata = manifest.setdefault("metadata", {})
             if not metadata.get("ownerReferences"):
                 metadata["ownerReferences"] = [owner]
-            creations.append(self.api.create_pod(namespace, manifest))
-        await asyncio.gather(*creations)
+            writes.append(self.api.create_pod(namespace, manifest))
+        await asyncio.gather(*writes)
         await asyncio.gather(*(self.api.delete_pod(namespace, pod) for pod in plan.delete))
         for event in plan.events:
             self.post_event(task, event.type, event.reason, event.message)
         return bool(patch)
+
+    async def _write_status(self, task: dict, patch: dict, new_status: dict) -> None:
+        namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
+        stored = await self.api.patch_task_status(namespace, name, patch)
+        metrics.record_status_change(namespace, name, task.get("status") or {}, new_status)
+        key = (namespace, name)
+        superseded = self._superseded.setdefault(key, set())
+        superseded.add(task.get("metadata", {}).get("resourceVersion"))
+        if key in self._written:
+            superseded.add(self._written[key].get("metadata", {}).get("resourceVersion"))
+        superseded.discard(stored.get("metadata", {}).get("resourceVersion"))
+        self._written[key] = stored

@@ -19,7 +19,7 @@ def test_the_standby_stays_idle_and_takes_over_when_the_active_replica_dies(clus
                    "metadata": {"name": "fedtask", "namespace": "default"}})
     cluster.apply(make_node("node-a", labels=DEVICE))
     cluster.apply(make_node("node-b", labels=DEVICE))
-    peering = ("--peering=fedtask", f"--peering-lifetime={LIFETIME}")
+    peering = ("--peering=fedtask", f"--peering-lifetime={LIFETIME}", "--verbose")
     active = OperatorProcess(cluster, s3_server, tmp_path / "active.log", *peering, "--priority=20").start()
     standby = OperatorProcess(cluster, s3_server, tmp_path / "standby.log", *peering, "--priority=10").start()
     try:

@@ -21,6 +21,7 @@ import json
 import pathlib
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -57,11 +58,23 @@ def _now() -> str:
 
 
 class FedtaskEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator with the metadata a real API server maintains, and the ownerReferences cascade."""
+    """kmock's emulator with the metadata a real API server maintains, and the ownerReferences cascade.
+
+    `timeline` records (monotonic time, action, plural, name, status.phase) of every create and patch.
+    """
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.timeline: list[tuple] = []
 
     _versions = itertools.count(1)
 
     async def _handle(self, request: kmock.Request):
+        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+            data = request.data if isinstance(request.data, dict) else {}
+            self.timeline.append((time.monotonic(), str(request.action.value).lower(), request.resource.plural,
+                                  request.name or data.get("metadata", {}).get("name"),
+                                  (data.get("status") or {}).get("phase")))
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if request.action == kmock.action.CREATE:

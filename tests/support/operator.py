@@ -23,7 +23,7 @@ class OperatorProcess:
                      f"--metrics-port={self.metrics_port}",
                      f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
                      f"--store-endpoint={s3.endpoint}", f"--store-bucket={bucket}", "--no-store-secure",
-                     f"--store-region={s3.region}", f"--resync-seconds={resync_seconds}", "--verbose", *extra]
+                     f"--store-region={s3.region}", f"--resync-seconds={resync_seconds}", *extra]
         self.env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
