@@ -65,6 +65,7 @@ async def startup(memo, settings, **_):
         api=k8s.KubeApi(request_timeout=memo.config.request_timeout),
         runtime_config=k8s.build_runtime_config(memo.config),
         clusterwide=memo.config.clusterwide,
+        keep_finished_pods=memo.config.clean_pod_policy == "None",
         post_event=lambda body, type_, reason, message: kopf.event(body, type=type_, reason=reason,
                                                                    message=message))
 
@@ -100,6 +101,17 @@ async def node_changed(memo, **kwargs):
             await memo.reconciler.request(namespace, name, views)
 
 
+async def cleanup_store(body, memo, logger, **_):
+    """The task is being deleted: remove its objects from the store (the finalizer holds the deletion until then)."""
+    import asyncio
+    import os
+
+    count = await asyncio.to_thread(k8s.delete_store_objects, _plain(body), memo.reconciler.runtime_config,
+                                    os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                                    os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    logger.info(f"deleted {count} store objects")
+
+
 def register(config) -> None:
     """Register the handlers with kopf's default registry (intervals come from the configuration)."""
     global _registered
@@ -118,3 +130,5 @@ def register(config) -> None:
     kopf.on.event(*TASKS)(task_event)
     kopf.on.event("pods", labels={TASK_LABEL: kopf.PRESENT})(pod_changed)
     kopf.on.event("nodes")(node_changed)
+    if config.cleanup_store:  # the only reason for a finalizer: without it, deletion never waits for the operator
+        kopf.on.delete(*TASKS)(cleanup_store)

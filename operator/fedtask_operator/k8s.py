@@ -135,10 +135,12 @@ class KubeApi:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event):
+    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event,
+                 keep_finished_pods: bool = False):
         self.api = api
         self.runtime_config = runtime_config
         self.clusterwide = clusterwide
+        self.keep_finished_pods = keep_finished_pods  # cleanPodPolicy None: finished pods stay until the task goes
         self.post_event = post_event  # post_event(task_body, type, reason, message)
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
@@ -195,6 +197,10 @@ class Reconciler:
         plan = plan_task(task, observed, self.runtime_config, None)
         if plan.needs_devices:
             plan = await self._plan_with_devices(task, observed, plan, views, now)
+        if self.keep_finished_pods:
+            finished = {pod["metadata"]["name"] for pod in pods
+                        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
+            plan.delete = [name_ for name_ in plan.delete if name_ not in finished]
         changed = await self.apply(task, plan)
         if plan.requeue_after is not None:
             self._requeue(namespace, name, plan.requeue_after)
@@ -266,3 +272,28 @@ class Reconciler:
             superseded.add(self._written[key].get("metadata", {}).get("resourceVersion"))
         superseded.discard(stored.get("metadata", {}).get("resourceVersion"))
         self._written[key] = stored
+
+
+def delete_store_objects(task_body: dict, runtime_config: RuntimeConfig, access_key: str, secret_key: str) -> int:
+    """Delete every object of one task incarnation (B = <storeBase>/<namespace>/<task>/<uid>); returns the count.
+
+    Only with `--cleanup-store`: the operator then needs the store credentials itself (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY in its environment)."""
+    import minio
+    from minio.deleteobjects import DeleteObject
+
+    from fedtask_operator.naming import split_s3_uri, store_base
+    from fedtask_operator.spec import parse_task
+
+    base = store_base(parse_task(task_body), runtime_config)
+    if not base.startswith("s3://"):
+        return 0
+    bucket, prefix = split_s3_uri(base)
+    endpoint = parse_task(task_body).spec.storage.endpoint or runtime_config.s3_endpoint
+    client = minio.Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=runtime_config.s3_secure,
+                         region=runtime_config.s3_region or None)
+    names = [obj.object_name for obj in client.list_objects(bucket, prefix=prefix + "/", recursive=True)]
+    errors = list(client.remove_objects(bucket, [DeleteObject(name) for name in names]))
+    if errors:
+        raise RuntimeError(f"store cleanup of {base}: {len(errors)} objects not deleted, first: {errors[0]}")
+    return len(names)

@@ -8,7 +8,7 @@ from tests.api.test_operator import DEVICE, digits_task, finished
 from tests.support.kube import make_node
 from tests.support.operator import OperatorProcess, task_status, wait_for
 
-pytestmark = pytest.mark.api
+pytestmark = [pytest.mark.api, pytest.mark.slow]  # ~20 s: two operators and a 4 s peering lifetime
 
 LIFETIME = 4  # seconds before a silent peer is presumed dead
 

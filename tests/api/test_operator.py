@@ -180,3 +180,28 @@ def test_suspend_resume_continues_at_the_same_round_and_deleting_a_task_removes_
     wait_for(lambda: not [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-")],
              timeout=10, what="doomed's pods to be removed")
     wait_for(lambda: 'task="doomed"' not in operator.metrics(), timeout=10, what="doomed's series to be removed")
+
+
+@pytest.mark.slow
+def test_store_cleanup_on_delete_uses_a_finalizer_and_removes_the_task_objects(cluster, s3_server, store_bucket,
+                                                                              kubelet, tmp_path):
+    from tests.support.operator import OperatorProcess
+
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    with OperatorProcess(cluster, s3_server, tmp_path / "operator.log", "--standalone", "--cleanup-store",
+                         "--clean-pod-policy=None") as operator:
+        cluster.apply(digits_task("tidy", rounds=1))
+        status = wait_for(lambda: finished(cluster, "tidy"), timeout=120, what="the task to finish")
+        assert status["phase"] == "Succeeded", status.get("message")
+        task = cluster.get(FEDERATEDTASKS, "default", "tidy")
+        assert task["metadata"].get("finalizers") == ["fedtask.io/cleanup-store"]
+        finished_pods = [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("tidy-r0001")]
+        assert finished_pods, "cleanPodPolicy None keeps finished pods"
+        client = s3_server.client()
+        prefix = f"default/tidy/{task['metadata']['uid']}/"
+        assert list(client.list_objects("fedtask", prefix=prefix, recursive=True))
+
+        cluster.delete(FEDERATEDTASKS, "default", "tidy")
+        wait_for(lambda: cluster.get(FEDERATEDTASKS, "default", "tidy") is None, timeout=30, what="the deletion")
+        assert not list(client.list_objects("fedtask", prefix=prefix, recursive=True))
+        print(operator.log()[-3000:])
