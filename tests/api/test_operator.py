@@ -49,8 +49,15 @@ def test_a_three_round_task_succeeds_with_history_model_and_metrics(cluster, ope
     assert status["model"]["uri"].startswith("s3://fedtask/")
     assert 0.0 < status["accuracy"] <= 1.0
     assert conditions.is_true(status["conditions"], conditions.SUCCEEDED)
-    reasons = [event["reason"] for event in task_events(cluster, "digits")]
-    assert reasons, "no events posted"
+    def reasons():
+        """the task's events: started, 3 rounds started and completed, succeeded"""
+        found = [event["reason"] for event in task_events(cluster, "digits")]
+        return found if found.count("RoundCompleted") == 3 and "TaskSucceeded" in found else None
+
+    found = wait_for(reasons, timeout=10)
+    assert found.count("RoundStarted") == 3 and "Started" in found, found
+    completed = [event["message"] for event in task_events(cluster, "digits") if event["reason"] == "RoundCompleted"]
+    assert all("accuracy" in message for message in completed), completed
     text = operator.metrics()
     assert metric_value(text, "fedtask_rounds_total", namespace="default", task="digits") == 3.0
     assert metric_value(text, "fedtask_task_round", namespace="default", task="digits") == 3.0
@@ -102,7 +109,8 @@ def test_an_unschedulable_task_says_why_and_starts_when_a_suitable_node_appears(
                                    conditions.REASON_INSUFFICIENT_RESOURCES), condition
     assert "selector" in condition["message"], condition
     assert not train_pods(kubelet, "waiting")
-    assert any(event["type"] == "Warning" for event in task_events(cluster, "waiting"))
+    wait_for(lambda: any(event["type"] == "Warning" for event in task_events(cluster, "waiting")), timeout=10,
+             what="a Warning event saying why")  # kopf posts events in the background
 
     cluster.apply(make_node("device", labels=DEVICE))
     status = wait_for(lambda: finished(cluster, "waiting"), timeout=90, what="the task to start and finish")
@@ -119,6 +127,8 @@ def test_a_failing_training_pod_is_retried_then_replaced_and_the_round_completes
     status = wait_for(lambda: finished(cluster, "flaky"), timeout=120, what="the task to finish")
 
     assert status["phase"] == "Succeeded", status.get("message")
+    wait_for(lambda: {"PodFailed", "DeviceReplaced"} <= {e["reason"] for e in task_events(cluster, "flaky")},
+             timeout=10, what="PodFailed and DeviceReplaced events")
     started = train_pods(kubelet, "flaky")
     failed_device = started[0].split("-train-")[1]
     assert f"flaky-r0001-train-{failed_device}-a1" in started, started  # retried under a new attempt name
