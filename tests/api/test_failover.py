@@ -23,10 +23,12 @@ def test_the_standby_stays_idle_and_takes_over_when_the_active_replica_dies(clus
     active = OperatorProcess(cluster, s3_server, tmp_path / "active.log", *peering, "--priority=20").start()
     standby = OperatorProcess(cluster, s3_server, tmp_path / "standby.log", *peering, "--priority=10").start()
     try:
-        wait_for(lambda: "Pausing operations in favour of" in standby.log(), timeout=30, what="the standby to pause")
+        wait_for(lambda: "Pausing" in standby.log() and "Pausing" in active.log(), timeout=30,
+                 what="both replicas to start paused until peering settles")
         cluster.apply(digits_task("ha", rounds=2))
         wait_for(lambda: task_status(cluster, "ha").get("round") == 1, timeout=60, what="round 1")
         assert "Handler 'task_changed'" not in standby.log()  # the standby never acted
+        assert "Resuming operations" not in standby.log()
 
         active.kill()
         status = wait_for(lambda: finished(cluster, "ha"), timeout=120, what="the standby to finish the task")
