@@ -21,10 +21,11 @@ def test_the_standby_stays_idle_and_takes_over_when_the_active_replica_dies(clus
     cluster.apply(make_node("node-b", labels=DEVICE))
     peering = ("--peering=fedtask", f"--peering-lifetime={LIFETIME}", "--verbose")
     active = OperatorProcess(cluster, s3_server, tmp_path / "active.log", *peering, "--priority=20").start()
-    standby = OperatorProcess(cluster, s3_server, tmp_path / "standby.log", *peering, "--priority=10").start()
+    standby = OperatorProcess(cluster, s3_server, tmp_path / "standby.log", *peering, "--priority=10")
     try:
-        wait_for(lambda: "Pausing" in standby.log() and "Pausing" in active.log(), timeout=30,
-                 what="both replicas to start paused until peering settles")
+        wait_for(lambda: "Resuming operations" in active.log(), timeout=30, what="the active replica to run")
+        standby.start()
+        wait_for(lambda: "Pausing" in standby.log(), timeout=30, what="the standby to pause")
         cluster.apply(digits_task("ha", rounds=2))
         wait_for(lambda: task_status(cluster, "ha").get("round") == 1, timeout=60, what="round 1")
         assert "Handler 'task_changed'" not in standby.log()  # the standby never acted
