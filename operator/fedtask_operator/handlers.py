@@ -87,7 +87,9 @@ async def task_event(type, namespace, name, memo, **_):
         metrics.forget_task(namespace, name)
 
 
-async def pod_changed(body, namespace, memo, **kwargs):
+async def pod_changed(type, body, namespace, memo, **kwargs):
+    if type == "DELETED" and (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return  # a finished pod goes only once its result is in the status (the resync timer covers the rest)
     task = k8s.owning_task(body)
     if task:
         await memo.reconciler.request(namespace, task, _views(kwargs))
