@@ -187,8 +187,9 @@ def test_suspend_resume_continues_at_the_same_round_and_deleting_a_task_removes_
              is not None, timeout=10, what="doomed's metrics")
     cluster.delete(FEDERATEDTASKS, "default", "doomed")
 
-    wait_for(lambda: not [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-")],
-             timeout=10, what="doomed's pods to be removed")
+    left = lambda: [(p["metadata"]["name"], p["metadata"].get("ownerReferences"), p.get("status", {}).get("phase"))  # noqa: E731
+                    for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-")]
+    wait_for(lambda: not left(), timeout=10, what=f"doomed's pods to be removed: {left()} {cluster.get(FEDERATEDTASKS, 'default', 'doomed')}")
     wait_for(lambda: 'task="doomed"' not in operator.metrics(), timeout=10, what="doomed's series to be removed")
 
 

@@ -192,12 +192,20 @@ class EmulatedCluster:
         self.emulator.resources[resource] = info
         for resource, info in KOPF_PEERINGS.items():
             self.emulator.resources[resource] = info
+        self._sweeper = asyncio.ensure_future(self._sweep_garbage())
         for namespace in self.namespaces:
             self.emulator.objects[NAMESPACES, None, namespace] = {
                 "apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": namespace, "uid": str(uuid.uuid4()), "resourceVersion": "1"}}
 
+    async def _sweep_garbage(self) -> None:
+        """The garbage collector also sweeps periodically, as the cluster's does (it is eventually consistent)."""
+        while True:
+            await asyncio.sleep(0.5)
+            await self.emulator._collect_garbage()
+
     async def _stop(self) -> None:
+        self._sweeper.cancel()
         await self._stack.aclose()
 
     def call(self, coroutine, timeout: float = 30):
