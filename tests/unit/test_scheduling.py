@@ -200,6 +200,29 @@ def test_node_running_another_tasks_train_pod_is_taken_but_own_is_not():
     assert len(nodes_of(select_devices([node_task(per_round=2)], nodes, finished), "ns/a")) == 2
 
 
+def test_a_created_train_pod_counts_on_its_node_before_it_is_bound():
+    """Between our pod's creation and kube-scheduler's binding (spec.nodeName) its node is already taken: the pod is
+    pinned by required node affinity, so another task's period must not book the same node or resources."""
+    def unbound(pod):
+        node = pod["spec"].pop("nodeName")
+        pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}
+        pod["status"] = {"phase": "Pending"}
+        return pod
+
+    nodes = [make_node("busy", cpu="1"), make_node("free", cpu="1")]
+    pending = [unbound(make_train_pod("ns/other", "busy"))]  # 500m of busy's 1 cpu
+    result = select_devices([node_task(per_round=2)], nodes, pending)
+    assert "1 taken by ns/other" in result.tasks["ns/a"].waiting_reason
+    assert nodes_of(select_devices([shard_task(per_round=1, requests={"cpu": "1"})], nodes, pending), "ns/s") == [
+        "free"]
+    either = unbound(make_pod("p", "busy", {"cpu": "1"}))
+    either["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][
+        0]["matchExpressions"][0]["values"].append("free")  # not pinned to one node: it counts nowhere yet
+    assert len(nodes_of(select_devices([node_task(per_round=2)], nodes, [either]), "ns/a")) == 2
+
+
 def test_node_devices_are_never_double_booked_within_a_period():
     nodes = [make_node(f"n{i}", cpu="32") for i in range(4)]
     tasks = [node_task(f"ns/t{i}", per_round=2) for i in range(2)]

@@ -16,6 +16,21 @@ from .matching import BLOCKING_EFFECTS
 TERMINATED_PHASES = ("Succeeded", "Failed")
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 POD_COUNT = "pods"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def _pinned_hostname(spec: dict) -> str | None:
+    """The one node a not-yet-bound pod is pinned to by required node affinity on kubernetes.io/hostname (our train
+    pods are): its requests count there from creation on, so two tasks never book the same free resources."""
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or ()
+    if len(terms) != 1:
+        return None
+    expressions = terms[0].get("matchExpressions") or ()
+    if len(expressions) == 1 and expressions[0].get("key") == HOSTNAME_LABEL and \
+            expressions[0].get("operator") == "In" and len(expressions[0].get("values") or ()) == 1:
+        return expressions[0]["values"][0]
+    return None
 
 
 class FleetError(ValueError):
@@ -221,7 +236,7 @@ def build_fleet(nodes, pods=()) -> Fleet:
     for i, pod in enumerate(pods):
         try:
             spec = pod["spec"]
-            node_index = index.get(spec.get("nodeName"))
+            node_index = index.get(spec.get("nodeName") or _pinned_hostname(spec))
         except (KeyError, TypeError, AttributeError):
             if not isinstance(pod, dict):
                 raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}") from None
