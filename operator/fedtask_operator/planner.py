@@ -29,6 +29,7 @@ from fedtask_operator import conditions, naming, pods
 from fedtask_operator.pods import RuntimeConfig
 from fedtask_operator.scheduling.estimates import update_train_estimate
 from fedtask_operator.scheduling.matching import matches_selector
+from fedtask_operator.scheduling.request import build_device_request, sample_count
 from fedtask_operator.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
 from fedtask_operator.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task
 
@@ -586,7 +587,7 @@ def _plan_initializing(ctx: _Planning) -> bool:
 
 
 def _start_round(ctx: _Planning, round_: int) -> None:
-    ctx.status.update(round=round_, stage=SCHEDULING, devices=[], waitingSince=ctx.stamp)
+    ctx.status.update(round=round_, stage=SCHEDULING, devices=[], assignment=[], waitingSince=ctx.stamp)
     ctx.status.pop("current", None)
     ctx.status.pop("roundStartTime", None)
     ctx.status.pop("currentRound", None)
@@ -614,6 +615,7 @@ def _plan_scheduling(ctx: _Planning) -> bool:
     ctx.status.pop("waitingSince", None)
     ctx.status.update(stage=TRAINING, roundStartTime=ctx.stamp,
                       devices=[_device_record(ctx, slot) for slot in slots])
+    _record_assignment(ctx, slots)
     ctx.status["currentRound"] = {"round": ctx.round, "startTime": ctx.stamp}
     names = _listed([slot.device for slot in slots], ", ")
     ctx.progressing(conditions.REASON_TRAINING, f"round {ctx.round}: training on {len(slots)} devices")
@@ -631,7 +633,7 @@ def _mark_unschedulable(ctx: _Planning, reason: str, message: str) -> None:
 
 def _ask_for_devices(ctx: _Planning, count: int) -> None:
     ctx.needs_devices = True
-    ctx.device_request = build_device_request(ctx.task, ctx.status, count)
+    ctx.device_request = _device_request(ctx.task, ctx.status, count)
 
 
 def _new_slots(ctx: _Planning, assignment: TaskAssignment, wanted: int) -> list[DeviceSlot]:
@@ -645,6 +647,16 @@ def _new_slots(ctx: _Planning, assignment: TaskAssignment, wanted: int) -> list[
     return slots
 
 
+def _record_assignment(ctx: _Planning, slots: list[DeviceSlot]) -> None:
+    """status.assignment: the scheduler's choices for this round, with its time estimates (replacements appended)."""
+    assignment = ctx.status.setdefault("assignment", [])
+    for slot in slots:
+        entry = {"device": slot.device, "node": slot.node}
+        if slot.estimated_seconds is not None:
+            entry["estimatedSeconds"] = round(float(slot.estimated_seconds), 3)
+        assignment.append(entry)
+
+
 def _device_record(ctx: _Planning, slot: DeviceSlot) -> dict:
     manifest = _build_train_pod(ctx, slot.device, slot.node, 0)
     return {"device": slot.device, "node": slot.node, "pod": manifest["metadata"]["name"], "state": POD_PENDING,
@@ -656,37 +668,14 @@ def _build_train_pod(ctx: _Planning, device: str, node: str, attempt: int) -> di
                                 attempt=attempt)
 
 
-def build_device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequest:
-    """What this task asks the scheduler for: `count` more devices for the current round."""
-    spec = task.spec
-    participation = dict(status.get("participation") or {})
-    for record in status.get("devices") or []:  # this round's devices: prefer others for replacements
+def _device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequest:
+    """What this task asks the scheduler for: `count` more devices for the current round; this round's devices count
+    as having participated, so replacements prefer other devices."""
+    request = build_device_request(task, status=status, per_round=count)
+    participation = dict(request.participation)
+    for record in status.get("devices") or []:
         participation[record["device"]] = participation.get(record["device"], 0) + 1
-    waiting_since = status.get("waitingSince")
-    return DeviceRequest(
-        task=task.key,
-        per_round=count,
-        requests=dict(spec.devices.resources.requests),
-        selector=encode(spec.devices.selector),
-        tolerations=tuple(encode(toleration) for toleration in spec.devices.tolerations),
-        node_devices=spec.data.source != "builtin",
-        shard_count=int(status.get("shardCount") or spec.devices.count or 0),
-        priority=spec.scheduling.priority,
-        policy=spec.scheduling.policy,
-        waiting_since=conditions.parse_time(waiting_since).timestamp() if waiting_since else None,
-        participation=participation,
-        train_seconds=dict(status.get("trainSecondsEstimate") or {}),
-        samples={record["device"]: _samples(record) for record in status.get("devices") or []
-                 if _samples(record)},
-        round=int(status.get("round") or 1),
-    )
-
-
-def _samples(record: dict) -> int:
-    """The sample count a train result reports (0 when it reports none or nonsense)."""
-    result = record.get("result")
-    value = _number(result.get("num_samples")) if isinstance(result, dict) else None
-    return int(value) if value is not None and value > 0 else 0
+    return dataclasses.replace(request, participation=participation)
 
 
 def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
@@ -762,7 +751,9 @@ def _plan_training(ctx: _Planning) -> bool:
 
 
 def _add_replacements(ctx: _Planning, missing: int) -> bool:
-    added = [_device_record(ctx, slot) for slot in _new_slots(ctx, ctx.assignment, missing)]
+    slots = _new_slots(ctx, ctx.assignment, missing)
+    _record_assignment(ctx, slots)
+    added = [_device_record(ctx, slot) for slot in slots]
     for record in added:
         ctx.status["devices"].append(record)
         ctx.event(conditions.REASON_DEVICE_REPLACED,
@@ -776,8 +767,9 @@ def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) ->
         record.update(state=POD_EXCLUDED, reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
         _stamp_finish(ctx, record)
         ctx.keep.discard(record["pod"])
-        ctx.event("StragglerExcluded", f"round {ctx.round}: device {record['device']} on node {record['node']} "
-                                       f"excluded, no update within {timeout}s", warning=True)
+        ctx.event(conditions.REASON_STRAGGLER_EXCLUDED,
+                  f"round {ctx.round}: device {record['device']} on node {record['node']} "
+                  f"excluded, no update within {timeout}s", warning=True)
 
 
 def _mark_stalled(ctx: _Planning, reason: str, message: str) -> None:
@@ -802,7 +794,7 @@ def _finish_training(ctx: _Planning) -> None:
         returned=sorted(r["device"] for r in records if r["state"] == POD_SUCCEEDED),
         excluded=sorted(r["device"] for r in records if r["state"] in (POD_FAILED, POD_EXCLUDED)),
         trainSeconds=_seconds_between(ctx.status["roundStartTime"], ctx.now),
-        samples=sum(_samples(r) for r in records if r["state"] == POD_SUCCEEDED),
+        samples=sum(sample_count(r.get("result")) for r in records if r["state"] == POD_SUCCEEDED),
     )
     conditions_list = ctx.status.get("conditions")
     if conditions.get_condition(conditions_list, conditions.STALLED):

@@ -1,37 +1,51 @@
 """A task's demand for one learning period, built from its parsed FederatedTask (pure)."""
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from ..conditions import parse_time
 from ..spec import FederatedTask, encode
 from .types import DeviceRequest
 
 
-def build_device_request(task: FederatedTask, now: float | None = None) -> DeviceRequest:
+def build_device_request(task: FederatedTask, now: float | None = None, *, status: dict | None = None,
+                         per_round: int | None = None) -> DeviceRequest:
     """What `task` asks the scheduler for in the coming period: perRound devices of its spec, with its fairness and
     time history from status (participation, trainSecondsEstimate, the devices' sample counts, waitingSince).
 
     `now` (epoch seconds) stands in for waitingSince when the task is not recorded as waiting yet, so a task that
-    starts to wait in this period ages from now on."""
-    spec, status = task.spec, task.status
+    starts to wait in this period ages from now on. `status` (the status as stored, camelCase; default: the task's
+    own) and `per_round` (default: spec.devices.perRound) let the planner ask mid-round for replacements."""
+    spec = task.spec
+    status = encode(task.status) if status is None else status
     samples = {}
-    for record in status.devices:
-        result = record.result or {}
-        if isinstance(result.get("num_samples"), int) and result["num_samples"] > 0:
-            samples[record.device] = result["num_samples"]
-    waiting_since = parse_time(status.waiting_since).timestamp() if status.waiting_since else now
+    for record in status.get("devices") or []:
+        count = sample_count(record.get("result"))
+        if count:
+            samples[record["device"]] = count
+    waiting_since = status.get("waitingSince")
     return DeviceRequest(
         task=task.key,
-        per_round=spec.devices.per_round,
+        per_round=spec.devices.per_round if per_round is None else per_round,
         requests=dict(spec.devices.resources.requests),
         selector=encode(spec.devices.selector),
         tolerations=tuple(encode(toleration) for toleration in spec.devices.tolerations),
         node_devices=spec.data.source != "builtin",
-        shard_count=int(status.shard_count or spec.devices.count or 0),
+        shard_count=int(status.get("shardCount") or spec.devices.count or 0),
         priority=spec.scheduling.priority,
         policy=spec.scheduling.policy,
-        waiting_since=waiting_since,
-        participation=dict(status.participation),
-        train_seconds=dict(status.train_seconds_estimate),
+        waiting_since=parse_time(waiting_since).timestamp() if waiting_since else now,
+        participation=dict(status.get("participation") or {}),
+        train_seconds=dict(status.get("trainSecondsEstimate") or {}),
         samples=samples,
-        round=max(int(status.round or 1), 1),
+        round=max(int(status.get("round") or 1), 1),
     )
+
+
+def sample_count(result: Any) -> int:
+    """The sample count a train result reports (0 when it reports none or nonsense)."""
+    value = result.get("num_samples") if isinstance(result, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return int(value)
+    return 0
