@@ -396,7 +396,7 @@ class TaskStatus:
     devices: list[DeviceStatus] = api_field([], doc="This round's target devices.")
     current: StagePodStatus | None = api_field(None, doc="The current server-side pod (init, aggregate, adjust).")
     published: list[PublishStatus] = api_field([], doc="Publish pods, one per device node (publish.toDevices).")
-    assignment: list[AssignedDevice] = api_field([], doc="The scheduler's choice for the coming round.")
+    assignment: list[AssignedDevice] = api_field([], doc="The scheduler's choice of devices for this round, with its time estimates (replacements appended).")
     current_round: RoundRecord | None = api_field(
         None, doc="The round in flight, filled in stage by stage; appended to history when it completes.")
     history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
