@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 TASK_LABELS = ("namespace", "task")
+ROUND_STAGES = ("round", "train", "aggregate", "adjust")
+POD_STAGES = ("init", "train", "aggregate", "adjust", "publish")
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 SCHEDULING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -51,6 +53,7 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
     """Update the metrics from one status transition of one task."""
     old = old or {}
     labels = (namespace, task)
+    _start_counting(labels)
     if new.get("round") is not None:
         TASK_ROUND.labels(*labels).set(new["round"])
     if new.get("devices") is not None:
@@ -61,8 +64,8 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         if record.get("round") in seen_rounds:
             continue
         ROUNDS_TOTAL.labels(*labels).inc()
-        for stage, key in (("round", "durationSeconds"), ("train", "trainSeconds"),
-                           ("aggregate", "aggregateSeconds"), ("adjust", "adjustSeconds")):
+        for stage in ROUND_STAGES:
+            key = "durationSeconds" if stage == "round" else f"{stage}Seconds"
             if record.get(key) is not None:
                 ROUND_DURATION_SECONDS.labels(*labels, stage).observe(float(record[key]))
         DEVICES_RETURNED.labels(*labels).set(len(record.get("returned") or []))
@@ -93,6 +96,17 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         failures = _failed_attempts(old_current, new_current)
         if failures > 0:
             POD_FAILURES_TOTAL.labels(*labels, new_current.get("stage") or "unknown").inc(failures)
+
+
+def _start_counting(labels: tuple[str, str]) -> None:
+    """A task's counters and histograms exist at 0 from its first status on: Prometheus cannot see the first increase
+    of a series that appears already at 1, so rate() and increase() would miss the first round and pod failure."""
+    for counter in (ROUNDS_TOTAL, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, UPDATE_BYTES_TOTAL):
+        counter.labels(*labels)
+    for stage in ROUND_STAGES:
+        ROUND_DURATION_SECONDS.labels(*labels, stage)
+    for stage in POD_STAGES:
+        POD_FAILURES_TOTAL.labels(*labels, stage)
 
 
 def _failed_attempts(before: dict, after: dict) -> int:

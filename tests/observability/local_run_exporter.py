@@ -6,13 +6,15 @@ Runs `fedtask run MANIFEST... --workdir DIR` in this process and serves /metrics
 module, fed the way the operator feeds it: every status write of the run goes through
 `metrics.record_status_change(old, new)` and the phase counts through `metrics.set_task_counts` (as the operator's
 reconciler and handlers do after each status patch), and device selection is timed into
-`fedtask_scheduling_seconds`. Prints "run finished" when the run ends, then serves until it is terminated.
+`fedtask_scheduling_seconds`. The run starts once Prometheus has scraped the exporter (a rate needs a sample before
+each increase). Prints "run finished" when the run ends, then serves until it is terminated.
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +22,20 @@ from fedtask_operator import metrics
 from fedtask_operator.local import cli as local_cli
 from fedtask_operator.local import runtime as local_runtime
 from fedtask_operator.local.store import LocalStore
+
+
+class FirstScrape:
+    """A collector that notes the first scrape (describe() keeps registration from collecting)."""
+
+    def __init__(self):
+        self.seen = threading.Event()
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        self.seen.set()
+        return []
 
 
 def timed_select_devices(select_devices):
@@ -52,7 +68,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("manifests", nargs="+")
     args = parser.parse_args(argv)
+    first_scrape = FirstScrape()
+    metrics.REGISTRY.register(first_scrape)
     metrics.serve(args.port)
+    if not first_scrape.seen.wait(60):
+        print("no scrape within 60 s", flush=True)
+        return 1
     local_runtime.select_devices = timed_select_devices(local_runtime.select_devices)
     LocalStore.write_status = metered_write_status(LocalStore.write_status)
     code = local_cli.main([*args.manifests, "--workdir", str(args.workdir)])
