@@ -216,3 +216,37 @@ def test_store_cleanup_on_delete_uses_a_finalizer_and_removes_the_task_objects(c
         wait_for(lambda: cluster.get(FEDERATEDTASKS, "default", "tidy") is None, timeout=30, what="the deletion")
         assert not list(client.list_objects("fedtask", prefix=prefix, recursive=True))
         print(operator.log()[-3000:])
+
+
+def test_two_tasks_competing_for_one_node_take_turns_and_both_succeed(cluster, operator, kubelet):
+    """A node with room for one train pod: the waiting task says what is short, and the rounds never overlap."""
+    cluster.apply(make_node("only", cpu="1", labels=DEVICE))
+    one_at_a_time = {"count": 2, "perRound": 1, "resources": {"requests": {"cpu": "1", "memory": "128Mi"}}}
+    kubelet.hold("alpha-r0001-train-")
+    cluster.apply(digits_task("alpha", rounds=2, devices=one_at_a_time))
+    wait_for(lambda: train_pods(kubelet, "alpha"), timeout=60, what="alpha's first train pod")
+    cluster.apply(digits_task("beta", rounds=2, devices=one_at_a_time))
+
+    def beta_waits():
+        """beta's Unschedulable condition"""
+        found = conditions.get_condition(task_status(cluster, "beta").get("conditions"), conditions.UNSCHEDULABLE)
+        return found if found and found["status"] == conditions.TRUE else None
+
+    waiting = wait_for(beta_waits, timeout=60)
+    assert waiting["reason"] == conditions.REASON_WAITING_FOR_DEVICES, waiting
+    assert "short of cpu (0 free, 1 requested)" in waiting["message"], waiting  # alpha's train pod holds it
+    kubelet.release("alpha-r0001-train-")
+    statuses = [wait_for(lambda name=name: finished(cluster, name), timeout=150, what=f"{name} to finish")
+                for name in ("alpha", "beta")]
+
+    assert [status["phase"] for status in statuses] == ["Succeeded", "Succeeded"], [s.get("message") for s in statuses]
+    trains = train_pods(kubelet, "alpha") + train_pods(kubelet, "beta")
+    assert len(trains) == 4 and {kubelet.bindings[name] for name in trains} == {"only"}, trains
+    overlapping = {name: kubelet.neighbours[name] for name in trains
+                   if any("-train-" in other for other in kubelet.neighbours[name])}
+    assert not overlapping, overlapping  # the node never ran two train pods at once
+    for status in statuses:
+        assert [len(record["returned"]) for record in status["history"]] == [1, 1]
+        assert [entry["node"] for entry in status["assignment"]] == ["only"], status["assignment"]
+    wait_for(lambda: any(event["reason"] == "DeviceUnschedulable" and event["type"] == "Warning"
+                         for event in task_events(cluster, "beta")), timeout=10, what="beta's Warning event")

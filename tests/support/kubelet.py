@@ -49,6 +49,9 @@ class ApiKubelet:
         self.interval = interval
         self.started: list[str] = []  # names of every pod started, in order (duplicates would show here)
         self.bindings: dict[str, str] = {}  # pod name -> node
+        self.neighbours: dict[str, list[str]] = {}  # pod name -> pods still running on its node when it started
+        self._held: set[str] = set()  # name prefixes whose final status is withheld until released
+        self._withheld: dict[str, tuple[str, dict]] = {}  # pod name -> (namespace, status) not yet written
         self._failures: dict[str, int] = {}
         self._injected: set[str] = set()  # pods failed by injection (never run)
         self._device_failures: tuple[str, int] | None = None
@@ -64,6 +67,13 @@ class ApiKubelet:
         """The first pod started whose name starts with `prefix` picks the device: its next `times` pods fail
         (the attempt suffix `-aN` is ignored), e.g. fail_device("t-r0001-train-", 2)."""
         self._device_failures = (prefix, times)
+
+    def hold(self, prefix: str) -> None:
+        """Pods starting with `prefix` run, but the API sees them Running until `release(prefix)`."""
+        self._held.add(prefix)
+
+    def release(self, prefix: str) -> None:
+        self._held.discard(prefix)
 
     def __enter__(self) -> "ApiKubelet":
         self._thread.start()
@@ -93,6 +103,8 @@ class ApiKubelet:
                 continue
             namespace, name = key.split("/", 1)
             node = _bound_node(pod)
+            running = {key_.split("/", 1)[1] for key_ in self.processes.running()} | set(self._withheld)
+            self.neighbours[name] = sorted(other for other in running if node and self.bindings.get(other) == node)
             self.bindings[name] = node
             self.started.append(name)
             if self._device_failures and name.startswith(self._device_failures[0]):
@@ -109,8 +121,12 @@ class ApiKubelet:
         if self.paused.is_set():
             return
         for pod, status in self.processes.poll():
-            name = pod["metadata"]["name"]
-            self._write(pod["metadata"].get("namespace") or "default", name, status, self.bindings.get(name, ""))
+            self._withheld[pod["metadata"]["name"]] = (pod["metadata"].get("namespace") or "default", status)
+        for name, (namespace, status) in list(self._withheld.items()):
+            if status.get("phase") in ("Succeeded", "Failed") and any(name.startswith(p) for p in self._held):
+                continue
+            del self._withheld[name]
+            self._write(namespace, name, status, self.bindings.get(name, ""))
 
     def _write(self, namespace: str, name: str, status: dict, node: str) -> bool:
         patch = {"status": status}
