@@ -122,6 +122,7 @@ class ForkServer:
             [self.python, "-m", "fedtask_operator.forkserver", str(theirs.fileno()), self.entry,
              json.dumps(self.preload_datasets), json.dumps(self.warm)],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in the terminal goes to the runtime, which stops the server itself
         )
         theirs.close()
         self.sock = ours
@@ -267,9 +268,10 @@ def serve(fd: int, entry_path: str = DEFAULT_ENTRY, preload_datasets: list[str] 
             warm_up(item)
         gc.freeze()  # children share the preloaded objects; their GC must not touch (and so copy) those pages
     except BaseException as err:  # report why we cannot serve, then stop
-        sock.sendall(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}).encode() + b"\n")
+        _send_or_give_up(sock, {"ready": False, "error": f"{type(err).__name__}: {err}"})
         return 1
-    sock.sendall(json.dumps({"ready": True, "seconds": time.monotonic() - started}).encode() + b"\n")
+    if not _send_or_give_up(sock, {"ready": True, "seconds": time.monotonic() - started}):
+        return 0
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runtime, which closes our socket
     pool = WarmPool(sock, entry)
@@ -284,7 +286,10 @@ def serve(fd: int, entry_path: str = DEFAULT_ENTRY, preload_datasets: list[str] 
             if pool.needs_refill():
                 pool.refill_one()
             continue
-        chunk = sock.recv(1 << 20)
+        try:
+            chunk = sock.recv(1 << 20)
+        except OSError:  # reset by a client that went away with our replies unread
+            chunk = b""
         if not chunk:
             pool.close()
             return 0  # the client went away; running children keep going on their own
@@ -298,11 +303,18 @@ def serve(fd: int, entry_path: str = DEFAULT_ENTRY, preload_datasets: list[str] 
                 children[pid] = request["exit"]
             except OSError as err:
                 reply = {"error": f"fork failed: {err}"}
-            try:
-                sock.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:  # the client is gone (Ctrl-C while it waited for us)
+            if not _send_or_give_up(sock, reply):  # the client is gone (Ctrl-C while it waited for us)
                 pool.close()
                 return 0
+
+
+def _send_or_give_up(sock: socket.socket, message: dict) -> bool:
+    """Send one message to the client; False when the client is gone (it stopped, or was stopped, meanwhile)."""
+    try:
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        return True
+    except OSError:
+        return False
 
 
 class WarmPool:
