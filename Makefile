@@ -33,8 +33,9 @@ demo: venv
 test: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+SLOW_TESTS ?= slow
 test-slow: venv $(VENV)/.bench-installed
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -m "$(SLOW_TESTS)" $(PYTEST_ARGS)
 
 test-all: venv $(VENV)/.bench-installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -33,6 +33,7 @@ def bench() -> dict:
     return json.loads(lines[0])
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(1800)
 def test_fedtask_run_costs_at_most_1_3x_the_in_process_loop(bench):
     mnist = bench["mnist_noniid"]

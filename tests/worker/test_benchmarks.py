@@ -30,6 +30,7 @@ def test_in_process_aggregation_beats_flower_with_flat_memory():
         assert run["max_abs_difference"] < 1e-4
 
 
+@pytest.mark.timing
 def test_aggregate_process_beats_flower_and_rss_does_not_grow_with_n():
     result = run_benchmark("bench_aggregate_process.py", "--params", "2500000", "--count", "20", "--repeats", "2")
     assert result["ours_vs_flower"] <= 1.0, result  # full size (40 MB updates): <= 0.6
