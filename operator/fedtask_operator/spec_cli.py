@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from fedtask_operator.documents import DocumentError, describe_yaml_error, read_text
 from fedtask_operator.spec import FederatedTask, SpecError, parse_task, with_defaults
 from fedtask_operator.local.nodes import node_document_problems
 
@@ -30,14 +31,6 @@ class DuplicateKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def describe_yaml_error(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    if mark is not None:
-        return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
-    return problem
-
-
 @dataclass
 class Document:
     where: str  # "path:line" of the document's first line
@@ -45,18 +38,9 @@ class Document:
 
 
 def read_documents(path: str, text: str | None = None) -> list[Document]:
-    """The non-empty YAML documents of a file with their start lines; raises ValueError with a one-line reason."""
+    """The non-empty YAML documents of a file with their start lines; raises DocumentError with a one-line reason."""
     if text is None:
-        try:
-            if path == "-":
-                text = sys.stdin.read()
-            else:
-                with open(path, encoding="utf-8") as handle:
-                    text = handle.read()
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from None
+        text = read_text(path)
     loader = DuplicateKeyLoader(text)
     documents = []
     try:
@@ -67,7 +51,7 @@ def read_documents(path: str, text: str | None = None) -> list[Document]:
             if content is not None:
                 documents.append(Document(f"{path}:{line}", content))
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML: {describe_yaml_error(err)}") from None
+        raise DocumentError(f"{path}: invalid YAML: {describe_yaml_error(err)}") from None
     finally:
         loader.dispose()
     return documents

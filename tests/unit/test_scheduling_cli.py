@@ -73,7 +73,7 @@ def test_table_output_and_policy_override(dumps):
 
 @pytest.mark.parametrize("files, message", [
     (["--nodes", "missing.json", "vision.yaml"], "missing.json: cannot read"),
-    (["--nodes", "broken.json", "vision.yaml"], "broken.json: not valid YAML or JSON"),
+    (["--nodes", "broken.json", "vision.yaml"], "broken.json: invalid JSON: line 1 column 2"),
     (["--nodes", "pods.yaml", "vision.yaml"], "pods.yaml: item 0: expected a Node, found 'Pod'"),
     (["--nodes", "nodes.json", "bad-task.yaml"], "bad-task.yaml: spec.devices.perRound"),
     (["--nodes", "bad-nodes.json", "vision.yaml"], "status.allocatable.cpu: invalid quantity 'many'"),

@@ -11,17 +11,17 @@ import sys
 import threading
 from pathlib import Path
 
-import yaml
 
 from ..spec import SpecError, parse_task, spec_to_dict
-from .nodes import NodesFileError, builtin_nodes, describe_yaml_error, load_nodes
+from ..documents import DocumentError, load_documents
+from .nodes import builtin_nodes, load_nodes
 
 DEFAULT_WORKDIR = "./fedtask-runs"
 PRELOADABLE_DATASETS = {"mnist", "digits"}  # the worker's builtin datasets worth loading once in the fork server
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-class ManifestError(ValueError):
+class ManifestError(DocumentError):
     pass
 
 
@@ -50,13 +50,9 @@ def load_manifests(paths: list[str]) -> list[dict]:
     seen: dict[str, str] = {}
     for path in paths:
         try:
-            with open(path) as handle:
-                documents = [doc for doc in yaml.safe_load_all(handle) if doc is not None]
-        except OSError as err:
-            errors.append(f"{path}: cannot read: {err.strerror or err}")
-            continue
-        except yaml.YAMLError as err:
-            errors.append(f"{path}: invalid YAML: {describe_yaml_error(err)}")
+            documents = load_documents(path)
+        except DocumentError as err:
+            errors.append(str(err))
             continue
         if not documents:
             errors.append(f"{path}: no FederatedTask in the file")
@@ -80,13 +76,7 @@ def load_manifests(paths: list[str]) -> list[dict]:
 def load_secrets(path: str) -> tuple[dict, dict]:
     secrets: dict[str, dict] = {}
     config_maps: dict[str, dict] = {}
-    try:
-        with open(path) as handle:
-            documents = [doc for doc in yaml.safe_load_all(handle) if doc is not None]
-    except OSError as err:
-        raise ManifestError(f"{path}: cannot read: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise ManifestError(f"{path}: invalid YAML: {describe_yaml_error(err)}") from None
+    documents = load_documents(path)
     import base64
 
     for number, document in enumerate(documents):
@@ -134,7 +124,7 @@ def main(argv: list[str]) -> int:
         manifests = load_manifests(args.manifests)
         nodes = load_nodes(args.nodes) if args.nodes else builtin_nodes()
         secrets, config_maps = load_secrets(args.secrets) if args.secrets else ({}, {})
-    except (ManifestError, NodesFileError) as err:
+    except DocumentError as err:
         print(f"fedtask run: {err}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 
-import yaml
+from ..documents import DocumentError, load_documents
 
 BUILTIN_NODE_COUNT = 3
 DEVICE_LABEL = "fedtask.io/device"
 
 
-class NodesFileError(ValueError):
+class NodesFileError(DocumentError):
     """The nodes file cannot be used; the message names the file and the field."""
 
 
@@ -37,13 +37,7 @@ def build_node(name: str, cpu: str, memory: str, labels: dict | None = None) -> 
 
 def load_nodes(path: str) -> list[dict]:
     """Nodes from a YAML or JSON file: a List (`kubectl get nodes -o yaml`), a single Node, or several documents."""
-    try:
-        with open(path) as handle:
-            documents = [doc for doc in yaml.safe_load_all(handle) if doc is not None]
-    except OSError as err:
-        raise NodesFileError(f"{path}: cannot read: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise NodesFileError(f"{path}: invalid YAML: {describe_yaml_error(err)}") from None
+    documents = load_documents(path)
     nodes: list[dict] = []
     for number, document in enumerate(documents):
         where = f"{path}: document {number + 1}" if len(documents) > 1 else path
@@ -81,14 +75,6 @@ def check_node(node, where: str) -> dict:
     node.setdefault("kind", "Node")
     node.setdefault("apiVersion", "v1")
     return node
-
-
-def describe_yaml_error(err: yaml.YAMLError) -> str:
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    if mark is not None:
-        return f"line {mark.line + 1} column {mark.column + 1}: {problem}"
-    return problem
 
 
 def node_document_problems(document) -> list[str] | None:

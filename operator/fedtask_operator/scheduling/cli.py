@@ -7,8 +7,7 @@ import sys
 import time
 from dataclasses import replace
 
-import yaml
-
+from ..documents import DocumentError, load_documents
 from ..spec import SpecError, parse_task
 from .fleet import FleetError, build_fleet
 from .matching import SelectorError
@@ -21,29 +20,8 @@ USAGE_EXAMPLE = """examples:
   fedtask schedule --nodes nodes.json task.yaml --json --policy fastest"""
 
 
-class InputError(Exception):
+class InputError(DocumentError):
     """A file the command cannot use; the message names the file and the reason."""
-
-
-def load_documents(path: str) -> list:
-    """Every YAML/JSON document in a file ('-' reads stdin)."""
-    try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-    except OSError as error:
-        raise InputError(f"{path}: cannot read: {error.strerror or error}") from None
-    try:
-        if text.lstrip().startswith(("{", "[")):
-            return [json.loads(text)]
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise InputError(f"{path}: not valid YAML or JSON{where}: {first_line}") from None
 
 
 def load_objects(path: str, kind: str) -> list[dict]:
@@ -148,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         fleet = build_fleet(nodes, pods)
         assignment = select_devices(requests, fleet, now=time.time())
         output = json.dumps(render_json(assignment)) if args.json else render_table(assignment, requests)
-    except InputError as error:
+    except DocumentError as error:
         print(f"fedtask schedule: {error}", file=sys.stderr)
         return 2
     except FleetError as error:
