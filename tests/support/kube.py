@@ -26,11 +26,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import kmock
 from kmock._internal import parsing as kmock_parsing
 import yaml
+
+from fedtask_operator.scheduling import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "federatedtask.yaml"
@@ -297,19 +298,7 @@ def collection_path(api_version: str, kind: str, namespace: str) -> str:
 
 def make_node(name: str, cpu: str = "4", memory: str = "8Gi", gpus: int = 0, labels: dict | None = None,
               ready: bool = True, unschedulable: bool = False, taints: list | None = None) -> dict:
-    """A Node as the kubelet would register it."""
-    allocatable = {"cpu": cpu, "memory": memory, "pods": "110"}
-    if gpus:
-        allocatable["nvidia.com/gpu"] = str(gpus)
-    node: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
-        "spec": {},
-        "status": {"allocatable": allocatable, "capacity": dict(allocatable),
-                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
-    }
-    if unschedulable:
-        node["spec"]["unschedulable"] = True
-    if taints:
-        node["spec"]["taints"] = taints
+    """A Node as the kubelet would register it; a device node only when `labels` say so."""
+    node = synthetic.make_node(name, cpu, memory, gpus, ready=ready, unschedulable=unschedulable, taints=taints)
+    node["metadata"]["labels"] = {"kubernetes.io/hostname": name, **(labels or {})}
     return node
