@@ -42,3 +42,29 @@ def test_the_standby_stays_idle_and_takes_over_when_the_active_replica_dies(clus
         active.stop()
         standby.stop()
         print(standby.log()[-5000:])
+
+
+def test_replicas_started_at_the_same_moment_complete_the_task_with_every_round_and_pod_once(cluster, s3_server,
+                                                                                             store_bucket, kubelet,
+                                                                                             tmp_path):
+    """kopf peering needs a watch round-trip to see a new peer, so two replicas that start together may both act for
+    a moment (about 30-130 ms measured here) before the lower one pauses; every action is idempotent (deterministic
+    pod names, AlreadyExists is success, status derived from the cluster), so nothing is done twice."""
+    cluster.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                   "metadata": {"name": "fedtask", "namespace": "default"}})
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    cluster.apply(digits_task("together", rounds=2))  # waiting for both replicas as they start
+    peering = ("--peering=fedtask", f"--peering-lifetime={LIFETIME}", "--verbose")
+    replicas = [OperatorProcess(cluster, s3_server, tmp_path / f"replica-{i}.log", *peering).start() for i in (1, 2)]
+    try:
+        status = wait_for(lambda: finished(cluster, "together"), timeout=120, what="the task to finish")
+
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert [record["round"] for record in status["history"]] == [1, 2]
+        assert len(kubelet.started) == len(set(kubelet.started)), kubelet.started
+        paused = [replica for replica in replicas if "Pausing operations in favour of" in replica.log()
+                  or "Resuming operations" not in replica.log()]
+        assert paused, "one replica must stand by"
+    finally:
+        for replica in replicas:
+            replica.stop()
