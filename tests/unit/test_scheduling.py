@@ -370,7 +370,23 @@ def test_time_fair_brings_back_devices_that_fell_behind():
                              "ns/a")
     # once a slow device is in, the other places go to the least-participating devices no slower than it
     fair = select_devices([node_task(per_round=3, participation=participation, fairness_bound=100)], fleet(), [])
-    assert nodes_of(fair, "ns/a") == ["n09", "n08", "n07"]
+    assert sorted(nodes_of(fair, "ns/a")) == ["n07", "n08", "n09"]
+
+
+def test_time_fair_fills_a_round_with_the_most_data_no_slower_than_its_slowest_device():
+    participation = {f"n{i:02d}": 10 for i in range(10)}
+    participation["n00"] = 2  # the slowest device fell behind: this round takes its time (1000 samples on 1 core)
+    samples = {f"n{i:02d}": 1000 for i in range(10)}
+    samples["n03"] = 3000  # 3000 samples on 4 cores: slower than the fast devices, still faster than n00
+    request = node_task(per_round=3, participation=participation, samples=samples, fairness_share=0)
+    chosen = nodes_of(select_devices([request], fleet(), []), "ns/a")
+    assert chosen[:2] == ["n00", "n03"]  # the biggest shard within the round time; then equals in a random order
+    # the round time stays the forced device's: nobody slower than it is taken for its data
+    samples["n03"] = 9000
+    result = select_devices([node_task(per_round=3, participation=participation, samples=samples, fairness_share=0)],
+                            fleet(), [])
+    assert nodes_of(result, "ns/a")[0] == "n00" and "n03" not in nodes_of(result, "ns/a")
+    assert max(slot.estimated_seconds for slot in result.tasks["ns/a"].devices) == pytest.approx(2.0)
 
 
 def test_time_fair_keeps_participation_within_the_bound_over_many_rounds():

@@ -43,7 +43,8 @@ def test_time_fair_reaches_the_target_faster_than_random():
     # full size (50 rounds, 40 devices, all of MNIST's training split): a few minutes on one core
     report = load("bench_sched_effect").main([])
     assert report["time-fair"]["speedup_vs_random"] is not None
-    assert report["time-fair"]["speedup_vs_random"] >= 2.5
-    assert report["time-fair"]["accuracy_points_vs_random"] >= -4.0
+    # the targets (measured on seed 0: 3.79x, +1.78 points; other seeds vary, see the benchmark docstring)
+    assert report["time-fair"]["speedup_vs_random"] >= 3.0
+    assert report["time-fair"]["accuracy_points_vs_random"] >= -1.0
     assert report["time-fair"]["devices_never_selected"] == 0
     assert report["fastest"]["devices_never_selected"] > 0

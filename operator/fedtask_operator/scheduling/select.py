@@ -6,7 +6,8 @@ with vectorised masks; then
    matching: the highest-priority tasks are served first (aging raises the priority of waiting tasks), then the
    period's time cost is minimised by a threshold search (each task may use devices no slower than
    max(its own best possible round time, T); the smallest feasible T is found with exact augmenting-path matching);
-   finally each task swaps in free devices it prefers (least participation for `time-fair`) at no time cost;
+   finally each task swaps in free devices it prefers (least participation, then most samples for
+   `time-fair`, random among equals) at no time cost;
 2. simulated-device tasks (builtin data, shards) are packed onto nodes by free resources in priority order, each shard
    on the node where it finishes first, every placement subtracting its requests.
 """
@@ -50,6 +51,7 @@ class _Task:
     taken: np.ndarray | None = None  # node tasks: another task trains there
     candidates: np.ndarray | None = None  # node indices that qualify
     est: np.ndarray | None = None  # estimated seconds per node (node tasks) or per unit of work (shards)
+    samples: np.ndarray | None = None  # node tasks: sample count per node (known, else the median of the known)
     participation: np.ndarray | None = None
     forced: list = field(default_factory=list)  # time-fair: devices that fell behind and must train now
     lower_bound: float = math.inf  # the task's best possible round time alone
@@ -375,6 +377,7 @@ def _node_estimates(context: _Context, task: _Task) -> np.ndarray:
         node = fleet.index.get(device)
         if node is not None and count:
             samples[node] = count
+    task.samples = samples
     est = samples * SECONDS_PER_SAMPLE_PER_CORE / speed
     observed = [(fleet.index[d], s) for d, s in request.train_seconds.items() if d in fleet.index and s is not None]
     if observed:
@@ -431,7 +434,11 @@ def _preference(task: _Task, threshold: float) -> np.ndarray:
         cand = cand[task.est[cand] <= threshold]
         if request.policy == "fastest":
             return cand[np.lexsort((cand, task.est[cand]))]
-        return cand[np.lexsort((cand, task.est[cand], task.participation[cand]))]
+        # Least participation first; then, as the round takes the threshold's time anyway, the most data (statistical
+        # utility, as in Oort) rather than the fastest: the same few small fast shards bias the model to their labels.
+        # Equal sample counts (devices not seen yet) are explored in a per-round random order.
+        explore = _random_permutation(request, len(cand))
+        return cand[np.lexsort((cand, explore, -task.samples[cand], task.participation[cand]))]
     if request.policy == "random":
         return cand[_random_permutation(request, len(cand))]
     return cand[_rotation_order(request, task.participation[cand])]
