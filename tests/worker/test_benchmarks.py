@@ -39,5 +39,5 @@ def test_aggregate_process_beats_flower_and_rss_does_not_grow_with_n():
 
 
 def test_store_io_keeps_up_with_bare_minio():
-    result = run_benchmark("bench_store.py", "--megabytes", "20", "--repeats", "2")
+    result = run_benchmark("bench_store.py", "--megabytes", "20", "--repeats", "3")
     assert result["put_ratio"] >= 0.7 and result["get_ratio"] >= 0.7, result

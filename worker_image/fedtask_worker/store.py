@@ -22,6 +22,7 @@ from .errors import BadInput, TransientFailure
 
 T = TypeVar("T")
 PART_SIZE = 16 * 1024 * 1024
+DOWNLOAD_CHUNK = 1024 * 1024  # larger reads make urllib3 join many socket reads into one buffer: slower, no gain
 DEFAULT_RETRY_SECONDS = 60.0
 _TRANSIENT_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
                        "OperationAborted"}
@@ -273,7 +274,7 @@ def download(uri: str, path: str) -> int:
         response = s3_client().get_object(location.bucket, location.key)
         try:
             with open(path, "wb") as stream:
-                for chunk in response.stream(PART_SIZE):
+                for chunk in response.stream(DOWNLOAD_CHUNK):
                     stream.write(chunk)
         finally:
             response.close()
