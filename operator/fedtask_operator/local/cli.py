@@ -11,9 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-
-from ..spec import SpecError, parse_task, spec_to_dict
 from ..documents import DocumentError, load_documents
+from ..spec import SpecError, parse_task, spec_to_dict
 from .nodes import builtin_nodes, load_nodes
 
 DEFAULT_WORKDIR = "./fedtask-runs"
