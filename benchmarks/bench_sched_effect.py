@@ -9,9 +9,10 @@ Peer: the `random` policy, run in the same process on the same data. Reported: s
 last 10 rounds, after the same number of rounds).
 
 One seed is one draw of shards and speeds, and non-IID curves swing by several points per round, so single numbers
-are noisy. `--seed 0` (the default, asserted by the slow test): time-fair 3.79x, +1.78 points. Seeds 1-4 (measured
-once when time-fair began to prefer the most samples within its round time): 2.26x / -0.40, 2.64x / -1.31,
-1.23x / +4.87, 1.52x / -4.76 points (before: never / -9.41, 2.72x / -8.55, 1.22x / -1.88, never / -7.06).
+are noisy. `--seed 0` (the default, asserted by the slow test): time-fair 3.50x, +0.89 points, Jain 0.63. Seeds 1-4
+(measured when time-fair began to rest devices far ahead of the mean): 2.46x / -0.30, 3.91x / +2.23, 1.16x / +2.61,
+1.44x / -3.98 points (before: 3.79x / +1.78 on seed 0, then 2.26x / -0.40, 2.64x / -1.31, 1.23x / +4.87,
+1.52x / -4.76; before preferring the most samples: never / -9.41, 2.72x / -8.55, 1.22x / -1.88, never / -7.06).
 
     python benchmarks/bench_sched_effect.py [--rounds 50] [--train-samples 50000]
 """

@@ -7,7 +7,8 @@ with vectorised masks; then
    period's time cost is minimised by a threshold search (each task may use devices no slower than
    max(its own best possible round time, T); the smallest feasible T is found with exact augmenting-path matching);
    finally each task swaps in free devices it prefers (least participation, then most samples for
-   `time-fair`, random among equals) at no time cost;
+   `time-fair`, random among equals) at no time cost; `time-fair` forces devices that fell behind the mean and rests
+   devices far ahead of it (see `ahead_limit`) while enough others qualify;
 2. simulated-device tasks (builtin data, shards) are packed onto nodes by free resources in priority order, each shard
    on the node where it finishes first, every placement subtracting its requests.
 """
@@ -33,6 +34,7 @@ POLICIES = ("time-fair", "fastest", "random", "round-robin")
 TIME_POLICIES = ("time-fair", "fastest")
 DEFAULT_FAIRNESS_BOUND = 2.0  # rounds a device may fall behind its task's mean participation under `time-fair`...
 DEFAULT_FAIRNESS_SHARE = 0.5  # ...or this share of the mean, whichever is larger (slow devices train less often)
+FAIRNESS_AHEAD = 2.0  # time-fair: a device more than this many times the mean (plus the allowed lag) ahead sits out
 AGING_SECONDS = 60.0  # a waiting task gains one priority level per minute
 
 
@@ -97,6 +99,13 @@ def allowed_lag(request: DeviceRequest, mean: float) -> float:
     bound = request.fairness_bound if request.fairness_bound is not None else DEFAULT_FAIRNESS_BOUND
     share = request.fairness_share if request.fairness_share is not None else DEFAULT_FAIRNESS_SHARE
     return max(bound, share * mean)
+
+
+def ahead_limit(request: DeviceRequest, mean: float) -> float:
+    """The participation above which `time-fair` rests a device while others qualify: FAIRNESS_AHEAD times the
+    task's mean plus the allowed lag. Without it the few fastest devices train in nearly every cheap round and the
+    model drifts to their labels (non-IID); with it the cheap rounds rotate through more devices."""
+    return FAIRNESS_AHEAD * mean + allowed_lag(request, mean)
 
 
 def _median(values) -> float:
@@ -407,6 +416,9 @@ def _prepare_node_task(context: _Context, task: _Task) -> None:
         behind = task.candidates[shares < shares.mean() - allowed_lag(request, float(shares.mean()))]
         order = np.lexsort((task.est[behind], task.participation[behind]))
         task.forced = [int(n) for n in behind[order][: request.per_round]]
+        ahead = shares > ahead_limit(request, float(shares.mean()))
+        if ahead.any() and len(task.candidates) - int(ahead.sum()) >= request.per_round:
+            task.candidates = task.candidates[~ahead]
 
 
 def _lower_bound(task: _Task, excluded: set) -> float:
