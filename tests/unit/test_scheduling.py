@@ -389,6 +389,29 @@ def test_time_fair_fills_a_round_with_the_most_data_no_slower_than_its_slowest_d
     assert max(slot.estimated_seconds for slot in result.tasks["ns/a"].devices) == pytest.approx(2.0)
 
 
+def test_time_fair_rests_a_device_far_ahead_of_the_mean_but_never_makes_a_task_wait_for_it():
+    fast = {name: 1.0 for name in ("f0", "f1", "f2")}
+    nodes = [make_node(name) for name in ("f0", "f1", "f2", "s0", "s1", "s2", "s3")]
+    seconds = {**fast, **{f"s{i}": 10.0 for i in range(4)}}
+    ahead = {"f0": 30, "f1": 3, "f2": 3, "s0": 3, "s1": 3, "s2": 3, "s3": 3}  # mean 6.9: f0 is far ahead
+    alone = node_task(per_round=3, policy="time-fair", train_seconds=seconds, participation=ahead)
+    chosen = nodes_of(select_devices([alone], nodes, []), "ns/a")
+    assert "f0" not in chosen and {"f1", "f2"} <= set(chosen)  # a slower round, so that f0 sits this one out
+    without_lead = node_task(per_round=3, policy="time-fair", train_seconds=seconds,
+                             participation={**ahead, "f0": 3})
+    assert sorted(nodes_of(select_devices([without_lead], nodes, []), "ns/a")) == ["f0", "f1", "f2"]
+
+    # Competition: "b" can use only f1, f2 and s0; "a" needs f0 (rested: 5 rounds against a mean of 1.25, none
+    # behind) for both to be served in this period.
+    few = [make_node(name) for name in ("f0", "f1", "f2", "s0")]
+    a = node_task("ns/a", per_round=2, policy="time-fair", train_seconds=seconds, participation={"f0": 5})
+    b = node_task("ns/b", per_round=2, policy="time-fair", selector={"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["f1", "f2", "s0"]}]})
+    result = select_devices([a, b], few, [])
+    assert not result.tasks["ns/a"].waiting_reason and not result.tasks["ns/b"].waiting_reason
+    assert "f0" in nodes_of(result, "ns/a") and len(set(nodes_of(result, "ns/a")) | set(nodes_of(result, "ns/b"))) == 4
+
+
 def test_time_fair_keeps_participation_within_the_bound_over_many_rounds():
     nodes = fleet(12)
     participation = {}

@@ -56,6 +56,7 @@ class _Task:
     samples: np.ndarray | None = None  # node tasks: sample count per node (known, else the median of the known)
     participation: np.ndarray | None = None
     forced: list = field(default_factory=list)  # time-fair: devices that fell behind and must train now
+    rested: np.ndarray | None = None  # time-fair: candidates far ahead of the mean, left out while others suffice
     lower_bound: float = math.inf  # the task's best possible round time alone
     slots: list = field(default_factory=list)
     waiting_reason: str | None = None
@@ -418,6 +419,7 @@ def _prepare_node_task(context: _Context, task: _Task) -> None:
         task.forced = [int(n) for n in behind[order][: request.per_round]]
         ahead = shares > ahead_limit(request, float(shares.mean()))
         if ahead.any() and len(task.candidates) - int(ahead.sum()) >= request.per_round:
+            task.rested = task.candidates[ahead]
             task.candidates = task.candidates[~ahead]
 
 
@@ -561,6 +563,13 @@ def _assign_node_tasks(context: _Context, tasks: list[_Task]) -> None:
         return matching
 
     matching = solve(tasks, 0.0)
+    if matching is None and any(task.rested is not None for task in tasks):
+        # Resting devices must never make a task wait: with competition, every candidate counts again.
+        for task in tasks:
+            if task.rested is not None:
+                task.candidates, task.rested = np.sort(np.concatenate([task.candidates, task.rested])), None
+                task.lower_bound = _lower_bound(task, {n for n, t in fixed.items() if t is not task})
+        matching = solve(tasks, 0.0)
     served = tasks
     floor = 0.0
     if matching is None:  # contention: serve in priority order, the rest wait
