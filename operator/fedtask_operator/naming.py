@@ -17,6 +17,7 @@ ROUND_LABEL = "fedtask.io/round"
 STAGE_LABEL = "fedtask.io/stage"
 DEVICE_LABEL = "fedtask.io/device"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+HOSTNAME_LABEL = "kubernetes.io/hostname"  # train pods are pinned to their node by required affinity on it
 MANAGED_BY = "fedtask"
 
 STAGE_INIT = "init"

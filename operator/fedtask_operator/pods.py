@@ -22,7 +22,6 @@ DATA_MOUNT = "/data"
 MODELS_MOUNT = "/models"
 TMP_MOUNT = "/tmp"
 HOME_MOUNT = "/home/fedtask"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
 STATEFUL_STRATEGIES = ("fedavgm", "fedadam")
@@ -121,7 +120,7 @@ def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
 
 def _node_affinity(node: str) -> dict:
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}]}]}}}
+        {"matchExpressions": [{"key": naming.HOSTNAME_LABEL, "operator": "In", "values": [node]}]}]}}}
 
 
 def _tolerations(task: FederatedTask) -> list[dict]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..naming import STAGE_LABEL, TASK_LABEL
+from ..naming import HOSTNAME_LABEL, STAGE_LABEL, TASK_LABEL
 from ..quantities import MAX_MILLI, QuantityError, parse_resource_list, to_milli
 from .estimates import MAX_CPU_CORES, gpu_speed, is_gpu_resource
 from .matching import BLOCKING_EFFECTS
@@ -16,12 +16,12 @@ from .matching import BLOCKING_EFFECTS
 TERMINATED_PHASES = ("Succeeded", "Failed")
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 POD_COUNT = "pods"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
 
 
 def _pinned_hostname(spec: dict) -> str | None:
-    """The one node a not-yet-bound pod is pinned to by required node affinity on kubernetes.io/hostname (our train
-    pods are): its requests count there from creation on, so two tasks never book the same free resources."""
+    """The one node a not-yet-bound pod is pinned to by required node affinity on kubernetes.io/hostname (the form
+    pods._node_affinity writes): its requests count there from creation on, so two tasks never book the same
+    free resources."""
     affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
     terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or ()
     if len(terms) != 1:
