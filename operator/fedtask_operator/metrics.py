@@ -8,7 +8,9 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 TASK_LABELS = ("namespace", "task")
-ROUND_STAGES = ("round", "train", "aggregate", "adjust")
+# stage label of fedtask_round_duration_seconds -> the history record's field
+ROUND_STAGE_SECONDS = {"round": "durationSeconds", "train": "trainSeconds", "aggregate": "aggregateSeconds",
+                       "adjust": "adjustSeconds"}
 POD_STAGES = ("init", "train", "aggregate", "adjust", "publish")
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 SCHEDULING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -64,8 +66,7 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         if record.get("round") in seen_rounds:
             continue
         ROUNDS_TOTAL.labels(*labels).inc()
-        for stage in ROUND_STAGES:
-            key = "durationSeconds" if stage == "round" else f"{stage}Seconds"
+        for stage, key in ROUND_STAGE_SECONDS.items():
             if record.get(key) is not None:
                 ROUND_DURATION_SECONDS.labels(*labels, stage).observe(float(record[key]))
         DEVICES_RETURNED.labels(*labels).set(len(record.get("returned") or []))
@@ -103,7 +104,7 @@ def _start_counting(labels: tuple[str, str]) -> None:
     of a series that appears already at 1, so rate() and increase() would miss the first round and pod failure."""
     for counter in (ROUNDS_TOTAL, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, UPDATE_BYTES_TOTAL):
         counter.labels(*labels)
-    for stage in ROUND_STAGES:
+    for stage in ROUND_STAGE_SECONDS:
         ROUND_DURATION_SECONDS.labels(*labels, stage)
     for stage in POD_STAGES:
         POD_FAILURES_TOTAL.labels(*labels, stage)
