@@ -3,8 +3,8 @@
 
 The floor is bytes read / the read bandwidth of a 2-thread `torch.sum` over a 1 GB float32 array, measured here.
 Peak memory is the peak of the allocations each aggregation makes (tracemalloc sees numpy's allocations), in
-units of one model. For large N the inputs cycle over a pool of distinct arrays (each larger than the L3 cache) to
-bound this benchmark's own memory; both peers read exactly the same arrays.
+units of one model. Every update has memory of its own, so no peer reads an update from the CPU cache because an
+earlier one held the same bytes (the values repeat over a pool of random arrays, which only saves generating them).
 
 Prints one JSON line. Usage: python benchmarks/bench_aggregate.py [--params 10000000] [--counts 10,100]
 """
@@ -23,7 +23,7 @@ def make_updates(params: int, count: int, pool: int, layers: int = 4) -> tuple[l
     rng = np.random.default_rng(0)
     sizes = [params // layers] * (layers - 1) + [params - (params // layers) * (layers - 1)]
     distinct = [[rng.standard_normal(size, dtype=np.float32) for size in sizes] for _ in range(min(pool, count))]
-    updates = [distinct[index % len(distinct)] for index in range(count)]
+    updates = [[layer.copy() for layer in distinct[index % len(distinct)]] for index in range(count)]
     samples = [int(n) for n in rng.integers(50, 500, count)]
     return updates, samples
 
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--counts", default="10,100")
-    parser.add_argument("--pool", type=int, default=20, help="distinct update arrays (inputs cycle over them)")
+    parser.add_argument("--pool", type=int, default=20, help="distinct random update values (copies of them fill the rest)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor-bytes", type=int, default=1 << 30)
     parser.add_argument("--repeats", type=int, default=3)
