@@ -8,7 +8,7 @@ PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: venv demo test test-slow test-all lint
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt worker_image/fedtask_worker/_reduce.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) torch==2.13.0
 	$(PIP_INSTALL) -e '.[test]'

@@ -20,14 +20,25 @@ def run_benchmark(name: str, *args: str) -> dict:
     return json.loads(lines[0])
 
 
+def in_process_aggregation() -> dict:
+    return run_benchmark("bench_aggregate.py", "--params", "2000000", "--counts", "10,40",
+                         "--floor-bytes", str(256 * 2**20))
+
+
 def test_in_process_aggregation_beats_flower_with_flat_memory():
-    result = run_benchmark("bench_aggregate.py", "--params", "2000000", "--counts", "10,40",
-                           "--floor-bytes", str(256 * 2**20))
+    result = in_process_aggregation()
     for count, run in result["runs"].items():
-        assert run["speedup_vs_flower"] >= 3, (count, run)  # full size: >= 5x; small sizes pay fixed costs
+        assert run["speedup_vs_flower"] >= 5, (count, run)  # measured 7.2-10.9x at this size on a quiet machine
         assert run["ours_peak_models"] <= 3, (count, run)
         assert run["flower_peak_models"] >= int(count)
         assert run["max_abs_difference"] < 1e-4
+
+
+@pytest.mark.timing
+def test_in_process_aggregation_nears_the_read_bandwidth_floor():
+    run = in_process_aggregation()["runs"]["40"]
+    # Measured 1.26-1.38x with the compiled kernel; one update at a time on torch measured 2.06-2.49x.
+    assert run["ours_vs_floor"] <= 1.8, run
 
 
 @pytest.mark.timing
