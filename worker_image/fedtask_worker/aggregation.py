@@ -27,7 +27,7 @@ from .tensors import SAFETENSORS_NAMES, InvalidUpdate, Layout, TensorInfo
 # numpy needs two passes per update (multiply, add) over an in-cache block; torch's fused add_(alpha=) needs one and
 # streams well with larger blocks (measured on a 2-core EPYC: numpy 256K elements, torch 1M). The compiled kernel
 # keeps its own L1-sized chunks, so its block only sets the threads' share of work (256K measured best on a 2-core
-# Xeon: 1.29x the read-bandwidth floor at N=10 vs 1.55x with 1M blocks, both with a freshly allocated output).
+# Xeon: 1.31x the read-bandwidth floor at N=10 vs 1.55x with 1M blocks, both with a freshly allocated output).
 BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 256 * 1024))
 TORCH_BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 1024 * 1024))
 BACKENDS = ("native", "torch", "numpy")
