@@ -1,7 +1,8 @@
 """In-process aggregation speed and peak memory: fedtask's blocked reduction vs Flower's
 `flwr.server.strategy.aggregate.aggregate`, and vs the memory-bandwidth floor, on the same float32 updates.
 
-The floor is bytes read / the read bandwidth of a 2-thread `torch.sum` over a 1 GB float32 array, measured here.
+The floor is bytes read / the read bandwidth of a 2-thread `torch.sum` over a 1 GB float32 array, timed here in
+turns with fedtask's runs (the best of each): this machine's bandwidth drifts by tens of percent within a minute.
 Peak memory is the peak of the allocations each aggregation makes (tracemalloc sees numpy's allocations), in
 units of one model. Every update has memory of its own, so no peer reads an update from the CPU cache because an
 earlier one held the same bytes (the values repeat over a pool of random arrays, which only saves generating them).
@@ -63,20 +64,37 @@ def peak_bytes(function) -> int:
         tracemalloc.stop()
 
 
-def read_bandwidth(floor_bytes: int, threads: int) -> float:
-    """Bytes/s of a `threads`-thread torch.sum over a float32 array of floor_bytes."""
-    import torch
+class ReadFloor:
+    """Times a `threads`-thread torch.sum over a float32 array of floor_bytes: the read-bandwidth floor."""
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        array = torch.ones(floor_bytes // 4, dtype=torch.float32)
-        array.sum()
-        seconds = best_time(lambda: array.sum(), 5)
-        del array
-        return floor_bytes / seconds
-    finally:
-        torch.set_num_threads(previous)
+    def __init__(self, floor_bytes: int, threads: int):
+        import torch
+
+        self.torch, self.threads, self.floor_bytes = torch, threads, floor_bytes
+        self.array = torch.ones(floor_bytes // 4, dtype=torch.float32)
+        self.sum_seconds()
+
+    def sum_seconds(self) -> float:
+        previous = self.torch.get_num_threads()
+        self.torch.set_num_threads(self.threads)
+        try:
+            started = time.perf_counter()
+            self.array.sum()
+            return time.perf_counter() - started
+        finally:
+            self.torch.set_num_threads(previous)
+
+
+def best_times_interleaved(floor: ReadFloor, function, repeats: int) -> tuple[float, float]:
+    """Best time of the floor's sum and of function(), taken in turns so that both see the same machine."""
+    floor_times, times = [], []
+    for _ in range(repeats):
+        gc.collect()
+        floor_times.append(floor.sum_seconds())
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(floor_times), min(times)
 
 
 def main(argv=None) -> dict:
@@ -88,24 +106,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--floor-bytes", type=int, default=1 << 30)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    bandwidth = read_bandwidth(args.floor_bytes, args.threads)
+    floor = ReadFloor(args.floor_bytes, args.threads)
     result: dict = {"benchmark": "aggregate_in_process", "peer": "flwr.server.strategy.aggregate.aggregate",
-                    "params": args.params, "threads": args.threads,
-                    "floor_read_gb_per_s": round(bandwidth / 1e9, 2), "runs": {}}
+                    "params": args.params, "threads": args.threads, "runs": {}}
     model_bytes = args.params * 4
     for count in (int(c) for c in args.counts.split(",")):
         updates, samples = make_updates(args.params, count, args.pool)
         mine, theirs = ours(updates, samples, args.threads), flower(updates, samples)
         error = max(float(np.max(np.abs(a - b))) for a, b in zip(mine, theirs))
         del mine, theirs
-        ours_seconds = best_time(lambda: ours(updates, samples, args.threads), args.repeats)
+        floor_sum_seconds, ours_seconds = best_times_interleaved(
+            floor, lambda: ours(updates, samples, args.threads), max(args.repeats, 5))
+        bandwidth = args.floor_bytes / floor_sum_seconds
         flower_seconds = best_time(lambda: flower(updates, samples), max(1, args.repeats - 1))
         ours_peak = peak_bytes(lambda: ours(updates, samples, args.threads))
         flower_peak = peak_bytes(lambda: flower(updates, samples))
         floor_seconds = count * model_bytes / bandwidth
         result["runs"][str(count)] = {
             "ours_seconds": round(ours_seconds, 4), "flower_seconds": round(flower_seconds, 4),
-            "floor_seconds": round(floor_seconds, 4),
+            "floor_seconds": round(floor_seconds, 4), "floor_read_gb_per_s": round(bandwidth / 1e9, 2),
             "speedup_vs_flower": round(flower_seconds / ours_seconds, 2),
             "ours_vs_floor": round(ours_seconds / floor_seconds, 2),
             "ours_peak_models": round(ours_peak / model_bytes, 2),
