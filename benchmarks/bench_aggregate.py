@@ -44,14 +44,16 @@ def flower(updates, samples):
     return aggregate(list(zip(updates, samples)))
 
 
-def best_time(function, repeats: int) -> float:
-    times = []
+def best_times(functions, repeats: int) -> list[float]:
+    """Best time of each function, taken in turns so that all of them see the same machine."""
+    times: list[list[float]] = [[] for _ in functions]
     for _ in range(repeats):
         gc.collect()
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for function, record in zip(functions, times):
+            started = time.perf_counter()
+            function()
+            record.append(time.perf_counter() - started)
+    return [min(record) for record in times]
 
 
 def peak_bytes(function) -> int:
@@ -64,49 +66,35 @@ def peak_bytes(function) -> int:
         tracemalloc.stop()
 
 
-class ReadFloor:
-    """Times a `threads`-thread torch.sum over a float32 array of floor_bytes: the read-bandwidth floor."""
+def floor_sum(floor_bytes: int, threads: int):
+    """A function that sums a float32 array of floor_bytes on `threads` torch threads: the read-bandwidth floor."""
+    import torch
 
-    def __init__(self, floor_bytes: int, threads: int):
-        import torch
+    array = torch.ones(floor_bytes // 4, dtype=torch.float32)
 
-        self.torch, self.threads, self.floor_bytes = torch, threads, floor_bytes
-        self.array = torch.ones(floor_bytes // 4, dtype=torch.float32)
-        self.sum_seconds()
-
-    def sum_seconds(self) -> float:
-        previous = self.torch.get_num_threads()
-        self.torch.set_num_threads(self.threads)
+    def run() -> None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)  # about 1 us, against 15 ms or more for the sum
         try:
-            started = time.perf_counter()
-            self.array.sum()
-            return time.perf_counter() - started
+            array.sum()
         finally:
-            self.torch.set_num_threads(previous)
+            torch.set_num_threads(previous)
 
-
-def best_times_interleaved(floor: ReadFloor, function, repeats: int) -> tuple[float, float]:
-    """Best time of the floor's sum and of function(), taken in turns so that both see the same machine."""
-    floor_times, times = [], []
-    for _ in range(repeats):
-        gc.collect()
-        floor_times.append(floor.sum_seconds())
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(floor_times), min(times)
+    run()
+    return run
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=int, default=10_000_000)
     parser.add_argument("--counts", default="10,100")
-    parser.add_argument("--pool", type=int, default=20, help="distinct random update values (copies of them fill the rest)")
+    parser.add_argument("--pool", type=int, default=20,
+                        help="distinct random update values (copies of them fill the rest)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--floor-bytes", type=int, default=1 << 30)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    floor = ReadFloor(args.floor_bytes, args.threads)
+    floor = floor_sum(args.floor_bytes, args.threads)
     result: dict = {"benchmark": "aggregate_in_process", "peer": "flwr.server.strategy.aggregate.aggregate",
                     "params": args.params, "threads": args.threads, "runs": {}}
     model_bytes = args.params * 4
@@ -115,10 +103,10 @@ def main(argv=None) -> dict:
         mine, theirs = ours(updates, samples, args.threads), flower(updates, samples)
         error = max(float(np.max(np.abs(a - b))) for a, b in zip(mine, theirs))
         del mine, theirs
-        floor_sum_seconds, ours_seconds = best_times_interleaved(
-            floor, lambda: ours(updates, samples, args.threads), max(args.repeats, 5))
+        floor_sum_seconds, ours_seconds = best_times([floor, lambda: ours(updates, samples, args.threads)],
+                                                     max(args.repeats, 5))
         bandwidth = args.floor_bytes / floor_sum_seconds
-        flower_seconds = best_time(lambda: flower(updates, samples), max(1, args.repeats - 1))
+        [flower_seconds] = best_times([lambda: flower(updates, samples)], max(1, args.repeats - 1))
         ours_peak = peak_bytes(lambda: ours(updates, samples, args.threads))
         flower_peak = peak_bytes(lambda: flower(updates, samples))
         floor_seconds = count * model_bytes / bandwidth
