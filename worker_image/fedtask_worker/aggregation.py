@@ -55,11 +55,12 @@ def weighted_sum_backend() -> str:
     choice = os.environ.get("FEDTASK_AGGREGATE_BACKEND", "auto")
     if choice not in ("auto",) + BACKENDS:
         raise BadInput(f"FEDTASK_AGGREGATE_BACKEND={choice!r}: expected auto, native, torch or numpy")
-    if choice == "native" and native_kernel() is None:
+    built = native_kernel() is not None
+    if choice == "native" and not built:
         raise BadInput("FEDTASK_AGGREGATE_BACKEND=native, but the compiled kernel fedtask_worker._reduce was not "
                        "built (reinstall fedtask where a C compiler is available)")
     if choice == "auto":
-        choice = "native" if native_kernel() is not None else "torch" if "torch" in sys.modules else "numpy"
+        choice = "native" if built else "torch" if "torch" in sys.modules else "numpy"
     if choice == "torch":
         import torch  # noqa: F401  (chosen outright: the kernel takes it from sys.modules)
 
