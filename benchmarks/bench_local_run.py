@@ -49,12 +49,19 @@ def in_process_loop(manifest: Path, history_path: Path) -> dict:
     """The same rounds as a `fedtask run` (its history says which devices trained), in one process, no store."""
     import numpy as np
 
-    from fedtask_operator.spec import parse_task
+    from fedtask_operator.core.spec import parse_task
     from fedtask_worker.datasets import load_dataset
     from fedtask_worker.models import build_model
     from fedtask_worker.partition import device_indices, shared_indices
-    from fedtask_worker.training import (adjust_model, aggregate_states, configure_threads, evaluate,
-                                         load_model_state, model_state, train_local)
+    from fedtask_worker.training import (
+        adjust_model,
+        aggregate_states,
+        configure_threads,
+        evaluate,
+        load_model_state,
+        model_state,
+        train_local,
+    )
 
     configure_threads()
     spec = parse_task(yaml.safe_load(manifest.read_text())).spec

@@ -93,7 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
-    from fedtask_operator.forkserver import ForkServer
+    from fedtask_operator.local.forkserver import ForkServer
 
     with tempfile.TemporaryDirectory() as tmp, run_s3_server() as s3:
         workdir = pathlib.Path(tmp)

@@ -25,11 +25,10 @@ import random
 import statistics
 import time
 
-import numpy as np
 import torch
 
-from fedtask_operator.scheduling import (DeviceRequest, jain_index, select_devices, update_train_estimate)
-from fedtask_operator.scheduling.synthetic import make_node
+from fedtask_operator.core.scheduling import DeviceRequest, jain_index, select_devices, update_train_estimate
+from fedtask_operator.core.scheduling.synthetic import make_node
 from fedtask_worker.datasets import load_dataset
 from fedtask_worker.models import build_model
 from fedtask_worker.partition import all_shards

@@ -18,10 +18,10 @@ import random
 import statistics
 import time
 
-from fedtask_operator.scheduling import DeviceRequest, jain_index, select_devices
-from fedtask_operator.scheduling.fleet import build_fleet
-from fedtask_operator.scheduling.select import _Context, _prepare_node_task
-from fedtask_operator.scheduling.synthetic import make_node
+from fedtask_operator.core.scheduling import DeviceRequest, jain_index, select_devices
+from fedtask_operator.core.scheduling.fleet import build_fleet
+from fedtask_operator.core.scheduling.select import _Context, _prepare_node_task
+from fedtask_operator.core.scheduling.synthetic import make_node
 
 POLICIES = ("time-fair", "fastest", "random", "round-robin")
 

@@ -15,9 +15,9 @@ import json
 import random
 import time
 
-from fedtask_operator.scheduling import DeviceRequest, select_devices
-from fedtask_operator.scheduling.fleet import build_fleet
-from fedtask_operator.scheduling.synthetic import make_fleet
+from fedtask_operator.core.scheduling import DeviceRequest, select_devices
+from fedtask_operator.core.scheduling.fleet import build_fleet
+from fedtask_operator.core.scheduling.synthetic import make_fleet
 
 POOLS = 20
 

@@ -32,7 +32,7 @@ def operator(cluster, s3_server, store_bucket, tmp_path):
 @pytest.fixture(scope="session")
 def fork_server():
     """Preloaded worker processes (torch imported once): pods start in milliseconds, as in `fedtask run`."""
-    from fedtask_operator.forkserver import ForkServer
+    from fedtask_operator.local.forkserver import ForkServer
 
     server = ForkServer(preload_datasets=["digits"]).start()
     yield server

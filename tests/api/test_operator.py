@@ -1,11 +1,9 @@
 """Scenarios against the real operator (`fedtask operator` subprocess) + kmock + moto S3 + a process kubelet."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 
-from fedtask_operator import conditions
+from fedtask_operator.core import conditions
 from tests.support.kube import FEDERATEDTASKS, PODS, make_node
 from tests.support.operator import metric_value, task_events, task_status, wait_for
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fedtask_operator import metrics
-from fedtask_operator.operator_cli import build_settings, parse_config
+from fedtask_operator.kube import metrics
+from fedtask_operator.kube.cli import build_settings, parse_config
 
 INTERNALS = Path(__file__).resolve().parents[2] / "docs" / "internals.md"
 

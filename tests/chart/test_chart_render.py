@@ -307,7 +307,7 @@ def test_wrong_values_are_rejected_naming_the_field(tools: Tools, value: str, ma
 def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list[dict]], combination: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """The chart's flags and environment, parsed by the operator's own command line."""
-    from fedtask_operator.operator_cli import parse_config
+    from fedtask_operator.kube.cli import parse_config
 
     container = the(rendered[combination], "Deployment", "fedtask")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "operator"

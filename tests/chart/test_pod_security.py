@@ -1,12 +1,12 @@
 """The Pod Security levels the chart README promises per data source, checked on the pods the operator really
-builds (fedtask_operator.pods), and the chart's task-pod NetworkPolicy selects those pods."""
+builds (fedtask_operator.core.pods), and the chart's task-pod NetworkPolicy selects those pods."""
 from __future__ import annotations
 
 import pytest
 
-from fedtask_operator.pods import RuntimeConfig, build_init_pod, build_publish_pod, build_train_pod
-from fedtask_operator.scheduling.types import DeviceSlot
-from fedtask_operator.spec import parse_task
+from fedtask_operator.core.pods import RuntimeConfig, build_init_pod, build_publish_pod, build_train_pod
+from fedtask_operator.core.scheduling.types import DeviceSlot
+from fedtask_operator.core.spec import parse_task
 from tests.support.tools import CHART, Tools, helm_template
 
 CONFIG = RuntimeConfig(image="fedtask-worker:0.1.0", store_base_uri="s3://fedtask/tasks", s3_endpoint="minio:9000",

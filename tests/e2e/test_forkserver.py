@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from fedtask_operator.forkserver import ForkServer, worker_args
-from fedtask_operator.kubelet import ProcessKubelet, process_start_ticks
+from fedtask_operator.local.forkserver import ForkServer, worker_args
+from fedtask_operator.local.kubelet import ProcessKubelet, process_start_ticks
 
 pytestmark = pytest.mark.e2e
 

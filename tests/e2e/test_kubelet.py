@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fedtask_operator.kubelet import ProcessKubelet, expand_vars, process_start_ticks, rewrite_paths
+from fedtask_operator.local.kubelet import ProcessKubelet, expand_vars, process_start_ticks, rewrite_paths
 
 pytestmark = pytest.mark.e2e
 

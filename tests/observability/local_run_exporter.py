@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from fedtask_operator import metrics
+from fedtask_operator.kube import metrics
 from fedtask_operator.local import cli as local_cli
 from fedtask_operator.local import runtime as local_runtime
 from fedtask_operator.local.store import LocalStore

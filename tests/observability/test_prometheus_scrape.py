@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.observability.promql import (GRAFANA_VARIABLES, dashboard_queries, dashboard_variable_metrics,
-                                        substitute_grafana_variables)
+from tests.observability.promql import (
+    GRAFANA_VARIABLES,
+    dashboard_queries,
+    dashboard_variable_metrics,
+    substitute_grafana_variables,
+)
 from tests.support.s3 import free_port
 from tests.support.tools import REPO, Tools, helm_template
 

@@ -7,9 +7,15 @@ import subprocess
 import pytest
 import yaml
 
-from tests.observability.promql import (PROMETHEUS_SERIES, dashboard_queries, dashboard_variable_metrics,
-                                        exported_metrics, exported_sample_names, metric_names,
-                                        substitute_grafana_variables)
+from tests.observability.promql import (
+    PROMETHEUS_SERIES,
+    dashboard_queries,
+    dashboard_variable_metrics,
+    exported_metrics,
+    exported_sample_names,
+    metric_names,
+    substitute_grafana_variables,
+)
 from tests.support.tools import Tools, helm_template
 
 

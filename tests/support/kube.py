@@ -28,10 +28,10 @@ import uuid
 from collections.abc import Iterator
 
 import kmock
-from kmock._internal import parsing as kmock_parsing
 import yaml
+from kmock._internal import parsing as kmock_parsing
 
-from fedtask_operator.scheduling import synthetic
+from fedtask_operator.core.scheduling import synthetic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "federatedtask.yaml"
@@ -55,7 +55,7 @@ kmock_parsing.parse_path = _parse_path
 
 
 def _now() -> str:
-    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FedtaskEmulator(kmock.KubernetesEmulator):
@@ -161,7 +161,7 @@ class EmulatedCluster:
         self.kubeconfig = self.workdir / "kubeconfig.yaml"
 
     # -- lifecycle --------------------------------------------------------------------------------------------
-    def __enter__(self) -> "EmulatedCluster":
+    def __enter__(self) -> EmulatedCluster:
         self._thread.start()
         self.call(self._start())
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """A test kubelet for the emulated API: runs every pod the operator creates as a real local process
-(`fedtask_operator.kubelet.ProcessKubelet`) and writes phases and termination messages back through the HTTP API.
+(`fedtask_operator.local.kubelet.ProcessKubelet`) and writes phases and termination messages back through the HTTP API.
 
 It also plays kube-scheduler's binding (spec.nodeName from the pod's hostname affinity) and can inject failures:
 `fail_pods(prefix, times)` makes the next `times` pods whose name starts with `prefix` fail with exit code 1.
@@ -11,8 +11,7 @@ import re
 import threading
 import time
 
-from fedtask_operator.kubelet import ProcessKubelet
-
+from fedtask_operator.local.kubelet import ProcessKubelet
 from tests.support.kube import PODS, ApiError, EmulatedCluster
 
 INJECTED_EXIT_CODE = 1
@@ -75,7 +74,7 @@ class ApiKubelet:
     def release(self, prefix: str) -> None:
         self._held.discard(prefix)
 
-    def __enter__(self) -> "ApiKubelet":
+    def __enter__(self) -> ApiKubelet:
         self._thread.start()
         return self
 

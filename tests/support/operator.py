@@ -28,7 +28,7 @@ class OperatorProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "OperatorProcess":
+    def start(self) -> OperatorProcess:
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         return self
@@ -49,7 +49,7 @@ class OperatorProcess:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def __enter__(self) -> "OperatorProcess":
+    def __enter__(self) -> OperatorProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

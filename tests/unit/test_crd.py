@@ -17,8 +17,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedtask_operator import crd as crdmod
-from fedtask_operator.spec import SpecError, TaskStatus, parse_task, spec_to_dict, status_to_dict
+from fedtask_operator.core import crd as crdmod
+from fedtask_operator.core.spec import SpecError, TaskStatus, parse_task, spec_to_dict, status_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "federatedtask.yaml").read_text())
@@ -48,7 +48,7 @@ SPEC_VALIDATOR = jsonschema.Draft7Validator(draft7(SPEC_SCHEMA))
 CEL_ENV = celpy.Environment()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cel_program(rule: str):
     return CEL_ENV.program(CEL_ENV.compile(rule))
 
@@ -136,7 +136,7 @@ def paths(errors: list[str]) -> set[str]:
 
 def test_committed_crd_is_the_generated_one():
     assert (ROOT / "crds" / "federatedtask.yaml").read_text() == crdmod.render_crd(), \
-        "run: python -m fedtask_operator.crd > crds/federatedtask.yaml"
+        "run: python -m fedtask_operator.core.crd > crds/federatedtask.yaml"
     assert crdmod.main(["--check", str(ROOT / "crds" / "federatedtask.yaml")]) == 0
 
 
@@ -389,7 +389,7 @@ def test_full_status_is_kept_by_the_api_server_and_valid():
 
 
 def test_typed_status_round_trip_writes_only_schema_fields():
-    from fedtask_operator.spec import status_from_dict
+    from fedtask_operator.core.spec import status_from_dict
 
     typed = status_from_dict(FULL_STATUS)
     encoded = status_to_dict(typed)
@@ -418,10 +418,10 @@ def test_unknown_status_fields_are_found_where_a_server_would_prune():
 
 
 def test_api_reference_is_current_and_complete():
-    from fedtask_operator import conditions
+    from fedtask_operator.core import conditions
 
     text = (ROOT / "docs" / "api.md").read_text()
-    assert crdmod.update_reference(text) == text, "run: python -m fedtask_operator.crd --reference"
+    assert crdmod.update_reference(text) == text, "run: python -m fedtask_operator.core.crd --reference"
     documented = 0
     for path, _ in walk(SPEC_SCHEMA, "spec"):
         if path != "spec" and "*" not in path and not path.endswith("[]"):
@@ -439,7 +439,7 @@ def test_api_reference_is_current_and_complete():
 
 
 def update_verdicts(old_spec, new_spec):
-    from fedtask_operator.spec import parse_spec, validate_update
+    from fedtask_operator.core.spec import parse_spec, validate_update
 
     old = crdmod.apply_defaults(old_spec, SPEC_SCHEMA)
     new = crdmod.apply_defaults(new_spec, SPEC_SCHEMA)

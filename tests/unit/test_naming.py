@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from fedtask_operator import naming as n
-from fedtask_operator.spec import parse_task
+from fedtask_operator.core import naming as n
+from fedtask_operator.core.spec import parse_task
 
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -112,3 +112,9 @@ def test_distinct_inputs_give_distinct_train_pod_names(task, round_, devices, at
     a = n.train_pod_name(task, round_, devices[0], attempts[0])
     b = n.train_pod_name(task, round_, devices[1], attempts[1])
     assert a != b
+
+
+@pytest.mark.parametrize("device, part", [("0.-0", "0.0"), ("a-.b", "a.b"), ("a..b", "a.b"), ("a-.-b", "a.b"),
+                                          ("node-1.example.com", "node-1.example.com"), ("a--b", "a--b")])
+def test_dns_part_keeps_every_dot_separated_label_alphanumeric_at_both_ends(device, part):
+    assert n.dns_part(device) == part

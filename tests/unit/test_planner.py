@@ -1,26 +1,27 @@
 """The round planner driven through whole tasks by a tiny pure simulator: an API server (task status, pods,
 events), a kubelet whose pods finish or fail when the test says so, and a scheduler that hands out free devices.
 
-It applies plans the way the runtimes must (docs/internals.md): status first, then pods, then events; with
-needs_devices it schedules and plans again with the assignment.
+It applies plans with the runtimes' own `apply_plan` (core/apply.py); with needs_devices it schedules and plans
+again with the assignment.
 """
 from __future__ import annotations
 
 import copy
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import json
-from datetime import datetime, timedelta, timezone
 
-from fedtask_operator.crd import unknown_status_fields
-from fedtask_operator.planner import Observed, Plan, observe_pod, plan_task, pods_awaiting_results
-from fedtask_operator.pods import RuntimeConfig
-from fedtask_operator.scheduling.types import DeviceSlot, TaskAssignment
-from fedtask_operator.spec import HISTORY_LIMIT, FieldError, TaskStatus, decode_dataclass
+from fedtask_operator.core.apply import apply_plan, run_sync
+from fedtask_operator.core.crd import unknown_status_fields
+from fedtask_operator.core.planner import Observed, Plan, observe_pod, plan_task, pods_awaiting_results
+from fedtask_operator.core.pods import RuntimeConfig
+from fedtask_operator.core.scheduling.types import DeviceSlot, TaskAssignment
+from fedtask_operator.core.spec import HISTORY_LIMIT, FieldError, TaskStatus, decode_dataclass
 
-T0 = datetime(2026, 11, 28, 5, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 28, 5, 0, 0, tzinfo=UTC)
 CONFIG = RuntimeConfig(store_base_uri="s3://fedtask/tasks")
 STAGE_LABEL = "fedtask.io/stage"
 ROUND_LABEL = "fedtask.io/round"
@@ -70,6 +71,54 @@ def result_for(pod: dict) -> dict:
     return {"uri": "s3://x", "bytes": 1000, "seconds": 0.1}
 
 
+class _Crash(Exception):
+    """The simulated runtime dies here."""
+
+
+class _SimulatedSink:
+    """apply_plan's sink for the simulated cluster; it can die right after a named step."""
+
+    def __init__(self, cluster: Cluster, crash_after: str | None):
+        self.cluster, self.crash_after = cluster, crash_after
+
+    def _step_done(self, step: str) -> None:
+        if step == self.crash_after:
+            raise _Crash
+
+    async def write_status(self, status: dict) -> bool:
+        changed = self.cluster.task.get("status") != status
+        self.cluster.task["status"] = copy.deepcopy(status)
+        self._step_done("write_status")
+        return changed
+
+    async def create_pods(self, manifests: list[dict]) -> int:
+        created = 0
+        for manifest in manifests:
+            name = manifest["metadata"]["name"]
+            if name not in self.cluster.pods:
+                pod = copy.deepcopy(manifest)
+                pod["status"] = {"phase": "Pending"}
+                self.cluster.pods[name] = pod
+                self.cluster.created.append(name)
+                created += 1
+        self._step_done("create_pods")
+        return created
+
+    async def delete_pods(self, names: list[str]) -> int:
+        for name in names:
+            assert name in self.cluster.pods, f"delete of unknown pod {name}"
+            del self.cluster.pods[name]
+            self.cluster.deleted.append(name)
+        self._step_done("delete_pods")
+        return len(names)
+
+    async def post_events(self, events: list) -> None:
+        self.cluster.events.extend(events)
+
+    async def delete_task(self) -> None:
+        self.cluster.task_deleted = True
+
+
 class Cluster:
     """One task, its pods and events; time moves only when the test says so."""
 
@@ -88,6 +137,7 @@ class Cluster:
         self.deleted: list[str] = []
         self.schedule_calls = 0
         self.requests = []
+        self.task_deleted = False
 
     # ---- the planner, applied like a runtime
     def plan(self, assignment: TaskAssignment | None = None) -> Plan:
@@ -122,26 +172,16 @@ class Cluster:
                 assert name not in awaiting, f"{name} deleted before its result was in status"
         return plan
 
-    def apply(self, plan: Plan, status: bool = True, pods: bool = True, events: bool = True) -> None:
-        """Apply a plan like a runtime: status, then pods, then events (a crash may stop after any step)."""
-        if not status:
+    def apply(self, plan: Plan, crash_after: str | None = None) -> None:
+        """Apply a plan like a runtime, through `apply_plan`; `crash_after` names the step after which the runtime
+        dies ("start": before the first)."""
+        sink = _SimulatedSink(self, crash_after)
+        try:
+            if crash_after == "start":
+                raise _Crash
+            run_sync(apply_plan(plan, sink))
+        except _Crash:
             return
-        self.task["status"] = plan.status
-        if not pods:
-            return
-        for manifest in plan.create:
-            name = manifest["metadata"]["name"]
-            if name not in self.pods:
-                pod = copy.deepcopy(manifest)
-                pod["status"] = {"phase": "Pending"}
-                self.pods[name] = pod
-                self.created.append(name)
-        for name in plan.delete:
-            assert name in self.pods, f"delete of unknown pod {name}"
-            del self.pods[name]
-            self.deleted.append(name)
-        if events:
-            self.events.extend(plan.events)
         self.plans.append(plan)
 
     def schedule(self, request) -> TaskAssignment:
@@ -734,8 +774,8 @@ def reference_run(task: dict) -> Cluster:
     return cluster
 
 
-@pytest.mark.parametrize("applied", ["nothing", "status only", "status and pods, no events"])
-def test_a_crash_at_any_step_neither_loses_nor_repeats_a_round(applied):
+@pytest.mark.parametrize("crash_after", ["start", "write_status", "create_pods", "delete_pods"])
+def test_a_crash_at_any_step_neither_loses_nor_repeats_a_round(crash_after):
     task = make_task(devices={"count": 4, "perRound": 2}, rounds={"max": 2})
     reference = reference_run(task)
     steps = len(reference.plans)
@@ -744,8 +784,7 @@ def test_a_crash_at_any_step_neither_loses_nor_repeats_a_round(applied):
         for step in range(100):
             plan = cluster.next_plan()
             if step == crash_at:  # the runtime dies part-way through applying this plan, then restarts
-                cluster.apply(plan, status=applied != "nothing", pods=applied.startswith("status and pods"),
-                              events=False)
+                cluster.apply(plan, crash_after=crash_after)
             else:
                 cluster.apply(plan)
             if cluster.status.get("phase") == "Succeeded":
@@ -883,7 +922,7 @@ def test_ttl_after_finished_asks_the_runtime_to_delete_the_task():
     plan = cluster.reconcile()
     assert not plan.delete_task and plan.requeue_after == 30
     cluster.tick(30)
-    assert cluster.reconcile().delete_task
+    assert cluster.reconcile().delete_task and cluster.task_deleted
     assert not Cluster(make_task(rounds={"max": 1})).reconcile().delete_task
 
 
@@ -940,7 +979,7 @@ def test_random_histories_keep_the_invariants(actions):
         elif action == "fleet-free":
             cluster.free_devices = None
         elif action == "crash":  # the runtime dies after patching the status, before touching pods
-            cluster.apply(cluster.next_plan(), pods=False)
+            cluster.apply(cluster.next_plan(), crash_after="write_status")
             continue
         elif action == "restart":
             cluster = restarted_keeping_log(cluster)

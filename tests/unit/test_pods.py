@@ -6,10 +6,16 @@ import copy
 import kubernetes_validate
 import pytest
 
-from fedtask_operator.pods import RuntimeConfig, build_adjust_pod, build_aggregate_pod, build_init_pod, \
-    build_publish_pod, build_train_pod
-from fedtask_operator.scheduling.types import DeviceSlot
-from fedtask_operator.spec import parse_task
+from fedtask_operator.core.pods import (
+    RuntimeConfig,
+    build_adjust_pod,
+    build_aggregate_pod,
+    build_init_pod,
+    build_publish_pod,
+    build_train_pod,
+)
+from fedtask_operator.core.scheduling.types import DeviceSlot
+from fedtask_operator.core.spec import parse_task
 
 K8S_VERSIONS = ("1.27.0", "1.37.0")
 CLUSTER = RuntimeConfig(image="fedtask-worker:0.1.0", store_base_uri="s3://fedtask/tasks", s3_endpoint="minio:9000",

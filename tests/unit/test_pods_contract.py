@@ -6,10 +6,16 @@ import itertools
 
 import pytest
 
-from fedtask_operator.pods import RuntimeConfig, build_adjust_pod, build_aggregate_pod, build_init_pod, \
-    build_publish_pod, build_train_pod
-from fedtask_operator.scheduling.types import DeviceSlot
-from fedtask_operator.spec import STRATEGIES, parse_task
+from fedtask_operator.core.pods import (
+    RuntimeConfig,
+    build_adjust_pod,
+    build_aggregate_pod,
+    build_init_pod,
+    build_publish_pod,
+    build_train_pod,
+)
+from fedtask_operator.core.scheduling.types import DeviceSlot
+from fedtask_operator.core.spec import STRATEGIES, parse_task
 from fedtask_worker.cli import build_parser
 
 CONFIG = RuntimeConfig(store_base_uri="s3://fedtask/tasks", credentials_secret="s3")

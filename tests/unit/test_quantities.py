@@ -5,8 +5,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedtask_operator.quantities import (QuantityError, format_milli, format_quantity, parse_quantity,
-                                         parse_resource_list, to_milli)
+from fedtask_operator.core.quantities import (
+    QuantityError,
+    format_milli,
+    format_quantity,
+    parse_quantity,
+    parse_resource_list,
+    to_milli,
+)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -3,11 +3,16 @@ import math
 
 import pytest
 
-from fedtask_operator.scheduling import (DeviceRequest, jain_index, select_devices, update_train_estimate,
-                                         update_train_estimates)
-from fedtask_operator.scheduling.fleet import FleetError, build_fleet, pod_requests
-from fedtask_operator.scheduling.matching import SelectorError, matches_selector, tolerates
-from fedtask_operator.scheduling.synthetic import make_node, make_pod, make_train_pod
+from fedtask_operator.core.scheduling import (
+    DeviceRequest,
+    jain_index,
+    select_devices,
+    update_train_estimate,
+    update_train_estimates,
+)
+from fedtask_operator.core.scheduling.fleet import FleetError, build_fleet, pod_requests
+from fedtask_operator.core.scheduling.matching import SelectorError, matches_selector, tolerates
+from fedtask_operator.core.scheduling.synthetic import make_node, make_pod, make_train_pod
 
 
 def node_task(name="ns/a", per_round=1, **kwargs):
@@ -465,8 +470,8 @@ def test_jain_index():
 # --- the request from a FederatedTask -------------------------------------------------------------------------------
 
 def test_build_device_request_reads_spec_and_status():
-    from fedtask_operator.scheduling import build_device_request
-    from fedtask_operator.spec import parse_task
+    from fedtask_operator.core.scheduling import build_device_request
+    from fedtask_operator.core.spec import parse_task
 
     task = parse_task({
         "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "metadata": {"name": "vision", "namespace": "ml"},

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from fedtask_operator.scheduling.synthetic import make_node, make_pod, make_train_pod
+from fedtask_operator.core.scheduling.synthetic import make_node, make_pod, make_train_pod
 
 VISION = """apiVersion: fedtask.io/v1alpha1
 kind: FederatedTask

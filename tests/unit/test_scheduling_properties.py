@@ -7,9 +7,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedtask_operator.scheduling import DeviceRequest, select_devices
-from fedtask_operator.scheduling.fleet import build_fleet
-from fedtask_operator.scheduling.synthetic import make_fleet, make_train_pod
+from fedtask_operator.core.scheduling import DeviceRequest, select_devices
+from fedtask_operator.core.scheduling.fleet import build_fleet
+from fedtask_operator.core.scheduling.synthetic import make_fleet, make_train_pod
 
 POLICIES = ("time-fair", "fastest", "random", "round-robin")
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from fedtask_operator import conditions as c
-from fedtask_operator.spec import (
+from fedtask_operator.core import conditions as c
+from fedtask_operator.core.spec import (
     FederatedTask,
     SpecError,
     TaskStatus,
@@ -192,8 +192,8 @@ def test_parse_does_not_modify_its_input_and_keeps_raw():
     assert task.raw is obj
 
 
-NOW = datetime(2026, 11, 28, 4, 0, 0, tzinfo=timezone.utc)
-LATER = datetime(2026, 11, 28, 5, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
+LATER = datetime(2026, 11, 28, 5, 0, 0, tzinfo=UTC)
 
 
 def test_set_condition_changes_transition_time_only_when_status_flips():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from fedtask_operator.spec_cli import main
+from fedtask_operator.cli.validate import main
 
 GOOD = """\
 apiVersion: fedtask.io/v1alpha1
@@ -109,7 +109,7 @@ def test_every_example_task_is_valid():
 
 
 def test_standard_input_and_non_mapping_documents(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fedtask_operator.spec_cli", "-"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "fedtask_operator.cli.validate", "-"], capture_output=True, text=True,
                             input=GOOD + "---\n- just\n- a list\n", timeout=60)
     assert result.returncode == 2
     assert result.stdout == "-:1: FederatedTask default/mnist: valid\n"

@@ -13,7 +13,8 @@ def preload(datasets: list[str] | tuple[str, ...] = DEFAULT_PRELOAD_DATASETS) ->
     """
     import numpy as np
 
-    from . import cli, datasets as registry, models, partition, training  # noqa: F401
+    from . import cli, models, partition, training  # noqa: F401
+    from . import datasets as registry
     from .stages import STAGES
 
     for stage in STAGES:

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         result = _stage_module(args.stage).run(args)
     except StageError as error:
         return _fail(stage, str(error), error.exit_code, result_file)
-    except Exception as error:  # noqa: BLE001 - a bug: one line, the traceback only on request
+    except Exception as error:  # a bug: one line, the traceback only on request
         if os.environ.get("FEDTASK_DEBUG"):
             traceback.print_exc()
         message = f"internal error: {type(error).__name__}: {error}".splitlines()[0]

@@ -21,7 +21,7 @@ def shared_indices(labels: np.ndarray, fraction: float, seed: int = 0) -> np.nda
     return _shared(_key(labels), fraction, seed)
 
 
-def _key(labels: np.ndarray) -> "_Labels":
+def _key(labels: np.ndarray) -> _Labels:
     return _Labels(np.asarray(labels))
 
 

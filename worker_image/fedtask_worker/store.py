@@ -38,7 +38,7 @@ class Location:
     def is_local(self) -> bool:
         return self.bucket is None
 
-    def child(self, name: str) -> "Location":
+    def child(self, name: str) -> Location:
         return parse_uri(self.uri.rstrip("/") + "/" + name)
 
 
@@ -104,8 +104,8 @@ def s3_client():
 
 
 def _is_transient(error: Exception) -> bool:
-    from minio.error import S3Error, ServerError
     import urllib3.exceptions
+    from minio.error import S3Error, ServerError
 
     if isinstance(error, ServerError):
         return error.status_code >= 500
@@ -134,7 +134,7 @@ def with_retries(uri: str, action: str, operation: Callable[[], T], budget: floa
             return operation()
         except BadInput:
             raise
-        except Exception as error:  # noqa: BLE001 - classified below
+        except Exception as error:  # classified below
             if not _is_transient(error):
                 raise BadInput(f"{uri}: {action} failed: {_describe(error)}") from None
             remaining = deadline - time.monotonic()

@@ -11,9 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
-from ..documents import DocumentError, load_documents
-from ..spec import SpecError, parse_task, spec_to_dict
-from .nodes import builtin_nodes, load_nodes
+from fedtask_operator.core.documents import DocumentError, load_documents
+from fedtask_operator.core.spec import SpecError, parse_task, spec_to_dict
+from fedtask_operator.local.nodes import builtin_nodes, load_nodes
 
 DEFAULT_WORKDIR = "./fedtask-runs"
 PRELOADABLE_DATASETS = {"mnist", "digits"}  # the worker's builtin datasets worth loading once in the fork server
@@ -112,7 +112,7 @@ def import_matplotlib() -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
+        import matplotlib.pyplot
     except Exception:  # the plot step reports it, if it matters
         pass
 
@@ -128,12 +128,12 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
 
     # Imported here: validating a manifest needs neither torch nor the runtime.
-    from ..forkserver import ForkServer
-    from ..kubelet import ProcessKubelet
-    from .config import local_runtime_config
-    from .progress import Progress, summary_table
-    from .runtime import LocalRuntime
-    from .store import LocalStore
+    from fedtask_operator.local.config import local_runtime_config
+    from fedtask_operator.local.forkserver import ForkServer
+    from fedtask_operator.local.kubelet import ProcessKubelet
+    from fedtask_operator.local.progress import Progress, summary_table
+    from fedtask_operator.local.runtime import LocalRuntime
+    from fedtask_operator.local.store import LocalStore
 
     workdir = Path(args.workdir).resolve()
     store = LocalStore(workdir)

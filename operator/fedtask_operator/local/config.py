@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..pods import RuntimeConfig
+from fedtask_operator.core.pods import RuntimeConfig
 
 LOCAL_IMAGE = "fedtask-worker:local"  # not pulled: the process kubelet runs the command with this machine's Python
 

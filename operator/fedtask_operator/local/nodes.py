@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ..documents import DocumentError, load_documents
+from fedtask_operator.core.documents import DocumentError, load_documents
 
 BUILTIN_NODE_COUNT = 3
 DEVICE_LABEL = "fedtask.io/device"

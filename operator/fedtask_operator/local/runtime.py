@@ -7,17 +7,17 @@ runs and no plan changes anything any more (a task stuck, e.g. unschedulable on 
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..kubelet import ProcessKubelet
-from ..planner import Observed, Plan, plan_task
-from ..scheduling.select import select_devices
-from .progress import Progress, plot_accuracy
-from .store import LocalStore, now_utc
+from fedtask_operator.core.apply import apply_plan, run_sync
+from fedtask_operator.core.planner import Event, Observed, Plan, plan_task
+from fedtask_operator.core.scheduling.select import select_devices
+from fedtask_operator.local.kubelet import ProcessKubelet
+from fedtask_operator.local.progress import Progress, plot_accuracy
+from fedtask_operator.local.store import LocalStore, now_utc
 
 FINISHED_PHASES = ("Succeeded", "Failed")
 POLL_SECONDS = 0.02  # the longest wait for a pod; worker pods wake the loop as soon as they end
@@ -60,7 +60,7 @@ class LocalRuntime:
         """Adopt the pods an earlier run left running (or run them again), and learn how the finished ones ended."""
         for name in self.runs:
             for pod in self.store.task_pods(name):
-                self.pod_task[self._pod_key(pod)] = name
+                self.pod_task[pod_key(pod)] = name
                 if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
                     continue
                 status = self.kubelet.run_pod(pod)
@@ -75,7 +75,7 @@ class LocalRuntime:
         streak = 0  # reconciles in a row that acted
         while True:
             for pod, status in self.kubelet.poll():
-                task = self.pod_task.get(self._pod_key(pod))
+                task = self.pod_task.get(pod_key(pod))
                 if task is not None and self.store.set_pod_status(task, pod["metadata"]["name"], status):
                     changed = True
             now = time.monotonic()
@@ -135,32 +135,13 @@ class LocalRuntime:
         return acted
 
     def apply(self, name: str, plan: Plan) -> bool:
+        applied = run_sync(apply_plan(plan, _LocalSink(self, name)))
         run = self.runs[name]
-        acted = False
-        if plan.status and self.store.write_status(name, plan.status):
-            acted = True
-        for event in plan.events:
-            self.store.append_event(name, {"time": now_utc().isoformat(), "type": event.type,
-                                           "reason": event.reason, "message": event.message})
-            if event.type == "Warning":
-                self.progress.message(f"{name}: {event.reason}: {event.message}")
-        for manifest in plan.create:
-            pod, created = self.store.create_pod(name, manifest)
-            if created:
-                acted = True
-                self.pod_task[self._pod_key(pod)] = name
-                status = self.kubelet.run_pod(pod)
-                self.store.set_pod_status(name, pod["metadata"]["name"], status)
-        for pod_name in plan.delete:
-            namespace = self.store.task(name)["metadata"].get("namespace") or "default"
-            self.kubelet.delete_pod(pod_name, namespace)
-            if self.store.delete_pod(name, pod_name):
-                acted = True
         run.requeue_at = time.monotonic() + plan.requeue_after if plan.requeue_after is not None else None
         if self._finished(name) and run.finished is None:
             run.finished = time.monotonic()
             self.finish_task(name)
-        return acted
+        return applied.acted
 
     def finish_task(self, name: str) -> None:
         """Copy the final model next to the task record and draw its accuracy plot."""
@@ -189,11 +170,6 @@ class LocalRuntime:
     def _requeue_pending(self) -> bool:
         return any(run.requeue_at is not None and not self._finished(run.name) for run in self.runs.values())
 
-    @staticmethod
-    def _pod_key(pod: dict) -> str:
-        metadata = pod["metadata"]
-        return f"{metadata.get('namespace') or 'default'}/{metadata['name']}"
-
     def stuck_reasons(self) -> dict[str, str]:
         """For each unfinished task, the conditions that say why it does not progress."""
         reasons = {}
@@ -208,6 +184,52 @@ class LocalRuntime:
         return reasons
 
 
+def pod_key(pod: dict) -> str:
+    metadata = pod["metadata"]
+    return f"{metadata.get('namespace') or 'default'}/{metadata['name']}"
+
+
+class _LocalSink:
+    """`apply_plan`'s sink for one task of the local runtime: the task folder and the process kubelet."""
+
+    def __init__(self, runtime: LocalRuntime, name: str):
+        self.runtime, self.name = runtime, name
+        self.store = runtime.store
+
+    async def write_status(self, status: dict) -> bool:
+        return self.store.write_status(self.name, status)
+
+    async def create_pods(self, manifests: list[dict]) -> int:
+        created = 0
+        for manifest in manifests:
+            pod, new = self.store.create_pod(self.name, manifest)
+            if new:
+                created += 1
+                self.runtime.pod_task[pod_key(pod)] = self.name
+                status = self.runtime.kubelet.run_pod(pod)
+                self.store.set_pod_status(self.name, pod["metadata"]["name"], status)
+        return created
+
+    async def delete_pods(self, names: list[str]) -> int:
+        namespace = self.store.task(self.name)["metadata"].get("namespace") or "default"
+        deleted = 0
+        for pod_name in names:
+            self.runtime.kubelet.delete_pod(pod_name, namespace)
+            deleted += self.store.delete_pod(self.name, pod_name)
+        return deleted
+
+    async def post_events(self, events: list[Event]) -> None:
+        for event in events:
+            self.store.append_event(self.name, {"time": now_utc().isoformat(), "type": event.type,
+                                                "reason": event.reason, "message": event.message})
+            if event.type == "Warning":
+                self.runtime.progress.message(f"{self.name}: {event.reason}: {event.message}")
+
+    async def delete_task(self) -> None:
+        """Not reached: the local runtime stops planning a task once it has finished, and keeps its folder (the
+        run's output) whatever spec.ttlSecondsAfterFinished says."""
+
+
 def local_path(uri: str) -> Path | None:
     if uri.startswith("file://"):
         return Path(uri[len("file://"):])
@@ -215,6 +237,3 @@ def local_path(uri: str) -> Path | None:
         return Path(uri)
     return None
 
-
-def dump(obj: dict) -> str:
-    return json.dumps(obj, indent=1)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from ..conditions import format_time
-
+from fedtask_operator.core.conditions import format_time
 
 _made_dirs: set[Path] = set()
 
@@ -32,7 +31,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def node_of(pod: dict) -> str | None:

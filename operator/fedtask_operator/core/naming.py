@@ -45,7 +45,8 @@ def cut_name(name: str, limit: int = MAX_NAME_LENGTH) -> str:
 def dns_part(text: str) -> str:
     """A device or node name as it may appear inside a pod name: lower case, [a-z0-9.-] only."""
     cleaned = re.sub(r"[^a-z0-9.-]+", "-", str(text).lower()).strip("-.")
-    cleaned = re.sub(r"\.{2,}", ".", cleaned)
+    # A DNS label between dots must start and end alphanumeric: any run of dots and dashes holding a dot becomes one.
+    cleaned = re.sub(r"-*\.[-.]*", ".", cleaned)
     return cleaned or "x"
 
 

@@ -12,9 +12,10 @@ from collections import Counter
 
 import kopf
 
-from fedtask_operator import k8s, metrics
-from fedtask_operator.naming import TASK_LABEL
-from fedtask_operator.spec import GROUP, PLURAL, VERSION
+from fedtask_operator.core.naming import TASK_LABEL
+from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
+from fedtask_operator.kube import metrics
+from fedtask_operator.kube import reconciler as k8s
 
 TASKS = (GROUP, VERSION, PLURAL)
 _registered = False
@@ -65,7 +66,6 @@ async def startup(memo, settings, **_):
         api=k8s.KubeApi(request_timeout=memo.config.request_timeout),
         runtime_config=k8s.build_runtime_config(memo.config),
         clusterwide=memo.config.clusterwide,
-        keep_finished_pods=memo.config.clean_pod_policy == "None",
         post_event=lambda body, type_, reason, message: kopf.event(body, type=type_, reason=reason,
                                                                    message=message))
 

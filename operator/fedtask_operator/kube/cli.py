@@ -178,7 +178,7 @@ def main(argv: list[str]) -> int:
     config = parse_config(argv)
     import kopf
 
-    from fedtask_operator import handlers, metrics
+    from fedtask_operator.kube import handlers, metrics
 
     kopf.configure(verbose=config.verbose)
     if config.metrics_port:

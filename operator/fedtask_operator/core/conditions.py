@@ -5,7 +5,7 @@ condition's status flips, so writing the same state twice yields an identical st
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 TRUE = "True"
 FALSE = "False"
@@ -62,8 +62,8 @@ def format_time(now: datetime | str) -> str:
     if isinstance(now, str):
         return now
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = now.replace(tzinfo=UTC)
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str) -> datetime:

@@ -4,8 +4,7 @@ Handlers (handlers.py) only call `Reconciler.request(namespace, name, views)`. O
 1. take the task from the index, or our own last write while the index lags behind it (no request);
 2. observe its pods (kopf index, kept current by the watch) and the nodes;
 3. `plan_task`; if it needs devices, select devices jointly for every task in the Scheduling stage and plan again;
-4. patch the status when it changed, then create pods (AlreadyExists is success), delete pods (NotFound is success)
-   and post events. The planner deletes a pod only once the status it was given holds the pod's result.
+4. `apply_plan` (core/apply.py: status, creations, deletions, events, task deletion) through the API.
 
 Reconciles of one task never overlap: a request during a run marks the task dirty and the run repeats.
 """
@@ -16,14 +15,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from fedtask_operator import metrics
-from fedtask_operator.naming import TASK_LABEL
-from fedtask_operator.planner import SCHEDULING, Observed, Plan, plan_task
-from fedtask_operator.pods import RuntimeConfig
-from fedtask_operator.scheduling.select import select_devices
-from fedtask_operator.spec import GROUP, KIND, PLURAL, VERSION
+from fedtask_operator.core.apply import Applied, apply_plan
+from fedtask_operator.core.naming import TASK_LABEL
+from fedtask_operator.core.planner import SCHEDULING, Event, Observed, Plan, plan_task
+from fedtask_operator.core.pods import RuntimeConfig
+from fedtask_operator.core.scheduling.select import select_devices
+from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
+from fedtask_operator.kube import metrics
 
 logger = logging.getLogger("fedtask.operator")
 MAX_PASSES = 8  # consecutive plans without new pod events (status-only steps) before waiting for an event
@@ -64,12 +64,13 @@ def build_status_patch(old: dict, new: dict) -> dict:
 
 
 def build_runtime_config(config) -> RuntimeConfig:
-    """The pod builder's settings from the operator's flags/environment (operator_cli.OperatorConfig)."""
+    """The pod builder's settings from the operator's flags/environment (kube.cli.OperatorConfig)."""
     prefix = config.store_prefix.strip("/")
     base = f"s3://{config.store_bucket}" + (f"/{prefix}" if prefix else "")
     return RuntimeConfig(image=config.image, image_pull_policy=config.image_pull_policy, store_base_uri=base,
                          s3_endpoint=config.store_endpoint, s3_secure=config.store_secure,
-                         s3_region=config.store_region, credentials_secret=config.store_secret)
+                         s3_region=config.store_region, credentials_secret=config.store_secret,
+                         keep_finished_pods=config.clean_pod_policy == "None")
 
 
 class KubeApi:
@@ -126,6 +127,19 @@ class KubeApi:
                 raise
         return await asyncio.to_thread(call)
 
+    async def delete_task(self, namespace: str, name: str) -> bool:
+        """Delete the task (spec.ttlSecondsAfterFinished); False when it is already gone."""
+        def call():
+            try:
+                self._custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                             _preload_content=False, _request_timeout=self._timeout)
+                return True
+            except self._exception as error:
+                if error.status == 404:
+                    return False
+                raise
+        return await asyncio.to_thread(call)
+
     async def list_all_pods(self) -> list[dict]:
         """Every pod in the cluster (resource accounting when the watch covers only some namespaces)."""
         def call():
@@ -135,12 +149,10 @@ class KubeApi:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event,
-                 keep_finished_pods: bool = False):
+    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event):
         self.api = api
         self.runtime_config = runtime_config
         self.clusterwide = clusterwide
-        self.keep_finished_pods = keep_finished_pods  # cleanPodPolicy None: finished pods stay until the task goes
         self.post_event = post_event  # post_event(task_body, type, reason, message)
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
@@ -191,20 +203,16 @@ class Reconciler:
         task = self._current_task(namespace, name, views)
         if task is None or task.get("metadata", {}).get("deletionTimestamp"):
             return False
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         pods = [pod for pod in views.task_pods.get((namespace, name), ()) if owning_task(pod) == name]
         observed = Observed(pods=pods, now=now, nodes=list(views.nodes))
         plan = plan_task(task, observed, self.runtime_config, None)
         if plan.needs_devices:
             plan = await self._plan_with_devices(task, observed, plan, views, now)
-        if self.keep_finished_pods:
-            finished = {pod["metadata"]["name"] for pod in pods
-                        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
-            plan.delete = [name_ for name_ in plan.delete if name_ not in finished]
-        changed = await self.apply(task, plan)
+        applied = await self.apply(task, plan)
         if plan.requeue_after is not None:
             self._requeue(namespace, name, plan.requeue_after)
-        return changed and not plan.create and not plan.delete
+        return applied.status_written and not plan.create and not plan.delete
 
     def _current_task(self, namespace: str, name: str, views: ClusterView) -> dict | None:
         """The newest task we know without a request: the index, or our own write when the index still lags."""
@@ -238,30 +246,14 @@ class Reconciler:
         metrics.SCHEDULING_SECONDS.observe(time.perf_counter() - started)
         return plan_task(task, observed, self.runtime_config, assignment.tasks.get(key))
 
-    async def apply(self, task: dict, plan: Plan) -> bool:
-        """Status and new pods together, then deletions, then events.
+    async def apply(self, task: dict, plan: Plan) -> Applied:
+        return await apply_plan(plan, _TaskSink(self, task))
 
-        A pod is deleted only after the status holding its result is stored. New pods are created alongside the
-        status write: their names are deterministic, so if the write fails the next pass finds them (AlreadyExists
-        is success) instead of duplicating them."""
-        namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
-        old_status = task.get("status") or {}
-        patch = build_status_patch(old_status, plan.status)
-        owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
-                 "uid": task["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
-        writes = [self._write_status(task, patch, plan.status)] if patch else []
-        for manifest in plan.create:
-            metadata = manifest.setdefault("metadata", {})
-            if not metadata.get("ownerReferences"):
-                metadata["ownerReferences"] = [owner]
-            writes.append(self.api.create_pod(namespace, manifest))
-        await asyncio.gather(*writes)
-        await asyncio.gather(*(self.api.delete_pod(namespace, pod) for pod in plan.delete))
-        for event in plan.events:
-            self.post_event(task, event.type, event.reason, event.message)
-        return bool(patch)
-
-    async def _write_status(self, task: dict, patch: dict, new_status: dict) -> None:
+    async def write_status(self, task: dict, new_status: dict) -> bool:
+        """Patch the status when it changed, and remember our write until the watch delivers it."""
+        patch = build_status_patch(task.get("status") or {}, new_status)
+        if not patch:
+            return False
         namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
         stored = await self.api.patch_task_status(namespace, name, patch)
         metrics.record_status_change(namespace, name, task.get("status") or {}, new_status)
@@ -272,6 +264,33 @@ class Reconciler:
             superseded.add(self._written[key].get("metadata", {}).get("resourceVersion"))
         superseded.discard(stored.get("metadata", {}).get("resourceVersion"))
         self._written[key] = stored
+        return True
+
+
+class _TaskSink:
+    """`apply_plan`'s sink for one task: the Kubernetes API (creations and deletions overlap)."""
+
+    def __init__(self, reconciler: Reconciler, task: dict):
+        self.reconciler, self.task = reconciler, task
+        self.namespace, self.name = task["metadata"]["namespace"], task["metadata"]["name"]
+
+    async def write_status(self, status: dict) -> bool:
+        return await self.reconciler.write_status(self.task, status)
+
+    async def create_pods(self, manifests: list[dict]) -> int:
+        api = self.reconciler.api
+        return sum(await asyncio.gather(*(api.create_pod(self.namespace, manifest) for manifest in manifests)))
+
+    async def delete_pods(self, names: list[str]) -> int:
+        api = self.reconciler.api
+        return sum(await asyncio.gather(*(api.delete_pod(self.namespace, name) for name in names)))
+
+    async def post_events(self, events: list[Event]) -> None:
+        for event in events:
+            self.reconciler.post_event(self.task, event.type, event.reason, event.message)
+
+    async def delete_task(self) -> None:
+        await self.reconciler.api.delete_task(self.namespace, self.name)
 
 
 def delete_store_objects(task_body: dict, runtime_config: RuntimeConfig, access_key: str, secret_key: str) -> int:
@@ -282,8 +301,8 @@ def delete_store_objects(task_body: dict, runtime_config: RuntimeConfig, access_
     import minio
     from minio.deleteobjects import DeleteObject
 
-    from fedtask_operator.naming import split_s3_uri, store_base
-    from fedtask_operator.spec import parse_task
+    from fedtask_operator.core.naming import split_s3_uri, store_base
+    from fedtask_operator.core.spec import parse_task
 
     base = store_base(parse_task(task_body), runtime_config)
     if not base.startswith("s3://"):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from fedtask_operator.documents import DocumentError, describe_yaml_error, read_text
-from fedtask_operator.spec import FederatedTask, SpecError, parse_task, with_defaults
+from fedtask_operator.core.documents import DocumentError, describe_yaml_error, read_text
+from fedtask_operator.core.spec import FederatedTask, SpecError, parse_task, with_defaults
 from fedtask_operator.local.nodes import node_document_problems
 
 EXIT_OK = 0

@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedtask_operator import naming
-from fedtask_operator.scheduling.types import DeviceSlot
-from fedtask_operator.spec import FederatedTask, ResourceRequirements
+from fedtask_operator.core import naming
+from fedtask_operator.core.scheduling.types import DeviceSlot
+from fedtask_operator.core.spec import FederatedTask, ResourceRequirements
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 CONTAINER_NAME = "worker"
@@ -43,6 +43,7 @@ class RuntimeConfig:
     store_retry_seconds: float | None = None  # FEDTASK_STORE_RETRY_SECONDS for the stages; None: worker default
     run_as_user: int = 10001
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # e.g. (("OMP_NUM_THREADS", "1"),)
+    keep_finished_pods: bool = False  # cleanPodPolicy None: finished pods stay (for inspection) until the task goes
 
     @property
     def local_store(self) -> bool:

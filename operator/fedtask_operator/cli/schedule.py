@@ -7,12 +7,12 @@ import sys
 import time
 from dataclasses import replace
 
-from ..documents import DocumentError, load_documents
-from ..spec import SpecError, parse_task
-from .fleet import FleetError, build_fleet
-from .matching import SelectorError
-from .request import build_device_request
-from .select import POLICIES, select_devices
+from fedtask_operator.core.documents import DocumentError, load_documents
+from fedtask_operator.core.scheduling.fleet import FleetError, build_fleet
+from fedtask_operator.core.scheduling.matching import SelectorError
+from fedtask_operator.core.scheduling.request import build_device_request
+from fedtask_operator.core.scheduling.select import POLICIES, select_devices
+from fedtask_operator.core.spec import SpecError, parse_task
 
 USAGE_EXAMPLE = """examples:
   kubectl get nodes -o json > nodes.json; kubectl get pods -A -o json > pods.json

@@ -1,6 +1,6 @@
 """A preloaded fork server: worker pods start by fork() in milliseconds instead of paying a second of imports.
 
-`ForkServer.start()` launches `python -m fedtask_operator.forkserver FD`, which imports torch and fedtask_worker, calls
+`ForkServer.start()` launches `python -m fedtask_operator.local.forkserver FD`, which imports torch and fedtask_worker, calls
 `fedtask_worker.preload()` and then waits for requests on a socket. For each request it forks a child that gets its own
 session and process group (so killing the pod's group works), cwd, environment, stdout/stderr (the pod's log) and
 thread count, runs `fedtask_worker.cli.main(argv)` and records its exit code in the pod's exit file. The server reaps
@@ -95,7 +95,7 @@ class ForkServer:
                 return int(reply["pid"])
         raise ForkServerError("unreachable")
 
-    def start(self) -> "ForkServer":
+    def start(self) -> ForkServer:
         with self._lock:
             if not self.alive():
                 self._start_locked()
@@ -108,7 +108,7 @@ class ForkServer:
         with self._lock:
             self._stop_locked()
 
-    def __enter__(self) -> "ForkServer":
+    def __enter__(self) -> ForkServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -119,7 +119,7 @@ class ForkServer:
         ours, theirs = socket.socketpair()
         env = dict(os.environ if self.env is None else self.env)
         self.process = subprocess.Popen(
-            [self.python, "-m", "fedtask_operator.forkserver", str(theirs.fileno()), self.entry,
+            [self.python, "-m", "fedtask_operator.local.forkserver", str(theirs.fileno()), self.entry,
              json.dumps(self.preload_datasets), json.dumps(self.warm)],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal goes to the runtime, which stops the server itself
@@ -390,7 +390,7 @@ def warm_up(task: dict) -> None:
             train_local(model, dataset.x_train[:count], dataset.y_train[:count], batch_size=int(batch_size),
                         optimizer=optimizer)
         evaluate(model, dataset.x_val[:256], dataset.y_val[:256])
-    except Exception as err:  # noqa: BLE001 - warming must never stop the server
+    except Exception as err:
         print(f"fork server: warm-up for {task.get('model')}/{task.get('dataset')} skipped: {err}", file=sys.stderr)
 
 

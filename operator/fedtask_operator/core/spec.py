@@ -11,8 +11,9 @@ import copy
 import dataclasses
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 GROUP = "fedtask.io"
 VERSION = "v1alpha1"

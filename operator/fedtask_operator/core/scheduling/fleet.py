@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..naming import HOSTNAME_LABEL, STAGE_LABEL, TASK_LABEL
-from ..quantities import MAX_MILLI, QuantityError, parse_resource_list, to_milli
+from ..quantities import MAX_MILLI, QuantityError, parse_resource_list
 from .estimates import MAX_CPU_CORES, gpu_speed, is_gpu_resource
 from .matching import BLOCKING_EFFECTS
 

@@ -26,10 +26,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 TERMINATION_MESSAGE_LIMIT = 4096
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -61,7 +62,7 @@ class PodConfigError(Exception):
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_key(pod: dict) -> str:

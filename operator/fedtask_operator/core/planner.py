@@ -3,13 +3,13 @@
 `plan_task` is the whole control loop of one task as one pure function, shared by the Kubernetes operator and the
 local runtime. All state lives in `task["status"]` and in the pods that exist; the same input gives the same plan.
 
-How a runtime applies a plan (the order matters for crash safety):
+How a runtime uses a plan:
 1. if `plan.needs_devices`: run the scheduler with `plan.device_request` (and the other tasks' requests), call
    `plan_task` again with this task's `TaskAssignment`, and apply only that second plan;
-2. patch `plan.status` when it differs from the current status; stop here if the patch fails;
-3. create `plan.create` (AlreadyExists is success), delete `plan.delete` (NotFound is success), post `plan.events`;
-4. reconcile again when a pod of the task changes, after `plan.requeue_after` seconds, and after a plan that acted
-   (a finished stage's pods are deleted by the next plan); `plan.delete_task`: ttlSecondsAfterFinished has passed.
+2. `apply.apply_plan(plan, sink)`: the one order (status, creations, deletions, events, task deletion) that both
+   runtimes and the planner tests share;
+3. reconcile again when a pod of the task changes, after `plan.requeue_after` seconds, and after a plan that acted
+   (a finished stage's pods are deleted by the next plan).
 
 A pod is deleted only when the status given to the planner already holds its result (or it has none: it is still
 running and no longer wanted), so a crash between any two steps loses nothing: missing pods are recreated under the
@@ -21,17 +21,17 @@ import copy
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
-from fedtask_operator import conditions, naming, pods
-from fedtask_operator.pods import RuntimeConfig
-from fedtask_operator.scheduling.estimates import update_train_estimate
-from fedtask_operator.scheduling.matching import matches_selector
-from fedtask_operator.scheduling.request import build_device_request, sample_count
-from fedtask_operator.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
-from fedtask_operator.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task
+from fedtask_operator.core import conditions, naming, pods
+from fedtask_operator.core.pods import RuntimeConfig
+from fedtask_operator.core.scheduling.estimates import update_train_estimate
+from fedtask_operator.core.scheduling.matching import matches_selector
+from fedtask_operator.core.scheduling.request import build_device_request, sample_count
+from fedtask_operator.core.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
+from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task
 
 # Phases and stages (status.phase, status.stage).
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
@@ -174,7 +174,7 @@ def _failure_reason(pod_status: dict, terminated: dict) -> str:
 
 def timestamp(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds: stage durations of local runs are often below a second."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _seconds_between(start: str | None, end: datetime) -> float:
@@ -253,7 +253,7 @@ class _Planning:
             if state == "Terminating" or name in self.keep:
                 continue
             finished = state in (POD_SUCCEEDED, POD_FAILED)
-            if finished and (name in unrecorded or failed_task):
+            if finished and (name in unrecorded or failed_task or self.config.keep_finished_pods):
                 continue  # its result goes into status first; a failed task keeps its pods for inspection
             delete.append(name)
         return delete

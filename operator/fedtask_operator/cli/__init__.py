@@ -8,9 +8,9 @@ import sys
 SUBCOMMANDS = {
     # name: (module, function, one-line help)
     "run": ("fedtask_operator.local.cli", "main", "run FederatedTasks on this machine (pods as processes)"),
-    "operator": ("fedtask_operator.operator_cli", "main", "run the Kubernetes operator (kopf)"),
-    "schedule": ("fedtask_operator.scheduling.cli", "main", "dry-run device selection against kubectl dumps"),
-    "validate": ("fedtask_operator.spec_cli", "main", "check FederatedTask manifests as a cluster would"),
+    "operator": ("fedtask_operator.kube.cli", "main", "run the Kubernetes operator (kopf)"),
+    "schedule": ("fedtask_operator.cli.schedule", "main", "dry-run device selection against kubectl dumps"),
+    "validate": ("fedtask_operator.cli.validate", "main", "check FederatedTask manifests as a cluster would"),
 }
 
 
@@ -39,6 +39,3 @@ def main(argv: list[str] | None = None) -> int:
     func = getattr(importlib.import_module(module_name), func_name)
     return int(func(rest) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

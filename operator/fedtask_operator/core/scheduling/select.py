@@ -20,14 +20,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.random  # noqa: F401  (imported up front: its first import costs 0.1 s)
+import numpy.random
 
 from ..naming import shard_device_id, shard_index
 from ..quantities import QuantityError, format_milli, parse_resource_list
 from .estimates import DEFAULT_SAMPLES, SECONDS_PER_SAMPLE_PER_CORE, is_gpu_resource
 from .fleet import POD_COUNT, UNSCHEDULABLE_TAINT, Fleet, build_fleet
-from .matching import (check_selector, check_tolerations, describe_selector, describe_taint, selector_requirements,
-                       tolerates, untolerated_taints)
+from .matching import (
+    check_selector,
+    check_tolerations,
+    describe_selector,
+    describe_taint,
+    selector_requirements,
+    tolerates,
+    untolerated_taints,
+)
 from .types import Assignment, DeviceRequest, DeviceSlot, TaskAssignment
 
 POLICIES = ("time-fair", "fastest", "random", "round-robin")

@@ -1,6 +1,6 @@
 """The FederatedTask CustomResourceDefinition, generated from the typed model in spec.py (pure).
 
-`crds/federatedtask.yaml` is this module's output (`python -m fedtask_operator.crd > crds/federatedtask.yaml`);
+`crds/federatedtask.yaml` is this module's output (`python -m fedtask_operator.core.crd > crds/federatedtask.yaml`);
 a test keeps the committed file identical, so the dataclasses, the Python validation and the CRD cannot drift.
 Also here: what a Kubernetes API server does with the schema (structural defaulting, pruning of unknown fields),
 for the local runtime and for tests that check every status field the code writes is in the schema.
@@ -14,10 +14,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from fedtask_operator import spec as api
+from fedtask_operator.core import spec as api
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
-REPO_CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "federatedtask.yaml"
+REPO_CRD_PATH = Path(__file__).resolve().parents[3] / "crds" / "federatedtask.yaml"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -186,7 +186,7 @@ def build_crd() -> dict:
     }
 
 
-HEADER = "# Generated from operator/fedtask_operator/spec.py by `python -m fedtask_operator.crd`: do not edit.\n"
+HEADER = "# Generated from operator/fedtask_operator/core/spec.py by `python -m fedtask_operator.core.crd`: do not edit.\n"
 
 
 def render_crd() -> str:
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--check"]:
         path = Path(argv[1]) if len(argv) > 1 else REPO_CRD_PATH
         if path.read_text() != text:
-            print(f"{path} is out of date: run `python -m fedtask_operator.crd > {path}`", file=sys.stderr)
+            print(f"{path} is out of date: run `python -m fedtask_operator.core.crd > {path}`", file=sys.stderr)
             return 1
         return 0
     sys.stdout.write(text)
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 # The field reference in docs/api.md (generated, so it lists every field with its real default and bounds)
 
-REFERENCE_BEGIN = "<!-- BEGIN GENERATED: python -m fedtask_operator.crd --reference {part} -->"
+REFERENCE_BEGIN = "<!-- BEGIN GENERATED: python -m fedtask_operator.core.crd --reference {part} -->"
 REFERENCE_END = "<!-- END GENERATED {part} -->"
 
 
