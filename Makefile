@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: venv demo test test-slow test-all lint
+.PHONY: venv demo test test-slow test-all lint generate check-generated
 
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt worker_image/fedtask_worker/_reduce.c
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,20 @@ test-slow: venv $(VENV)/.bench-installed
 
 test-all: venv $(VENV)/.bench-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The guardrails: ruff (lint and import order), the import-linter layer contracts (.importlinter).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+# Every generated file from its single source: the CRD and the API reference from core/spec.py, the chart's copies
+# of the CRD, the RBAC rules and the dashboard. `check-generated` fails when that changes a committed file.
+GENERATED := crds docs/api.md helm/fedtask/files deploy/rbac
+generate: venv
+	$(PY) -m fedtask_operator.core.crd > crds/federatedtask.yaml.tmp && mv crds/federatedtask.yaml.tmp crds/federatedtask.yaml
+	$(PY) -m fedtask_operator.core.crd --reference
+	$(PY) hack/sync-chart-files.py
+
+check-generated: generate
+	@git diff --exit-code --stat -- $(GENERATED) || \
+		{ echo "make generate changed the files above: commit what it generates" >&2; exit 1; }

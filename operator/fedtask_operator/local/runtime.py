@@ -115,7 +115,7 @@ class LocalRuntime:
         now = now_utc()
         observed = {}
         plans: dict[str, Plan] = {}
-        for name, run in self.runs.items():
+        for name in self.runs:
             if self._finished(name):
                 continue
             observed[name] = Observed(pods=self.store.task_pods(name), now=now, nodes=self.nodes)
