@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.kube import PODS, EmulatedCluster, make_node  # noqa: E402
 from tests.support.kubelet import ApiKubelet  # noqa: E402
-from tests.support.operator import OperatorProcess, task_status, wait_for  # noqa: E402
+from tests.support.operator import OperatorProcess, task_status  # noqa: E402
 from tests.support.s3 import run_s3_server  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 PEER_OPERATOR = textwrap.dedent("""
     import kopf
@@ -37,7 +38,8 @@ PEER_OPERATOR = textwrap.dedent("""
             import kubernetes
             kubernetes.config.load_kube_config()
             api = kubernetes.client.CoreV1Api()
-            api.create_namespaced_pod(namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name + "-next"},
+            api.create_namespaced_pod(namespace, {"apiVersion": "v1", "kind": "Pod",
+                                                  "metadata": {"name": name + "-next"},
                                                   "spec": {"containers": [{"name": "main", "image": "none"}]}},
                                       _preload_content=False)
 """)

@@ -1,14 +1,7 @@
 """Shared fixtures. `s3_server`: a real S3 server (moto server subprocess) for the whole session."""
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
-
-_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _REPO_ROOT not in sys.path:  # `pytest` (not `python -m pytest`) does not put the repo root on sys.path
-    sys.path.insert(0, _REPO_ROOT)
 
 from tests.support.s3 import S3Server, reset_s3_server, run_s3_server
 

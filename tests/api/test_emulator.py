@@ -5,23 +5,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from tests.support.kube import FEDERATEDTASKS, PODS
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.api
-
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {predicate.__doc__ or predicate}")
 
 
 def test_created_objects_get_server_metadata_and_their_namespace_from_the_url(cluster):
@@ -72,7 +62,7 @@ def test_a_real_kopf_operator_runs_against_the_emulator(cluster, tmp_path):
             """the create handler to patch the status"""
             return (cluster.get(FEDERATEDTASKS, "default", "smoke").get("status") or {}).get("seen")
 
-        assert wait_for(handled) == task["metadata"]["uid"]
+        assert wait_for(handled, timeout=20) == task["metadata"]["uid"]
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=20)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.test_operator import DEVICE, digits_task, finished
 from tests.support.kube import make_node
-from tests.support.operator import OperatorProcess, task_status, wait_for
+from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished, task_status
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.api, pytest.mark.slow]  # ~20 s: two operators and a 4 s peering lifetime
 
@@ -23,16 +23,16 @@ def test_the_standby_stays_idle_and_takes_over_when_the_active_replica_dies(clus
     active = OperatorProcess(cluster, s3_server, tmp_path / "active.log", *peering, "--priority=20").start()
     standby = OperatorProcess(cluster, s3_server, tmp_path / "standby.log", *peering, "--priority=10")
     try:
-        wait_for(lambda: "Resuming operations" in active.log(), timeout=30, what="the active replica to run")
+        wait_for(lambda: "Resuming operations" in active.log(), timeout=30, message="the active replica to run")
         standby.start()
-        wait_for(lambda: "Pausing" in standby.log(), timeout=30, what="the standby to pause")
+        wait_for(lambda: "Pausing" in standby.log(), timeout=30, message="the standby to pause")
         cluster.apply(digits_task("ha", rounds=2))
-        wait_for(lambda: task_status(cluster, "ha").get("round") == 1, timeout=60, what="round 1")
+        wait_for(lambda: task_status(cluster, "ha").get("round") == 1, timeout=60, message="round 1")
         assert "Handler 'task_changed'" not in standby.log()  # the standby never acted
         assert "Resuming operations" not in standby.log()
 
         active.kill()
-        status = wait_for(lambda: finished(cluster, "ha"), timeout=120, what="the standby to finish the task")
+        status = wait_for(lambda: finished(cluster, "ha"), timeout=120, message="the standby to finish the task")
 
         assert status["phase"] == "Succeeded", status.get("message")
         assert [record["round"] for record in status["history"]] == [1, 2]
@@ -57,7 +57,7 @@ def test_replicas_started_at_the_same_moment_complete_the_task_with_every_round_
     peering = ("--peering=fedtask", f"--peering-lifetime={LIFETIME}", "--verbose")
     replicas = [OperatorProcess(cluster, s3_server, tmp_path / f"replica-{i}.log", *peering).start() for i in (1, 2)]
     try:
-        status = wait_for(lambda: finished(cluster, "together"), timeout=120, what="the task to finish")
+        status = wait_for(lambda: finished(cluster, "together"), timeout=120, message="the task to finish")
 
         assert status["phase"] == "Succeeded", status.get("message")
         assert [record["round"] for record in status["history"]] == [1, 2]

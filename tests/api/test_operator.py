@@ -5,33 +5,10 @@ import pytest
 
 from fedtask_operator.core import conditions
 from tests.support.kube import FEDERATEDTASKS, PODS, make_node
-from tests.support.operator import metric_value, task_events, task_status, wait_for
+from tests.support.operator import DEVICE, digits_task, finished, metric_value, task_events, task_status
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.api
-
-DEVICE = {"fedtask.io/device": "true"}
-
-
-def digits_task(name: str, rounds: int = 3, **spec_overrides) -> dict:
-    """A tiny task: 8x8 digits, an MLP, 4 simulated devices, 2 per round."""
-    spec = {
-        "model": {"name": "mlp", "args": {"hidden": 16}},
-        "data": {"dataset": "digits", "partition": {"scheme": "iid"}, "shared": {"fraction": 0.05}},
-        "devices": {"count": 4, "perRound": 2, "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}}},
-        "training": {"localEpochs": 1, "batchSize": 32},
-        "adjustment": {"enabled": True, "epochs": 1},
-        "rounds": {"max": rounds},
-        "backoffLimit": 1,
-    }
-    for key, value in spec_overrides.items():
-        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
-            "metadata": {"name": name, "namespace": "default"}, "spec": spec}
-
-
-def finished(cluster, name):
-    status = task_status(cluster, name)
-    return status if status.get("phase") in ("Succeeded", "Failed") else None
 
 
 def test_a_three_round_task_succeeds_with_history_model_and_metrics(cluster, operator, kubelet):
@@ -39,7 +16,7 @@ def test_a_three_round_task_succeeds_with_history_model_and_metrics(cluster, ope
     cluster.apply(make_node("node-b", labels=DEVICE))
     cluster.apply(digits_task("digits"))
 
-    status = wait_for(lambda: finished(cluster, "digits"), timeout=150, what="the task to finish")
+    status = wait_for(lambda: finished(cluster, "digits"), timeout=150, message="the task to finish")
 
     assert status["phase"] == "Succeeded", status
     assert [record["round"] for record in status["history"]] == [1, 2, 3]
@@ -86,7 +63,7 @@ def test_a_gpu_task_lands_only_on_a_ready_untainted_uncordoned_node_with_a_free_
                          "limits": {"nvidia.com/gpu": "1"}}}
     cluster.apply(digits_task("gpu", rounds=2, devices=gpu))
 
-    status = wait_for(lambda: finished(cluster, "gpu"), timeout=120, what="the GPU task to finish")
+    status = wait_for(lambda: finished(cluster, "gpu"), timeout=120, message="the GPU task to finish")
 
     assert status["phase"] == "Succeeded", status.get("message")
     placed = {kubelet.bindings[name] for name in train_pods(kubelet, "gpu")}
@@ -103,15 +80,16 @@ def test_an_unschedulable_task_says_why_and_starts_when_a_suitable_node_appears(
         return found if found and found["status"] == conditions.TRUE else None
 
     condition = wait_for(unschedulable, timeout=30)
-    assert condition["reason"] in (conditions.REASON_WAITING_FOR_DEVICES, conditions.REASON_NO_MATCHING_NODES, conditions.REASON_INSUFFICIENT_DEVICES,
-                                   conditions.REASON_INSUFFICIENT_RESOURCES), condition
+    assert condition["reason"] in (conditions.REASON_WAITING_FOR_DEVICES, conditions.REASON_NO_MATCHING_NODES,
+                                   conditions.REASON_INSUFFICIENT_DEVICES, conditions.REASON_INSUFFICIENT_RESOURCES), \
+        condition
     assert "selector" in condition["message"], condition
     assert not train_pods(kubelet, "waiting")
     wait_for(lambda: any(event["type"] == "Warning" for event in task_events(cluster, "waiting")), timeout=10,
-             what="a Warning event saying why")  # kopf posts events in the background
+             message="a Warning event saying why")  # kopf posts events in the background
 
     cluster.apply(make_node("device", labels=DEVICE))
-    status = wait_for(lambda: finished(cluster, "waiting"), timeout=90, what="the task to start and finish")
+    status = wait_for(lambda: finished(cluster, "waiting"), timeout=90, message="the task to start and finish")
 
     assert status["phase"] == "Succeeded", status.get("message")
     assert not conditions.is_true(status["conditions"], conditions.UNSCHEDULABLE)
@@ -122,11 +100,11 @@ def test_a_failing_training_pod_is_retried_then_replaced_and_the_round_completes
     kubelet.fail_device("flaky-r0001-train-", times=2)  # the first attempt and its one retry (backoffLimit 1)
     cluster.apply(digits_task("flaky", rounds=1, devices={"count": 3, "perRound": 2}))
 
-    status = wait_for(lambda: finished(cluster, "flaky"), timeout=120, what="the task to finish")
+    status = wait_for(lambda: finished(cluster, "flaky"), timeout=120, message="the task to finish")
 
     assert status["phase"] == "Succeeded", status.get("message")
     wait_for(lambda: {"PodFailed", "DeviceReplaced"} <= {e["reason"] for e in task_events(cluster, "flaky")},
-             timeout=10, what="PodFailed and DeviceReplaced events")
+             timeout=10, message="PodFailed and DeviceReplaced events")
     started = train_pods(kubelet, "flaky")
     failed_device = started[0].split("-train-")[1]
     assert f"flaky-r0001-train-{failed_device}-a1" in started, started  # retried under a new attempt name
@@ -141,12 +119,12 @@ def test_an_operator_killed_mid_round_resumes_without_repeating_a_round_or_a_pod
     cluster.apply(make_node("node-a", labels=DEVICE))
     cluster.apply(make_node("node-b", labels=DEVICE))
     cluster.apply(digits_task("phoenix", rounds=2))
-    wait_for(lambda: task_status(cluster, "phoenix").get("round") == 2, timeout=60, what="round 2")
+    wait_for(lambda: task_status(cluster, "phoenix").get("round") == 2, timeout=60, message="round 2")
 
     operator.kill()
     operator.start()
 
-    status = wait_for(lambda: finished(cluster, "phoenix"), timeout=120, what="the task to finish")
+    status = wait_for(lambda: finished(cluster, "phoenix"), timeout=120, message="the task to finish")
     assert status["phase"] == "Succeeded", status.get("message")
     assert [record["round"] for record in status["history"]] == [1, 2]
     assert len(kubelet.started) == len(set(kubelet.started)), kubelet.started  # no pod was created twice
@@ -161,18 +139,18 @@ def test_suspend_resume_continues_at_the_same_round_and_deleting_a_task_removes_
     cluster.apply(make_node("node-a", labels=DEVICE))
     cluster.apply(make_node("node-b", labels=DEVICE))
     cluster.apply(digits_task("pausable", rounds=3))
-    wait_for(lambda: task_status(cluster, "pausable").get("round") == 2, timeout=60, what="round 2")
+    wait_for(lambda: task_status(cluster, "pausable").get("round") == 2, timeout=60, message="round 2")
 
     cluster.patch(FEDERATEDTASKS, "default", "pausable", {"spec": {"suspend": True}})
     suspended = wait_for(lambda: (lambda s: s if s.get("phase") == "Suspended" else None)(
-        task_status(cluster, "pausable")), timeout=30, what="Suspended")
+        task_status(cluster, "pausable")), timeout=30, message="Suspended")
     suspended_round = suspended["round"]
     wait_for(lambda: not [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("pausable-")],
-             timeout=30, what="the suspended task's pods to go")
+             timeout=30, message="the suspended task's pods to go")
     started_while_suspended = len(kubelet.started)
     cluster.patch(FEDERATEDTASKS, "default", "pausable", {"spec": {"suspend": False}})
 
-    status = wait_for(lambda: finished(cluster, "pausable"), timeout=120, what="the task to finish")
+    status = wait_for(lambda: finished(cluster, "pausable"), timeout=120, message="the task to finish")
     assert status["phase"] == "Succeeded", status.get("message")
     assert [record["round"] for record in status["history"]] == [1, 2, 3]
     assert suspended_round in (2, 3)
@@ -180,15 +158,15 @@ def test_suspend_resume_continues_at_the_same_round_and_deleting_a_task_removes_
 
     cluster.apply(digits_task("doomed", rounds=3))
     wait_for(lambda: [p for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-r0001")],
-             timeout=60, what="doomed's round 1 pods")
+             timeout=60, message="doomed's round 1 pods")
     wait_for(lambda: metric_value(operator.metrics(), "fedtask_task_round", namespace="default", task="doomed")
-             is not None, timeout=10, what="doomed's metrics")
+             is not None, timeout=10, message="doomed's metrics")
     cluster.delete(FEDERATEDTASKS, "default", "doomed")
 
     left = lambda: [(p["metadata"]["name"], p["metadata"].get("ownerReferences"), p.get("status", {}).get("phase"))  # noqa: E731
                     for p in cluster.objects(PODS, "default") if p["metadata"]["name"].startswith("doomed-")]
-    wait_for(lambda: not left(), timeout=10, what=f"doomed's pods to be removed: {left()} {cluster.get(FEDERATEDTASKS, 'default', 'doomed')}")
-    wait_for(lambda: 'task="doomed"' not in operator.metrics(), timeout=10, what="doomed's series to be removed")
+    wait_for(lambda: not left(), timeout=10, message="doomed's pods to be removed")
+    wait_for(lambda: 'task="doomed"' not in operator.metrics(), timeout=10, message="doomed's series to be removed")
 
 
 @pytest.mark.slow
@@ -200,7 +178,7 @@ def test_store_cleanup_on_delete_uses_a_finalizer_and_removes_the_task_objects(c
     with OperatorProcess(cluster, s3_server, tmp_path / "operator.log", "--standalone", "--cleanup-store",
                          "--clean-pod-policy=None") as operator:
         cluster.apply(digits_task("tidy", rounds=1))
-        status = wait_for(lambda: finished(cluster, "tidy"), timeout=120, what="the task to finish")
+        status = wait_for(lambda: finished(cluster, "tidy"), timeout=120, message="the task to finish")
         assert status["phase"] == "Succeeded", status.get("message")
         task = cluster.get(FEDERATEDTASKS, "default", "tidy")
         assert task["metadata"].get("finalizers") == ["fedtask.io/cleanup-store"]
@@ -211,7 +189,7 @@ def test_store_cleanup_on_delete_uses_a_finalizer_and_removes_the_task_objects(c
         assert list(client.list_objects("fedtask", prefix=prefix, recursive=True))
 
         cluster.delete(FEDERATEDTASKS, "default", "tidy")
-        wait_for(lambda: cluster.get(FEDERATEDTASKS, "default", "tidy") is None, timeout=30, what="the deletion")
+        wait_for(lambda: cluster.get(FEDERATEDTASKS, "default", "tidy") is None, timeout=30, message="the deletion")
         assert not list(client.list_objects("fedtask", prefix=prefix, recursive=True))
         print(operator.log()[-3000:])
 
@@ -222,7 +200,7 @@ def test_two_tasks_competing_for_one_node_take_turns_and_both_succeed(cluster, o
     one_at_a_time = {"count": 2, "perRound": 1, "resources": {"requests": {"cpu": "1", "memory": "128Mi"}}}
     kubelet.hold("alpha-r0001-train-")
     cluster.apply(digits_task("alpha", rounds=2, devices=one_at_a_time))
-    wait_for(lambda: train_pods(kubelet, "alpha"), timeout=60, what="alpha's first train pod")
+    wait_for(lambda: train_pods(kubelet, "alpha"), timeout=60, message="alpha's first train pod")
     cluster.apply(digits_task("beta", rounds=2, devices=one_at_a_time))
 
     def beta_waits():
@@ -234,7 +212,7 @@ def test_two_tasks_competing_for_one_node_take_turns_and_both_succeed(cluster, o
     assert waiting["reason"] == conditions.REASON_WAITING_FOR_DEVICES, waiting
     assert "short of cpu (0 free, 1 requested)" in waiting["message"], waiting  # alpha's train pod holds it
     kubelet.release("alpha-r0001-train-")
-    statuses = [wait_for(lambda name=name: finished(cluster, name), timeout=150, what=f"{name} to finish")
+    statuses = [wait_for(lambda name=name: finished(cluster, name), timeout=150, message=f"{name} to finish")
                 for name in ("alpha", "beta")]
 
     assert [status["phase"] for status in statuses] == ["Succeeded", "Succeeded"], [s.get("message") for s in statuses]
@@ -247,4 +225,4 @@ def test_two_tasks_competing_for_one_node_take_turns_and_both_succeed(cluster, o
         assert [len(record["returned"]) for record in status["history"]] == [1, 1]
         assert [entry["node"] for entry in status["assignment"]] == ["only"], status["assignment"]
     wait_for(lambda: any(event["reason"] == "DeviceUnschedulable" and event["type"] == "Warning"
-                         for event in task_events(cluster, "beta")), timeout=10, what="beta's Warning event")
+                         for event in task_events(cluster, "beta")), timeout=10, message="beta's Warning event")

@@ -10,9 +10,9 @@ import pathlib
 import pytest
 import yaml
 
-from tests.api.test_operator import DEVICE, digits_task, finished
 from tests.support.kube import FEDERATEDTASKS, TEST_USER_AGENT, make_node
-from tests.support.operator import OperatorProcess, wait_for
+from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.api
 
@@ -47,7 +47,7 @@ def test_the_role_grants_exactly_the_calls_the_operator_makes(cluster, s3_server
     cluster.apply(make_node("node-a", labels=DEVICE))
     with OperatorProcess(cluster, s3_server, tmp_path / "operator.log", "--peering=fedtask", "--priority=10"):
         cluster.apply(digits_task("rbac", rounds=1))
-        wait_for(lambda: finished(cluster, "rbac"), timeout=120, what="the task to finish")
+        wait_for(lambda: finished(cluster, "rbac"), timeout=120, message="the task to finish")
         cluster.delete(FEDERATEDTASKS, "default", "rbac")
 
     calls = recorded_calls(cluster)

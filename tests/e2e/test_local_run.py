@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.waiting import wait_for
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,19 +37,19 @@ def read_task(workdir: Path, name: str) -> dict:
 
 
 def wait_for_rounds(workdir: Path, name: str, rounds: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
     path = workdir / name / "federatedtask.json"
-    while time.monotonic() < deadline:
+
+    def reached() -> bool:
         assert proc.poll() is None, f"fedtask run ended early:\n{proc.stdout.read()}"
-        if path.exists():
-            try:
-                history = json.loads(path.read_text()).get("status", {}).get("history") or []
-            except ValueError:  # the file is replaced atomically, but be lenient
-                history = []
-            if len(history) >= rounds:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"{name} did not reach round {rounds} within {timeout}s")
+        if not path.exists():
+            return False
+        try:
+            history = json.loads(path.read_text()).get("status", {}).get("history") or []
+        except ValueError:  # the file is replaced atomically, but be lenient
+            return False
+        return len(history) >= rounds
+
+    wait_for(reached, timeout=timeout, interval=0.02, message=f"{name} to reach round {rounds}")
 
 
 def small_digits_task(tmp_path: Path, name: str, rounds: int, **spec_changes) -> Path:

@@ -24,6 +24,7 @@ from tests.observability.promql import (
 )
 from tests.support.s3 import free_port
 from tests.support.tools import REPO, Tools, helm_template
+from tests.support.waiting import wait_for
 
 HERE = Path(__file__).parent
 SCRAPE_INTERVAL = "250ms"  # several scrapes per round: rounds of this tiny task take about a second
@@ -49,19 +50,22 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
+def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
+    """`wait_for` a predicate that may fail to connect (OSError) while `process` runs; its log tail on failure."""
+    def holds() -> bool:
+        if process.poll() is not None:
             raise AssertionError(f"{what}: the process exited ({process.returncode}):\n{log.read_text()[-4000:]}")
         try:
-            if predicate():
-                return
+            return bool(predicate())
         except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f":\n{log.read_text()[-4000:]}"
-                                                                               if log else ""))
+            return False
+
+    try:
+        wait_for(holds, timeout=timeout, interval=0.2, message=what)
+    except AssertionError as error:
+        if process.poll() is not None:
+            raise  # it says so, with the log
+        raise AssertionError(f"{error}:\n{log.read_text()[-4000:]}") from None
 
 
 class Process:
@@ -101,8 +105,9 @@ def observed_run(tools: Tools, tmp_path_factory: pytest.TempPathFactory):
                             "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
     }))
     prometheus = Process([str(tools.prometheus), f"--config.file={tmp_path / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                          "--log.level=warn"], tmp_path / "prometheus.log")
+                          f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                          f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
+                         tmp_path / "prometheus.log")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)]),
                FEDTASK_TEST_FLAKY_MARKER=str(tmp_path / "flaky-marker"))
     base = f"http://127.0.0.1:{prometheus_port}"

@@ -1,4 +1,5 @@
-"""`fedtask operator` as a subprocess against an emulated cluster: start, kill, scrape metrics, wait for status."""
+"""`fedtask operator` as a subprocess against an emulated cluster: start, kill, scrape metrics, read a task's status and
+events; the small digits task the API scenarios run."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 from tests.support.kube import FEDERATEDTASKS, EmulatedCluster
@@ -85,17 +85,6 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate.__doc__ or predicate}")
-        time.sleep(interval)
-
-
 def task_status(cluster: EmulatedCluster, name: str, namespace: str = "default") -> dict:
     task = cluster.get(FEDERATEDTASKS, namespace, name)
     return (task or {}).get("status") or {}
@@ -105,3 +94,29 @@ def task_events(cluster: EmulatedCluster, name: str, namespace: str = "default")
     return [event for event in cluster.objects("v1/events", namespace)
             if (event.get("involvedObject") or {}).get("name") == name
             and (event.get("involvedObject") or {}).get("kind") == "FederatedTask"]
+
+
+DEVICE = {"fedtask.io/device": "true"}  # the labels of a candidate device node
+
+
+def digits_task(name: str, rounds: int = 3, **spec_overrides) -> dict:
+    """A tiny task: 8x8 digits, an MLP, 4 simulated devices, 2 per round."""
+    spec = {
+        "model": {"name": "mlp", "args": {"hidden": 16}},
+        "data": {"dataset": "digits", "partition": {"scheme": "iid"}, "shared": {"fraction": 0.05}},
+        "devices": {"count": 4, "perRound": 2, "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}}},
+        "training": {"localEpochs": 1, "batchSize": 32},
+        "adjustment": {"enabled": True, "epochs": 1},
+        "rounds": {"max": rounds},
+        "backoffLimit": 1,
+    }
+    for key, value in spec_overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+def finished(cluster: EmulatedCluster, name: str) -> dict | None:
+    """The task's status once it has succeeded or failed, else None."""
+    status = task_status(cluster, name)
+    return status if status.get("phase") in ("Succeeded", "Failed") else None

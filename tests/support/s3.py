@@ -7,9 +7,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
+
+from tests.support.waiting import wait_for
 
 ACCESS_KEY = "fedtask-test-access"
 SECRET_KEY = "fedtask-test-secret"
@@ -53,16 +54,16 @@ def free_port() -> int:
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"moto server exited early with code {process.returncode}")
         try:
             with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"moto server did not answer at {url} within {timeout} s")
+            return False
+
+    wait_for(answers, timeout=timeout, message=f"the moto server to answer at {url}")
 
 
 @contextlib.contextmanager
