@@ -30,10 +30,11 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/fedtask run examples/mnist-noniid.yaml --workdir runs/demo
 
+# Wall-clock targets (marker `timing`) need a quiet machine: `make test-slow` runs them, `make test` does not.
 test: venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not timing" $(PYTEST_ARGS)
 
-SLOW_TESTS ?= slow
+SLOW_TESTS ?= slow or timing
 test-slow: venv $(VENV)/.bench-installed
 	$(PY) -m pytest -m "$(SLOW_TESTS)" $(PYTEST_ARGS)
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
 from fedtask_operator.local.kubelet import ProcessKubelet, expand_vars, process_start_ticks, rewrite_paths
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -58,10 +58,12 @@ def test_failed_pod_reports_exit_code_and_falls_back_to_logs(tmp_path):
 
 def test_poll_reports_each_status_change_once_through_the_callback(tmp_path):
     seen = []
+    release = tmp_path / "release"  # the pod runs until the test creates this file
     kubelet = ProcessKubelet(tmp_path / "k", on_status=lambda pod, status: seen.append(status["phase"]))
-    kubelet.run_pod(make_pod("p", "sleep 0.2"))
+    kubelet.run_pod(make_pod("p", f"while [ ! -e '{release}' ]; do sleep 0.01; done"))
 
     kubelet.poll()
+    release.touch()
     kubelet.wait("p", timeout=30)
     changes = kubelet.poll()
     assert kubelet.poll() == []
@@ -150,24 +152,21 @@ def test_delete_kills_the_whole_process_group(tmp_path):
     kubelet = ProcessKubelet(tmp_path / "k")
     kubelet.run_pod(make_pod("sleeper", "sleep 60 & echo $! > child.pid; wait"))
     child_pid_file = tmp_path / "k/default/sleeper/child.pid"
-    deadline = time.monotonic() + 10
-    while not child_pid_file.exists() or not child_pid_file.read_text().strip():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text().strip(), timeout=10, interval=0.01,
+             message="the pod to write its child's pid")
     child = int(child_pid_file.read_text())
 
     assert kubelet.delete_pod("sleeper")
 
-    deadline = time.monotonic() + 5
-    while process_start_ticks(child) is not None:
-        assert time.monotonic() < deadline, "the pod's child survived the delete"
-        time.sleep(0.01)
+    wait_for(lambda: process_start_ticks(child) is None, timeout=5, interval=0.01,
+             message="the pod's child to end after the delete")
     assert kubelet.status("sleeper") is None
 
 
 def test_a_new_kubelet_adopts_a_running_pod_and_sees_it_finish(tmp_path):
+    release = tmp_path / "release"  # the pod runs until the test creates this file
     first = ProcessKubelet(tmp_path / "k")
-    pod = make_pod("long", "sleep 0.5; echo finished > /dev/termination-log")
+    pod = make_pod("long", f"while [ ! -e '{release}' ]; do sleep 0.01; done; echo finished > /dev/termination-log")
     first.run_pod(pod)
     pid = first.pods["default/long"].pid
     del first  # the runtime died; the pod's process runs on in its own session
@@ -175,6 +174,7 @@ def test_a_new_kubelet_adopts_a_running_pod_and_sees_it_finish(tmp_path):
     second = ProcessKubelet(tmp_path / "k")
     assert second.run_pod(pod)["phase"] == "Running"
     assert second.pods["default/long"].pid == pid
+    release.touch()
     status = second.wait("long", timeout=30)
 
     assert status["phase"] == "Succeeded"
@@ -186,10 +186,7 @@ def test_a_pod_that_finished_unwatched_is_adopted_with_its_result(tmp_path):
     pod = make_pod("quick", "echo 7 > /dev/termination-log; exit 4")
     first.run_pod(pod)
     exit_file = tmp_path / "k/default/quick/exit.json"
-    deadline = time.monotonic() + 10
-    while not exit_file.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(exit_file.exists, timeout=10, interval=0.01, message="the pod's exit record")
 
     status = ProcessKubelet(tmp_path / "k").run_pod(pod)
 

@@ -1,4 +1,5 @@
-"""The scheduling benchmarks at reduced size, asserting their targets (slow: `make test-slow`)."""
+"""The scheduling benchmarks at reduced size, asserting their targets (slow: `make test-slow`; the wall-clock ratios
+are also marked `timing`)."""
 import importlib.util
 import pathlib
 
@@ -14,16 +15,25 @@ def load(name: str):
     return module
 
 
+@pytest.fixture(scope="module")
+def speed_report() -> dict:
+    return load("bench_sched_speed").main(["--nodes", "10000", "--tasks", "100", "--repeat", "3"])
+
+
 @pytest.mark.slow
-def test_speed_scales_with_the_input():
-    report = load("bench_sched_speed").main(["--nodes", "10000", "--tasks", "100", "--repeat", "3"])
-    assert report["tasks_waiting"] < report["tasks"]
+def test_speed_benchmark_schedules_most_tasks(speed_report):
+    assert speed_report["tasks_waiting"] < speed_report["tasks"]
+
+
+@pytest.mark.slow
+@pytest.mark.timing
+def test_speed_scales_with_the_input(speed_report):
     # 200 ms is the target on an idle machine (see the JSON line); shared CI cores only allow ratios:
     # a whole period costs a small multiple of one plain Python pass over the same objects.
-    assert report["ratio_vs_peer"] <= 40
-    by_nodes = report["ms_by_nodes"]
+    assert speed_report["ratio_vs_peer"] <= 40
+    by_nodes = speed_report["ms_by_nodes"]
     assert by_nodes[10000] <= 8 * by_nodes[2500]  # about linear in nodes (4x nodes)
-    by_tasks = report["ms_by_tasks"]
+    by_tasks = speed_report["ms_by_tasks"]
     assert by_tasks[200] <= 8 * by_tasks[25]  # 8x tasks cost far less than 8x time
 
 
@@ -43,7 +53,8 @@ def test_time_fair_reaches_the_target_faster_than_random():
     # full size (50 rounds, 40 devices, all of MNIST's training split): a few minutes on one core
     report = load("bench_sched_effect").main([])
     assert report["time-fair"]["speedup_vs_random"] is not None
-    # the issue's targets (measured on seed 0: 3.79x, +1.78 points; other seeds vary, see the benchmark docstring)
+    # the issue's targets; what seed 0 and the other seeds measure is in the benchmark's docstring (quoted in
+    # docs/internals.md), not repeated here. The speedup is in simulated time, not wall-clock time.
     assert report["time-fair"]["speedup_vs_random"] >= 3.0
     assert report["time-fair"]["accuracy_points_vs_random"] >= -1.0
     assert report["time-fair"]["devices_never_selected"] == 0
