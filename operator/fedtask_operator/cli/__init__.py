@@ -10,6 +10,9 @@ SUBCOMMANDS = {
     "run": ("fedtask_operator.local.cli", "main", "run FederatedTasks on this machine (pods as processes)"),
     "operator": ("fedtask_operator.kube.cli", "main", "run the Kubernetes operator (kopf)"),
     "schedule": ("fedtask_operator.cli.schedule", "main", "dry-run device selection against kubectl dumps"),
+    "get": ("fedtask_operator.local.inspect", "get_main", "list the tasks of a `fedtask run` workdir (kubectl get ft)"),
+    "describe": ("fedtask_operator.local.inspect", "describe_main",
+                 "show one task of a `fedtask run` workdir (kubectl describe ft)"),
     "validate": ("fedtask_operator.cli.validate", "main", "check FederatedTask manifests as a cluster would"),
 }
 

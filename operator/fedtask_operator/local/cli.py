@@ -39,11 +39,52 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Secret/ConfigMap objects (YAML) that pods' secretKeyRef/configMapKeyRef resolve from")
     parser.add_argument("--no-fork-server", action="store_true",
                         help="start every worker pod as a fresh process (slower; for debugging)")
+    parser.add_argument("--set", metavar="PATH=VALUE", action="append", default=[], dest="overrides",
+                        help="override a field of every manifest before validation, e.g. --set spec.rounds.max=5 "
+                             "(VALUE is read as YAML: 5 is a number, true a boolean; repeatable)")
+    parser.add_argument("-o", "--output", choices=["json"],
+                        help="print the final tasks (with status) as a JSON List on stdout; progress goes to stderr")
     return parser
 
 
-def load_manifests(paths: list[str]) -> list[dict]:
-    """Every FederatedTask in the files, validated as a cluster would; ManifestError names file and field."""
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`spec.rounds.max=5` -> (["spec", "rounds", "max"], 5); ManifestError for anything else."""
+    import yaml
+
+    path, separator, raw = text.partition("=")
+    keys = path.strip().split(".")
+    if not separator or not path.strip() or any(not key for key in keys):
+        raise ManifestError(f"--set {text!r}: expected PATH=VALUE with a dotted PATH, e.g. spec.rounds.max=5")
+    if keys[0] not in ("metadata", "spec"):
+        raise ManifestError(f"--set {text!r}: PATH must start with spec. or metadata.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ManifestError(f"--set {text!r}: VALUE is not valid YAML: {str(error).splitlines()[0]}") from error
+    return keys, value
+
+
+def apply_override(document: dict, keys: list[str], value: object) -> dict:
+    """A copy of `document` with the field at `keys` set to `value` (intermediate mappings are created)."""
+    import copy
+
+    result = copy.deepcopy(document)
+    target = result
+    for depth, key in enumerate(keys[:-1]):
+        child = target.get(key)
+        if child is None:
+            child = target[key] = {}
+        elif not isinstance(child, dict):
+            raise ManifestError(f"--set {'.'.join(keys)}: {'.'.join(keys[:depth + 1])} is not a mapping")
+        target = child
+    target[keys[-1]] = value
+    return result
+
+
+def load_manifests(paths: list[str], overrides: list[str] = ()) -> list[dict]:
+    """Every FederatedTask in the files, with the --set overrides applied, validated as a cluster would;
+    ManifestError names file and field."""
+    parsed_overrides = [parse_override(text) for text in overrides]
     manifests: list[dict] = []
     errors: list[str] = []
     seen: dict[str, str] = {}
@@ -58,6 +99,9 @@ def load_manifests(paths: list[str]) -> list[dict]:
         for number, document in enumerate(documents):
             where = f"{path} (document {number + 1})" if len(documents) > 1 else path
             try:
+                for keys, value in parsed_overrides:
+                    if isinstance(document, dict):
+                        document = apply_override(document, keys, value)
                 task = parse_task(document)
             except SpecError as err:
                 errors.extend(f"{where}: {error}" for error in err.errors)
@@ -120,7 +164,7 @@ def import_matplotlib() -> None:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        manifests = load_manifests(args.manifests)
+        manifests = load_manifests(args.manifests, args.overrides)
         nodes = load_nodes(args.nodes) if args.nodes else builtin_nodes()
         secrets, config_maps = load_secrets(args.secrets) if args.secrets else ({}, {})
     except DocumentError as err:
@@ -147,7 +191,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=import_matplotlib, daemon=True).start()  # for the plots at the end, while pods start
     kubelet = ProcessKubelet(workdir / "pods", secrets=secrets, config_maps=config_maps, launcher=fork_server,
                              claims_root=workdir / "claims")
-    progress = Progress()
+    progress = Progress(stream=sys.stderr if args.output else None)
     runtime = LocalRuntime(store, kubelet, nodes, local_runtime_config(workdir),
                            [item["name"] for item in manifests], progress)
     progress.message(f"fedtask run: {len(manifests)} task(s) on {len(nodes)} node(s), workdir {workdir}")
@@ -169,4 +213,8 @@ def main(argv: list[str]) -> int:
     models = {name: str(store.task_dir(name) / "model.safetensors") for name in runtime.runs
               if (store.task_dir(name) / "model.safetensors").exists()}
     progress.message("\n" + summary_table(runtime.tasks(), {n: r.elapsed for n, r in runtime.runs.items()}, models))
+    if args.output == "json":
+        import json
+
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": list(runtime.tasks().values())}, indent=2))
     return EXIT_OK if succeeded else EXIT_FAILED
