@@ -20,7 +20,8 @@ import time
 
 from fedtask_operator.core.scheduling import DeviceRequest, jain_index, select_devices
 from fedtask_operator.core.scheduling.fleet import build_fleet
-from fedtask_operator.core.scheduling.select import _Context, _prepare_node_task
+from fedtask_operator.core.scheduling.node_candidates import node_candidates
+from fedtask_operator.core.scheduling.period import Period
 from fedtask_operator.core.scheduling.synthetic import make_node
 
 POLICIES = ("time-fair", "fastest", "random", "round-robin")
@@ -122,11 +123,10 @@ def main(argv=None) -> dict:
 
 def candidate_estimates(request: DeviceRequest, nodes) -> dict[str, float]:
     """The scheduler's own estimate for every node the task may use (the same numbers it optimises over)."""
-    context = _Context(build_fleet(nodes, []))
-    task = context.prepare(request)
-    _prepare_node_task(context, task)
-    names = context.fleet.names
-    return {names[n]: float(task.est[n]) for n in task.candidates}
+    period = Period(build_fleet(nodes, []))
+    options = node_candidates(period, period.resolve(request))
+    names = period.fleet.names
+    return {names[n]: float(options.est[n]) for n in options.candidates}
 
 
 if __name__ == "__main__":
