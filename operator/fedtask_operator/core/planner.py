@@ -26,22 +26,36 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fedtask_operator.core import conditions, naming, pods
+from fedtask_operator.core.phases import (
+    ADJUSTING,
+    AGGREGATING,
+    FAILED,
+    FINISHED_PHASES,
+    INITIALIZING,
+    PENDING,
+    POD_FAILED,
+    POD_PENDING,
+    POD_RUNNING,
+    POD_SUCCEEDED,
+    PUBLISHING,
+    RUNNING,
+    SCHEDULING,
+    STATE_EXCLUDED,
+    STATE_FAILED,
+    STATE_PENDING,
+    STATE_RUNNING,
+    STATE_SUCCEEDED,
+    SUCCEEDED,
+    SUSPENDED,
+    TRAINING,
+    UNFINISHED_STATES,
+)
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.estimates import update_train_estimate
 from fedtask_operator.core.scheduling.matching import matches_selector
 from fedtask_operator.core.scheduling.request import build_device_request, sample_count
 from fedtask_operator.core.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
 from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task
-
-# Phases and stages (status.phase, status.stage).
-PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
-INITIALIZING, SCHEDULING, TRAINING = "Initializing", "Scheduling", "Training"
-AGGREGATING, ADJUSTING, PUBLISHING = "Aggregating", "Adjusting", "Publishing"
-
-# States of one pod record (status.devices[].state, status.current.state, status.published[].state).
-POD_PENDING, POD_RUNNING, POD_SUCCEEDED, POD_FAILED, POD_EXCLUDED = (
-    "Pending", "Running", "Succeeded", "Failed", "Excluded")
-_UNFINISHED = (POD_PENDING, POD_RUNNING)
 
 EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
@@ -82,7 +96,7 @@ class Plan:
 class PodOutcome:
     """What one observed pod says: still going, finished with a result, or failed (and why)."""
 
-    state: str  # "Missing" | "Terminating" | POD_PENDING | POD_RUNNING | POD_SUCCEEDED | POD_FAILED
+    state: str  # "Missing" | "Terminating" | STATE_PENDING | STATE_RUNNING | STATE_SUCCEEDED | STATE_FAILED
     result: dict | None = None
     reason: str = ""
     retryable: bool = True
@@ -94,20 +108,21 @@ def observe_pod(pod: dict | None) -> PodOutcome:
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return PodOutcome("Terminating")
     status = pod.get("status") or {}
-    phase = status.get("phase") or "Pending"
+    phase = status.get("phase") or POD_PENDING
     terminated = _terminated_state(status)
-    if phase == "Succeeded":
+    if phase == POD_SUCCEEDED:
         result = _parse_result(terminated.get("message"))
         if result is None:
-            return PodOutcome(POD_FAILED, reason="the pod succeeded but wrote no JSON result to its termination message")
-        return PodOutcome(POD_SUCCEEDED, result=result)
-    if phase == "Failed":
+            return PodOutcome(STATE_FAILED,
+                              reason="the pod succeeded but wrote no JSON result to its termination message")
+        return PodOutcome(STATE_SUCCEEDED, result=result)
+    if phase == POD_FAILED:
         exit_code = terminated.get("exitCode")
-        return PodOutcome(POD_FAILED, reason=_failure_reason(status, terminated),
+        return PodOutcome(STATE_FAILED, reason=_failure_reason(status, terminated),
                           retryable=exit_code != EXIT_BAD_INPUT)
-    if phase == "Running":
-        return PodOutcome(POD_RUNNING)
-    return PodOutcome(POD_PENDING, reason=_not_starting_reason(status))
+    if phase == POD_RUNNING:
+        return PodOutcome(STATE_RUNNING)
+    return PodOutcome(STATE_PENDING, reason=_not_starting_reason(status))
 
 
 # Why a pending pod will not start by itself (the kubelet or kube-scheduler says so).
@@ -252,7 +267,7 @@ class _Planning:
             state = observe_pod(pod).state
             if state == "Terminating" or name in self.keep:
                 continue
-            finished = state in (POD_SUCCEEDED, POD_FAILED)
+            finished = state in (STATE_SUCCEEDED, STATE_FAILED)
             if finished and (name in unrecorded or failed_task or self.config.keep_finished_pods):
                 continue  # its result goes into status first; a failed task keeps its pods for inspection
             delete.append(name)
@@ -262,7 +277,7 @@ class _Planning:
 def pods_awaiting_results(status: dict) -> set[str]:
     """Pods whose results the status does not hold yet: they must not be deleted."""
     return {record["pod"] for record in _pod_records(status)
-            if record.get("state") in _UNFINISHED and record.get("pod")}
+            if record.get("state") in UNFINISHED_STATES and record.get("pod")}
 
 
 def _pod_records(status: dict) -> list[dict]:
@@ -273,7 +288,7 @@ def _pod_records(status: dict) -> list[dict]:
 
 @dataclass(frozen=True)
 class _Progress:
-    state: str  # POD_PENDING | POD_RUNNING | POD_SUCCEEDED | POD_FAILED (after the retries)
+    state: str  # STATE_PENDING | STATE_RUNNING | STATE_SUCCEEDED | STATE_FAILED (after the retries)
     result: dict | None = None
     reason: str = ""
     bad_input: bool = False  # failed with the worker's bad-input exit code (not retried)
@@ -294,19 +309,19 @@ def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], wha
     outcome = observe_pod(ctx.pods.get(record["pod"]))
     if outcome.state == "Missing":
         ctx.create.append(build(int(record.get("attempts") or 0)))
-        return _Progress(POD_PENDING)
+        return _Progress(STATE_PENDING)
     if outcome.state == "Terminating":  # a pod of the same name is going away; create it again once it is gone
         ctx.requeue.append(TERMINATING_RETRY_SECONDS)
-        return _Progress(POD_PENDING)
-    if outcome.state == POD_PENDING and outcome.reason:
+        return _Progress(STATE_PENDING)
+    if outcome.state == STATE_PENDING and outcome.reason:
         ctx.not_starting.append(f"pod {record['pod']}: {outcome.reason}")
-    if outcome.state in (POD_PENDING, POD_RUNNING, POD_SUCCEEDED):
+    if outcome.state in (STATE_PENDING, STATE_RUNNING, STATE_SUCCEEDED):
         return _Progress(outcome.state, outcome.result)
     attempts = int(record.get("attempts") or 0)
     limit = ctx.spec.backoff_limit
     if not outcome.retryable or attempts >= limit:
         why = "bad input, not retried" if not outcome.retryable else f"backoffLimit {limit} reached"
-        return _Progress(POD_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}",
+        return _Progress(STATE_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}",
                          bad_input=not outcome.retryable)
     manifest = build(attempts + 1)
     ctx.event(conditions.REASON_POD_FAILED,
@@ -316,7 +331,7 @@ def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], wha
     record["pod"] = manifest["metadata"]["name"]
     ctx.keep.add(record["pod"])
     ctx.create.append(manifest)
-    return _Progress(POD_PENDING)
+    return _Progress(STATE_PENDING)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -342,7 +357,7 @@ def _plan(ctx: _Planning) -> None:
     if _is_failed_invalid_spec(status):
         status.clear()  # the spec was fixed before the task ever ran: start afresh
         status["observedGeneration"] = ctx.task.generation
-    if status.get("phase") in (SUCCEEDED, FAILED):
+    if status.get("phase") in FINISHED_PHASES:
         _plan_finished(ctx)
         return
     if not status.get("phase"):
@@ -361,7 +376,7 @@ def _plan(ctx: _Planning) -> None:
 def _run_stages(ctx: _Planning) -> None:
     """Run the current stage's planner; one that finishes its stage moves on, and the next stage plans at once."""
     for _ in range(len(_STAGE_PLANNERS) + 2):
-        if ctx.status.get("phase") in (SUCCEEDED, FAILED):
+        if ctx.status.get("phase") in FINISHED_PHASES:
             return
         if not _STAGE_PLANNERS[ctx.status["stage"]](ctx):
             return
@@ -440,7 +455,7 @@ def _plan_invalid_spec(task: dict, observed: Observed, error: SpecError) -> Plan
                                                         conditions.REASON_INVALID_SPEC, message, observed.now,
                                                         generation)
     running = sorted(pod["metadata"]["name"] for pod in observed.pods
-                     if observe_pod(pod).state in (POD_PENDING, POD_RUNNING))
+                     if observe_pod(pod).state in (STATE_PENDING, STATE_RUNNING))
     return Plan(delete=running, status=status, events=events)
 
 
@@ -496,16 +511,16 @@ def _suspend(ctx: _Planning) -> None:
         ctx.status["message"] = message
         ctx.event("Suspended", message)
     for record in _pod_records(ctx.status):
-        if record.get("state") == POD_RUNNING:
-            record["state"] = POD_PENDING  # its pod is deleted; resume creates it again
+        if record.get("state") == STATE_RUNNING:
+            record["state"] = STATE_PENDING  # its pod is deleted; resume creates it again
 
 
 def _record_finished_pods(ctx: _Planning) -> None:
     """Store the results of pods that succeeded, without launching anything."""
     for record in _pod_records(ctx.status):
-        if record.get("state") in _UNFINISHED:
+        if record.get("state") in UNFINISHED_STATES:
             outcome = observe_pod(ctx.pods.get(record.get("pod", "")))
-            if outcome.state == POD_SUCCEEDED:
+            if outcome.state == STATE_SUCCEEDED:
                 _store_success(ctx, record, outcome.result)
 
 
@@ -532,7 +547,7 @@ def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> dict
     """The record of the server-side pod for `stage` (init, aggregate, adjust), created on first use."""
     record = ctx.status.get("current")
     if not record or record.get("stage") != stage:
-        record = {"stage": stage, "pod": build(0)["metadata"]["name"], "state": POD_PENDING, "attempts": 0,
+        record = {"stage": stage, "pod": build(0)["metadata"]["name"], "state": STATE_PENDING, "attempts": 0,
                   "startTime": ctx.stamp}
         ctx.status["current"] = record
     return record
@@ -540,18 +555,18 @@ def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> dict
 
 def _advance_record(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
     """Advance one pod record and store what happened in it (state, reason, result, times)."""
-    if record.get("state") not in _UNFINISHED:
-        if record.get("state") != POD_EXCLUDED:
+    if record.get("state") not in UNFINISHED_STATES:
+        if record.get("state") != STATE_EXCLUDED:
             ctx.keep.add(record["pod"])  # a finished pod of the running stage stays until the stage ends
         return _Progress(record["state"], record.get("result"), record.get("reason", ""))
     attempts_before = int(record.get("attempts") or 0)
     progress = _advance_pod(ctx, record, build, what)
     if int(record.get("attempts") or 0) != attempts_before and "startTime" in record:
         record["startTime"] = ctx.stamp
-    if progress.state == POD_SUCCEEDED:
+    if progress.state == STATE_SUCCEEDED:
         _store_success(ctx, record, progress.result)
-    elif progress.state == POD_FAILED:
-        record.update(state=POD_FAILED, reason=progress.reason)
+    elif progress.state == STATE_FAILED:
+        record.update(state=STATE_FAILED, reason=progress.reason)
         _stamp_finish(ctx, record)
     else:
         record["state"] = progress.state
@@ -571,14 +586,14 @@ def _advance_stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict])
 def _plan_initializing(ctx: _Planning) -> bool:
     progress = _advance_stage_pod(ctx, naming.STAGE_INIT,
                                   lambda attempt: pods.build_init_pod(ctx.build_task(), ctx.config, attempt=attempt))
-    if progress.state == POD_RUNNING and ctx.status.get("phase") == PENDING:
+    if progress.state == STATE_RUNNING and ctx.status.get("phase") == PENDING:
         ctx.status["phase"] = RUNNING
-    if progress.state == POD_FAILED:
+    if progress.state == STATE_FAILED:
         _fail(ctx, progress.failure_reason,
               f"the initial model could not be created: {progress.reason}; check spec.model "
               "(name, args, initialUri) and the store settings, then recreate the task")
         return False
-    if progress.state != POD_SUCCEEDED:
+    if progress.state != STATE_SUCCEEDED:
         return False
     ctx.status["phase"] = RUNNING
     ctx.condition(conditions.READY, True, conditions.REASON_ROUND_RUNNING, "the initial global model is ready")
@@ -659,7 +674,7 @@ def _record_assignment(ctx: _Planning, slots: list[DeviceSlot]) -> None:
 
 def _device_record(ctx: _Planning, slot: DeviceSlot) -> dict:
     manifest = _build_train_pod(ctx, slot.device, slot.node, 0)
-    return {"device": slot.device, "node": slot.node, "pod": manifest["metadata"]["name"], "state": POD_PENDING,
+    return {"device": slot.device, "node": slot.node, "pod": manifest["metadata"]["name"], "state": STATE_PENDING,
             "attempts": 0, "startTime": ctx.stamp}
 
 
@@ -679,7 +694,7 @@ def _device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequ
 
 
 def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
-    record.update(state=POD_SUCCEEDED, reason="", result=result or {})
+    record.update(state=STATE_SUCCEEDED, reason="", result=result or {})
     _stamp_finish(ctx, record)
     if "device" not in record:
         return
@@ -694,11 +709,11 @@ def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
 
 def _advance_devices(ctx: _Planning, records: list[dict] | None = None) -> None:
     for record in (ctx.status.get("devices") or []) if records is None else records:
-        was_unfinished = record.get("state") in _UNFINISHED
+        was_unfinished = record.get("state") in UNFINISHED_STATES
         progress = _advance_record(
             ctx, record, lambda attempt, r=record: _build_train_pod(ctx, r["device"], r["node"], attempt),
             f"round {ctx.round} device {record['device']}")
-        if was_unfinished and progress.state == POD_FAILED:
+        if was_unfinished and progress.state == STATE_FAILED:
             ctx.event("DeviceFailed", f"round {ctx.round}: device {record['device']} on node {record['node']} "
                                       f"gave up: {progress.reason}", warning=True)
 
@@ -719,8 +734,8 @@ def _plan_training(ctx: _Planning) -> bool:
     per_round, quorum, timeout = spec.devices.per_round, spec.devices.quorum, spec.rounds.timeout_seconds
     _advance_devices(ctx)
     records = ctx.status["devices"]
-    returned = [r for r in records if r["state"] == POD_SUCCEEDED]
-    active = [r for r in records if r["state"] in _UNFINISHED]
+    returned = [r for r in records if r["state"] == STATE_SUCCEEDED]
+    active = [r for r in records if r["state"] in UNFINISHED_STATES]
     elapsed = _seconds_between(_round_timer_start(ctx.status), ctx.now)
     timed_out = elapsed >= timeout
     missing = per_round - len(returned) - len(active)
@@ -764,7 +779,7 @@ def _add_replacements(ctx: _Planning, missing: int) -> bool:
 
 def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) -> None:
     for record in stragglers:
-        record.update(state=POD_EXCLUDED, reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
+        record.update(state=STATE_EXCLUDED, reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
         _stamp_finish(ctx, record)
         ctx.keep.discard(record["pod"])
         ctx.event(conditions.REASON_STRAGGLER_EXCLUDED,
@@ -779,7 +794,7 @@ def _mark_stalled(ctx: _Planning, reason: str, message: str) -> None:
 
 def _quorum_message(ctx: _Planning, records: list[dict], returned: list[dict], quorum: int) -> str:
     failures = _listed([f"{r['device']}: {r.get('reason') or r['state']}" for r in records
-                        if r["state"] in (POD_FAILED, POD_EXCLUDED)], "; ")
+                        if r["state"] in (STATE_FAILED, STATE_EXCLUDED)], "; ")
     return (f"round {ctx.round}: only {len(returned)} of {len(records)} devices returned updates, "
             f"spec.devices.minReturned={quorum} needed, and no free device could replace the failed ones "
             f"({failures}); fix the failing devices, add device nodes matching spec.devices.selector, raise "
@@ -791,10 +806,10 @@ def _finish_training(ctx: _Planning) -> None:
     current = ctx.status.setdefault("currentRound", {"round": ctx.round, "startTime": ctx.status["roundStartTime"]})
     current.update(
         devices=[r["device"] for r in records],
-        returned=sorted(r["device"] for r in records if r["state"] == POD_SUCCEEDED),
-        excluded=sorted(r["device"] for r in records if r["state"] in (POD_FAILED, POD_EXCLUDED)),
+        returned=sorted(r["device"] for r in records if r["state"] == STATE_SUCCEEDED),
+        excluded=sorted(r["device"] for r in records if r["state"] in (STATE_FAILED, STATE_EXCLUDED)),
         trainSeconds=_seconds_between(ctx.status["roundStartTime"], ctx.now),
-        samples=sum(sample_count(r.get("result")) for r in records if r["state"] == POD_SUCCEEDED),
+        samples=sum(sample_count(r.get("result")) for r in records if r["state"] == STATE_SUCCEEDED),
     )
     conditions_list = ctx.status.get("conditions")
     if conditions.get_condition(conditions_list, conditions.STALLED):
@@ -811,12 +826,12 @@ def _plan_aggregating(ctx: _Planning) -> bool:
     update_uris = sorted(naming.update_uri(base, ctx.round, device) for device in returned)
     progress = _advance_stage_pod(ctx, naming.STAGE_AGGREGATE, lambda attempt: pods.build_aggregate_pod(
         ctx.build_task(), ctx.config, ctx.round, update_uris, attempt=attempt))
-    if progress.state == POD_FAILED:
+    if progress.state == STATE_FAILED:
         _fail(ctx, progress.failure_reason,
               f"round {ctx.round}: aggregation failed: {progress.reason}; check spec.aggregation and the updates in "
               "the store, then recreate the task")
         return False
-    if progress.state != POD_SUCCEEDED:
+    if progress.state != STATE_SUCCEEDED:
         return False
     result = progress.result or {}
     rejected = [item for item in result.get("rejected") or [] if isinstance(item, dict)]
@@ -846,12 +861,12 @@ def _device_of(update_uri: str) -> str:
 def _plan_adjusting(ctx: _Planning) -> bool:
     progress = _advance_stage_pod(ctx, naming.STAGE_ADJUST, lambda attempt: pods.build_adjust_pod(
         ctx.build_task(), ctx.config, ctx.round, attempt=attempt))
-    if progress.state == POD_FAILED:
+    if progress.state == STATE_FAILED:
         _fail(ctx, progress.failure_reason,
               f"round {ctx.round}: adjustment failed: {progress.reason}; check spec.adjustment and "
               "spec.data.shared, then recreate the task")
         return False
-    if progress.state != POD_SUCCEEDED:
+    if progress.state != STATE_SUCCEEDED:
         return False
     _record_round(ctx, progress.result or {})
     ctx.keep.clear()
@@ -924,7 +939,7 @@ def _start_publishing(ctx: _Planning, reason: str, message: str) -> None:
     ctx.status.pop("current", None)
     ctx.status.pop("roundStartTime", None)
     ctx.status["published"] = [{"node": node, "pod": naming.publish_pod_name(ctx.task.name, node),
-                                "state": POD_PENDING, "attempts": 0}
+                                "state": STATE_PENDING, "attempts": 0}
                                for node in _publish_nodes(ctx)] if ctx.spec.publish.to_devices else []
     ctx.condition(conditions.PROGRESSING, True, reason, f"{message}; publishing the model")
     ctx.status["message"] = f"{message}; publishing the model"
@@ -945,17 +960,17 @@ def _plan_publishing(ctx: _Planning) -> bool:
     model_uri = ctx.status["model"]["uri"]
     records = ctx.status.get("published") or []
     for record in records:
-        was_unfinished = record["state"] in _UNFINISHED
+        was_unfinished = record["state"] in UNFINISHED_STATES
         progress = _advance_record(
             ctx, record, lambda attempt, node=record["node"]: pods.build_publish_pod(
                 ctx.build_task(), ctx.config, node, model_uri, attempt=attempt),
             f"publish to node {record['node']}")
-        if was_unfinished and progress.state == POD_FAILED:
+        if was_unfinished and progress.state == STATE_FAILED:
             ctx.event("PublishFailed", f"publishing to node {record['node']} failed: {progress.reason}",
                       warning=True)
-    if any(record["state"] in _UNFINISHED for record in records):
+    if any(record["state"] in UNFINISHED_STATES for record in records):
         return False
-    failed = [record for record in records if record["state"] == POD_FAILED]
+    failed = [record for record in records if record["state"] == STATE_FAILED]
     if failed:
         _fail(ctx, conditions.REASON_STAGE_FAILED,
               f"publishing the model to {len(failed)} of {len(records)} nodes failed "

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedtask_operator.core.phases import PHASES, STAGES
+from fedtask_operator.core.phases import STATES as DEVICE_STATES
+
 GROUP = "fedtask.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -41,9 +44,6 @@ PARTITION_SCHEMES = ["iid", "dirichlet", "classes"]
 OPTIMIZERS = ["sgd", "adam"]
 ON_INVALID = ["skip", "fail"]
 POLICIES = ["time-fair", "fastest", "random", "round-robin"]
-PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-STAGES = ["Initializing", "Scheduling", "Training", "Aggregating", "Adjusting", "Publishing"]
-DEVICE_STATES = ["Pending", "Running", "Succeeded", "Failed", "Excluded"]
 
 
 class IntOrString:

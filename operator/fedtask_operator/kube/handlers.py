@@ -1,4 +1,4 @@
-"""kopf handlers: thin wrappers that hand every change to `k8s.Reconciler` (see k8s.py for the logic).
+"""kopf handlers: thin wrappers that hand every change to `reconciler.Reconciler` (the logic is in reconciler.py).
 
 Watched: FederatedTasks (create/update/resume, a resync timer, deletions for metrics), pods (a task's pod changes
 trigger its reconcile at once: this is the reaction path from "train pod succeeded" to "aggregate pod created"),
@@ -13,6 +13,7 @@ from collections import Counter
 import kopf
 
 from fedtask_operator.core.naming import TASK_LABEL
+from fedtask_operator.core.phases import PENDING, POD_FINISHED_PHASES, SCHEDULING
 from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
 from fedtask_operator.kube import metrics
 from fedtask_operator.kube import reconciler as k8s
@@ -76,7 +77,7 @@ async def task_changed(namespace, name, memo, **kwargs):
 
 async def task_resync(namespace, name, memo, **kwargs):
     await memo.reconciler.request(namespace, name, _views(kwargs))
-    counts = Counter((ns, (body.get("status") or {}).get("phase") or "Pending")
+    counts = Counter((ns, (body.get("status") or {}).get("phase") or PENDING)
                      for (ns, _), bodies in kwargs["task_objects"].items() for body in bodies)
     metrics.set_task_counts(dict(counts))
 
@@ -88,7 +89,7 @@ async def task_event(type, namespace, name, memo, **_):
 
 
 async def pod_changed(type, body, namespace, memo, **kwargs):
-    if type == "DELETED" and (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    if type == "DELETED" and (body.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
         return  # a finished pod goes only once its result is in the status (the resync timer covers the rest)
     task = k8s.owning_task(body)
     if task:
@@ -99,7 +100,7 @@ async def node_changed(memo, **kwargs):
     """A node appeared or changed: tasks waiting for devices may fit now."""
     views = _views(kwargs)
     for (namespace, name), bodies in list(views.tasks.items()):
-        if any((body.get("status") or {}).get("stage") == "Scheduling" for body in bodies):
+        if any((body.get("status") or {}).get("stage") == SCHEDULING for body in bodies):
             await memo.reconciler.request(namespace, name, views)
 
 

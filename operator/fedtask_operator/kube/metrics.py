@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from fedtask_operator.core.phases import PHASES, STATE_FAILED, STATE_SUCCEEDED
+
 TASK_LABELS = ("namespace", "task")
 # stage label of fedtask_round_duration_seconds -> the history record's field
 ROUND_STAGE_SECONDS = {"round": "durationSeconds", "train": "trainSeconds", "aggregate": "aggregateSeconds",
@@ -43,7 +45,6 @@ PER_TASK_METRICS = (ROUNDS_TOTAL, ROUND_DURATION_SECONDS, TASK_ROUND, TASK_ACCUR
                     DEVICES_RETURNED, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, POD_FAILURES_TOTAL,
                     UPDATE_BYTES_TOTAL, DEVICE_TRAIN_SECONDS)
 ALL_METRICS = PER_TASK_METRICS + (TASKS, SCHEDULING_SECONDS)
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
 
 def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
@@ -84,7 +85,7 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         failures = _failed_attempts(before, device)
         if failures > 0:
             POD_FAILURES_TOTAL.labels(*labels, "train").inc(failures)
-        if device.get("state") == "Succeeded" and before.get("state") != "Succeeded":
+        if device.get("state") == STATE_SUCCEEDED and before.get("state") != STATE_SUCCEEDED:
             result = device.get("result") or {}
             if result.get("bytes"):
                 UPDATE_BYTES_TOTAL.labels(*labels).inc(float(result["bytes"]))
@@ -113,7 +114,7 @@ def _start_counting(labels: tuple[str, str]) -> None:
 def _failed_attempts(before: dict, after: dict) -> int:
     """Pods that failed between two versions of one pod record: retries taken plus a final failure."""
     retries = max(0, int(after.get("attempts") or 0) - int(before.get("attempts") or 0))
-    gave_up = after.get("state") == "Failed" and before.get("state") != "Failed"
+    gave_up = after.get("state") == STATE_FAILED and before.get("state") != STATE_FAILED
     return retries + int(gave_up)
 
 

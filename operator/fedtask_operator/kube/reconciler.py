@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 from fedtask_operator.core.apply import Applied, apply_plan
 from fedtask_operator.core.naming import TASK_LABEL
-from fedtask_operator.core.planner import SCHEDULING, Event, Observed, Plan, plan_task
+from fedtask_operator.core.phases import SCHEDULING
+from fedtask_operator.core.planner import Event, Observed, Plan, plan_task
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.select import select_devices
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION

@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from fedtask_operator.core.phases import POD_FAILED, POD_FINISHED_PHASES, POD_PENDING, POD_RUNNING, POD_SUCCEEDED
+
 TERMINATION_MESSAGE_LIMIT = 4096
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 LOG_TAIL_LINES = 80
@@ -174,7 +176,7 @@ class ProcessKubelet:
         proc.dir.mkdir(parents=True)
         write_json_atomic(proc.dir / "pod.json", pod)
         self.pods[key] = proc
-        proc.status = {"phase": "Pending", "conditions": []}
+        proc.status = {"phase": POD_PENDING, "conditions": []}
         try:
             self._start(proc)
         except PodConfigError as err:
@@ -214,14 +216,14 @@ class ProcessKubelet:
         return proc.status
 
     def running(self) -> list[str]:
-        return [key for key, proc in self.pods.items() if proc.status.get("phase") in ("Pending", "Running")]
+        return [key for key, proc in self.pods.items() if proc.status.get("phase") in (POD_PENDING, POD_RUNNING)]
 
     def wait(self, name_or_key: str, namespace: str = "default", timeout: float = 60.0, interval: float = 0.005):
         """Block until the pod has finished; return its status (tests and simple callers)."""
         deadline = time.monotonic() + timeout
         while True:
             status = self.status(name_or_key, namespace)
-            if status is None or status.get("phase") in ("Succeeded", "Failed"):
+            if status is None or status.get("phase") in POD_FINISHED_PHASES:
                 return status
             if time.monotonic() > deadline:
                 raise TimeoutError(f"pod {name_or_key} still {status.get('phase')} after {timeout}s")
@@ -231,7 +233,7 @@ class ProcessKubelet:
         """Kill every running pod (Ctrl-C) and mark it interrupted, so a later kubelet runs it again from the start
         instead of reporting the kill as the container's failure."""
         for proc in self.pods.values():
-            if proc.status.get("phase") in ("Pending", "Running"):
+            if proc.status.get("phase") in (POD_PENDING, POD_RUNNING):
                 (proc.dir / "interrupted").touch()
                 self._kill(proc)
 
@@ -450,7 +452,7 @@ class ProcessKubelet:
         name = (proc.pod.get("spec", {}).get("containers") or [{"name": "main"}])[0].get("name", "main")
         now = utc_now()
         proc.status = {
-            "phase": "Failed", "reason": reason, "message": message,
+            "phase": POD_FAILED, "reason": reason, "message": message,
             "containerStatuses": [{"name": name, "ready": False, "restartCount": 0, "state": {
                 "terminated": {"exitCode": 128, "reason": reason, "message": message,
                                "startedAt": now, "finishedAt": now}}}],
@@ -497,7 +499,7 @@ class ProcessKubelet:
         return ticks is not None and (proc.start_ticks is None or ticks == proc.start_ticks)
 
     def _refresh(self, proc: PodProcess) -> None:
-        if proc.status.get("phase") in ("Succeeded", "Failed"):
+        if proc.status.get("phase") in POD_FINISHED_PHASES:
             return
         if proc.pid is None:
             return
@@ -535,7 +537,7 @@ class ProcessKubelet:
         if message:
             terminated["message"] = message
         proc.status = {
-            "phase": "Succeeded" if code == 0 else "Failed",
+            "phase": POD_SUCCEEDED if code == 0 else POD_FAILED,
             "startTime": started,
             "containerStatuses": [{"name": container["name"], "ready": False, "restartCount": 0,
                                    "state": {"terminated": terminated}}],
@@ -571,7 +573,7 @@ def cpu_threads(resources: dict) -> int:
 
 def running_status(container_name: str, started_at: str) -> dict:
     return {
-        "phase": "Running",
+        "phase": POD_RUNNING,
         "startTime": started_at,
         "containerStatuses": [{"name": container_name, "ready": True, "restartCount": 0,
                                "state": {"running": {"startedAt": started_at}}}],

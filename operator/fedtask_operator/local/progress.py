@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from fedtask_operator.core.phases import FINISHED_PHASES, PENDING, STATE_SUCCEEDED, SUCCEEDED, UNFINISHED_STATES
+
 BAR_WIDTH = 20
-FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 def progress_fields(name: str, task: dict) -> dict:
@@ -17,14 +18,14 @@ def progress_fields(name: str, task: dict) -> dict:
     max_rounds = int((spec.get("rounds") or {}).get("max") or 0)
     history = status.get("history") or []
     done = len({entry.get("round") for entry in history})
-    if status.get("phase") == "Succeeded":
+    if status.get("phase") == SUCCEEDED:
         done = max_rounds = max(done, 1) if not max_rounds else max_rounds
     devices = status.get("devices") or []
-    running = sum(1 for device in devices if device.get("state") in ("Pending", "Running"))
-    returned = sum(1 for device in devices if device.get("state") == "Succeeded")
+    running = sum(1 for device in devices if device.get("state") in UNFINISHED_STATES)
+    returned = sum(1 for device in devices if device.get("state") == STATE_SUCCEEDED)
     return {
         "name": name,
-        "phase": status.get("phase") or "Pending",
+        "phase": status.get("phase") or PENDING,
         "round": status.get("round") or 0,
         "max_rounds": max_rounds,
         "stage": status.get("stage") or "",
@@ -98,7 +99,7 @@ def summary_table(tasks: dict[str, dict], elapsed: dict[str, float], models: dic
         best_text = (f"{best['accuracy']:.4f} ({best.get('round')})"
                      if isinstance(best.get("accuracy"), (int, float)) else "-")
         final = status.get("accuracy")
-        rows.append((name, status.get("phase") or "Pending", str(len(history)),
+        rows.append((name, status.get("phase") or PENDING, str(len(history)),
                      f"{final:.4f}" if isinstance(final, (int, float)) else "-", best_text,
                      f"{elapsed.get(name, 0.0):.1f}s", models.get(name, "-")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

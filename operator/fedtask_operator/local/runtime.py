@@ -12,19 +12,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedtask_operator.core import conditions
 from fedtask_operator.core.apply import apply_plan, run_sync
+from fedtask_operator.core.phases import FINISHED_PHASES, POD_FINISHED_PHASES, SUCCEEDED
 from fedtask_operator.core.planner import Event, Observed, Plan, plan_task
 from fedtask_operator.core.scheduling.select import select_devices
 from fedtask_operator.local.kubelet import ProcessKubelet
 from fedtask_operator.local.progress import Progress, plot_accuracy
 from fedtask_operator.local.store import LocalStore, now_utc
 
-FINISHED_PHASES = ("Succeeded", "Failed")
 POLL_SECONDS = 0.02  # the longest wait for a pod; worker pods wake the loop as soon as they end
 IDLE_SECONDS = 0.05
 # With nothing running and no plan changing anything, wait this long for a requeue before calling the run stuck.
 STUCK_AFTER_SECONDS = 2.0
 MAX_RECONCILE_STREAK = 50
+# The conditions that say why a task does not progress (`stuck_reasons`).
+STUCK_CONDITIONS = (conditions.UNSCHEDULABLE, conditions.STALLED, conditions.SUSPENDED)
 
 
 @dataclass
@@ -61,7 +64,7 @@ class LocalRuntime:
         for name in self.runs:
             for pod in self.store.task_pods(name):
                 self.pod_task[pod_key(pod)] = name
-                if (pod.get("status") or {}).get("phase") in FINISHED_PHASES:
+                if (pod.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
                     continue
                 status = self.kubelet.run_pod(pod)
                 self.store.set_pod_status(name, pod["metadata"]["name"], status)
@@ -97,7 +100,7 @@ class LocalRuntime:
                     continue
                 streak = 0
             if all(self._finished(name) for name in self.runs) and not self.kubelet.running():
-                return all(self._phase(name) == "Succeeded" for name in self.runs)
+                return all(self._phase(name) == SUCCEEDED for name in self.runs)
             if self.kubelet.running():
                 idle_since, idle_requeues = None, 0
                 self.progress.update(self.tasks())
@@ -124,7 +127,7 @@ class LocalRuntime:
         if needing:
             requests = [plans[name].device_request for name in needing]
             live_pods = [pod for pod in self.store.all_pods()
-                         if (pod.get("status") or {}).get("phase") not in FINISHED_PHASES]
+                         if (pod.get("status") or {}).get("phase") not in POD_FINISHED_PHASES]
             assignment = select_devices(requests, self.nodes, live_pods, now.timestamp())
             for name in needing:
                 task_assignment = assignment.tasks.get(plans[name].device_request.task)
@@ -179,7 +182,7 @@ class LocalRuntime:
             status = self.store.task(name).get("status") or {}
             messages = [f"{c.get('type')}: {c.get('message') or c.get('reason')}"
                         for c in status.get("conditions") or []
-                        if c.get("status") == "True" and c.get("type") in ("Unschedulable", "Stalled", "Suspended")]
+                        if c.get("status") == conditions.TRUE and c.get("type") in STUCK_CONDITIONS]
             reasons[name] = "; ".join(messages) or status.get("message") or "no progress"
         return reasons
 

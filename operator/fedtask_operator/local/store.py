@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedtask_operator.core.conditions import format_time
+from fedtask_operator.core.phases import POD_PENDING
 
 _made_dirs: set[Path] = set()
 
@@ -127,7 +128,7 @@ class LocalStore:
         node = node_of(pod)
         if node:
             pod["spec"]["nodeName"] = node
-        pod["status"] = {"phase": "Pending"}
+        pod["status"] = {"phase": POD_PENDING}
         self._write_pod(task, pod)
         pods[name] = pod
         return pod, True

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..naming import HOSTNAME_LABEL, STAGE_LABEL, TASK_LABEL
+from ..phases import POD_FINISHED_PHASES
 from ..quantities import MAX_MILLI, QuantityError, parse_resource_list
 from .estimates import MAX_CPU_CORES, gpu_speed, is_gpu_resource
 from .matching import BLOCKING_EFFECTS
 
-TERMINATED_PHASES = ("Succeeded", "Failed")
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 POD_COUNT = "pods"
 
@@ -241,7 +241,7 @@ def build_fleet(nodes, pods=()) -> Fleet:
             if not isinstance(pod, dict):
                 raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}") from None
             continue  # a pod without a spec is not bound anywhere
-        if node_index is None or (pod.get("status") or {}).get("phase") in TERMINATED_PHASES:
+        if node_index is None or (pod.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
             continue
         metadata = pod.get("metadata") or {}
         requests = key = None
