@@ -290,3 +290,32 @@ def test_long_task_names_give_valid_pods():
     pod = build_train_pod(task, CLUSTER, 12, DeviceSlot("node.with.dots-" + "x" * 40, "node-1"))
     assert len(pod["metadata"]["name"]) <= 63
     assert_valid(pod)
+
+
+def test_extended_resources_get_a_limit_equal_to_their_request():
+    # A real API server refuses a container that requests nvidia.com/gpu without a limit ("Limit must be set for
+    # non overcommitable resources"); cpu and memory may be requested without limits.
+    task = make_task({"devices": {"count": 4, "perRound": 2, "resources": {
+        "requests": {"cpu": "500m", "nvidia.com/gpu": 1, "example.com/fpga": "2", "hugepages-2Mi": "64Mi"},
+        "limits": {"memory": "1Gi", "vendor.io/tpu": 4}}},
+        "adjustment": {"resources": {"requests": {"nvidia.com/gpu": 1}}}})
+
+    train = build_train_pod(task, CLUSTER, 1, DeviceSlot("d000", "gpu-1"))
+    adjust = build_adjust_pod(task, CLUSTER, 1)
+
+    assert train["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m", "nvidia.com/gpu": "1", "example.com/fpga": "2", "hugepages-2Mi": "64Mi",
+                     "vendor.io/tpu": "4"},
+        "limits": {"memory": "1Gi", "vendor.io/tpu": "4", "nvidia.com/gpu": "1", "example.com/fpga": "2",
+                   "hugepages-2Mi": "64Mi"}}
+    assert adjust["spec"]["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "1"},
+                                                            "limits": {"nvidia.com/gpu": "1"}}
+    assert_valid(train)
+
+
+def test_native_resources_stay_overcommitable():
+    from fedtask_operator.core.pods import is_overcommit_forbidden
+
+    assert [name for name in ("cpu", "memory", "ephemeral-storage", "kubernetes.io/foo", "node.kubernetes.io/x",
+                              "requests.nvidia.com/gpu") if is_overcommit_forbidden(name)] == []
+    assert all(is_overcommit_forbidden(name) for name in ("nvidia.com/gpu", "amd.com/gpu", "hugepages-1Gi"))

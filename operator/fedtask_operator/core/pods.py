@@ -81,12 +81,34 @@ def _quantities(values: dict) -> dict:
     return {key: str(value) for key, value in values.items()}
 
 
+def is_overcommit_forbidden(resource: str) -> bool:
+    """Kubernetes' non-overcommitable resources: extended resources (a domain outside kubernetes.io, such as
+    `nvidia.com/gpu`) and `hugepages-*`. The API server refuses a container that requests one without a limit
+    ("Limit must be set for non overcommitable resources") or with a request different from its limit."""
+    if resource.startswith("hugepages-"):
+        return True
+    if "/" not in resource or resource.startswith("requests."):
+        return False
+    domain = resource.split("/", 1)[0]
+    return domain != "kubernetes.io" and not domain.endswith(".kubernetes.io")
+
+
 def _resources(resources: ResourceRequirements) -> dict:
+    """requests/limits as quantities; a non-overcommitable resource given only as a request gets the same limit
+    (and one given only as a limit the same request, as the API server's defaulting would)."""
+    requests = _quantities(resources.requests)
+    limits = _quantities(resources.limits)
+    for name, value in list(requests.items()):
+        if is_overcommit_forbidden(name):
+            limits.setdefault(name, value)
+    for name, value in list(limits.items()):
+        if is_overcommit_forbidden(name):
+            requests.setdefault(name, value)
     out = {}
-    if resources.requests:
-        out["requests"] = _quantities(resources.requests)
-    if resources.limits:
-        out["limits"] = _quantities(resources.limits)
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
     return out
 
 
