@@ -1,0 +1,407 @@
+"""The operator's reconciler (kube/reconciler.py) against an in-memory Kubernetes API, and its status merge patch.
+
+`FakeKubeApi` stands in for the Kubernetes API server (not for our logic): it stores tasks and pods, bumps
+resourceVersions, applies merge patches as RFC 7386 says, and answers like `KubeApi` (False on AlreadyExists and
+NotFound). The kopf indexes are snapshots of that store (`FakeKubeApi.views`), stale when a test says so. The planner
+and the scheduler are the real ones. No kopf, no server.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedtask_operator.core.conditions import format_time
+from fedtask_operator.core.planner import Event, Plan
+from fedtask_operator.core.pods import RuntimeConfig
+from fedtask_operator.core.scheduling.synthetic import make_node
+from fedtask_operator.kube.reconciler import (
+    ClusterView,
+    KubeApi,
+    Reconciler,
+    build_runtime_config,
+    build_status_patch,
+)
+
+CONFIG = RuntimeConfig(store_base_uri="s3://fedtask/tasks")
+KEY = ("default", "mnist")
+NODES = [make_node("node-a"), make_node("node-b")]
+
+
+def make_task(**spec) -> dict:
+    body = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}, "devices": {"count": 4, "perRound": 2},
+            "rounds": {"max": 3, "timeoutSeconds": 60}, "backoffLimit": 1, **spec}
+    return {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
+            "metadata": {"name": "mnist", "namespace": "default", "uid": "uid-1", "generation": 1,
+                         "resourceVersion": "1"},
+            "spec": body}
+
+
+def merge_patch(target, patch):
+    """RFC 7386 section 2, as an API server applies `application/merge-patch+json`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class FakeKubeApi:
+    """The Kubernetes API as the reconciler uses it, in memory. `calls` lists every call in order."""
+
+    def __init__(self, *tasks: dict):
+        self.tasks = {(t["metadata"]["namespace"], t["metadata"]["name"]): copy.deepcopy(t) for t in tasks}
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.calls: list[tuple] = []
+        self.task_deleted = asyncio.Event()
+        self._versions = itertools.count(100)
+
+    async def patch_task_status(self, namespace: str, name: str, patch: dict) -> dict:
+        self.calls.append(("patch_task_status", name, copy.deepcopy(patch)))
+        task = self.tasks[(namespace, name)]
+        task["status"] = merge_patch(task.get("status") or {}, patch)
+        task["metadata"]["resourceVersion"] = str(next(self._versions))
+        return copy.deepcopy(task)
+
+    async def create_pod(self, namespace: str, manifest: dict) -> bool:
+        name = manifest["metadata"]["name"]
+        self.calls.append(("create_pod", name))
+        if (namespace, name) in self.pods:
+            return False  # 409 AlreadyExists
+        self.pods[(namespace, name)] = {**copy.deepcopy(manifest), "status": {"phase": "Pending"}}
+        return True
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        self.calls.append(("delete_pod", name))
+        return self.pods.pop((namespace, name), None) is not None  # 404 NotFound: False
+
+    async def delete_task(self, namespace: str, name: str) -> bool:
+        self.calls.append(("delete_task", name))
+        found = self.tasks.pop((namespace, name), None) is not None
+        self.task_deleted.set()
+        return found
+
+    async def list_all_pods(self) -> list[dict]:
+        self.calls.append(("list_all_pods",))
+        return [copy.deepcopy(pod) for pod in self.pods.values()]
+
+    # -- what the tests do to the cluster
+    def views(self, nodes=NODES) -> ClusterView:
+        """The kopf indexes, up to date with the store right now (a snapshot: later changes do not show)."""
+        task_pods: dict = {}
+        for (namespace, _), pod in self.pods.items():
+            task = pod["metadata"]["labels"]["fedtask.io/task"]
+            task_pods.setdefault((namespace, task), []).append(copy.deepcopy(pod))
+        return ClusterView(task_pods=task_pods, nodes=copy.deepcopy(nodes),
+                           pods=[copy.deepcopy(pod) for pod in self.pods.values()],
+                           tasks={key: [copy.deepcopy(task)] for key, task in self.tasks.items()})
+
+    def succeed(self, name: str, result: dict) -> None:
+        self.pods[("default", name)]["status"] = {"phase": "Succeeded", "containerStatuses": [
+            {"name": "worker", "state": {"terminated": {"exitCode": 0, "message": json.dumps(result)}}}]}
+
+    def verbs(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+    def pod_names(self) -> list[str]:
+        return sorted(name for _, name in self.pods)
+
+    @property
+    def status(self) -> dict:
+        return self.tasks[KEY].get("status") or {}
+
+
+class Events:
+    """kopf.event as the handlers pass it in: records (reason, type)."""
+
+    def __init__(self):
+        self.posted: list[tuple[str, str]] = []
+
+    def __call__(self, body: dict, type_: str, reason: str, message: str) -> None:
+        self.posted.append((reason, type_))
+
+    def reasons(self) -> list[str]:
+        return [reason for reason, _ in self.posted]
+
+
+def reconciler_for(api: FakeKubeApi, config: RuntimeConfig = CONFIG, clusterwide: bool = True):
+    events = Events()
+    return Reconciler(api, config, clusterwide, events), events
+
+
+INIT_RESULT = {"uri": "s3://fedtask/tasks/default/mnist/uid-1/round-0000/global.safetensors", "bytes": 10,
+               "seconds": 0.1}
+
+
+async def started_round_one(api: FakeKubeApi, reconciler: Reconciler) -> None:
+    """Create the task's init pod, let it succeed, and start round 1 (the init result is then in the status)."""
+    await reconciler.request(*KEY, api.views())
+    api.succeed("mnist-init", INIT_RESULT)
+    await reconciler.request(*KEY, api.views())
+    assert api.status["stage"] == "Training" and api.status["round"] == 1
+
+
+# ====================================================================================================================
+# Reconciler
+
+
+async def test_a_new_task_gets_its_status_its_init_pod_and_one_event():
+    api = FakeKubeApi(make_task())
+    reconciler, events = reconciler_for(api)
+
+    await reconciler.request(*KEY, api.views())
+
+    assert api.verbs() == ["patch_task_status", "create_pod"]  # the documented order: status, then pods
+    assert (api.status["phase"], api.status["stage"], api.status["round"]) == ("Pending", "Initializing", 0)
+    assert api.pod_names() == ["mnist-init"]
+    assert events.reasons() == ["Started"]
+
+
+async def test_the_status_is_patched_only_when_it_changed():
+    api = FakeKubeApi(make_task())
+    reconciler, events = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    calls = len(api.calls)
+
+    await reconciler.request(*KEY, api.views())  # the watch delivered our write and the pod: nothing moved
+
+    assert api.calls[calls:] == []
+    assert events.reasons() == ["Started"]
+
+
+async def test_write_status_sends_only_the_difference_and_nothing_when_equal():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    task = copy.deepcopy(api.tasks[KEY])
+
+    assert await reconciler.write_status(task, copy.deepcopy(task["status"])) is False
+    assert api.verbs().count("patch_task_status") == 1
+
+    assert await reconciler.write_status(task, {**task["status"], "message": "hello"}) is True
+    assert api.calls[-1] == ("patch_task_status", "mnist", {"message": "hello"})
+    assert api.status["message"] == "hello"
+
+
+async def test_a_finished_stage_s_pod_is_deleted_once_its_result_is_recorded():
+    api = FakeKubeApi(make_task())
+    reconciler, events = reconciler_for(api)
+    await started_round_one(api, reconciler)
+    train = ["mnist-r0001-train-d000", "mnist-r0001-train-d001"]
+    assert api.pod_names() == ["mnist-init", *train]  # the init result is recorded by this very pass
+    assert api.status["devices"][0]["state"] == "Pending"
+
+    await reconciler.request(*KEY, api.views())
+
+    assert api.pod_names() == train
+    assert api.calls[-1] == ("delete_pod", "mnist-init")
+    assert events.reasons() == ["Started", "RoundStarted"]
+
+
+async def test_keep_finished_pods_from_the_runtime_config_leaves_finished_pods():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api, RuntimeConfig(store_base_uri="s3://fedtask/tasks", keep_finished_pods=True))
+    await started_round_one(api, reconciler)
+
+    await reconciler.request(*KEY, api.views())
+
+    assert "mnist-init" in api.pod_names()
+    assert "delete_pod" not in api.verbs()
+
+
+def test_clean_pod_policy_none_keeps_finished_pods():
+    flags = dict(store_prefix="tasks", store_bucket="fedtask", image="img", image_pull_policy="Always",
+                 store_endpoint="minio:9000", store_secure=False, store_region="", store_secret="creds")
+    assert build_runtime_config(SimpleNamespace(clean_pod_policy="None", **flags)).keep_finished_pods
+    assert not build_runtime_config(SimpleNamespace(clean_pod_policy="All", **flags)).keep_finished_pods
+    assert build_runtime_config(SimpleNamespace(clean_pod_policy="All", **flags)).store_base_uri == \
+        "s3://fedtask/tasks"
+
+
+async def test_applying_tolerates_pods_that_already_exist_or_are_already_gone():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    existing = copy.deepcopy(api.pods[("default", "mnist-init")])
+    api.pods[("default", "mnist-init")]["status"] = {"phase": "Running"}
+    fresh = {**copy.deepcopy(existing), "metadata": {**existing["metadata"], "name": "mnist-other"}}
+    plan = Plan(create=[existing, fresh], delete=["mnist-gone"], status=api.status,
+                events=[Event("Normal", "Tested", "a test event")])
+
+    applied = await reconciler.apply(api.tasks[KEY], plan)
+
+    assert (applied.status_written, applied.created, applied.deleted) == (False, 1, 0)
+    assert api.pods[("default", "mnist-init")]["status"] == {"phase": "Running"}, "an existing pod is left alone"
+    assert api.pod_names() == ["mnist-init", "mnist-other"]
+
+
+async def test_our_own_write_is_planned_from_while_the_index_lags_behind_it():
+    api = FakeKubeApi(make_task())
+    reconciler, events = reconciler_for(api)
+    stale = api.views()  # the task without status, no pods: the watch has delivered nothing of what follows
+    await reconciler.request(*KEY, stale)
+
+    await reconciler.request(*KEY, stale)
+
+    # Planning from the stale task would start it again: a second status write and a second "Started" event.
+    assert api.verbs().count("patch_task_status") == 1
+    assert events.reasons() == ["Started"]
+    assert api.verbs().count("create_pod") == 2  # the init pod is not in the stale index: created again, exists
+
+
+async def test_a_newer_version_in_the_index_wins_over_our_write():
+    api = FakeKubeApi(make_task())
+    reconciler, events = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    api.tasks[KEY]["spec"]["suspend"] = True  # the user suspends the task after our write
+    api.tasks[KEY]["metadata"]["resourceVersion"] = "999"
+
+    await reconciler.request(*KEY, api.views())
+
+    assert api.status["phase"] == "Suspended"
+    assert events.reasons() == ["Started", "Suspended"]
+
+
+async def test_pods_for_resource_accounting_come_from_the_api_when_the_watch_covers_some_namespaces():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api, clusterwide=False)
+
+    await started_round_one(api, reconciler)
+
+    assert "list_all_pods" in api.verbs()
+
+
+def finished_task(ttl: int) -> dict:
+    task = make_task(ttlSecondsAfterFinished=ttl)
+    task["status"] = {"phase": "Succeeded", "round": 3, "stage": "Publishing", "observedGeneration": 1,
+                      "completionTime": format_time(datetime.now(UTC))}
+    return task
+
+
+async def test_a_task_past_its_ttl_is_deleted():
+    api = FakeKubeApi(finished_task(ttl=0))
+    reconciler, _ = reconciler_for(api)
+
+    await reconciler.request(*KEY, api.views())
+
+    assert api.verbs() == ["delete_task"]
+    assert KEY not in api.tasks
+
+
+async def test_the_reconciler_comes_back_after_requeue_after():
+    api = FakeKubeApi(finished_task(ttl=1))  # the plan asks to be planned again when the ttl has passed
+    reconciler, _ = reconciler_for(api)
+
+    await reconciler.request(*KEY, api.views())
+    assert KEY in api.tasks, "the ttl has not passed yet"
+    assert api.calls == []
+
+    await asyncio.wait_for(api.task_deleted.wait(), timeout=10)  # no event arrives: only the requeue comes back
+    assert api.verbs() == ["delete_task"]
+
+
+async def test_forget_cancels_the_requeue():
+    api = FakeKubeApi(finished_task(ttl=1))
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+
+    reconciler.forget(*KEY)  # the task was deleted
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(api.task_deleted.wait(), timeout=2)
+
+
+# ====================================================================================================================
+# KubeApi: AlreadyExists and NotFound are answers, not errors
+
+
+class _ApiException(Exception):
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+class _FailingClient:
+    """kubernetes' CoreV1Api / CustomObjectsApi answering every call with one HTTP status."""
+
+    def __init__(self, status: int):
+        self.status = status
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            raise _ApiException(self.status)
+        return call
+
+
+def kube_api_answering(status: int) -> KubeApi:
+    api = KubeApi.__new__(KubeApi)  # without loading a kubeconfig: the client objects are replaced
+    api._core = api._custom = _FailingClient(status)
+    api._exception = _ApiException
+    api._timeout = 1.0
+    return api
+
+
+async def test_kube_api_reports_already_exists_and_not_found_as_false():
+    assert await kube_api_answering(409).create_pod("default", {"metadata": {"name": "p"}}) is False
+    assert await kube_api_answering(404).delete_pod("default", "p") is False
+    assert await kube_api_answering(404).delete_task("default", "t") is False
+    with pytest.raises(_ApiException):
+        await kube_api_answering(500).create_pod("default", {"metadata": {"name": "p"}})
+    with pytest.raises(_ApiException):
+        await kube_api_answering(403).delete_pod("default", "p")
+
+
+# ====================================================================================================================
+# build_status_patch: a JSON merge patch (RFC 7386)
+
+
+def test_patch_of_equal_statuses_is_empty():
+    status = {"phase": "Running", "devices": [{"device": "d0"}], "best": {"accuracy": 0.5}}
+    assert build_status_patch(status, copy.deepcopy(status)) == {}
+
+
+def test_removed_keys_become_null_and_nested_objects_carry_only_their_changes():
+    old = {"phase": "Running", "message": "waiting", "best": {"accuracy": 0.5, "round": 1, "uri": "s3://a"}}
+    new = {"phase": "Running", "best": {"accuracy": 0.6, "round": 1}}
+    assert build_status_patch(old, new) == {"message": None, "best": {"accuracy": 0.6, "uri": None}}
+
+
+def test_lists_are_replaced_whole():
+    old = {"devices": [{"device": "d0", "state": "Pending"}, {"device": "d1", "state": "Pending"}]}
+    new = {"devices": [{"device": "d0", "state": "Succeeded"}, {"device": "d1", "state": "Pending"}]}
+    assert build_status_patch(old, new) == {"devices": new["devices"]}
+
+
+def test_a_value_that_changes_type_is_sent_whole():
+    assert build_status_patch({"model": "s3://a"}, {"model": {"uri": "s3://a"}}) == {"model": {"uri": "s3://a"}}
+    assert build_status_patch({"model": {"uri": "s3://a"}}, {"model": "s3://a"}) == {"model": "s3://a"}
+
+
+# JSON values without null: in a merge patch null means "remove", so a status never holds it (the planner drops keys)
+_SCALARS = st.one_of(st.booleans(), st.integers(-5, 5), st.sampled_from(["", "a", "b", "Running"]),
+                     st.floats(allow_nan=False, allow_infinity=False, width=32))
+_KEYS = st.sampled_from(["phase", "round", "best", "devices", "uri", "accuracy", "x"])
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+                     max_leaves=12)
+_STATUS = st.dictionaries(_KEYS, _JSON, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=_STATUS, new=_STATUS)
+def test_applying_the_patch_to_the_old_status_gives_the_new_one(old, new):
+    patch = build_status_patch(old, new)
+    assert merge_patch(old, patch) == new
+    assert json.loads(json.dumps(patch)) == patch  # what is sent over the wire
+    if old == new:
+        assert patch == {}
