@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.support.tools import REPO
 
-METRICS_MODULE = REPO / "operator" / "fedtask_operator" / "metrics.py"
+METRICS_MODULE = REPO / "operator" / "fedtask_operator" / "kube" / "metrics.py"
 DASHBOARD = REPO / "dashboards" / "fedtask.json"
 # Series Prometheus itself attaches to every scrape target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}

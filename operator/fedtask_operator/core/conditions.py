@@ -20,10 +20,7 @@ FAILED = "Failed"
 SUSPENDED = "Suspended"
 STALLED = "Stalled"  # the task cannot progress without a change from the user (the message says what)
 
-CONDITION_TYPES = (READY, PROGRESSING, UNSCHEDULABLE, SUCCEEDED, FAILED, SUSPENDED, STALLED)
-
 # Reasons (CamelCase constants; the message carries the details)
-REASON_CREATED = "Created"
 REASON_INITIALIZING = "Initializing"
 REASON_SCHEDULING = "Scheduling"
 REASON_WAITING_FOR_DEVICES = "WaitingForDevices"  # other tasks hold the devices this period
@@ -31,8 +28,6 @@ REASON_ROUND_RUNNING = "RoundRunning"
 REASON_TRAINING = "Training"
 REASON_AGGREGATING = "Aggregating"
 REASON_ADJUSTING = "Adjusting"
-REASON_PUBLISHING = "Publishing"
-REASON_DEVICES_SELECTED = "DevicesSelected"
 REASON_INSUFFICIENT_DEVICES = "InsufficientDevices"  # fewer qualifying nodes than needed
 REASON_INSUFFICIENT_RESOURCES = "InsufficientResources"  # nodes match but lack free cpu/memory/gpu
 REASON_NO_MATCHING_NODES = "NoMatchingNodes"  # the selector matches no node
@@ -50,10 +45,8 @@ REASON_MAX_ROUNDS_REACHED = "MaxRoundsReached"
 REASON_TARGET_ACCURACY_REACHED = "TargetAccuracyReached"
 REASON_NO_IMPROVEMENT = "NoImprovement"  # rounds.patience rounds without a better accuracy
 REASON_COMPLETED = "Completed"
-REASON_FAILED = "Failed"
 REASON_SUSPENDED = "SuspendedByUser"
 REASON_RESUMED = "Resumed"
-REASON_NOT_SUSPENDED = "NotSuspended"
 REASON_SCHEDULABLE = "Schedulable"
 
 

@@ -95,10 +95,6 @@ def shard_index(device: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def task_selector(task_name: str) -> dict[str, str]:
-    return {TASK_LABEL: label_value(task_name)}
-
-
 def pod_labels(task_name: str, stage: str, round_: int | None = None, device: str | None = None) -> dict[str, str]:
     labels = {MANAGED_BY_LABEL: MANAGED_BY, TASK_LABEL: label_value(task_name), STAGE_LABEL: stage}
     if round_ is not None:
