@@ -19,7 +19,8 @@ from fedtask_operator.core.crd import unknown_status_fields
 from fedtask_operator.core.planner import Observed, Plan, observe_pod, plan_task, pods_awaiting_results
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.types import DeviceSlot, TaskAssignment
-from fedtask_operator.core.spec import HISTORY_LIMIT, FieldError, TaskStatus, decode_dataclass
+from fedtask_operator.core.schema import FieldError
+from fedtask_operator.core.spec import DECODER, HISTORY_LIMIT, TaskStatus
 
 T0 = datetime(2026, 11, 28, 5, 0, 0, tzinfo=UTC)
 CONFIG = RuntimeConfig(store_base_uri="s3://fedtask/tasks")
@@ -48,7 +49,7 @@ def schema_problems(status: dict) -> list[str]:
     """Fields a real API server would prune from the status (the CRD's schema), and values the typed status model
     rejects."""
     errors: list[FieldError] = []
-    decode_dataclass(TaskStatus, status, "status", errors, strict=True)
+    DECODER.decode(TaskStatus, status, "status", errors, strict=True)
     return [f"pruned by the API server: {path}" for path in unknown_status_fields(status)] + [str(e) for e in errors]
 
 

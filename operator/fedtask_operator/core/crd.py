@@ -15,6 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from fedtask_operator.core import spec as api
+from fedtask_operator.core.schema import (
+    CrossFieldRule,
+    DateTime,
+    FieldInfo,
+    FreeForm,
+    IntOrString,
+    camel_case,
+    encode,
+    field_info,
+    format_number,
+    json_name,
+    pattern_hint,
+    unwrap_optional,
+)
 
 CRD_NAME = f"{api.PLURAL}.{api.GROUP}"
 REPO_CRD_PATH = Path(__file__).resolve().parents[3] / "crds" / "federatedtask.yaml"
@@ -28,8 +42,8 @@ PRINTER_COLUMNS = [
 ]
 
 
-def _scalar_schema(tp: Any, info: api.FieldInfo) -> dict:
-    if tp is api.IntOrString:
+def _scalar_schema(tp: Any, info: FieldInfo) -> dict:
+    if tp is IntOrString:
         schema: dict = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
     elif tp is bool:
         schema = {"type": "boolean"}
@@ -37,7 +51,7 @@ def _scalar_schema(tp: Any, info: api.FieldInfo) -> dict:
         schema = {"type": "integer"}
     elif tp is float:
         schema = {"type": "number"}
-    elif tp is api.DateTime:
+    elif tp is DateTime:
         schema = {"type": "string", "format": "date-time"}
     elif tp is str:
         schema = {"type": "string"}
@@ -53,7 +67,7 @@ def _scalar_schema(tp: Any, info: api.FieldInfo) -> dict:
         schema["maximum"] = info.maximum
         if info.exclusive_maximum:
             schema["exclusiveMaximum"] = True
-    if info.pattern is not None and tp in (str, api.IntOrString):
+    if info.pattern is not None and tp in (str, IntOrString):
         schema["pattern"] = info.pattern
     if info.max_length is not None and tp is str:
         schema["maxLength"] = info.max_length
@@ -62,16 +76,16 @@ def _scalar_schema(tp: Any, info: api.FieldInfo) -> dict:
     return schema
 
 
-def _type_schema(tp: Any, info: api.FieldInfo, defaults: bool) -> dict:
-    tp, _ = api.unwrap_optional(tp)
+def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict:
+    tp, _ = unwrap_optional(tp)
     if dataclasses.is_dataclass(tp):
         return dataclass_schema(tp, defaults)
-    if tp in (dict, api.FreeForm):
+    if tp in (dict, FreeForm):
         return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        item_info = api.FieldInfo(pattern=info.pattern)
+        item_info = FieldInfo(pattern=info.pattern)
         schema = {"type": "array", "items": _type_schema(item_tp, item_info, defaults)}
         if info.max_items is not None:
             schema["maxItems"] = info.max_items
@@ -79,7 +93,7 @@ def _type_schema(tp: Any, info: api.FieldInfo, defaults: bool) -> dict:
     if origin is dict:
         _, value_tp = typing.get_args(tp)
         return {"type": "object",
-                "additionalProperties": _type_schema(value_tp, api.FieldInfo(pattern=info.pattern), defaults)}
+                "additionalProperties": _type_schema(value_tp, FieldInfo(pattern=info.pattern), defaults)}
     return _scalar_schema(tp, info)
 
 
@@ -90,12 +104,12 @@ def _field_default(f: dataclasses.Field, tp: Any) -> Any:
         value = f.default_factory()  # type: ignore[misc]
         if dataclasses.is_dataclass(value):
             # `{}` lets the API server fill in the nested defaults; a non-standard default is written out.
-            return {} if value == type(value)() else api.encode(value)
-        return api.encode(value)
+            return {} if value == type(value)() else encode(value)
+        return encode(value)
     return None
 
 
-def _validations(rules: list[api.CrossFieldRule]) -> list[dict]:
+def _validations(rules: list[CrossFieldRule]) -> list[dict]:
     out = []
     for rule in rules:
         item = {"rule": rule.cel, "message": rule.message}
@@ -112,9 +126,9 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
     properties = {}
     required = []
     for f in dataclasses.fields(cls):
-        info = api.field_info(f)
+        info = field_info(f)
         sub_at = at + (f.name,) if at is not None else None
-        tp, _ = api.unwrap_optional(hints[f.name])
+        tp, _ = unwrap_optional(hints[f.name])
         if dataclasses.is_dataclass(tp):
             schema = dataclass_schema(tp, defaults, sub_at)
         else:
@@ -129,8 +143,8 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
             if default is not None:
                 schema["default"] = default
         if info.required:
-            required.append(api.json_name(f))
-        properties[api.json_name(f)] = schema
+            required.append(json_name(f))
+        properties[json_name(f)] = schema
     schema = {"type": "object", "properties": properties}
     if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):
         schema = {"description": cls.__doc__.strip().splitlines()[0], **schema}
@@ -186,7 +200,8 @@ def build_crd() -> dict:
     }
 
 
-HEADER = "# Generated from operator/fedtask_operator/core/spec.py by `python -m fedtask_operator.core.crd`: do not edit.\n"
+HEADER = ("# Generated from operator/fedtask_operator/core/spec.py by `python -m fedtask_operator.core.crd`: "
+          "do not edit.\n")
 
 
 def render_crd() -> str:
@@ -255,7 +270,8 @@ def prune_unknown_fields(value: Any, schema: dict) -> Any:
 
 def apply_defaults(value: Any, schema: dict) -> Any:
     """A copy of `value` with the schema's defaults applied, as an API server does (null counts as absent)."""
-    if isinstance(value, dict) and schema.get("type") == "object" and "x-kubernetes-preserve-unknown-fields" not in schema:
+    preserves_unknown = "x-kubernetes-preserve-unknown-fields" in schema
+    if isinstance(value, dict) and schema.get("type") == "object" and not preserves_unknown:
         out = {k: v for k, v in value.items() if v is not None}  # null fields are dropped before defaulting
         for key, prop in (schema.get("properties") or {}).items():
             if key not in out and "default" in prop:
@@ -298,10 +314,10 @@ REFERENCE_END = "<!-- END GENERATED {part} -->"
 
 
 def _type_label(tp: Any) -> str:
-    tp, _ = api.unwrap_optional(tp)
+    tp, _ = unwrap_optional(tp)
     if dataclasses.is_dataclass(tp):
         return "object"
-    if tp in (dict, api.FreeForm):
+    if tp in (dict, FreeForm):
         return "object (free-form)"
     origin = typing.get_origin(tp)
     if origin is list:
@@ -310,20 +326,20 @@ def _type_label(tp: Any) -> str:
     if origin is dict:
         _, value_tp = typing.get_args(tp)
         return f"map of {_type_label(value_tp)}"
-    return {int: "integer", float: "number", str: "string", bool: "boolean", api.DateTime: "timestamp",
-            api.IntOrString: "quantity (int or string)"}[tp]
+    return {int: "integer", float: "number", str: "string", bool: "boolean", DateTime: "timestamp",
+            IntOrString: "quantity (int or string)"}[tp]
 
 
-def _constraints(info: api.FieldInfo) -> str:
+def _constraints(info: FieldInfo) -> str:
     parts = []
     if info.enum is not None:
         parts.append(" \\| ".join(f"`{e}`" if e != "" else '`""`' for e in info.enum))
     if info.minimum is not None:
-        parts.append(f"{'>' if info.exclusive_minimum else '>='} {api._fmt_number(info.minimum)}")
+        parts.append(f"{'>' if info.exclusive_minimum else '>='} {format_number(info.minimum)}")
     if info.maximum is not None:
-        parts.append(f"{'<' if info.exclusive_maximum else '<='} {api._fmt_number(info.maximum)}")
+        parts.append(f"{'<' if info.exclusive_maximum else '<='} {format_number(info.maximum)}")
     if info.pattern is not None:
-        parts.append(api._pattern_hint(info.pattern).strip(" ()"))
+        parts.append(pattern_hint(info.pattern, api.PATTERN_HINTS).strip(" ()"))
     if info.max_items is not None:
         parts.append(f"at most {info.max_items} items")
     if info.required:
@@ -334,8 +350,8 @@ def _constraints(info: api.FieldInfo) -> str:
 def _default_label(f: dataclasses.Field, tp: Any) -> str:
     import json
 
-    default = None if api.field_info(f).required else _field_default(f, tp)
-    if default is None or default == {} and dataclasses.is_dataclass(api.unwrap_optional(tp)[0]):
+    default = None if field_info(f).required else _field_default(f, tp)
+    if default is None or default == {} and dataclasses.is_dataclass(unwrap_optional(tp)[0]):
         return ""
     return f"`{json.dumps(default, separators=(', ', ': '))}`"
 
@@ -345,14 +361,14 @@ def reference_rows(cls: type, prefix: str, with_defaults: bool) -> list[list[str
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        info = api.field_info(f)
-        path = f"{prefix}.{api.json_name(f)}"
+        info = field_info(f)
+        path = f"{prefix}.{json_name(f)}"
         row = [f"`{path}`", _type_label(tp)]
         if with_defaults:
             row += [_default_label(f, tp), _constraints(info)]
         row.append(info.doc.replace("|", "\\|"))
         rows.append(row)
-        inner, _ = api.unwrap_optional(tp)
+        inner, _ = unwrap_optional(tp)
         if dataclasses.is_dataclass(inner):
             rows += reference_rows(inner, path, with_defaults)
         elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
@@ -364,9 +380,9 @@ def _immutable_paths(cls: type, prefix: str) -> list[str]:
     found = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        path = f"{prefix}.{api.json_name(f)}"
-        inner, _ = api.unwrap_optional(hints[f.name])
-        if api.field_info(f).immutable:
+        path = f"{prefix}.{json_name(f)}"
+        inner, _ = unwrap_optional(hints[f.name])
+        if field_info(f).immutable:
             found.append(path)
         elif dataclasses.is_dataclass(inner):
             found += _immutable_paths(inner, path)
@@ -374,9 +390,10 @@ def _immutable_paths(cls: type, prefix: str) -> list[str]:
 
 
 def _rule_rows() -> list[list[str]]:
-    rows = [[f"`{path}`", api.IMMUTABLE_MESSAGE, "`self == oldSelf`"] for path in _immutable_paths(api.TaskSpec, "spec")]
+    rows = [[f"`{path}`", api.IMMUTABLE_MESSAGE, "`self == oldSelf`"]
+            for path in _immutable_paths(api.TaskSpec, "spec")]
     for rule in api.CROSS_FIELD_RULES:
-        base = "spec" + "".join("." + api._camel(a) for a in rule.at)
+        base = "spec" + "".join("." + camel_case(a) for a in rule.at)
         rows.append([f"`{base}{rule.field_path}`", rule.message, f"`{rule.cel}`"])
     for cls, rules in api.TYPE_RULES.items():
         for where in _paths_of(api.TaskSpec, cls, "spec"):
@@ -390,8 +407,8 @@ def _paths_of(cls: type, target: type, prefix: str) -> list[str]:
     found = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        inner, _ = api.unwrap_optional(hints[f.name])
-        path = f"{prefix}.{api.json_name(f)}"
+        inner, _ = unwrap_optional(hints[f.name])
+        path = f"{prefix}.{json_name(f)}"
         if typing.get_origin(inner) is list:
             inner, path = typing.get_args(inner)[0], path + "[]"
         if inner is target:

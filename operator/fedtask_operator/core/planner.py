@@ -55,7 +55,8 @@ from fedtask_operator.core.scheduling.estimates import update_train_estimate
 from fedtask_operator.core.scheduling.matching import matches_selector
 from fedtask_operator.core.scheduling.request import build_device_request, sample_count
 from fedtask_operator.core.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
-from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, encode, parse_task
+from fedtask_operator.core.schema import encode
+from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, parse_task
 
 EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
 UNSCHEDULABLE_RETRY_SECONDS = 10.0

@@ -2,21 +2,31 @@
 
 The dataclasses below are the single definition of the API: `crd.py` generates `crds/federatedtask.yaml` from them
 (a test keeps the committed file identical to the generated one), and `parse_task` applies exactly the defaults,
-bounds, enums and cross-field rules the CRD makes a Kubernetes API server apply. Python attributes are snake_case;
-the manifest's camelCase names are derived (`per_round` -> `perRound`).
+bounds, enums and cross-field rules the CRD makes a Kubernetes API server apply. The dataclass-schema machinery
+(fields with API metadata, decoding with field paths, encoding) is `schema.py`.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedtask_operator.core.phases import PHASES, STAGES
 from fedtask_operator.core.phases import STATES as DEVICE_STATES
+from fedtask_operator.core.schema import (
+    CrossFieldRule,
+    DateTime,
+    Decoder,
+    FieldError,
+    FreeForm,
+    IntOrString,
+    api_field,
+    camel_case,
+    encode,
+    immutable_changes,
+    value_at,
+)
 
 GROUP = "fedtask.io"
 VERSION = "v1alpha1"
@@ -44,59 +54,6 @@ PARTITION_SCHEMES = ["iid", "dirichlet", "classes"]
 OPTIMIZERS = ["sgd", "adam"]
 ON_INVALID = ["skip", "fail"]
 POLICIES = ["time-fair", "fastest", "random", "round-robin"]
-
-
-class IntOrString:
-    """Annotation marker: a value that may be an integer or a string (Kubernetes quantities)."""
-
-
-class DateTime(str):
-    """Annotation marker: an RFC 3339 timestamp string such as 2026-11-28T04:41:03Z."""
-
-
-class FreeForm(dict):
-    """Annotation marker: an object whose content the schema does not constrain (kept as is)."""
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    doc: str = ""
-    json: str | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    exclusive_maximum: bool = False
-    enum: tuple | None = None
-    pattern: str | None = None
-    max_length: int | None = None
-    max_items: int | None = None
-    required: bool = False
-    immutable: bool = False  # unchangeable once the task exists (a CEL transition rule `self == oldSelf`)
-
-
-def api_field(default: Any = dataclasses.MISSING, *, factory: Callable | None = None, doc: str = "",
-              **info: Any) -> Any:
-    """A dataclass field carrying its API metadata (bounds, enum, pattern, documentation)."""
-    if isinstance(info.get("enum"), list):
-        info["enum"] = tuple(info["enum"])
-    metadata = {"api": FieldInfo(doc=doc, **info)}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda value=default: copy.deepcopy(value), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def json_name(f: dataclasses.Field) -> str:
-    info = f.metadata.get("api")
-    if info is not None and info.json:
-        return info.json
-    head, *rest = f.name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def field_info(f: dataclasses.Field) -> FieldInfo:
-    return f.metadata.get("api") or FieldInfo()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -151,7 +108,8 @@ class ModelSpec:
                           doc="A registered model (`mlp`, `cnn`) or `module:callable` from the worker image.")
     args: FreeForm = api_field({}, doc="Keyword arguments for the model constructor.")
     seed: int = api_field(0, minimum=0, immutable=True, doc="Seed of the initial weights.")
-    initial_uri: str = api_field("", max_length=2048, immutable=True, doc="Warm start: a safetensors model to start from instead of random weights.")
+    initial_uri: str = api_field("", max_length=2048, immutable=True,
+                                 doc="Warm start: a safetensors model to start from instead of random weights.")
 
 
 @dataclass
@@ -168,7 +126,8 @@ class PartitionSpec:
 class SharedDataSpec:
     fraction: float = api_field(0.01, minimum=0, maximum=1, exclusive_maximum=True,
                                 doc="Fraction of the training set held by the server as the globally shared dataset.")
-    uri: str = api_field("", max_length=2048, doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
+    uri: str = api_field("", max_length=2048,
+                         doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
 
 
 @dataclass
@@ -184,7 +143,8 @@ class DataSpec:
     claim_name: str = api_field("fedtask-data-{node}", max_length=253, immutable=True,
                                 doc="source=pvc: the claim per device node; `{node}` is replaced by the node name.")
     partition: PartitionSpec = api_field(factory=PartitionSpec, immutable=True, doc="Partition of builtin data.")
-    shared: SharedDataSpec = api_field(factory=SharedDataSpec, immutable=True, doc="The globally shared dataset held by the server.")
+    shared: SharedDataSpec = api_field(factory=SharedDataSpec, immutable=True,
+                                       doc="The globally shared dataset held by the server.")
 
 
 def default_device_selector() -> LabelSelector:
@@ -256,8 +216,10 @@ class RoundsSpec:
 @dataclass
 class StorageSpec:
     bucket: str = api_field("", max_length=63, doc="S3 bucket; default from the operator's configuration.")
-    prefix: str = api_field("", max_length=1024, doc="Key prefix in the bucket; default from the operator's configuration.")
-    endpoint: str = api_field("", max_length=253, doc="S3 endpoint (host:port); default from the operator's configuration.")
+    prefix: str = api_field("", max_length=1024,
+                            doc="Key prefix in the bucket; default from the operator's configuration.")
+    endpoint: str = api_field("", max_length=253,
+                              doc="S3 endpoint (host:port); default from the operator's configuration.")
     secret_ref: LocalObjectReference | None = api_field(
         None, doc="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; default from the operator's configuration.")
 
@@ -285,7 +247,8 @@ class TaskSpec:
     adjustment: AdjustmentSpec = api_field(factory=AdjustmentSpec,
                                            doc="Server-side fine-tuning on the globally shared dataset.")
     rounds: RoundsSpec = api_field(factory=RoundsSpec, doc="How many rounds and when to stop.")
-    storage: StorageSpec = api_field(factory=StorageSpec, immutable=True, doc="The object store; defaults from the operator.")
+    storage: StorageSpec = api_field(factory=StorageSpec, immutable=True,
+                                     doc="The object store; defaults from the operator.")
     publish: PublishSpec = api_field(factory=PublishSpec, doc="What happens with the final model.")
     scheduling: SchedulingSpec = api_field(factory=SchedulingSpec, doc="Device selection among competing tasks.")
     image: str = api_field("", doc="Worker image; default from the operator's configuration.")
@@ -397,7 +360,8 @@ class TaskStatus:
     devices: list[DeviceStatus] = api_field([], doc="This round's target devices.")
     current: StagePodStatus | None = api_field(None, doc="The current server-side pod (init, aggregate, adjust).")
     published: list[PublishStatus] = api_field([], doc="Publish pods, one per device node (publish.toDevices).")
-    assignment: list[AssignedDevice] = api_field([], doc="The scheduler's choice of devices for this round, with its time estimates (replacements appended).")
+    assignment: list[AssignedDevice] = api_field(
+        [], doc="The scheduler's choice of devices for this round, with its time estimates (replacements appended).")
     current_round: RoundRecord | None = api_field(
         None, doc="The round in flight, filled in stage by stage; appended to history when it completes.")
     history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
@@ -413,16 +377,6 @@ class TaskStatus:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cross-field rules: each is a CEL rule in the CRD and the same check in Python (a test proves they agree).
-
-
-@dataclass(frozen=True)
-class CrossFieldRule:
-    at: tuple[str, ...]  # the dataclass attribute path of the object the rule is attached to, () = spec
-    cel: str
-    message: str
-    field_path: str  # JSON path (from the object) of the field the error is reported on, e.g. ".minReturned"
-    check: Callable[..., bool]  # check(obj) -> ok; transition rules: check(old, new) -> ok
-    transition: bool = False  # a rule on updates (CEL `oldSelf`): only checked when the object changes
 
 
 CROSS_FIELD_RULES: list[CrossFieldRule] = [
@@ -461,7 +415,8 @@ CROSS_FIELD_RULES += [
 # Per-item rules on shared types, keyed by the dataclass they are attached to.
 TYPE_RULES: dict[type, list[CrossFieldRule]] = {
     LabelSelectorRequirement: [
-        CrossFieldRule((), "self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 : size(self.values) > 0",
+        CrossFieldRule((), "self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 "
+                           ": size(self.values) > 0",
                        "must be empty for Exists and DoesNotExist and non-empty for In and NotIn", ".values",
                        lambda r: (len(r.values) == 0) == (r.operator in ("Exists", "DoesNotExist"))),
     ],
@@ -476,15 +431,6 @@ TYPE_RULES: dict[type, list[CrossFieldRule]] = {
 # Decoding with validation
 
 
-@dataclass(frozen=True)
-class FieldError:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
 class SpecError(ValueError):
     """Every problem of a manifest, one `path: reason` per line."""
 
@@ -493,228 +439,34 @@ class SpecError(ValueError):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    """(T, True) for `T | None`, (T, False) otherwise."""
-    args = typing.get_args(tp)
-    if type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return tp, False
-
-
-def _type_name(tp: Any) -> str:
-    if dataclasses.is_dataclass(tp) or tp in (dict, FreeForm) or typing.get_origin(tp) is dict:
-        return "an object"
-    if typing.get_origin(tp) is list:
-        return "a list"
-    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean", DateTime: "a timestamp string",
-            IntOrString: "an integer or a string"}.get(tp, str(tp))
-
-
-def _fmt_number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-def _check_scalar(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldError]) -> Any:
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # an API server takes 5.0 for an integer field too
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok:
-            value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
-                errors.append(FieldError(path, "must be a finite number"))
-                return None
-    elif tp in (str, DateTime):
-        ok = isinstance(value, str)
-    elif tp is IntOrString:
-        ok = (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
-    else:  # pragma: no cover - a model definition error
-        raise TypeError(f"unsupported field type {tp!r} at {path}")
-    if not ok:
-        errors.append(FieldError(path, f"must be {_type_name(tp)}, not {type(value).__name__} {value!r}"))
-        return None
-    before = len(errors)
-    if info.enum is not None and value not in info.enum:
-        shown = ", ".join(repr(e) if e == "" else str(e) for e in info.enum)
-        errors.append(FieldError(path, f"must be one of {shown}, not {value!r}"))
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and tp is not IntOrString:
-        if info.minimum is not None:
-            if info.exclusive_minimum and not value > info.minimum:
-                errors.append(FieldError(path, f"must be > {_fmt_number(info.minimum)}"))
-            elif not info.exclusive_minimum and not value >= info.minimum:
-                errors.append(FieldError(path, f"must be >= {_fmt_number(info.minimum)}"))
-        if info.maximum is not None:
-            if info.exclusive_maximum and not value < info.maximum:
-                errors.append(FieldError(path, f"must be < {_fmt_number(info.maximum)}"))
-            elif not info.exclusive_maximum and not value <= info.maximum:
-                errors.append(FieldError(path, f"must be <= {_fmt_number(info.maximum)}"))
-    if isinstance(value, str):
-        if info.max_length is not None and len(value) > info.max_length:
-            errors.append(FieldError(path, f"must be at most {info.max_length} characters"))
-        if info.pattern is not None and not re.search(info.pattern, value):
-            errors.append(FieldError(path, f"invalid value {value!r}" + _pattern_hint(info.pattern)))
-    return value if len(errors) == before else None
-
-
-def _pattern_hint(pattern: str) -> str:
-    return {
-        QUANTITY_PATTERN: " (a quantity such as 1, 500m or 2Gi)",
-        PLUGIN_PATTERN: " (a registered name such as mlp, or module:callable)",
-        ABSOLUTE_PATH_PATTERN: " (an absolute path)",
-        DNS_LABEL_PATTERN: " (lower-case letters, digits and '-')",
-        DNS_SUBDOMAIN_PATTERN: " (lower-case letters, digits, '-' and '.')",
-    }.get(pattern, f" (must match {pattern})")
-
-
-def _decode(value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldError], strict: bool) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return decode_dataclass(tp, value, path, errors, strict)
-    origin = typing.get_origin(tp)
-    if origin is list:
-        if not isinstance(value, list):
-            errors.append(FieldError(path, f"must be a list, not {type(value).__name__}"))
-            return []
-        if info.max_items is not None and len(value) > info.max_items:
-            errors.append(FieldError(path, f"must have at most {info.max_items} items"))
-        (item_tp,) = typing.get_args(tp)
-        item_info = FieldInfo(pattern=info.pattern) if not dataclasses.is_dataclass(item_tp) else FieldInfo()
-        return [_decode(item, item_tp, item_info, f"{path}[{i}]", errors, strict) for i, item in enumerate(value)]
-    if origin is dict or tp in (dict, FreeForm):
-        if not isinstance(value, dict):
-            errors.append(FieldError(path, f"must be an object, not {type(value).__name__}"))
-            return {}
-        if tp in (dict, FreeForm):
-            return copy.deepcopy(value)
-        key_tp, value_tp = typing.get_args(tp)
-        value_info = FieldInfo(pattern=info.pattern)
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                errors.append(FieldError(f"{path}.{key}", "keys must be strings"))
-                continue
-            if item is None:
-                continue  # an API server drops null values
-            out[key] = _check_scalar(item, value_tp, value_info, f"{path}.{key}", errors)
-        return out
-    return _check_scalar(value, tp, info, path, errors)
-
-
-def decode_dataclass(cls: type, data: Any, path: str, errors: list[FieldError], strict: bool = True) -> Any:
-    """Build `cls` from its JSON form, applying defaults; problems are appended to `errors` with their paths."""
-    if not isinstance(data, dict):
-        errors.append(FieldError(path, f"must be an object, not {type(data).__name__}"))
-        return cls()
-    hints = _hints(cls)
-    fields = dataclasses.fields(cls)
-    known = {json_name(f) for f in fields}
-    if strict:
-        for key in data:
-            if key not in known:
-                errors.append(FieldError(f"{path}.{key}", "unknown field" + _did_you_mean(str(key), known)))
-    kwargs = {}
-    errors_before = len(errors)
-    for f in fields:
-        name = json_name(f)
-        info = field_info(f)
-        value = data.get(name)
-        if value is None:
-            if info.required:
-                errors.append(FieldError(f"{path}.{name}", "required"))
-            continue  # the dataclass default applies
-        tp, _ = unwrap_optional(hints[f.name])
-        before = len(errors)
-        decoded = _decode(value, tp, info, f"{path}.{name}", errors, strict)
-        if len(errors) == before:
-            kwargs[f.name] = decoded
-    obj = cls(**kwargs)
-    if len(errors) == errors_before:
-        for rule in TYPE_RULES.get(cls, []):
-            if not rule.check(obj):
-                errors.append(FieldError(path + rule.field_path, rule.message))
-    return obj
-
-
-def _did_you_mean(key: str, known: set[str]) -> str:
-    lowered = {k.lower().replace("_", ""): k for k in known}
-    match = lowered.get(key.lower().replace("_", "").replace("-", ""))
-    return f" (did you mean {match}?)" if match else ""
-
-
-def encode(obj: Any) -> Any:
-    """The JSON form of a model object: camelCase keys, None fields left out."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if value is None:
-                continue
-            out[json_name(f)] = encode(value)
-        return out
-    if isinstance(obj, list):
-        return [encode(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: encode(v) for k, v in obj.items()}
-    return obj
+PATTERN_HINTS = {
+    QUANTITY_PATTERN: "a quantity such as 1, 500m or 2Gi",
+    PLUGIN_PATTERN: "a registered name such as mlp, or module:callable",
+    ABSOLUTE_PATH_PATTERN: "an absolute path",
+    DNS_LABEL_PATTERN: "lower-case letters, digits and '-'",
+    DNS_SUBDOMAIN_PATTERN: "lower-case letters, digits, '-' and '.'",
+}
+DECODER = Decoder(TYPE_RULES, PATTERN_HINTS)
 
 
 def validate_spec_rules(spec: TaskSpec) -> list[FieldError]:
     errors = []
     for rule in CROSS_FIELD_RULES:
-        if not rule.transition and not rule.check(_at(spec, rule.at)):
+        if not rule.transition and not rule.check(value_at(spec, rule.at)):
             errors.append(FieldError(_rule_path(rule), rule.message))
     return errors
 
 
 def validate_update(old: TaskSpec, new: TaskSpec) -> list[FieldError]:
     """What an API server refuses when a task's spec changes from `old` to `new` (the CRD's transition rules)."""
-    errors = _immutable_changes(old, new, "spec")
+    errors = immutable_changes(old, new, "spec", IMMUTABLE_MESSAGE)
     errors += [FieldError(_rule_path(rule), rule.message) for rule in CROSS_FIELD_RULES
-               if rule.transition and not rule.check(_at(old, rule.at), _at(new, rule.at))]
+               if rule.transition and not rule.check(value_at(old, rule.at), value_at(new, rule.at))]
     return errors
-
-
-def _immutable_changes(old: Any, new: Any, path: str) -> list[FieldError]:
-    errors = []
-    for f in dataclasses.fields(type(new)):
-        old_value, new_value = getattr(old, f.name), getattr(new, f.name)
-        if old_value is None or new_value is None:
-            continue  # transition rules run only where the old and the new object both have the field
-        field_path = f"{path}.{json_name(f)}"
-        if field_info(f).immutable and old_value != new_value:
-            errors.append(FieldError(field_path, IMMUTABLE_MESSAGE))
-        elif dataclasses.is_dataclass(new_value):
-            errors += _immutable_changes(old_value, new_value, field_path)
-    return errors
-
-
-def _at(spec: TaskSpec, attrs: tuple[str, ...]) -> Any:
-    for attr in attrs:
-        spec = getattr(spec, attr)
-    return spec
 
 
 def _rule_path(rule: CrossFieldRule) -> str:
-    return "spec" + "".join("." + _camel(a) for a in rule.at) + rule.field_path
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+    return "spec" + "".join("." + camel_case(a) for a in rule.at) + rule.field_path
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -744,7 +496,7 @@ class FederatedTask:
 def parse_spec(data: Any, path: str = "spec") -> TaskSpec:
     """Decode and validate a spec (as a cluster would: defaults, bounds, enums, unknown fields, CEL rules)."""
     errors: list[FieldError] = []
-    spec = decode_dataclass(TaskSpec, {} if data is None else data, path, errors)
+    spec = DECODER.decode(TaskSpec, {} if data is None else data, path, errors)
     if not errors:
         errors = validate_spec_rules(spec)
     if errors:
@@ -755,7 +507,7 @@ def parse_spec(data: Any, path: str = "spec") -> TaskSpec:
 def status_from_dict(data: Any) -> TaskStatus:
     """Decode a status as written by the planner; unknown fields are ignored (an API server prunes them)."""
     errors: list[FieldError] = []
-    status = decode_dataclass(TaskStatus, data or {}, "status", errors, strict=False)
+    status = DECODER.decode(TaskStatus, data or {}, "status", errors, strict=False)
     if errors:
         raise SpecError(errors)
     return status

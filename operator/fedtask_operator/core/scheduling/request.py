@@ -5,7 +5,8 @@ import math
 from typing import Any
 
 from ..conditions import parse_time
-from ..spec import FederatedTask, encode
+from ..schema import encode
+from ..spec import FederatedTask
 from .types import DeviceRequest
 
 
