@@ -1,6 +1,6 @@
 """A Kubernetes API for tests: kmock's in-memory emulator served over HTTP from a background thread.
 
-kmock 0.8 needs three workarounds to carry a real kopf operator (see shared/notes/test-infrastructure.md):
+kmock 0.8 needs three workarounds to carry a real kopf operator (tests/api/test_emulator.py checks that they hold):
 1. `GET /api/v1/namespaces` fails in its path parser: namespaces are pre-loaded, operators run with `--namespace`;
 2. objects get no uid/resourceVersion/creationTimestamp/generateName handling: injected here on create, the
    resourceVersion is bumped on every patch;
@@ -124,7 +124,8 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
 def crd_resource_info() -> tuple[str, kmock.ResourceInfo]:
     """The FederatedTask resource as the CRD declares it (the fallback mirrors docs/internals.md)."""
     if CRD_PATH.exists():
-        crd = next(doc for doc in yaml.safe_load_all(CRD_PATH.read_text()) if doc and doc.get("kind") == "CustomResourceDefinition")
+        crd = next(doc for doc in yaml.safe_load_all(CRD_PATH.read_text())
+                   if doc and doc.get("kind") == "CustomResourceDefinition")
         spec = crd["spec"]
         names = spec["names"]
         version = next(v["name"] for v in spec["versions"] if v.get("storage", True))

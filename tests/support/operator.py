@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.support.kube import FEDERATEDTASKS, EmulatedCluster
+from tests.support.kube import EVENTS, FEDERATEDTASKS, EmulatedCluster
 from tests.support.s3 import S3Server, free_port
 
 
@@ -91,7 +91,7 @@ def task_status(cluster: EmulatedCluster, name: str, namespace: str = "default")
 
 
 def task_events(cluster: EmulatedCluster, name: str, namespace: str = "default") -> list[dict]:
-    return [event for event in cluster.objects("v1/events", namespace)
+    return [event for event in cluster.objects(EVENTS, namespace)
             if (event.get("involvedObject") or {}).get("name") == name
             and (event.get("involvedObject") or {}).get("kind") == "FederatedTask"]
 
