@@ -53,12 +53,13 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-# Every generated file from its single source: the CRD and the API reference from core/spec.py, the chart's copies
-# of the CRD, the RBAC rules and the dashboard. `check-generated` fails when that changes a committed file.
+# Every generated file from its single source: the CRD and the API reference from core/spec.py, the RBAC manifests
+# from deploy/rbac/rules.yaml, the chart's copies of the CRD, the RBAC rules and the dashboard. `check-generated` fails when that changes a committed file.
 GENERATED := crds docs/api.md helm/fedtask/files deploy/rbac
 generate: venv
 	$(PY) -m fedtask_operator.core.crd > crds/federatedtask.yaml.tmp && mv crds/federatedtask.yaml.tmp crds/federatedtask.yaml
 	$(PY) -m fedtask_operator.core.crd --reference
+	$(PY) hack/generate-rbac.py
 	$(PY) hack/sync-chart-files.py
 
 check-generated: generate

@@ -6,6 +6,8 @@ end and sees it deleted. Calls of the tests' own clients (the kubelet, the fixtu
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -16,7 +18,9 @@ from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.api
 
-RULES = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "rbac" / "rules.yaml"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RULES = REPO / "deploy" / "rbac" / "rules.yaml"
+GENERATOR = REPO / "hack" / "generate-rbac.py"  # rules.yaml -> the deployable manifests
 VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
          "DELETE": "delete"}
 CLUSTERWIDE_ONLY = {("kopf.dev", "clusterkopfpeerings")}  # exercised by the cluster-wide variant only
@@ -74,3 +78,8 @@ def test_the_deployable_manifests_carry_exactly_the_rules(manifest):
     assert {binding["roleRef"]["name"] for binding in bindings} == set(roles)
     assert all(not any(rule_resource == "secrets" for rule in doc["rules"] for rule_resource in rule["resources"])
                for doc in roles.values())
+
+
+def test_the_deployable_manifests_are_generated_from_the_rules():
+    result = subprocess.run([sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"stale RBAC manifests, run hack/generate-rbac.py:\n{result.stderr}"
