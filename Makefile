@@ -54,7 +54,8 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 # Every generated file from its single source: the CRD and the API reference from core/spec.py, the RBAC manifests
-# from deploy/rbac/rules.yaml, the chart's copies of the CRD, the RBAC rules and the dashboard. `check-generated` fails when that changes a committed file.
+# from deploy/rbac/rules.yaml, the chart's copies of the CRD, the RBAC rules and the dashboard. `check-generated` fails
+# when that changes a committed file.
 GENERATED := crds docs/api.md helm/fedtask/files deploy/rbac
 generate: venv
 	$(PY) -m fedtask_operator.core.crd > crds/federatedtask.yaml.tmp && mv crds/federatedtask.yaml.tmp crds/federatedtask.yaml
