@@ -109,6 +109,16 @@ def _field_default(f: dataclasses.Field, tp: Any) -> Any:
     return None
 
 
+def _checked_default(default: Any, schema: dict) -> Any:
+    """An API server checks an object's default against the object's CEL rules as written, before it fills in the
+    nested defaults: `{}` fails every rule that reads a field ("no such key"). Such objects get their default
+    written out in full (the same object the API server would build from `{}`)."""
+    rules = [item["rule"] for item in schema.get("x-kubernetes-validations", []) if "oldSelf" not in item["rule"]]
+    if default == {} and rules:
+        return apply_defaults({}, schema)
+    return default
+
+
 def _validations(rules: list[CrossFieldRule]) -> list[dict]:
     out = []
     for rule in rules:
@@ -141,7 +151,7 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
         if defaults and not info.required:
             default = _field_default(f, tp)
             if default is not None:
-                schema["default"] = default
+                schema["default"] = _checked_default(default, schema)
         if info.required:
             required.append(json_name(f))
         properties[json_name(f)] = schema
@@ -160,7 +170,8 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
 
 def build_openapi_schema() -> dict:
     spec_schema = dataclass_schema(api.TaskSpec, defaults=True, at=())
-    spec_schema = {"description": "What to learn, from which devices, and how.", **spec_schema, "default": {}}
+    spec_schema = {"description": "What to learn, from which devices, and how.", **spec_schema}
+    spec_schema["default"] = _checked_default({}, spec_schema)
     status_schema = dataclass_schema(api.TaskStatus, defaults=False)
     status_schema = {"description": "What the operator observed and decided; written by the operator only.",
                      **status_schema}
