@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
+from fedtask_operator.core.phases import FINISHED_PHASES
 from tests.support.kube import EVENTS, FEDERATEDTASKS, EmulatedCluster
 from tests.support.s3 import S3Server, free_port
 
@@ -119,4 +120,4 @@ def digits_task(name: str, rounds: int = 3, **spec_overrides) -> dict:
 def finished(cluster: EmulatedCluster, name: str) -> dict | None:
     """The task's status once it has succeeded or failed, else None."""
     status = task_status(cluster, name)
-    return status if status.get("phase") in ("Succeeded", "Failed") else None
+    return status if status.get("phase") in FINISHED_PHASES else None
