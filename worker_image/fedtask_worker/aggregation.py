@@ -6,7 +6,9 @@ reduces it into the output, so memory stays at one output model plus a few block
 updates, and each input byte is read from memory once. Weighted sums run on a small compiled kernel
 (_reduce.c) that folds every update into an L1-sized chunk of the output before moving on; without it, on torch or
 numpy, one update at a time. The kernel, numpy ufuncs and os.preadv release the GIL, so blocks run in parallel.
-NaN/Inf are caught per block (a non-finite output block points at the culprits).
+NaN/Inf are caught per block (a non-finite output block points at the culprits; an output that overflows with finite
+inputs points at the update holding the largest values). A failure that belongs to one update (NonFiniteValues,
+SourceFailed) names it, so the caller can leave that update out and run again.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .errors import BadInput
-from .tensors import SAFETENSORS_NAMES, InvalidUpdate, Layout, TensorInfo
+from .tensors import SAFETENSORS_NAMES, Layout, TensorInfo
 
 # numpy needs two passes per update (multiply, add) over an in-cache block; torch's fused add_(alpha=) needs one and
 # streams well with larger blocks (measured on a 2-core EPYC: numpy 256K elements, torch 1M). The compiled kernel
@@ -31,6 +33,7 @@ from .tensors import SAFETENSORS_NAMES, InvalidUpdate, Layout, TensorInfo
 BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 256 * 1024))
 TORCH_BLOCK_ELEMENTS = int(os.environ.get("FEDTASK_AGGREGATE_BLOCK", 1024 * 1024))
 BACKENDS = ("native", "torch", "numpy")
+FLOAT_KINDS = "f"
 # The compiled kernel reduces sources that read into scratch buffers (files) this many at a time, each into its own
 # buffer; in-memory sources hand out views and go all in one call.
 COPYING_SOURCES_PER_CALL = 8
@@ -105,9 +108,12 @@ class FileSource(UpdateSource):
         offset = info.begin + start * itemsize
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            try:
+                got = os.preadv(self._fd, [view[done:]], offset + done)
+            except OSError as error:
+                raise SourceFailed(self, f"cannot be read: {error.strerror}") from None
             if got <= 0:
-                raise InvalidUpdate(f"{self.name}: file shrank while being read")
+                raise SourceFailed(self, "file shrank while being read")
             done += got
         return out
 
@@ -115,6 +121,29 @@ class FileSource(UpdateSource):
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class ClippedSource(UpdateSource):
+    """An update scaled towards the global model: base + (update - base) * scale on float tensors."""
+
+    def __init__(self, inner: UpdateSource, base: dict[str, np.ndarray], scale: float):
+        self.inner, self.base, self.scale = inner, base, scale  # base: flat float tensors of the global model
+        self.name, self.layout, self.num_samples = inner.name, inner.layout, inner.num_samples
+
+    def read(self, tensor: str, start: int, stop: int, scratch: np.ndarray) -> np.ndarray:
+        values = self.inner.read(tensor, start, stop, scratch)
+        anchor = self.base.get(tensor)
+        if anchor is None:
+            return values
+        anchor = anchor[start:stop]
+        out = scratch[: stop - start]
+        np.subtract(values, anchor, out=out)
+        out *= out.dtype.type(self.scale)
+        out += anchor
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 class ArraySource(UpdateSource):
@@ -142,9 +171,27 @@ def layout_of_arrays(arrays: dict[str, np.ndarray], metadata: dict[str, str] | N
 
 
 class NonFiniteValues(Exception):
-    def __init__(self, sources: list[UpdateSource], tensor: str):
+    """NaN/Inf in `tensor`: `sources` hold them; with `overflow`, the source with the largest values made a finite
+    sum overflow. Empty `sources`: the combination itself overflowed."""
+
+    def __init__(self, sources: list[UpdateSource], tensor: str, overflow: bool = False):
         super().__init__(tensor)
-        self.sources, self.tensor = sources, tensor
+        self.sources, self.tensor, self.overflow = sources, tensor, overflow
+
+
+class SourceFailed(Exception):
+    """One update could not be read while it was being combined (a file that shrank or failed)."""
+
+    def __init__(self, source: UpdateSource, reason: str):
+        super().__init__(f"{source.name}: {reason}")
+        self.source, self.reason = source, reason
+
+
+def non_finite_rows(stack: np.ndarray) -> list[int]:
+    """Rows of a (sources x block) stack holding NaN or Inf (row sums first: exact check only where they fail)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = stack.sum(axis=1, dtype=np.float64)
+    return [int(row) for row in np.flatnonzero(~np.isfinite(sums)) if not np.isfinite(stack[row]).all()]
 
 
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:
@@ -198,10 +245,12 @@ def reduce_blocks(sources: Sequence[UpdateSource], reference: Layout, kernel: Bl
         context = BlockContext(name, info, start, stop, scratch)
         known_finite = kernel(context, sources, out_block)
         if check_finite and info.dtype in ("F32", "F64", "F16") and not (known_finite or _all_finite(out_block)):
-            culprits = [source for source in sources
-                        if not _all_finite(source.read(name, start, stop,
-                                                       context.buffer("check", (stop - start,), info.numpy_dtype)))]
-            raise NonFiniteValues(culprits, name)
+            check = context.buffer("check", (stop - start,), info.numpy_dtype)
+            culprits = [source for source in sources if not _all_finite(source.read(name, start, stop, check))]
+            if culprits or len(sources) < 2:
+                raise NonFiniteValues(culprits, name)
+            largest = [float(np.max(np.abs(source.read(name, start, stop, check)))) for source in sources]
+            raise NonFiniteValues([sources[int(np.argmax(largest))]], name, overflow=True)
 
     threads = threads or default_threads()
     if threads <= 1 or len(work) <= 1:
@@ -212,6 +261,43 @@ def reduce_blocks(sources: Sequence[UpdateSource], reference: Layout, kernel: Bl
             # Interleave so the threads walk memory in step; list() re-raises the first failure.
             list(pool.map(run, work))
     return outputs
+
+
+def squared_distances(sources: Sequence[UpdateSource], reference: Layout, base: dict[str, np.ndarray],
+                      threads: int | None = None) -> np.ndarray:
+    """Per source, the squared L2 distance of its float tensors from `base` (float64 totals; one read pass, memory
+    a few blocks per thread). NaN/Inf in a source raise NonFiniteValues naming it."""
+    totals = np.zeros(len(sources))
+    lock = threading.Lock()
+
+    def kernel(context: BlockContext, members: Sequence[UpdateSource], out_block: np.ndarray) -> None:
+        dtype = context.info.numpy_dtype
+        if dtype.kind not in FLOAT_KINDS:
+            return
+        size = context.stop - context.start
+        anchor = base[context.tensor].reshape(-1)[context.start:context.stop]
+        read_buffer = context.buffer("read", (size,), dtype)
+        diff = context.buffer("diff", (size,), accumulator_dtype(dtype))
+        partial = np.zeros(len(members))
+        culprits = []
+        for index, source in enumerate(members):
+            values = source.read(context.tensor, context.start, context.stop, read_buffer)
+            np.subtract(values, anchor, out=diff)
+            total = float(np.dot(diff, diff))
+            if not math.isfinite(total):  # NaN/Inf, or squares beyond float32: tell them apart in float64
+                if not np.isfinite(values).all():
+                    culprits.append(source)
+                    continue
+                wide = values.astype(np.float64) - anchor
+                total = float(np.dot(wide, wide))
+            partial[index] = total
+        if culprits:
+            raise NonFiniteValues(culprits, context.tensor)
+        with lock:
+            totals[:] += partial
+
+    reduce_blocks(sources, reference, kernel, threads, check_finite=False)
+    return totals
 
 
 def _all_finite(values: np.ndarray) -> bool:
@@ -298,6 +384,10 @@ def stacked_kernel(reduce: Callable[[np.ndarray, np.ndarray], None]) -> BlockKer
         read_buffer = context.buffer("read", (size,), dtype)
         for index, source in enumerate(sources):
             stack[index] = source.read(context.tensor, context.start, context.stop, read_buffer)
+        if dtype.kind == "f":
+            culprits = non_finite_rows(stack)
+            if culprits:  # a robust statistic would hide them in this block, not in the others
+                raise NonFiniteValues([sources[row] for row in culprits], context.tensor)
         result = context.buffer("result", (size,), acc_dtype)
         reduce(stack, result)
         if dtype.kind in "iub":

@@ -264,18 +264,74 @@ def local_copy(uri: str) -> Iterator[str]:
         yield path
 
 
-def download(uri: str, path: str) -> int:
+class NotFound(BadInput):
+    """The object does not exist (for an update: the device never uploaded it)."""
+
+
+_MISSING_CODES = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound")
+
+
+def probe(uri: str, count: int = 8) -> tuple[int, bytes]:
+    """(size, first `count` bytes) of an object without reading the rest: os.stat + read for local files, one
+    ranged GET for S3 (its Content-Range names the size). NotFound when there is no such object."""
     location = parse_uri(uri)
     if location.is_local:
+        try:
+            with open(location.key, "rb") as stream:
+                return os.fstat(stream.fileno()).st_size, stream.read(count)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"{uri}: no such file") from None
+        except OSError as error:
+            raise BadInput(f"{uri}: cannot read: {error.strerror}") from None
+    from minio.error import S3Error
+
+    def get() -> tuple[int, bytes]:
+        try:
+            response = s3_client().get_object(location.bucket, location.key, offset=0, length=count)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                raise NotFound(f"{uri}: no such object") from None
+            if error.code == "InvalidRange":  # a range of an empty object
+                return 0, b""
+            raise
+        try:
+            head = response.read(count)
+            content_range = response.headers.get("Content-Range", "")
+            total = content_range.rpartition("/")[2] if response.status == 206 else response.headers.get(
+                "Content-Length", "")
+            if not total.isdigit():
+                raise BadInput(f"{uri}: the store reported no object size ({content_range or 'no Content-Range'})")
+            return int(total), head
+        finally:
+            response.close()  # the rest of a 200 answer is never read: the connection is dropped, not reused
+            response.release_conn()
+
+    return with_retries(uri, "read", get)
+
+
+def download(uri: str, path: str, max_bytes: int | None = None) -> int:
+    """Copy the object to the local `path`; with `max_bytes`, stop (and remove `path`) once it holds more."""
+    location = parse_uri(uri)
+    if location.is_local:
+        if max_bytes is not None and os.path.getsize(location.key) > max_bytes:
+            raise BadInput(f"{uri}: more than {max_bytes} bytes")
         shutil.copyfile(location.key, path)
         return os.path.getsize(path)
 
     def get() -> int:
         response = s3_client().get_object(location.bucket, location.key)
+        written = 0
         try:
             with open(path, "wb") as stream:
                 for chunk in response.stream(DOWNLOAD_CHUNK):
+                    written += len(chunk)
+                    if max_bytes is not None and written > max_bytes:
+                        raise BadInput(f"{uri}: more than {max_bytes} bytes (it grew after it was checked)")
                     stream.write(chunk)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
         finally:
             response.close()
             response.release_conn()
@@ -296,7 +352,7 @@ def exists(uri: str) -> bool:
             s3_client().stat_object(location.bucket, location.key)
             return True
         except S3Error as error:
-            if error.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "ResourceNotFound"):
+            if error.code in _MISSING_CODES:
                 return False
             raise
 

@@ -2,20 +2,28 @@
 
 Only the safetensors format is ever parsed; nothing here unpickles anything. A file is checked from its header alone
 (structure, sizes, dtypes, metadata) before any tensor byte is used; values are checked for NaN/Inf while they are
-combined (see aggregation.py).
+combined (see aggregation.py). Headers come from devices we do not control: the 8-byte length is checked against a
+bound before a header byte is read, the JSON is checked to be as flat as a safetensors header (an object of objects
+of lists) before it is decoded, and sizes are checked with Python integers (no numpy overflow).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import struct
 
 import numpy as np
 
-from .errors import BadInput
+from .errors import BadInput, is_resource_exhaustion
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_DIMENSIONS = 32  # numpy's own limit in 1.x
+MAX_ELEMENTS = 2 ** 56  # numpy refuses arrays whose dimensions (zeros left out) multiply to 2**63 bytes
+MAX_NESTING = 3  # {name: {"shape": [...]}}: a safetensors header is never deeper
+NUM_SAMPLES_PATTERN = re.compile(r"[0-9]{1,18}")  # plain ASCII digits, below 10**18 (no "²", "٣", " 1", "1e3")
 NUMPY_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
@@ -43,7 +51,7 @@ class TensorInfo:
 
     @property
     def count(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Layout:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
     file_size: int
+    header_size: int = 0  # the JSON header's length (the 8 bytes before it not counted)
 
     def signature(self) -> tuple:
         return tuple(sorted((name, info.dtype, info.shape) for name, info in self.tensors.items()))
@@ -70,38 +79,94 @@ def _sniff_foreign_format(head: bytes) -> str | None:
     return None
 
 
-def read_layout(path: str, name: str | None = None, max_bytes: int | None = None) -> Layout:
-    """Parse and check a safetensors header; `name` (the URI) is used in error messages."""
-    name = name or path
+def check_prefix(name: str, size: int, head: bytes, max_bytes: int | None = None,
+                 max_header_bytes: int | None = None) -> int:
+    """Check a file from its size and first 8 bytes alone; return the header length it claims.
+
+    The store calls it with a HEAD-like size and a ranged read, so a file that fails is never downloaded.
+    """
+    if size == 0:
+        raise InvalidUpdate(f"{name}: empty file, not a safetensors file")
+    foreign = _sniff_foreign_format(head)
+    if foreign:
+        raise InvalidUpdate(f"{name}: {foreign}")
+    if len(head) < 8:
+        raise InvalidUpdate(f"{name}: truncated ({size} bytes), shorter than a safetensors header")
+    if max_bytes is not None and size > max_bytes:
+        raise InvalidUpdate(f"{name}: {size} bytes is over the limit of {max_bytes} bytes")
+    (header_size,) = struct.unpack("<Q", head[:8])
+    limit = MAX_HEADER_BYTES if max_header_bytes is None else min(max_header_bytes, MAX_HEADER_BYTES)
+    if header_size > limit:
+        raise InvalidUpdate(f"{name}: header claims {header_size} bytes (limit {limit}); "
+                            f"not a safetensors file, corrupted or hostile")
+    if 8 + header_size > size:
+        raise InvalidUpdate(f"{name}: header claims {header_size} bytes but the file has only {size} bytes "
+                            f"(truncated or not a safetensors file)")
+    return header_size
+
+
+# The grammar of every safetensors header, as a regular expression (possessive quantifiers: linear time, no
+# backtracking): an object whose values are flat objects (tensor entries, __metadata__) whose values are strings or
+# lists of at most MAX_DIMENSIONS non-negative integers of at most 19 digits. Checked before `json.loads`, so no
+# nesting (RecursionError), no float/bool/null, no 5000-digit integer and no deep structure reaches the decoder.
+_WS = r"[ \t\n\r]*+"
+_STRING = r'"(?:[^"\\\x00-\x1f]++|\\.)*+"'
+_INTEGER = r"(?:0|[1-9][0-9]{0,18})"
+_INTEGERS = rf"\[{_WS}(?:{_INTEGER}{_WS}(?:,{_WS}{_INTEGER}{_WS}){{0,{MAX_DIMENSIONS - 1}}})?\]"
+_FIELD = rf"{_STRING}{_WS}:{_WS}(?:{_STRING}|{_INTEGERS})"
+_ENTRY = rf"\{{{_WS}(?:{_FIELD}{_WS}(?:,{_WS}{_FIELD}{_WS})*+)?\}}"
+_MEMBER = rf"{_STRING}{_WS}:{_WS}{_ENTRY}"
+HEADER_GRAMMAR = re.compile(rf"{_WS}\{{{_WS}(?:{_MEMBER}{_WS}(?:,{_WS}{_MEMBER}{_WS})*+)?\}}{_WS}".encode())
+
+
+def parse_header(raw: bytes, name: str) -> dict:
+    """The header as a dict; what no safetensors writer produces is refused before `json.loads` sees it."""
+    if not HEADER_GRAMMAR.fullmatch(raw):
+        raise InvalidUpdate(f"{name}: header is not valid JSON of a safetensors header (an object of flat tensor "
+                            f"entries holding strings and lists of at most {MAX_DIMENSIONS} integers)")
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as stream:
-            head = stream.read(8)
-            if size == 0:
-                raise InvalidUpdate(f"{name}: empty file, not a safetensors file")
-            foreign = _sniff_foreign_format(head)
-            if foreign:
-                raise InvalidUpdate(f"{name}: {foreign}")
-            if len(head) < 8:
-                raise InvalidUpdate(f"{name}: truncated ({size} bytes), shorter than a safetensors header")
-            if max_bytes is not None and size > max_bytes:
-                raise InvalidUpdate(f"{name}: {size} bytes is over the limit of {max_bytes} bytes")
-            (header_size,) = struct.unpack("<Q", head)
-            if header_size > MAX_HEADER_BYTES:
-                raise InvalidUpdate(f"{name}: header claims {header_size} bytes (limit {MAX_HEADER_BYTES}); "
-                                    f"not a safetensors file or corrupted")
-            if 8 + header_size > size:
-                raise InvalidUpdate(f"{name}: header claims {header_size} bytes but the file has only {size} bytes "
-                                    f"(truncated or not a safetensors file)")
-            raw_header = stream.read(header_size)
-    except OSError as error:
-        raise BadInput(f"{name}: cannot read: {error.strerror}") from None
-    try:
-        header = json.loads(raw_header)
-    except (UnicodeDecodeError, ValueError):
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
         raise InvalidUpdate(f"{name}: header is not valid JSON (not a safetensors file)") from None
     if not isinstance(header, dict):
         raise InvalidUpdate(f"{name}: header is not a JSON object (not a safetensors file)")
+    return header
+
+
+def _is_size(value, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """Text from a hostile file, cut to fit a one-line reason."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return _cut(repr(text), limit)
+
+
+def read_layout(path: str, name: str | None = None, max_bytes: int | None = None,
+                max_header_bytes: int | None = None) -> Layout:
+    """Parse and check a safetensors header; `name` (the URI) is used in error messages.
+
+    `max_bytes` bounds the file, `max_header_bytes` the header (checked from the first 8 bytes, before the header
+    is read).
+    """
+    name = name or path
+    try:
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            head = stream.read(8)
+            header_size = check_prefix(name, size, head, max_bytes, max_header_bytes)
+            raw_header = stream.read(header_size)
+    except OSError as error:
+        if is_resource_exhaustion(error):
+            raise
+        raise BadInput(f"{name}: cannot read: {error.strerror}") from None
+    if len(raw_header) != header_size:
+        raise InvalidUpdate(f"{name}: file shrank while its header was read")
+    header = parse_header(raw_header, name)
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidUpdate(f"{name}: __metadata__ must map names to strings")
@@ -110,24 +175,27 @@ def read_layout(path: str, name: str | None = None, max_bytes: int | None = None
     tensors: dict[str, TensorInfo] = {}
     spans = []
     for tensor_name, entry in header.items():
+        label = _short(tensor_name)
         if not isinstance(entry, dict):
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r}: header entry is not an object")
+            raise InvalidUpdate(f"{name}: tensor {label}: header entry is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in NUMPY_DTYPES:
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r}: unsupported dtype {dtype!r}")
-        if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                   for d in shape)):
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r}: shape {shape!r} is not a list of sizes")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r}: bad data_offsets {offsets!r}")
+        if not isinstance(dtype, str) or dtype not in NUMPY_DTYPES:
+            raise InvalidUpdate(f"{name}: tensor {label}: unsupported dtype {_short(dtype, 40)}")
+        if (not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS
+                or not all(_is_size(d, MAX_ELEMENTS) for d in shape)
+                or math.prod(d for d in shape if d) > MAX_ELEMENTS):
+            raise InvalidUpdate(f"{name}: tensor {label}: shape {_cut(str(shape), 60)} is not a list of at most "
+                                f"{MAX_DIMENSIONS} sizes whose product is at most 2**56")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o, MAX_ELEMENTS) for o in offsets)
+                or offsets[0] > offsets[1]):
+            raise InvalidUpdate(f"{name}: tensor {label}: bad data_offsets {_cut(str(offsets), 60)}")
         info = TensorInfo(dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
         expected = info.count * info.numpy_dtype.itemsize
         if offsets[1] - offsets[0] != expected:
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r}: {offsets[1] - offsets[0]} data bytes for shape "
-                                f"{list(shape)} {dtype} (needs {expected})")
+            raise InvalidUpdate(f"{name}: tensor {label}: {offsets[1] - offsets[0]} data bytes for shape "
+                                f"{_cut(str(shape), 60)} {dtype} (needs {expected})")
         if offsets[1] > data_size:
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r} ends at byte {offsets[1]} of the data but the file "
+            raise InvalidUpdate(f"{name}: tensor {label} ends at byte {offsets[1]} of the data but the file "
                                 f"holds only {data_size} data bytes (truncated)")
         tensors[tensor_name] = info
         spans.append((offsets[0], offsets[1]))
@@ -139,15 +207,16 @@ def read_layout(path: str, name: str | None = None, max_bytes: int | None = None
         position = end
     if position != data_size:
         raise InvalidUpdate(f"{name}: {data_size - position} bytes after the last tensor (corrupted file)")
-    return Layout(tensors, metadata, size)
+    return Layout(tensors, metadata, size, header_size)
 
 
 def num_samples_of(layout: Layout, name: str) -> int:
     raw = layout.metadata.get("num_samples")
     if raw is None:
         raise InvalidUpdate(f"{name}: metadata num_samples is missing")
-    if not raw.strip().isdigit():
-        raise InvalidUpdate(f"{name}: metadata num_samples={raw!r} is not a non-negative integer")
+    if not NUM_SAMPLES_PATTERN.fullmatch(raw):
+        raise InvalidUpdate(f"{name}: metadata num_samples={_short(raw, 40)} is not a non-negative integer "
+                            f"(plain digits 0-9, at most 18)")
     return int(raw)
 
 
@@ -162,14 +231,14 @@ def compare_layouts(layout: Layout, reference: Layout, name: str) -> None:
     for tensor_name, expected in reference.tensors.items():
         info = layout.tensors[tensor_name]
         if info.shape != expected.shape:
-            raise InvalidUpdate(f"{name}: tensor {tensor_name!r} has shape {list(info.shape)}, "
+            raise InvalidUpdate(f"{name}: tensor {tensor_name!r} has shape {_cut(str(list(info.shape)), 60)}, "
                                 f"expected {list(expected.shape)}")
         if info.dtype != expected.dtype:
             raise InvalidUpdate(f"{name}: tensor {tensor_name!r} has dtype {info.dtype}, expected {expected.dtype}")
 
 
 def _names(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
+    shown = ", ".join(_short(n, 60) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 

@@ -17,6 +17,7 @@ class Options:
     trim_fraction: float = 0.1
     byzantine: int = 0
     threads: int | None = None
+    clip_norm: float | None = None  # updates farther (L2) from the global model are scaled down to this distance
 
 
 @dataclasses.dataclass

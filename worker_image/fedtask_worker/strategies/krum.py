@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 
-from ..aggregation import reduce_blocks
+from ..aggregation import NonFiniteValues, non_finite_rows, reduce_blocks
 from ..errors import BadInput
 from .base import Job, Strategy
 
@@ -22,6 +22,9 @@ def pairwise_squared_distances(job: Job) -> np.ndarray:
         read_buffer = context.buffer("read", (size,), context.info.numpy_dtype)
         for index, source in enumerate(sources):
             stack[index] = source.read(context.tensor, context.start, context.stop, read_buffer)
+        culprits = non_finite_rows(stack)
+        if culprits:  # NaN distances would make any update look closest
+            raise NonFiniteValues([sources[row] for row in culprits], context.tensor)
         gram = stack @ stack.T
         norms = np.diag(gram)
         distances = np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0)

@@ -26,7 +26,8 @@ class ServerOptimizer(Strategy):
             if averaged.dtype.kind != "f":
                 continue  # counters (e.g. BatchNorm's num_batches_tracked) just take the mean
             base = job.base[name]
-            gradient = base.astype(np.float32, copy=False) - averaged  # the pseudo-gradient
+            with np.errstate(over="ignore", invalid="ignore"):
+                gradient = base.astype(np.float32, copy=False) - averaged  # the pseudo-gradient
             slots = {}
             for slot in self.state_slots:
                 previous = state_in.get(f"{slot}/{name}")
@@ -34,11 +35,23 @@ class ServerOptimizer(Strategy):
                     raise BadInput(f"server state tensor {slot}/{name} has shape {list(previous.shape)}, "
                                    f"expected {list(averaged.shape)}")
                 slots[slot] = np.zeros_like(gradient) if previous is None else previous.astype(np.float32)
-            step = self.step(gradient, slots, job)
-            averaged[...] = base - learning_rate * step
+            with np.errstate(over="ignore", invalid="ignore"):  # checked below, reported as one line
+                step = self.step(gradient, slots, job)
+                averaged[...] = base - learning_rate * step
+            _check_finite(self.name, name, averaged, learning_rate)
             for slot, value in slots.items():
+                _check_finite(self.name, f"{slot}/{name}", value, learning_rate)
                 state_out[f"{slot}/{name}"] = value
         return mean, state_out
 
     def step(self, gradient: np.ndarray, slots: dict[str, np.ndarray], job: Job) -> np.ndarray:
         raise NotImplementedError
+
+
+def _check_finite(strategy: str, tensor: str, values: np.ndarray, learning_rate: float) -> None:
+    """A server step that leaves NaN/Inf would be written as the next global model (or the state every later
+    round starts from): fail the stage instead, without a retry (the same inputs give the same result)."""
+    if not np.isfinite(values).all():
+        raise BadInput(f"{strategy}: the server step made tensor {tensor!r} NaN or Inf (server learning rate "
+                       f"{learning_rate:g}); lower spec.aggregation.serverLearningRate or check the global model "
+                       f"and the server state")
