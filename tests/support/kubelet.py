@@ -11,20 +11,11 @@ import re
 import threading
 import time
 
+from fedtask_operator.core.naming import pinned_node
 from fedtask_operator.local.kubelet import ProcessKubelet
 from tests.support.kube import PODS, ApiError, EmulatedCluster
 
 INJECTED_EXIT_CODE = 1
-
-
-def _bound_node(pod: dict) -> str:
-    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
-    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
-    for term in terms:
-        for expression in term.get("matchExpressions") or []:
-            if expression.get("key") == "kubernetes.io/hostname" and expression.get("values"):
-                return expression["values"][0]
-    return (pod.get("spec") or {}).get("nodeName") or ""
 
 
 def _matches(name: str, prefix: str) -> bool:
@@ -101,7 +92,7 @@ class ApiKubelet:
             if key in self.processes.pods or key in self._injected or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue
             namespace, name = key.split("/", 1)
-            node = _bound_node(pod)
+            node = pinned_node(pod) or ""
             running = {key_.split("/", 1)[1] for key_ in self.processes.running()} | set(self._withheld)
             self.neighbours[name] = sorted(other for other in running if node and self.bindings.get(other) == node)
             self.bindings[name] = node

@@ -118,3 +118,23 @@ def test_distinct_inputs_give_distinct_train_pod_names(task, round_, devices, at
                                           ("node-1.example.com", "node-1.example.com"), ("a--b", "a--b")])
 def test_dns_part_keeps_every_dot_separated_label_alphanumeric_at_both_ends(device, part):
     assert n.dns_part(device) == part
+
+
+def test_the_node_a_pod_is_pinned_to():
+    def affinity(*terms):
+        return {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": list(expressions)} for expressions in terms]}}}}
+
+    def hostname(*values, operator="In"):
+        return {"key": "kubernetes.io/hostname", "operator": operator, "values": list(values)}
+
+    zone = {"key": "zone", "operator": "In", "values": ["z1"]}
+    assert n.pinned_node({"spec": affinity([hostname("edge-3")])}) == "edge-3"  # the form pods.py writes
+    assert n.pinned_node({"spec": affinity([zone, hostname("edge-3")])}) == "edge-3"
+    assert n.pinned_node({"spec": {"nodeName": "bound", **affinity([hostname("edge-3")])}}) == "bound"
+    assert n.pinned_node({"spec": {"nodeSelector": {"kubernetes.io/hostname": "edge-4"}}}) == "edge-4"
+    assert n.pinned_node({"spec": affinity([hostname("a", "b")])}) is None  # either node
+    assert n.pinned_node({"spec": affinity([hostname("a")], [hostname("b")])}) is None  # alternatives
+    assert n.pinned_node({"spec": affinity([hostname("a", operator="NotIn")])}) is None
+    assert n.pinned_node({"spec": {}}) is None
+    assert n.pinned_node({}) is None

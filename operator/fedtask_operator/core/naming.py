@@ -104,6 +104,22 @@ def pod_labels(task_name: str, stage: str, round_: int | None = None, device: st
     return labels
 
 
+def pinned_node(pod: dict) -> str | None:
+    """The one node a pod may run on: spec.nodeName once bound; before that, a required node affinity whose only
+    term requires kubernetes.io/hostname In one node (the form pods.py writes), or a nodeSelector on that label."""
+    spec = pod.get("spec") or {}
+    if spec.get("nodeName"):
+        return spec["nodeName"]
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or ()
+    if len(terms) == 1:  # terms are alternatives: with several, the pod may run on any node one of them allows
+        for expression in terms[0].get("matchExpressions") or ():
+            values = expression.get("values") or ()
+            if expression.get("key") == HOSTNAME_LABEL and expression.get("operator") == "In" and len(values) == 1:
+                return values[0]
+    return (spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Object keys: B = <storeBase>/<namespace>/<task>/<uid>
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedtask_operator.core.conditions import format_time
+from fedtask_operator.core.naming import pinned_node
 from fedtask_operator.core.phases import POD_PENDING
 
 _made_dirs: set[Path] = set()
@@ -33,22 +34,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def node_of(pod: dict) -> str | None:
-    """The node a pod is pinned to: spec.nodeName or a required node affinity on kubernetes.io/hostname."""
-    spec = pod.get("spec", {})
-    if spec.get("nodeName"):
-        return spec["nodeName"]
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-    for term in required.get("nodeSelectorTerms") or []:
-        for expression in term.get("matchExpressions") or []:
-            if expression.get("key") == "kubernetes.io/hostname" and expression.get("operator") == "In":
-                values = expression.get("values") or []
-                if values:
-                    return values[0]
-    return (spec.get("nodeSelector") or {}).get("kubernetes.io/hostname")
 
 
 class LocalStore:
@@ -125,7 +110,7 @@ class LocalStore:
         metadata.setdefault("namespace", self.tasks[task]["metadata"].get("namespace", "default"))
         metadata["uid"] = str(uuid.uuid4())
         metadata["creationTimestamp"] = format_time(now_utc())
-        node = node_of(pod)
+        node = pinned_node(pod)
         if node:
             pod["spec"]["nodeName"] = node
         pod["status"] = {"phase": POD_PENDING}

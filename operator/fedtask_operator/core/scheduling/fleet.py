@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..naming import HOSTNAME_LABEL, STAGE_LABEL, TASK_LABEL
+from ..naming import STAGE_LABEL, STAGE_TRAIN, TASK_LABEL, pinned_node
 from ..phases import POD_FINISHED_PHASES
 from ..quantities import MAX_MILLI, QuantityError, parse_resource_list
 from .estimates import MAX_CPU_CORES, gpu_speed, is_gpu_resource
@@ -16,21 +16,6 @@ from .matching import BLOCKING_EFFECTS
 
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 POD_COUNT = "pods"
-
-
-def _pinned_hostname(spec: dict) -> str | None:
-    """The one node a not-yet-bound pod is pinned to by required node affinity on kubernetes.io/hostname (the form
-    pods._node_affinity writes): its requests count there from creation on, so two tasks never book the same
-    free resources."""
-    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
-    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or ()
-    if len(terms) != 1:
-        return None
-    expressions = terms[0].get("matchExpressions") or ()
-    if len(expressions) == 1 and expressions[0].get("key") == HOSTNAME_LABEL and \
-            expressions[0].get("operator") == "In" and len(expressions[0].get("values") or ()) == 1:
-        return expressions[0]["values"][0]
-    return None
 
 
 class FleetError(ValueError):
@@ -145,13 +130,39 @@ def _check_node(node, i: int):
     return metadata, name, status
 
 
+@dataclass(frozen=True, eq=False)
+class _NodeArrays:
+    """What the node objects say, one row per node."""
+
+    names: list[str]
+    labels: list[dict]
+    index: dict[str, int]
+    ready: np.ndarray
+    cordoned: np.ndarray
+    taint_group: np.ndarray
+    taint_sets: list[tuple]
+    resources: list[str]
+    allocatable: np.ndarray
+
+
+@dataclass(frozen=True)
+class _PodUsage:
+    """What the pods bound (or pinned) to nodes take there."""
+
+    requests: dict[int, list[int]]  # node -> milli-units per resource column, summed over its pods
+    training: dict[int, set]  # node -> task keys with a running train pod there
+
+
 def build_fleet(nodes, pods=()) -> Fleet:
     """Precompute everything the scheduler needs from node and pod objects, in one pass over each.
 
     Fleets repeat themselves (a few node sizes, a few pod shapes), so parsed resource lists are cached by content."""
-    nodes = _items(nodes, "nodes")
-    pods = _items(pods, "pods") if pods else []
-    count = len(nodes)
+    arrays = _node_arrays(_items(nodes, "nodes"))
+    usage = _pod_usage(_items(pods, "pods") if pods else [], arrays.index, arrays.resources)
+    return _assemble(arrays, usage)
+
+
+def _node_arrays(nodes: list) -> _NodeArrays:
     names: list[str] = []
     labels: list[dict] = []
     ready: list[bool] = []
@@ -189,7 +200,8 @@ def build_fleet(nodes, pods=()) -> Fleet:
         if taints:
             blocking = tuple(
                 (t.get("key", ""), t.get("value") or "", t.get("effect")) for t in taints
-                if t.get("effect") in BLOCKING_EFFECTS and not (is_cordoned and t.get("key") == UNSCHEDULABLE_TAINT["key"])
+                if t.get("effect") in BLOCKING_EFFECTS
+                and not (is_cordoned and t.get("key") == UNSCHEDULABLE_TAINT["key"])
             )
             if blocking:
                 group = taint_of[i] = taint_ids.setdefault(blocking, len(taint_ids))
@@ -211,32 +223,43 @@ def build_fleet(nodes, pods=()) -> Fleet:
             if key is not None:
                 shapes[key] = shape
         shape_of.append(shape)
-    ready = np.array(ready, dtype=bool)
-    cordoned = np.array(cordoned, dtype=bool)
-    taint_group = np.zeros(count, dtype=np.int64)
+    taint_group = np.zeros(len(nodes), dtype=np.int64)
     if taint_of:
         taint_group[list(taint_of)] = list(taint_of.values())
+    columns, shape_matrix = _shape_matrix(shape_rows)
+    return _NodeArrays(names=names, labels=labels, index=index, ready=np.array(ready, dtype=bool),
+                       cordoned=np.array(cordoned, dtype=bool), taint_group=taint_group, taint_sets=taint_sets,
+                       resources=columns, allocatable=shape_matrix[shape_of])
+
+
+def _shape_matrix(shape_rows: list[dict]) -> tuple[list[str], np.ndarray]:
+    """The resource columns (every resource a node reports, plus cpu and memory) and one row per node shape."""
     columns = list(dict.fromkeys(r for row in shape_rows for r in row))
     for standard in ("cpu", "memory"):
         if standard not in columns:
             columns.append(standard)
     column_of = {r: c for c, r in enumerate(columns)}
     pod_column = column_of.get(POD_COUNT)
-    shape_matrix = np.zeros((max(len(shape_rows), 1), len(columns)), dtype=np.int64)
+    matrix = np.zeros((max(len(shape_rows), 1), len(columns)), dtype=np.int64)
     for shape, parsed in enumerate(shape_rows):
         for resource, milli in parsed.items():
-            shape_matrix[shape, column_of[resource]] = milli
+            matrix[shape, column_of[resource]] = milli
         if pod_column is not None and POD_COUNT not in parsed:
-            shape_matrix[shape, pod_column] = MAX_MILLI  # no pod limit reported: do not invent one
-    alloc = shape_matrix[shape_of]
+            matrix[shape, pod_column] = MAX_MILLI  # no pod limit reported: do not invent one
+    return columns, matrix
+
+
+def _pod_usage(pods: list, index: dict[str, int], resources: list[str]) -> _PodUsage:
+    column_of = {r: c for c, r in enumerate(resources)}
+    pod_column = column_of.get(POD_COUNT)
     used_rows: dict[int, list[int]] = {}
     training: dict[int, set] = {}
     pod_shapes: dict = {}
-    width = len(columns)
+    width = len(resources)
     for i, pod in enumerate(pods):
         try:
             spec = pod["spec"]
-            node_index = index.get(spec.get("nodeName") or _pinned_hostname(spec))
+            node_index = index.get(pinned_node(pod))
         except (KeyError, TypeError, AttributeError):
             if not isinstance(pod, dict):
                 raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}") from None
@@ -247,10 +270,10 @@ def build_fleet(nodes, pods=()) -> Fleet:
         requests = key = None
         containers = spec.get("containers") or ()
         if len(containers) == 1 and not spec.get("initContainers") and not spec.get("overhead"):
-            resources = containers[0].get("resources") or {}
+            container_resources = containers[0].get("resources") or {}
             try:
-                key = (tuple((resources.get("requests") or {}).items()),
-                       tuple((resources.get("limits") or {}).items()))
+                key = (tuple((container_resources.get("requests") or {}).items()),
+                       tuple((container_resources.get("limits") or {}).items()))
                 requests = pod_shapes.get(key)
             except (TypeError, AttributeError):
                 key = None
@@ -270,21 +293,27 @@ def build_fleet(nodes, pods=()) -> Fleet:
         for column, milli in requests:
             row[column] += milli
         pod_labels = metadata.get("labels")
-        if pod_labels and pod_labels.get(STAGE_LABEL) == "train" and pod_labels.get(TASK_LABEL):
+        if pod_labels and pod_labels.get(STAGE_LABEL) == STAGE_TRAIN and pod_labels.get(TASK_LABEL):
             task = f"{metadata.get('namespace') or 'default'}/{pod_labels[TASK_LABEL]}"
             training.setdefault(node_index, set()).add(task)
+    return _PodUsage(requests=used_rows, training=training)
+
+
+def _assemble(arrays: _NodeArrays, usage: _PodUsage) -> Fleet:
+    alloc = arrays.allocatable
     free = alloc.copy()
-    if used_rows:
-        busy = np.fromiter(used_rows, dtype=np.int64, count=len(used_rows))
-        free[busy] -= np.array(list(used_rows.values()), dtype=np.int64)
-    gpu_columns = [c for r, c in column_of.items() if is_gpu_resource(r)]
-    gpu_speeds = np.zeros(count)
+    if usage.requests:
+        busy = np.fromiter(usage.requests, dtype=np.int64, count=len(usage.requests))
+        free[busy] -= np.array(list(usage.requests.values()), dtype=np.int64)
+    gpu_columns = [c for c, r in enumerate(arrays.resources) if is_gpu_resource(r)]
+    gpu_speeds = np.zeros(len(arrays.names))
     if gpu_columns:
         for i in np.flatnonzero((alloc[:, gpu_columns] > 0).any(axis=1)):
-            gpu_speeds[i] = gpu_speed(labels[i])
-    cpu = alloc[:, column_of["cpu"]] / 1000.0
+            gpu_speeds[i] = gpu_speed(arrays.labels[i])
+    cpu = alloc[:, arrays.resources.index("cpu")] / 1000.0
     return Fleet(
-        names=names, labels=labels, ready=ready, cordoned=cordoned, taint_group=taint_group, taint_sets=taint_sets,
-        resources=columns, allocatable=alloc, free=free, cpu_speed=np.clip(cpu, 0.0, MAX_CPU_CORES),
-        gpu_speed=gpu_speeds, training=training, index=index,
+        names=arrays.names, labels=arrays.labels, ready=arrays.ready, cordoned=arrays.cordoned,
+        taint_group=arrays.taint_group, taint_sets=arrays.taint_sets, resources=arrays.resources, allocatable=alloc,
+        free=free, cpu_speed=np.clip(cpu, 0.0, MAX_CPU_CORES), gpu_speed=gpu_speeds, training=usage.training,
+        index=arrays.index,
     )
