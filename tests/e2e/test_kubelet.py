@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fedtask_operator.local.kubelet import ProcessKubelet, expand_vars, process_start_ticks, rewrite_paths
+from fedtask_operator.local.kubelet import ProcessKubelet, process_start_ticks
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -210,16 +210,3 @@ def test_a_pod_killed_unwatched_is_run_again_and_a_new_uid_is_a_new_pod(tmp_path
     third = ProcessKubelet(tmp_path / "k")
     third.run_pod(make_pod("victim", "exit 0", uid="uid-2"))
     assert third.wait("victim", timeout=30)["phase"] == "Succeeded"
-
-
-def test_path_rewriting_touches_whole_paths_only():
-    rewrites = {"/data": "/x/data", "/dev/termination-log": "/x/result"}
-    assert rewrite_paths("--data-dir=/data/sub", rewrites) == "--data-dir=/x/data/sub"
-    assert rewrite_paths("/data", rewrites) == "/x/data"
-    assert rewrite_paths("/database", rewrites) == "/database"
-    assert rewrite_paths("/srv/data", rewrites) == "/srv/data"
-    assert rewrite_paths("/dev/termination-log", rewrites) == "/x/result"
-
-
-def test_kubernetes_variable_expansion():
-    assert expand_vars("$(A)-$(B)-$$(A)", {"A": "1"}) == "1-$(B)-$(A)"

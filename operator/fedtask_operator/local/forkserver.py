@@ -1,10 +1,11 @@
 """A preloaded fork server: worker pods start by fork() in milliseconds instead of paying a second of imports.
 
-`ForkServer.start()` launches `python -m fedtask_operator.local.forkserver FD`, which imports torch and fedtask_worker, calls
-`fedtask_worker.preload()` and then waits for requests on a socket. For each request it forks a child that gets its own
-session and process group (so killing the pod's group works), cwd, environment, stdout/stderr (the pod's log) and
-thread count, runs `fedtask_worker.cli.main(argv)` and records its exit code in the pod's exit file. The server reaps
-its children and records the exit code of those that died without recording it (kill -9).
+`ForkServer.start()` launches `python -m fedtask_operator.local.forkserver FD`, which imports torch and
+fedtask_worker, calls `fedtask_worker.preload()` and then waits for requests on a socket. For each request it forks a
+child that gets its own session and process group (so killing the pod's group works), cwd, environment,
+stdout/stderr (the pod's log) and thread count, runs `fedtask_worker.cli.main(argv)` and records its exit code in the
+pod's exit file. The server reaps its children and records the exit code of those that died without recording it
+(kill -9).
 
 The kubelet uses it as a launcher: `handles(argv)` is true for `python -m fedtask_worker ...` and `fedtask-worker ...`.
 The parent never runs torch compute (it keeps one thread), so no OpenMP pool exists across fork().
@@ -24,6 +25,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from fedtask_operator.local.files import utc_timestamp, write_json_atomic
 
 WORKER_MODULE = "fedtask_worker"
 WORKER_SCRIPT = "fedtask-worker"
@@ -170,17 +173,6 @@ class ForkServer:
 
 
 # ------------------------------------------------------------------------------------------------------ server side
-def write_exit_file(path: str, record: dict) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as handle:
-        json.dump(record, handle)
-    os.replace(tmp, path)
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def run_child(request: dict, entry) -> None:
     """In the forked child: become the pod's process and never return."""
     code = 1
@@ -199,6 +191,7 @@ def run_child(request: dict, entry) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        use_pythonpath(os.environ.get("PYTHONPATH", ""))
         sys.argv = [WORKER_SCRIPT, *request["argv"]]
         threads = os.environ.get("OMP_NUM_THREADS")
         if threads and threads.isdigit() and int(threads) > 0:
@@ -223,12 +216,24 @@ def run_child(request: dict, entry) -> None:
             pass
         try:
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            write_exit_file(request["exit"], {"exitCode": code, "finishedAt": utc_now(),
+            write_json_atomic(Path(request["exit"]), {"exitCode": code, "finishedAt": utc_timestamp(),
                                               "cpuSeconds": round(usage.ru_utime + usage.ru_stime, 4)})
             notify_exit(os.environ.get(NOTIFY_ENV))
         except Exception:
             pass
         os._exit(code)
+
+
+def use_pythonpath(value: str) -> None:
+    """Give a forked pod the sys.path a fresh interpreter would build from its PYTHONPATH: the entries it lacks go
+    in front of the preloaded ones (the user's modules next to the manifest, a pod's own PYTHONPATH)."""
+    missing = [os.path.abspath(entry) for entry in value.split(os.pathsep) if entry]
+    missing = [entry for entry in dict.fromkeys(missing) if entry not in sys.path]
+    if missing:
+        sys.path[1:1] = missing
+        import importlib
+
+        importlib.invalidate_caches()
 
 
 def notify_exit(path: str | None) -> None:
@@ -372,8 +377,10 @@ def warm_up(task: dict) -> None:
         from fedtask_worker.datasets import load_dataset
         from fedtask_worker.models import build_model
         from fedtask_worker.partition import device_indices, shared_indices
-        from fedtask_worker.training import evaluate, train_local
+        from fedtask_worker.training import evaluate, load_plugin, train_local
 
+        step = load_plugin(task.get("trainStep"), "train-step")
+        function = load_plugin(task.get("evalFunction"), "eval-function")
         dataset = load_dataset(task["dataset"], task.get("datasetArgs") or {})
         partition = task.get("partition") or {}
         shared = float(task.get("sharedFraction") or 0.0)
@@ -388,8 +395,8 @@ def warm_up(task: dict) -> None:
         for batch_size, optimizer in task.get("batches") or [(32, "sgd")]:
             count = min(len(dataset.y_train), 2 * int(batch_size))
             train_local(model, dataset.x_train[:count], dataset.y_train[:count], batch_size=int(batch_size),
-                        optimizer=optimizer)
-        evaluate(model, dataset.x_val[:256], dataset.y_val[:256])
+                        optimizer=optimizer, step=step)
+        evaluate(model, dataset.x_val[:256], dataset.y_val[:256], step=step, function=function)
     except Exception as err:
         print(f"fork server: warm-up for {task.get('model')}/{task.get('dataset')} skipped: {err}", file=sys.stderr)
 
@@ -413,11 +420,11 @@ def reap(children: dict[int, str]) -> None:
             continue
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            record = {"exitCode": 128 + sig, "signal": sig, "finishedAt": utc_now()}
+            record = {"exitCode": 128 + sig, "signal": sig, "finishedAt": utc_timestamp()}
         else:
-            record = {"exitCode": os.waitstatus_to_exitcode(status), "finishedAt": utc_now()}
+            record = {"exitCode": os.waitstatus_to_exitcode(status), "finishedAt": utc_timestamp()}
         try:
-            write_exit_file(exit_path, record)
+            write_json_atomic(Path(exit_path), record)
         except OSError:
             pass
 

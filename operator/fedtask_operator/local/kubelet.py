@@ -2,9 +2,10 @@
 
 `ProcessKubelet.run_pod(pod)` starts the pod's (single) container as a process in its own session and process
 group, with its command, args and env (values, `secretKeyRef`/`configMapKeyRef`/`fieldRef`, `envFrom`), volumes mapped
-to folders and `terminationMessagePath` mapped to a per-pod result file. `poll()` returns the pods whose status
-changed, as Kubernetes `PodStatus` dicts (phase Pending -> Running -> Succeeded/Failed, container state with exit code
-and the termination message). `delete_pod()` kills the pod's process group.
+to folders and `terminationMessagePath` mapped to a per-pod result file (all resolved by `container_config`).
+`poll()` returns the pods whose status changed, as Kubernetes `PodStatus` dicts (phase Pending -> Running ->
+Succeeded/Failed, container state with exit code and the termination message). `delete_pod()` kills the pod's process
+group.
 
 Everything a pod leaves behind lives in `root/<namespace>/<name>/`: `pod.json` (the manifest), `process.json` (pid and
 the process start time, to recognise it after a restart), `exit.json` (exit code, written by whoever sees the process
@@ -18,24 +19,30 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from fedtask_operator.core.phases import POD_FAILED, POD_FINISHED_PHASES, POD_PENDING, POD_RUNNING, POD_SUCCEEDED
+from fedtask_operator.local.container_config import (
+    Mount,
+    PodConfigError,
+    VolumePlaces,
+    container_env,
+    local_command,
+    pod_volumes,
+    resolve_mount,
+)
+from fedtask_operator.local.files import read_json, utc_timestamp, write_json_atomic
 
 TERMINATION_MESSAGE_LIMIT = 4096
-DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 LOG_TAIL_LINES = 80
 # A container whose process vanished without recording an exit code (killed while nobody watched).
 LOST_EXIT_CODE = 137
@@ -54,35 +61,9 @@ class Launcher(Protocol):
     def spawn(self, argv: list[str], env: dict, cwd: str, log_path: str, exit_path: str) -> int: ...
 
 
-class PodConfigError(Exception):
-    """The pod cannot start (missing secret, unsupported volume): the pod fails with this reason."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def pod_key(pod: dict) -> str:
     meta = pod.get("metadata", {})
     return f"{meta.get('namespace') or 'default'}/{meta['name']}"
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -290,30 +271,16 @@ class ProcessKubelet:
                                                 f"got {len(containers)}")
         container = containers[0]
         mounts = self._mount_map(proc, container)
-        env = self._container_env(pod, container)
-        result_mount = container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
-        rewrites = {result_mount: str(proc.result_path)}
-        for mount_path, folder in mounts.items():
-            if mount_path == "/tmp":
-                env["TMPDIR"] = folder  # rewriting "/tmp" inside args would also hit real paths under /tmp
-            elif mount_path != folder:
-                rewrites[mount_path] = folder
-        argv = [expand_vars(a, env) for a in (container.get("command") or []) + (container.get("args") or [])]
-        if not argv:
-            raise PodConfigError("Unsupported", "the container has no command (the process kubelet has no images)")
-        argv = [rewrite_paths(a, rewrites) for a in argv]
-        env = {k: rewrite_paths(v, rewrites) for k, v in env.items()}
-        if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
-        cwd = container.get("workingDir")
-        cwd = rewrite_paths(cwd, rewrites) if cwd else str(proc.dir)
-        full_env = {**self.base_env, **env}
+        env = container_env(pod, container, self.secrets, self.config_maps)
+        command = local_command(container, env, mounts, proc.result_path, proc.dir)
+        argv, cwd = command.argv, command.cwd
+        full_env = {**self.base_env, **command.env}
         if self.notify_socket is not None:
             full_env[NOTIFY_ENV] = str(self.root / NOTIFY_SOCKET_NAME)
-        if "OMP_NUM_THREADS" not in env:
+        if "OMP_NUM_THREADS" not in command.env:
             full_env["OMP_NUM_THREADS"] = str(cpu_threads(container.get("resources") or {}))
         proc.result_path.touch()
-        started_at = utc_now()
+        started_at = utc_timestamp()
         if self.launcher is not None and self.launcher.handles(argv):
             pid = self.launcher.spawn(argv, full_env, cwd, str(proc.log_path), str(proc.exit_path))
             proc.launched = True
@@ -337,120 +304,19 @@ class ProcessKubelet:
         proc.popen = popen
         return popen.pid
 
-    def _container_env(self, pod: dict, container: dict) -> dict:
-        env: dict[str, str] = {}
-        for source in container.get("envFrom") or []:
-            prefix = source.get("prefix", "")
-            for kind, store in (("secretRef", self.secrets), ("configMapRef", self.config_maps)):
-                ref = source.get(kind)
-                if ref is None:
-                    continue
-                data = self._lookup(store, pod, ref["name"])
-                if data is None:
-                    if ref.get("optional"):
-                        continue
-                    what = "secret" if kind == "secretRef" else "configmap"
-                    raise PodConfigError("CreateContainerConfigError", f'{what} "{ref["name"]}" not found')
-                env.update({prefix + k: str(v) for k, v in data.items()})
-        for item in container.get("env") or []:
-            name = item["name"]
-            if "value" in item:
-                env[name] = expand_vars(str(item["value"]), env)
-                continue
-            source = item.get("valueFrom") or {}
-            value = self._env_from_source(pod, name, source)
-            if value is not None:
-                env[name] = value
-        return env
-
-    def _env_from_source(self, pod: dict, name: str, source: dict) -> str | None:
-        for kind, store, what in (("secretKeyRef", self.secrets, "secret"),
-                                  ("configMapKeyRef", self.config_maps, "configmap")):
-            ref = source.get(kind)
-            if ref is None:
-                continue
-            data = self._lookup(store, pod, ref["name"])
-            if data is None or ref["key"] not in data:
-                if ref.get("optional"):
-                    return None
-                if data is None:
-                    message = f'{what} "{ref["name"]}" not found'
-                else:
-                    message = f'couldn\'t find key {ref["key"]} in {what} "{ref["name"]}"'
-                raise PodConfigError("CreateContainerConfigError", f"env {name}: {message}")
-            return str(data[ref["key"]])
-        if "fieldRef" in source:
-            path = source["fieldRef"]["fieldPath"]
-            meta = pod.get("metadata", {})
-            values = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace") or "default",
-                      "metadata.uid": meta.get("uid"), "spec.nodeName": pod.get("spec", {}).get("nodeName"),
-                      "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
-            label = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-            if label:
-                return str(meta.get(label.group(1), {}).get(label.group(2), ""))
-            return str(values.get(path) or "")
-        if "resourceFieldRef" in source:
-            return ""
-        raise PodConfigError("CreateContainerConfigError", f"env {name}: unsupported valueFrom {sorted(source)}")
-
-    @staticmethod
-    def _lookup(store: dict, pod: dict, name: str) -> dict | None:
-        namespace = pod.get("metadata", {}).get("namespace") or "default"
-        found = store.get(f"{namespace}/{name}")
-        return found if found is not None else store.get(name)
-
     def _mount_map(self, proc: PodProcess, container: dict) -> dict[str, str]:
-        """mountPath -> local folder for each of the container's volume mounts."""
-        volumes = {v["name"]: v for v in proc.pod.get("spec", {}).get("volumes") or []}
+        """mountPath -> local folder for each of the container's volume mounts, each made ready in turn."""
+        places = VolumePlaces(pod_dir=proc.dir, claims_root=self.claims_root, host_path_root=self.host_path_root)
+        volumes = pod_volumes(proc.pod)
         mounts = {}
-        for mount in container.get("volumeMounts") or []:
-            volume = volumes.get(mount["name"])
-            if volume is None:
-                raise PodConfigError("CreateContainerConfigError", f'volume "{mount["name"]}" is not defined')
-            folder = self._volume_folder(proc, volume)
-            if mount.get("subPath"):
-                folder = folder / mount["subPath"]
-                folder.mkdir(parents=True, exist_ok=True)
-            mounts[mount["mountPath"].rstrip("/") or "/"] = str(folder)
+        for item in container.get("volumeMounts") or []:
+            mount = resolve_mount(item, volumes, proc.pod, places, self.secrets, self.config_maps)
+            mounts[mount.path] = str(prepare_mount(mount))
         return mounts
-
-    def _volume_folder(self, proc: PodProcess, volume: dict) -> Path:
-        name = volume["name"]
-        if "hostPath" in volume:
-            path = Path(volume["hostPath"]["path"])
-            folder = self.host_path_root / path.relative_to(path.anchor) if self.host_path_root else path
-            if volume["hostPath"].get("type", "") in ("Directory", "File") and not folder.exists():
-                raise PodConfigError("FailedMount", f'volume "{name}": hostPath {folder} does not exist')
-            if volume["hostPath"].get("type", "") in ("", "DirectoryOrCreate"):
-                folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        if "emptyDir" in volume:
-            folder = proc.dir / "volumes" / name
-            folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        if "persistentVolumeClaim" in volume:
-            folder = self.claims_root / volume["persistentVolumeClaim"]["claimName"]
-            folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        for kind, store, what in (("secret", self.secrets, "secret"), ("configMap", self.config_maps, "configmap")):
-            if kind in volume:
-                ref_name = volume[kind].get("secretName") or volume[kind].get("name")
-                data = self._lookup(store, proc.pod, ref_name)
-                if data is None:
-                    if volume[kind].get("optional"):
-                        data = {}
-                    else:
-                        raise PodConfigError("FailedMount", f'volume "{name}": {what} "{ref_name}" not found')
-                folder = proc.dir / "volumes" / name
-                folder.mkdir(parents=True, exist_ok=True)
-                for key, value in data.items():
-                    (folder / key).write_text(str(value))
-                return folder
-        raise PodConfigError("FailedMount", f'volume "{name}": unsupported volume type {sorted(set(volume) - {"name"})}')
 
     def _fail_before_start(self, proc: PodProcess, reason: str, message: str) -> None:
         name = (proc.pod.get("spec", {}).get("containers") or [{"name": "main"}])[0].get("name", "main")
-        now = utc_now()
+        now = utc_timestamp()
         proc.status = {
             "phase": POD_FAILED, "reason": reason, "message": message,
             "containerStatuses": [{"name": name, "ready": False, "restartCount": 0, "state": {
@@ -529,9 +395,9 @@ class ProcessKubelet:
             message = log_tail(proc.log_path)
         if exit_info.get("lost") and not message:
             message = "the container's process ended while no kubelet was watching it"
-        started = proc.status.get("startTime") or utc_now()
+        started = proc.status.get("startTime") or utc_timestamp()
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                      "startedAt": started, "finishedAt": exit_info.get("finishedAt") or utc_now()}
+                      "startedAt": started, "finishedAt": exit_info.get("finishedAt") or utc_timestamp()}
         if exit_info.get("signal"):
             terminated["signal"] = int(exit_info["signal"])
         if message:
@@ -585,8 +451,8 @@ def exit_info_of(returncode: int | None) -> dict:
     if returncode is None:
         return {"exitCode": LOST_EXIT_CODE, "lost": True}
     if returncode < 0:
-        return {"exitCode": 128 - returncode, "signal": -returncode, "finishedAt": utc_now()}
-    return {"exitCode": returncode, "finishedAt": utc_now()}
+        return {"exitCode": 128 - returncode, "signal": -returncode, "finishedAt": utc_timestamp()}
+    return {"exitCode": returncode, "finishedAt": utc_timestamp()}
 
 
 def read_termination_message(path: Path) -> str:
@@ -605,19 +471,14 @@ def log_tail(path: Path) -> str:
     return "\n".join(lines)[-TERMINATION_MESSAGE_LIMIT:]
 
 
-def rewrite_paths(value: str, rewrites: dict[str, str]) -> str:
-    """Replace each mount path (as a whole path prefix) with its local folder."""
-    for mount_path, folder in sorted(rewrites.items(), key=lambda item: -len(item[0])):
-        value = re.sub(rf"(?<![\w.\-/]){re.escape(mount_path)}(?=/|$|[\s\"',:;=])", lambda _: folder, value)
-    return value
-
-
-def expand_vars(value: str, env: dict) -> str:
-    """Kubernetes `$(VAR)` expansion: known variables are replaced, `$$(VAR)` escapes, unknown ones stay."""
-    def replace(match: re.Match) -> str:
-        escaped, name = match.group(1), match.group(2)
-        if escaped:
-            return match.group(0)[1:]
-        return env.get(name, match.group(0))
-
-    return re.sub(r"(\$)?\$\(([A-Za-z_][A-Za-z0-9_.\-]*)\)", replace, value)
+def prepare_mount(mount: Mount) -> Path:
+    """Make a mount's folder ready as `resolve_mount` described it; its local path."""
+    if mount.must_exist and not mount.folder.exists():
+        raise PodConfigError("FailedMount", f'volume "{mount.volume}": hostPath {mount.folder} does not exist')
+    if mount.create:
+        mount.folder.mkdir(parents=True, exist_ok=True)
+    for name, content in mount.files:
+        (mount.folder / name).write_text(content)
+    if mount.sub_path:
+        mount.local_path.mkdir(parents=True, exist_ok=True)
+    return mount.local_path

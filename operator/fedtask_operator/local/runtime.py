@@ -17,9 +17,10 @@ from fedtask_operator.core.apply import apply_plan, run_sync
 from fedtask_operator.core.phases import FINISHED_PHASES, POD_FINISHED_PHASES, SUCCEEDED
 from fedtask_operator.core.planner import Event, Observed, Plan, plan_task
 from fedtask_operator.core.scheduling.select import select_devices
+from fedtask_operator.local.files import now_utc
 from fedtask_operator.local.kubelet import ProcessKubelet
 from fedtask_operator.local.progress import Progress, plot_accuracy
-from fedtask_operator.local.store import LocalStore, now_utc
+from fedtask_operator.local.store import LocalStore
 
 POLL_SECONDS = 0.02  # the longest wait for a pod; worker pods wake the loop as soon as they end
 IDLE_SECONDS = 0.05

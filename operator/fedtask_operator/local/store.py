@@ -12,28 +12,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 from fedtask_operator.core.conditions import format_time
 from fedtask_operator.core.naming import pinned_node
 from fedtask_operator.core.phases import POD_PENDING
-
-_made_dirs: set[Path] = set()
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    if path.parent not in _made_dirs:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _made_dirs.add(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(json.dumps(data, separators=(",", ":")) + "\n")  # compact: the C encoder, several times faster
-    os.replace(tmp, path)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+from fedtask_operator.local.files import now_utc, write_json_atomic
 
 
 class LocalStore:
