@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 PY := $(VENV)/bin/python
 PIP_INSTALL := $(PIP) install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: venv demo test test-slow test-all lint generate check-generated
+.PHONY: venv demo test test-slow test-all test-cluster lint generate check-generated
 
 # torch 2.13.0 and its dependencies (PyPI's build with CUDA libraries, a few GB, which runs on the CPU) are downloaded
 # once into a wheel folder outside the repo and installed from there: pip's own cache does not keep them here.
@@ -38,8 +38,9 @@ demo: venv
 	$(VENV)/bin/fedtask run examples/mnist-noniid.yaml --workdir runs/demo
 
 # Wall-clock targets (marker `timing`) need a quiet machine: `make test-slow` runs them, `make test` does not.
+# The real-control-plane suite (marker `cluster`) runs with `make test-cluster`.
 test: venv
-	$(PY) -m pytest -m "not slow and not timing" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not timing and not cluster" $(PYTEST_ARGS)
 
 SLOW_TESTS ?= slow or timing
 test-slow: venv $(VENV)/.bench-installed
@@ -47,6 +48,13 @@ test-slow: venv $(VENV)/.bench-installed
 
 test-all: venv $(VENV)/.bench-installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# tests/cluster on a real control plane (hack/local-cluster.sh; root). The binaries are built first: a cold build
+# (kube-apiserver & co, etcd, MinIO from their Go modules) takes minutes, later calls reuse the cache.
+test-cluster: venv
+	hack/install-cluster-tools.sh
+	hack/install-test-tools.sh
+	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
 # The guardrails: ruff (lint and import order), the import-linter layer contracts (.importlinter).
 lint: venv

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "describe": ("fedtask_operator.local.inspect", "describe_main",
                  "show one task of a `fedtask run` workdir (kubectl describe ft)"),
     "validate": ("fedtask_operator.cli.validate", "main", "check FederatedTask manifests as a cluster would"),
+    "node-agent": ("fedtask_operator.agent.cli", "main", "serve a Node of a real API server, pods as processes"),
 }
 
 
