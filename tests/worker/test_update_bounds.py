@@ -127,12 +127,22 @@ def test_a_non_finite_server_step_fails_the_stage_without_writing_a_model(tmp_pa
     assert not output.exists() and not (tmp_path / "state.safetensors").exists()
 
 
-def test_a_server_state_that_overflows_fails_the_stage(tmp_path, capsys):
-    """fedadam's second moment overflows float32 while its output stays finite: the state must not be written."""
-    base_model = {k: np.full_like(v, 1e20) for k, v in random_model(100).items()}
-    base = write_update(tmp_path / "global.safetensors", base_model, 0)
-    updates = [write_update(tmp_path / f"d00{i}.safetensors", {k: -v for k, v in base_model.items()}, 10)
-               for i in range(2)]
-    code, _, err = run_stage(["aggregate", "--output", tmp_path / "o.safetensors", "--base", base, "--strategy",
-                              "fedadam", "--state-out", tmp_path / "s.safetensors", *updates], capsys)
-    assert code == 2 and "'v/layer" in err and not (tmp_path / "s.safetensors").exists()
+def test_one_update_that_overflows_the_server_state_is_rejected(tmp_path, capsys):
+    """fedadam's second moment overflows float32 (its output stays finite) when one update sits 1e20 away: that
+    update is rejected, the others are combined; with that update alone, the stage fails and writes no state."""
+    base = write_update(tmp_path / "global.safetensors", random_model(100), 0)
+    good = [write_update(tmp_path / f"d00{i}.safetensors", random_model(i), 10) for i in range(3)]
+    far = write_update(tmp_path / "d009.safetensors", {k: v + 1e20 for k, v in random_model(9).items()}, 10)
+    state = tmp_path / "s.safetensors"
+    common = ["aggregate", "--base", base, "--strategy", "fedadam", "--on-invalid", "skip", "--state-out", state]
+    code, result, err = run_stage(common + ["--output", tmp_path / "with.safetensors", *good, far], capsys)
+    assert code == 0, err
+    assert [item["uri"] for item in result["rejected"]] == [far] and "so large" in result["rejected"][0]["reason"]
+    with_state = state.read_bytes()
+    code, _, err = run_stage(common + ["--output", tmp_path / "without.safetensors", *good], capsys)
+    assert code == 0, err
+    assert state.read_bytes() == with_state
+    assert (tmp_path / "with.safetensors").read_bytes() == (tmp_path / "without.safetensors").read_bytes()
+    state.unlink()
+    code, _, err = run_stage(common + ["--output", tmp_path / "alone.safetensors", far], capsys)
+    assert code == 2 and "'v/layer" in err and "NaN or Inf" in err and not state.exists()

@@ -300,6 +300,23 @@ def squared_distances(sources: Sequence[UpdateSource], reference: Layout, base: 
     return totals
 
 
+def farthest_source(sources: Sequence[UpdateSource], tensor: str, info: TensorInfo,
+                    base: np.ndarray) -> UpdateSource:
+    """The source whose `tensor` lies farthest (largest |update - base| element) from `base`, read block by block."""
+    flat = base.reshape(-1)
+    scratch = np.empty(min(info.count, BLOCK_ELEMENTS), dtype=info.numpy_dtype)
+    largest = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        for source in sources:
+            far = 0.0
+            for start in range(0, info.count, BLOCK_ELEMENTS):
+                stop = min(start + BLOCK_ELEMENTS, info.count)
+                values = source.read(tensor, start, stop, scratch)
+                far = max(far, float(np.max(np.abs(values.astype(np.float64) - flat[start:stop]), initial=0.0)))
+            largest.append(far)
+    return sources[int(np.argmax(largest))]
+
+
 def _all_finite(values: np.ndarray) -> bool:
     if values.size == 0:
         return True

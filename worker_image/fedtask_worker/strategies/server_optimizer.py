@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..aggregation import NonFiniteValues, farthest_source
 from ..errors import BadInput
 from .base import Job, Strategy
 from .fedavg import weighted_mean
+
+SQUARABLE = float(np.sqrt(np.finfo(np.float32).max))  # 1.8e19: no honest pseudo-gradient comes near
 
 
 class ServerOptimizer(Strategy):
@@ -38,20 +41,27 @@ class ServerOptimizer(Strategy):
             with np.errstate(over="ignore", invalid="ignore"):  # checked below, reported as one line
                 step = self.step(gradient, slots, job)
                 averaged[...] = base - learning_rate * step
-            _check_finite(self.name, name, averaged, learning_rate)
+            for tensor, values in [(name, averaged)] + [(f"{slot}/{name}", value) for slot, value in slots.items()]:
+                if not np.isfinite(values).all():
+                    self._non_finite(job, name, tensor, learning_rate, gradient)
             for slot, value in slots.items():
-                _check_finite(self.name, f"{slot}/{name}", value, learning_rate)
                 state_out[f"{slot}/{name}"] = value
         return mean, state_out
+
+    def _non_finite(self, job: Job, name: str, tensor: str, learning_rate: float, gradient: np.ndarray) -> None:
+        """A server step that leaves NaN/Inf would be written as the next global model (or the state every later
+        round starts from). When the pseudo-gradient itself is beyond what float32 can square, an update put it
+        there: the one farthest from the global model in that tensor is rejected and the round combined again.
+        Otherwise (or once one update is left) the settings did it: the stage fails, without a retry."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            extreme = not float(np.max(np.abs(gradient), initial=0.0)) <= SQUARABLE
+        if extreme and len(job.sources) > 1:
+            culprit = farthest_source(job.sources, name, job.reference.tensors[name], job.base[name])
+            raise NonFiniteValues([culprit], name, overflow=True)
+        raise BadInput(f"{self.name}: the server step made tensor {tensor!r} NaN or Inf (server learning rate "
+                       f"{learning_rate:g}); lower spec.aggregation.serverLearningRate or check the global model "
+                       f"and the server state")
 
     def step(self, gradient: np.ndarray, slots: dict[str, np.ndarray], job: Job) -> np.ndarray:
         raise NotImplementedError
 
-
-def _check_finite(strategy: str, tensor: str, values: np.ndarray, learning_rate: float) -> None:
-    """A server step that leaves NaN/Inf would be written as the next global model (or the state every later
-    round starts from): fail the stage instead, without a retry (the same inputs give the same result)."""
-    if not np.isfinite(values).all():
-        raise BadInput(f"{strategy}: the server step made tensor {tensor!r} NaN or Inf (server learning rate "
-                       f"{learning_rate:g}); lower spec.aggregation.serverLearningRate or check the global model "
-                       f"and the server state")
