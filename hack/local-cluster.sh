@@ -389,7 +389,12 @@ spec:
   claimRef: {namespace: $NAMESPACE, name: $RELEASE-minio}
   hostPath: {path: $DIR/volumes/minio, type: DirectoryOrCreate}
 EOF
-  # Every pod shares this machine's network: one operator replica, its ports chosen free.
+  # Every pod shares this machine's network: one operator replica, its ports chosen free. The chart's MinIO listens
+  # on :9000 (fixed in the chart), so one installed cluster per machine at a time.
+  if (exec 3<>/dev/tcp/127.0.0.1/9000) 2>/dev/null && ! kubectl -n "$NAMESPACE" get deployment "$RELEASE-minio" \
+    >/dev/null 2>&1; then
+    die "port 9000 is taken (another cluster's MinIO?): the chart's MinIO pod needs it on this machine's network"
+  fi
   read -r metrics_port health_port <<<"$(free_ports 2)"
   log "helm upgrade --install $RELEASE helm/fedtask -n $NAMESPACE"
   helm upgrade --install "$RELEASE" "$ROOT/helm/fedtask" -n "$NAMESPACE" --create-namespace \

@@ -111,22 +111,30 @@ class PodRecorder:
 
         core = kubernetes.client.CoreV1Api(self.client)
         selector = f"fedtask.io/task={self.task}"
+        version = None
         while not self._stop.is_set():
             try:
-                listing = core.list_namespaced_pod(self.namespace, label_selector=selector, _preload_content=False)
-                data = json.loads(listing.data)
-                for pod in data["items"]:
-                    self._record(pod)
-                self._ready.set()
+                if version is None:  # (re)list, then watch every change from there on
+                    listing = json.loads(core.list_namespaced_pod(self.namespace, label_selector=selector,
+                                                                  _preload_content=False).data)
+                    for pod in listing["items"]:
+                        self._record(pod)
+                    version = listing["metadata"]["resourceVersion"]
+                    self._ready.set()
                 watcher = kubernetes.watch.Watch()
                 for event in watcher.stream(core.list_namespaced_pod, self.namespace, label_selector=selector,
-                                            resource_version=data["metadata"]["resourceVersion"],
-                                            timeout_seconds=5, deserialize=False):
+                                            resource_version=version, timeout_seconds=5, deserialize=False):
+                    version = event["object"]["metadata"]["resourceVersion"]
                     self._record(event["object"])
                     if self._stop.is_set():
                         watcher.stop()
+            except kubernetes.client.ApiException as err:
+                if err.status != 410:  # 410: the version is too old, list again
+                    self.errors.append(repr(err))
+                version = None
             except Exception as err:  # keep watching; the test reads self.errors
                 self.errors.append(repr(err))
+                version = None
                 time.sleep(0.2)
 
     def _record(self, pod: dict) -> None:

@@ -129,7 +129,11 @@ class NodeAgent:
         self.register()
         self.start_threads()
         while not self.stopping.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:  # one pod's trouble (an API error, a refused status) must not take the node down
+                log.exception("node %s: sync failed; trying again", self.name)
+                self.stopping.wait(1.0)
             self.kubelet.wait_for_change(self.tick)
 
     def stop(self) -> None:
