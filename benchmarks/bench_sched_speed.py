@@ -3,8 +3,9 @@
 10,000 nodes (heterogeneous: CPU sizes, GPUs of several products, NotReady/cordoned/tainted nodes, one system pod
 each) and 100 competing tasks (node-device and shard tasks; pool selectors, GPU requests, tolerations, all four
 policies), from the raw `kubectl get -o json` dicts to the Assignment. Target: <= 200 ms. Also: the same with the
-fleet prebuilt, CPU time (robust to other processes on shared cores), how the time grows with nodes and with tasks, and the cost of writing out every excluded node's
-reasons. Peer: one plain Python pass over the same node and pod dicts (the least any scheduler must pay).
+fleet prebuilt, CPU time (robust to other processes on shared cores), how the time grows with nodes and with tasks,
+and the cost of writing out every excluded node's reasons. Peer: one plain Python pass over the same node and pod
+dicts (the least any scheduler must pay).
 
     python benchmarks/bench_sched_speed.py [--nodes 10000] [--tasks 100] [--repeat 5]
 """

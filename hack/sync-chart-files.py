@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Copy the chart's embedded files from their single sources of truth into helm/fedtask/files/.
 
-Helm can only read files inside the chart, so the CRD (crds/), the operator's RBAC rules (deploy/rbac/rules.yaml) and the
-Grafana dashboard (dashboards/) are copied verbatim; tests/chart checks that the copies are identical.
+Helm can only read files inside the chart, so the CRD (crds/), the operator's RBAC rules (deploy/rbac/rules.yaml)
+and the Grafana dashboard (dashboards/) are copied verbatim; tests/chart checks that the copies are identical.
 Run it after changing any of them:  python3 hack/sync-chart-files.py  (--check: exit 1 if a copy is stale).
 """
 from __future__ import annotations

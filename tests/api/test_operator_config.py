@@ -1,4 +1,4 @@
-"""`fedtask operator` configuration (flags over environment) and the metric names (as dashboards and alerts use them)."""
+"""`fedtask operator` configuration (flags over environment) and the metric names, as dashboards and alerts use them."""
 from __future__ import annotations
 
 import re

@@ -30,10 +30,11 @@ COMBINATIONS = {
     "namespace-scoped": ["rbac.scope=namespace", "operator.watchNamespaces={team-a,team-b}"],
     "minio": ["minio.enabled=true"],
     "minio-no-persistence": ["minio.enabled=true", "minio.persistence.enabled=false"],
-    "external-store": ["storage.endpoint=s3.example.com:443", "storage.secure=true", "storage.credentialsSecret=s3-creds"],
+    "external-store": ["storage.endpoint=s3.example.com:443", "storage.secure=true",
+                       "storage.credentialsSecret=s3-creds"],
     "monitoring": ["metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true"],
-    "everything-on": ["minio.enabled=true", "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
-                      "rbac.scope=namespace"],
+    "everything-on": ["minio.enabled=true", "metrics.serviceMonitor.enabled=true",
+                      "metrics.prometheusRule.enabled=true", "rbac.scope=namespace"],
     "minimal": ["crds.enabled=false", "dashboard.enabled=false", "networkPolicy.enabled=false",
                 "metrics.service.enabled=false", "replicaCount=1"],
 }
@@ -60,7 +61,8 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
 
 def the(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
     matches = [obj for obj in by_kind(objects, kind) if obj["metadata"]["name"].endswith(name_suffix)]
-    assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, got {[m['metadata']['name'] for m in matches]}"
+    names = [match["metadata"]["name"] for match in matches]
+    assert len(matches) == 1, f"expected one {kind} named *{name_suffix}, got {names}"
     return matches[0]
 
 
@@ -215,10 +217,12 @@ def test_operator_gets_the_in_chart_store_and_its_generated_credentials(rendered
     env = {e["name"]: e.get("value") for e in
            the(objects, "Deployment", "fedtask")["spec"]["template"]["spec"]["containers"][0]["env"]}
     service = the(objects, "Service", "-minio")
-    assert env["FEDTASK_S3_ENDPOINT"] == f"{service['metadata']['name']}.fedtask.svc:{service['spec']['ports'][0]['port']}"
+    port = service["spec"]["ports"][0]["port"]
+    assert env["FEDTASK_S3_ENDPOINT"] == f"{service['metadata']['name']}.fedtask.svc:{port}"
     secret = the(objects, "Secret", "-minio")
     assert env["FEDTASK_S3_SECRET"] == secret["metadata"]["name"]
-    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} <= set(secret["data"])
+    keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
+    assert keys <= set(secret["data"])
     assert len(secret["data"]["AWS_SECRET_ACCESS_KEY"]) >= 40  # generated, base64 of 40 characters
     external = {e["name"]: e.get("value") for e in the(rendered["external-store"], "Deployment")["spec"]["template"][
         "spec"]["containers"][0]["env"]}
@@ -236,7 +240,8 @@ def test_given_minio_credentials_are_used(tools: Tools) -> None:
 def test_chart_crd_is_the_repository_crd_with_a_keep_policy(rendered: dict[str, list[dict]]) -> None:
     sources = sorted((REPO / "crds").glob("*.yaml"))
     assert sources, "crds/ holds no CRD"
-    expected = {yaml.safe_load(path.read_text())["metadata"]["name"]: yaml.safe_load(path.read_text()) for path in sources}
+    documents = [yaml.safe_load(path.read_text()) for path in sources]
+    expected = {document["metadata"]["name"]: document for document in documents}
     rendered_crds = by_kind(rendered["defaults"], "CustomResourceDefinition")
     assert sorted(crd["metadata"]["name"] for crd in rendered_crds) == sorted(expected)
     for crd in rendered_crds:
@@ -381,5 +386,6 @@ def test_chart_rbac_rules_are_the_operators_rules(rendered: dict[str, list[dict]
     rules = yaml.safe_load((REPO / "deploy" / "rbac" / "rules.yaml").read_text())
     objects = rendered[combination]
     assert the(objects, "ClusterRole", "-cluster")["rules"] == rules["cluster"]
-    task_roles = by_kind(objects, "Role") if combination == "namespace-scoped" else [the(objects, "ClusterRole", "-tasks")]
+    task_roles = (by_kind(objects, "Role") if combination == "namespace-scoped"
+                  else [the(objects, "ClusterRole", "-tasks")])
     assert task_roles and all(role["rules"] == rules["tasks"] for role in task_roles)

@@ -86,10 +86,12 @@ class ApiKubelet:
         pods = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in self.cluster.objects(PODS)}
         self._injected &= set(pods)
         for key in list(self.processes.pods):
-            if key not in pods or pods[key]["metadata"].get("uid") != self.processes.pods[key].pod["metadata"].get("uid"):
+            running_uid = self.processes.pods[key].pod["metadata"].get("uid")
+            if key not in pods or pods[key]["metadata"].get("uid") != running_uid:
                 self.processes.delete_pod(key)
         for key, pod in pods.items():
-            if key in self.processes.pods or key in self._injected or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            if key in self.processes.pods or key in self._injected or finished:
                 continue
             namespace, name = key.split("/", 1)
             node = pinned_node(pod) or ""

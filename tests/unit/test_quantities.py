@@ -76,7 +76,8 @@ def test_resource_list_names_the_field_and_rejects_negatives():
 
 
 @pytest.mark.parametrize("milli, resource, text", [
-    (500, "cpu", "500m"), (2000, "cpu", "2"), (2**30 * 1000, "memory", "1Gi"), (1536 * 2**20 * 1000, "memory", "1536Mi"),
+    (500, "cpu", "500m"), (2000, "cpu", "2"), (2**30 * 1000, "memory", "1Gi"),
+    (1536 * 2**20 * 1000, "memory", "1536Mi"),
     (1000, "nvidia.com/gpu", "1"), (10**9 * 1000, "memory", "1000000000"), (0, "memory", "0"),
 ])
 def test_format_milli(milli, resource, text):

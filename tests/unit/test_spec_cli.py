@@ -109,8 +109,8 @@ def test_every_example_task_is_valid():
 
 
 def test_standard_input_and_non_mapping_documents(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fedtask_operator.cli.validate", "-"], capture_output=True, text=True,
-                            input=GOOD + "---\n- just\n- a list\n", timeout=60)
+    result = subprocess.run([sys.executable, "-m", "fedtask_operator.cli.validate", "-"], capture_output=True,
+                            text=True, input=GOOD + "---\n- just\n- a list\n", timeout=60)
     assert result.returncode == 2
     assert result.stdout == "-:1: FederatedTask default/mnist: valid\n"
     assert result.stderr == "-:8: <document>: must be an object, not list\n"
