@@ -73,3 +73,16 @@ def test_init_adjust_publish_flags(enabled):
         not enabled, 2, 0.05, "s3://b/shared.npz")
     publish = parse(build_publish_pod(task, CONFIG, "edge-1", "s3://b/final.safetensors"))
     assert (publish.input, publish.output) == ("s3://b/final.safetensors", "/models/ns/t/model.safetensors")
+
+
+@pytest.mark.parametrize("step, function", [("", ""), ("losses:mse_step", ""), ("losses:mse_step", "metrics:r2")])
+def test_user_code_flags_reach_train_and_adjust_only_when_set(step, function):
+    task = make_task({"training": {"step": step}, "evaluation": {"function": function}, "devices": {"count": 8}})
+
+    train = parse(build_train_pod(task, CONFIG, 1, DeviceSlot("d001", "edge-1")))
+    adjust = parse(build_adjust_pod(task, CONFIG, 1))
+    init_args = build_init_pod(task, CONFIG)["spec"]["containers"][0]["args"]
+
+    assert train.train_step == (step or None) and not hasattr(train, "eval_function")
+    assert (adjust.train_step, adjust.eval_function) == (step or None, function or None)
+    assert "--train-step" not in init_args and "--eval-function" not in init_args

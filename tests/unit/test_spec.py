@@ -15,6 +15,7 @@ from fedtask_operator.core.spec import (
     spec_to_dict,
     status_from_dict,
     status_to_dict,
+    validate_update,
 )
 
 
@@ -51,11 +52,12 @@ def test_empty_spec_gets_every_default():
             "perRound": 5, "resources": {"requests": {}, "limits": {}}, "tolerations": [],
         },
         "training": {"localEpochs": 1, "batchSize": 32, "learningRate": 0.05, "optimizer": "sgd", "momentum": 0.0,
-                     "weightDecay": 0.0, "proximalMu": 0.0},
+                     "weightDecay": 0.0, "proximalMu": 0.0, "step": ""},
         "aggregation": {"strategy": "fedavg", "serverLearningRate": 1.0, "serverMomentum": 0.9, "trimFraction": 0.1,
                         "byzantine": 0, "onInvalid": "skip"},
         "adjustment": {"enabled": True, "epochs": 1, "batchSize": 32, "learningRate": 0.01,
                        "resources": {"requests": {}, "limits": {}}},
+        "evaluation": {"function": ""},
         "rounds": {"max": 20, "targetAccuracy": 0.0, "patience": 0, "timeoutSeconds": 600},
         "storage": {"bucket": "", "prefix": "", "endpoint": ""},
         "publish": {"toDevices": False, "hostPath": "/var/lib/fedtask/models"},
@@ -95,6 +97,21 @@ def test_every_problem_is_listed_with_its_field_path():
         "spec.training.optimizer: must be one of sgd, adam, not 'sgdd'",
         "spec.rounds.max: must be >= 1",
     ]
+
+
+def test_user_code_hooks_are_module_callable_references_and_the_evaluation_is_immutable():
+    task = parse_task(manifest({"training": {"step": "losses:mse"}, "evaluation": {"function": "pkg.metrics:r2"}}))
+    assert (task.spec.training.step, task.spec.evaluation.function) == ("losses:mse", "pkg.metrics:r2")
+
+    problems = errors_of(manifest({"training": {"step": "mse"}, "evaluation": {"function": "a b:c"}}))
+    assert problems == [
+        "spec.training.step: invalid value 'mse' (empty, or module:callable such as mypackage.module:function)",
+        "spec.evaluation.function: invalid value 'a b:c' (empty, or module:callable such as "
+        "mypackage.module:function)",
+    ]
+    changed = parse_task(manifest({"evaluation": {"function": "pkg.metrics:mae"}})).spec
+    assert [str(e) for e in validate_update(task.spec, changed)] == [
+        "spec.evaluation.function: is immutable once the task exists: create a new FederatedTask instead"]
 
 
 def test_error_message_is_one_line_per_problem():

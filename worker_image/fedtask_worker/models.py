@@ -1,10 +1,16 @@
 """Model registry: `mlp`, `cnn`, `resnet` (small, for 32x32x3) and user models as `module:callable`.
 
 Built for the dataset's input shape and class count, so `mlp` serves MNIST and digits alike. A user callable is
-called as callable(input_shape=..., num_classes=..., **model_args) and must return a torch.nn.Module.
+called as callable(input_shape=..., num_classes=..., **model_args) and must return a torch.nn.Module; for real-valued
+targets num_classes is the size of one target (the number of outputs).
+
+Every global model fedtask writes (init, adjust: so the published model and `fedtask run`'s model.safetensors too)
+carries in its safetensors metadata what rebuilds it: `load_model(path)` returns the trained torch.nn.Module.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import torch
@@ -87,3 +93,56 @@ def build_model(name: str, input_shape, num_classes: int, args: dict | None = No
     if not isinstance(model, nn.Module):
         raise BadInput(f"--model {name!r} did not return a torch.nn.Module")
     return model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about the model it holds (its safetensors metadata)."""
+
+    model: str  # registry name or module:callable
+    model_args: dict
+    input_shape: tuple[int, ...]
+    num_classes: int  # classes, or for real-valued targets the size of one target
+    fedtask_version: str
+    metadata: dict[str, str]  # everything, as stored (task, round, stage, dataset, targets, metric, score, ...)
+
+
+def read_model_info(path: str) -> ModelInfo:
+    """The metadata of a model fedtask wrote (a path, file:// or s3:// URI); BadInput for any other file."""
+    from .store import local_copy
+    from .tensors import read_layout
+
+    with local_copy(path) as local:
+        return _model_info(dict(read_layout(local, path).metadata), path)
+
+
+def _model_info(metadata: dict[str, str], path: str) -> ModelInfo:
+    missing = [key for key in ("model", "model_args", "input_shape", "num_classes") if key not in metadata]
+    if missing:
+        raise BadInput(f"{path}: the metadata lacks {', '.join(missing)}: not a global model written by fedtask "
+                       "0.1.0 or later (updates and aggregates carry no model description)")
+    try:
+        args = json.loads(metadata["model_args"])
+        shape = tuple(int(size) for size in json.loads(metadata["input_shape"]))
+        num_classes = int(metadata["num_classes"])
+    except (ValueError, TypeError) as error:
+        raise BadInput(f"{path}: unreadable model metadata ({error})") from None
+    if not isinstance(args, dict):
+        raise BadInput(f"{path}: metadata model_args is not a JSON object")
+    return ModelInfo(metadata["model"], args, shape, num_classes, metadata.get("fedtask_version", ""), metadata)
+
+
+def load_model(path: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The model in a fedtask model file, rebuilt from its metadata, with its weights, in eval mode.
+
+    A `module:callable` model needs its module importable (on PYTHONPATH) here too."""
+    from .store import local_copy
+    from .tensors import load_arrays
+    from .training import load_model_state
+
+    with local_copy(path) as local:
+        arrays, metadata = load_arrays(local, path)
+    info = _model_info(metadata, path)
+    model = build_model(info.model, info.input_shape, info.num_classes, info.model_args)
+    load_model_state(model, arrays, path)
+    return model.to(device).eval()

@@ -1,7 +1,8 @@
 """Simulated devices: deterministic, disjoint shards of a dataset's train split, and the server's shared set.
 
 A shard is a function of (labels, scheme, seed, device index, device count) alone. The globally shared set (a
-class-balanced fraction of the train split) is carved out first and never appears in any shard.
+class-balanced fraction of the train split) is carved out first and never appears in any shard. Real-valued targets
+(regression, reconstruction) have no classes: their shared set is a uniform random fraction, and only iid applies.
 """
 from __future__ import annotations
 
@@ -38,10 +39,16 @@ class _Labels:
         return isinstance(other, _Labels) and other.labels is self.labels
 
 
+def _class_labels(labels: np.ndarray) -> bool:
+    return labels.ndim == 1 and labels.dtype.kind in "iu"
+
+
 @functools.lru_cache(maxsize=64)
 def _shared(key: _Labels, fraction: float, seed: int) -> np.ndarray:
     labels = key.labels
     rng = np.random.default_rng([seed, 0x5EED])
+    if not _class_labels(labels):
+        return np.sort(rng.permutation(len(labels))[:int(round(fraction * len(labels)))]).astype(np.int64)
     chosen = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
@@ -61,6 +68,9 @@ def device_indices(labels: np.ndarray, scheme: str, device_index: int, device_co
         raise BadInput(f"--alpha {alpha} must be > 0")
     if scheme == "classes" and classes_per_device < 1:
         raise BadInput(f"--classes-per-device {classes_per_device} must be >= 1")
+    if scheme != "iid" and not _class_labels(np.asarray(labels)):
+        raise BadInput(f"--partition {scheme} splits by class label; this dataset has real-valued targets "
+                       "(only iid applies)")
     shards = all_shards(labels, scheme, device_count, seed, alpha, classes_per_device, shared_fraction)
     return shards[device_index]
 

@@ -1,7 +1,20 @@
-"""Plain functions the stages are thin wrappers over, callable in one in-process loop (benchmarks, simulations)."""
+"""Plain functions the stages are thin wrappers over, callable in one in-process loop (benchmarks, simulations).
+
+Two plug points take the user's own code (`module:callable`, see `load_plugin`):
+
+- a **train step** `step(model, inputs, targets) -> loss`: the loss of one batch as a scalar tensor. fedtask adds the
+  FedProx term (if any), backpropagates it and steps the optimizer; local training, the server-side adjustment and
+  the validation loss all use it. Default: cross-entropy over integer class labels.
+- an **evaluation function** `function(model, inputs, targets) -> score | {"score": ..., "loss": ..., ...}`, called
+  once per round on the whole validation split (tensors on the model's device, under `torch.no_grad()`, the model in
+  eval mode). The score takes the place of accuracy (status, targetAccuracy, patience, best): higher must be better,
+  and it must be finite. Default: classification accuracy.
+"""
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -11,6 +24,29 @@ from .combine import aggregate_states  # noqa: F401 - re-exported: the in-proces
 from .errors import BadInput, InvalidModel
 
 OPTIMIZERS = ("sgd", "adam")
+MAX_METRICS = 16  # extra metrics an evaluation function may report besides score and loss
+TrainStep = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+EvalFunction = Callable[[nn.Module, torch.Tensor, torch.Tensor], object]
+
+
+def load_plugin(reference: str | None, flag: str) -> Callable | None:
+    """The user's callable for `--train-step`/`--eval-function` (None when not given)."""
+    if not reference:
+        return None
+    from .datasets import load_callable
+
+    return load_callable(reference, flag)
+
+
+def cross_entropy_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The default train step: classification with cross-entropy."""
+    return nn.functional.cross_entropy(model(inputs), targets)
+
+
+def _needs_class_labels(y: np.ndarray, what: str) -> None:
+    if not (y.ndim == 1 and y.dtype.kind in "iu"):
+        raise BadInput(f"the data has real-valued targets (y {y.dtype}{list(y.shape[1:])}), and the default {what}; "
+                       "give your own as module:callable (spec.training.step / spec.evaluation.function)")
 
 
 def configure_threads() -> int:
@@ -53,7 +89,9 @@ def load_model_state(model: nn.Module, arrays: dict[str, np.ndarray], source: st
 
 
 def _as_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return _as_tensor(x, np.float32).to(device), _as_tensor(y, np.int64).to(device)
+    """Inputs as float32; targets as int64 class labels or float32 values."""
+    target_type = np.int64 if np.asarray(y).dtype.kind in "iu" else np.float32
+    return _as_tensor(x, np.float32).to(device), _as_tensor(y, target_type).to(device)
 
 
 def _as_tensor(values: np.ndarray, dtype) -> torch.Tensor:
@@ -109,10 +147,21 @@ class Optimizer:
             parameter.addcdiv_(first, corrected, value=-self.learning_rate / (1 - beta1 ** self.steps))
 
 
+def _batch_loss(step: TrainStep, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    loss = step(model, inputs, targets)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise BadInput(f"the train step must return the batch's loss as a scalar tensor, got {shape}")
+    return loss.reshape(())
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
                 learning_rate: float = 0.05, optimizer: str = "sgd", momentum: float = 0.0,
-                weight_decay: float = 0.0, proximal_mu: float = 0.0, seed: int = 0) -> tuple[float, int]:
-    """Train in place; return (mean loss of the last epoch, samples seen per epoch). FedProx when proximal_mu > 0."""
+                weight_decay: float = 0.0, proximal_mu: float = 0.0, seed: int = 0,
+                step: TrainStep | None = None) -> tuple[float, int]:
+    """Train in place; return (mean loss of the last epoch, samples seen per epoch). FedProx when proximal_mu > 0.
+
+    `step(model, inputs, targets) -> scalar loss tensor` computes a batch's loss (default: cross-entropy)."""
     if optimizer not in OPTIMIZERS:
         raise BadInput(f"--optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
     if epochs < 0 or batch_size < 1 or not learning_rate > 0:
@@ -122,9 +171,11 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1,
     count = len(y)
     if count == 0 or epochs == 0:
         return 0.0, count
+    if step is None:
+        _needs_class_labels(np.asarray(y), "train step is classification (cross-entropy over integer class labels)")
     device = next(model.parameters()).device
     inputs, targets = _as_tensors(x, y, device)
-    step = Optimizer(list(model.parameters()), optimizer, learning_rate, momentum, weight_decay)
+    updater = Optimizer(list(model.parameters()), optimizer, learning_rate, momentum, weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     generator = torch.Generator().manual_seed(seed)
     loss_function = nn.CrossEntropyLoss()
@@ -135,13 +186,16 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1,
         total = torch.zeros((), device=device)
         for start in range(0, count, batch_size):
             batch = order[start:start + batch_size]
-            loss = loss_function(model(inputs[batch]), targets[batch])
+            if step is None:
+                loss = loss_function(model(inputs[batch]), targets[batch])
+            else:
+                loss = _batch_loss(step, model, inputs[batch], targets[batch])
             if anchor is not None:
                 proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(model.parameters(), anchor))
                 loss = loss + proximal_mu / 2 * proximal
-            step.zero_grad()
+            updater.zero_grad()
             loss.backward()
-            step.step()
+            updater.step()
             total += loss.detach() * len(batch)
         last_loss = float(total) / count
         if not np.isfinite(last_loss):
@@ -150,24 +204,90 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2048) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy loss) on the given split."""
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2048, step: TrainStep | None = None,
+             function: EvalFunction | None = None) -> tuple[float, float | None]:
+    """(score, loss) on the given split: accuracy and mean cross-entropy by default (see score_model)."""
+    metrics = score_model(model, x, y, batch_size, step, function)
+    return metrics["score"], metrics.get("loss")
+
+
+@torch.no_grad()
+def score_model(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2048,
+                step: TrainStep | None = None, function: EvalFunction | None = None) -> dict[str, float]:
+    """{"score", "loss", extra metrics...} on the given split, every value finite.
+
+    score: `function`'s score, else the accuracy (class labels only). loss: `function`'s loss if it reports one, else
+    the mean train-step loss (default step: cross-entropy)."""
     if len(y) == 0:
         raise BadInput("cannot evaluate on an empty validation split")
+    y = np.asarray(y)
     device = next(model.parameters()).device
     model.eval()
+    metrics: dict[str, float] = {}
+    if function is not None:
+        inputs, targets = _as_tensors(x, y, device)
+        metrics = _metrics_of(function(model, inputs, targets))
+        if "loss" in metrics or (step is None and y.dtype.kind not in "iu"):
+            return metrics  # the function's loss, or none: no train step to compute one with
+    else:
+        _needs_class_labels(y, "evaluation is classification accuracy")
     correct, loss_sum = 0, 0.0
     for start in range(0, len(y), batch_size):
         inputs, targets = _as_tensors(x[start:start + batch_size], y[start:start + batch_size], device)
-        logits = model(inputs)
-        loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
-        correct += int((logits.argmax(1) == targets).sum())
-    return correct / len(y), loss_sum / len(y)
+        if step is None:
+            logits = model(inputs)
+            loss_sum += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            if function is None:
+                correct += int((logits.argmax(1) == targets).sum())
+        else:
+            loss_sum += float(_batch_loss(step, model, inputs, targets)) * len(targets)
+            if function is None:
+                correct += int((model(inputs).argmax(1) == targets).sum())
+    loss = loss_sum / len(y)
+    if not math.isfinite(loss):
+        raise BadInput(f"the validation loss is {loss}; the model diverged (lower the learning rate)")
+    if function is None:
+        metrics["score"] = correct / len(y)
+    metrics["loss"] = loss
+    return metrics
+
+
+def _finite_number(value, what: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise BadInput(f"the evaluation function's {what} must be a number, got a tensor of shape "
+                           f"{list(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise BadInput(f"the evaluation function's {what} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise BadInput(f"the evaluation function's {what} is {value}; it must be finite")
+    return value
+
+
+def _metrics_of(result) -> dict[str, float]:
+    """An evaluation function's result: a score, or a mapping with "score" (and "loss", other metrics)."""
+    if not isinstance(result, Mapping):
+        return {"score": _finite_number(result, "score")}
+    if "score" not in result:
+        raise BadInput(f"the evaluation function returned keys {sorted(map(str, result))[:8]}; a mapping needs "
+                       "\"score\" (higher is better)")
+    if len(result) > MAX_METRICS + 2:
+        raise BadInput(f"the evaluation function returned {len(result)} metrics; at most {MAX_METRICS + 2}")
+    metrics = {}
+    for key, value in result.items():
+        name = str(key)
+        if len(name) > 64:
+            raise BadInput(f"the evaluation function's metric name {name[:64]!r}... is longer than 64 characters")
+        metrics[name] = _finite_number(value, repr(name))
+    return metrics
 
 
 def adjust_model(model: nn.Module, x_shared: np.ndarray, y_shared: np.ndarray, epochs: int = 1,
-                 batch_size: int = 32, learning_rate: float = 0.01, seed: int = 0) -> float:
+                 batch_size: int = 32, learning_rate: float = 0.01, seed: int = 0,
+                 step: TrainStep | None = None) -> float:
     """The server-side adjustment: fine-tune the aggregated model on the globally shared dataset; return its loss."""
     loss, _ = train_local(model, x_shared, y_shared, epochs=epochs, batch_size=batch_size,
-                          learning_rate=learning_rate, optimizer="sgd", seed=seed)
+                          learning_rate=learning_rate, optimizer="sgd", seed=seed, step=step)
     return loss

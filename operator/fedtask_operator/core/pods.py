@@ -73,6 +73,14 @@ def _model_data_flags(task: FederatedTask) -> list[str]:
             "--seed", str(spec.model.seed)]
 
 
+def _user_code_flags(task: FederatedTask, evaluation: bool = False) -> list[str]:
+    """The user's own train step (train, adjust) and evaluation function (adjust), when the spec names them."""
+    flags = ["--train-step", task.spec.training.step] if task.spec.training.step else []
+    if evaluation and task.spec.evaluation.function:
+        flags += ["--eval-function", task.spec.evaluation.function]
+    return flags
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Pod pieces
 
@@ -285,7 +293,7 @@ def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slo
              "--learning-rate", _number(training.learning_rate), "--optimizer", training.optimizer,
              "--momentum", _number(training.momentum), "--weight-decay", _number(training.weight_decay),
              "--proximal-mu", _number(training.proximal_mu)]
-    args += _model_data_flags(task)
+    args += _model_data_flags(task) + _user_code_flags(task)
     return build_pod(task, config, name=naming.train_pod_name(task.name, round_, slot.device, attempt),
                      labels=naming.pod_labels(task.name, naming.STAGE_TRAIN, round_, slot.device), args=args,
                      resources=spec.devices.resources, node=slot.node, tolerations=_tolerations(task),
@@ -328,7 +336,7 @@ def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, at
              "--shared-fraction", _number(spec.data.shared.fraction)]
     if spec.data.shared.uri:
         args += ["--shared-uri", spec.data.shared.uri]
-    args += _model_data_flags(task)
+    args += _model_data_flags(task) + _user_code_flags(task, evaluation=True)
     return build_pod(task, config, name=naming.adjust_pod_name(task.name, round_, attempt),
                      labels=naming.pod_labels(task.name, naming.STAGE_ADJUST, round_), args=args,
                      resources=adjustment.resources)

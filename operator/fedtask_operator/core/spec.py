@@ -44,6 +44,8 @@ QUANTITY_PATTERN = (
 )
 # `mlp` (a registry name) or `package.module:callable` (the user's own code in the user's image).
 PLUGIN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?$"
+# `package.module:callable` or empty (an optional hook into the user's own code).
+CALLABLE_PATTERN = r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ABSOLUTE_PATH_PATTERN = r"^/"
@@ -177,6 +179,22 @@ class TrainingSpec:
     momentum: float = api_field(0.0, minimum=0, maximum=1, exclusive_maximum=True, doc="SGD momentum.")
     weight_decay: float = api_field(0.0, minimum=0, doc="L2 weight decay.")
     proximal_mu: float = api_field(0.0, minimum=0, doc="FedProx proximal term; 0 is plain FedAvg local training.")
+    step: str = api_field("", pattern=CALLABLE_PATTERN, max_length=256,
+                          doc="Your own loss, `module:callable`: `step(model, inputs, targets)` returns the batch's "
+                              "loss as a scalar tensor; fedtask adds the FedProx term, backpropagates and steps the "
+                              "optimizer. Used by local training, the server-side adjustment and the validation loss. "
+                              "Default (empty): cross-entropy over integer class labels.")
+
+
+@dataclass
+class EvaluationSpec:
+    function: str = api_field("", pattern=CALLABLE_PATTERN, max_length=256, immutable=True,
+                              doc="Your own metric, `module:callable`: `function(model, inputs, targets)` gets the "
+                                  "whole validation split (tensors, no_grad, eval mode) and returns a score or a "
+                                  "mapping with `score` and optionally `loss` and other metrics. The score (finite, "
+                                  "higher is better) takes the place of accuracy everywhere: status.accuracy, history, "
+                                  "best, rounds.targetAccuracy and rounds.patience. Default (empty): classification "
+                                  "accuracy.")
 
 
 @dataclass
@@ -207,7 +225,8 @@ class AdjustmentSpec:
 class RoundsSpec:
     max: int = api_field(20, minimum=1, maximum=100000, doc="Rounds to run at most; rounds are numbered from 1.")
     target_accuracy: float = api_field(0.0, minimum=0, maximum=1,
-                                       doc="Stop once the adjusted model reaches this accuracy; 0 disables.")
+                                       doc="Stop once the adjusted model reaches this accuracy (or "
+                                           "evaluation.function's score); 0 disables.")
     patience: int = api_field(0, minimum=0, doc="Stop after this many rounds without improvement; 0 disables.")
     timeout_seconds: int = api_field(600, minimum=1,
                                      doc="Round deadline: after it, the round goes on with minReturned updates.")
@@ -246,6 +265,8 @@ class TaskSpec:
     aggregation: AggregationSpec = api_field(factory=AggregationSpec, doc="How the server combines updates.")
     adjustment: AdjustmentSpec = api_field(factory=AdjustmentSpec,
                                            doc="Server-side fine-tuning on the globally shared dataset.")
+    evaluation: EvaluationSpec = api_field(factory=EvaluationSpec,
+                                           doc="How the global model is scored every round (default: accuracy).")
     rounds: RoundsSpec = api_field(factory=RoundsSpec, doc="How many rounds and when to stop.")
     storage: StorageSpec = api_field(factory=StorageSpec, immutable=True,
                                      doc="The object store; defaults from the operator.")
@@ -327,7 +348,8 @@ class RoundRecord:
     returned: list[str] = api_field([], doc="Devices whose updates arrived in time.")
     excluded: list[str] = api_field([], doc="Stragglers and failed devices left out of the round.")
     rejected: list[str] = api_field([], doc="Updates the aggregator rejected as invalid.")
-    accuracy: float | None = api_field(None, doc="Accuracy of the round's global model (after adjustment).")
+    accuracy: float | None = api_field(None, doc="Accuracy (or evaluation.function's score) of the round's global "
+                                                 "model (after adjustment).")
     loss: float | None = api_field(None, doc="Loss of the round's global model.")
     start_time: DateTime | None = api_field(None, doc="When the round began.")
     duration_seconds: float | None = api_field(None, doc="Wall time of the whole round.")
@@ -342,7 +364,8 @@ class RoundRecord:
 class ModelRef:
     uri: str = api_field("", doc="Object URI of the model.")
     round: int | None = api_field(None, doc="The round that produced it.")
-    accuracy: float | None = api_field(None, doc="Its accuracy on the test set.")
+    accuracy: float | None = api_field(None, doc="Its accuracy (or evaluation.function's score) on the validation "
+                                                 "set.")
 
 
 @dataclass
@@ -350,7 +373,8 @@ class TaskStatus:
     phase: str | None = api_field(None, enum=PHASES, doc="Pending, Running, Succeeded, Failed or Suspended.")
     round: int | None = api_field(None, minimum=0, doc="The current round (0 while initializing).")
     stage: str | None = api_field(None, enum=STAGES, doc="The current stage of the round.")
-    accuracy: float | None = api_field(None, doc="Accuracy of the latest round's global model.")
+    accuracy: float | None = api_field(None, doc="Accuracy (or evaluation.function's score) of the latest round's "
+                                                 "global model.")
     observed_generation: int | None = api_field(None, doc="The spec generation this status reflects.")
     shard_count: int | None = api_field(None, minimum=1,
                                         doc="Simulated devices (builtin data): devices.count or the matching nodes "
@@ -366,7 +390,7 @@ class TaskStatus:
         None, doc="The round in flight, filled in stage by stage; appended to history when it completes.")
     history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
     model: ModelRef | None = api_field(None, doc="The published final model (the last round's global).")
-    best: ModelRef | None = api_field(None, doc="The best-accuracy round's global model.")
+    best: ModelRef | None = api_field(None, doc="The global model of the round with the best accuracy (or score).")
     participation: dict[str, int] = api_field({}, doc="Device -> rounds it trained in (fairness).")
     train_seconds_estimate: dict[str, float] = api_field({}, doc="Device -> observed train time (EWMA), seconds.")
     waiting_since: DateTime | None = api_field(None, doc="When the task began waiting for devices.")
@@ -442,6 +466,7 @@ class SpecError(ValueError):
 PATTERN_HINTS = {
     QUANTITY_PATTERN: "a quantity such as 1, 500m or 2Gi",
     PLUGIN_PATTERN: "a registered name such as mlp, or module:callable",
+    CALLABLE_PATTERN: "empty, or module:callable such as mypackage.module:function",
     ABSOLUTE_PATH_PATTERN: "an absolute path",
     DNS_LABEL_PATTERN: "lower-case letters, digits and '-'",
     DNS_SUBDOMAIN_PATTERN: "lower-case letters, digits, '-' and '.'",

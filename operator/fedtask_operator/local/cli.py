@@ -148,6 +148,7 @@ def warm_up_spec(spec: dict) -> dict:
         "sharedFraction": spec["data"]["shared"]["fraction"],
         "batches": [(spec["training"]["batchSize"], spec["training"]["optimizer"]),
                     (spec["adjustment"]["batchSize"], "sgd")],
+        "trainStep": spec["training"]["step"], "evalFunction": spec["evaluation"]["function"],
     }
 
 
@@ -172,7 +173,7 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
 
     # Imported here: validating a manifest needs neither torch nor the runtime.
-    from fedtask_operator.local.config import local_runtime_config
+    from fedtask_operator.local.config import local_runtime_config, pod_environment
     from fedtask_operator.local.forkserver import ForkServer
     from fedtask_operator.local.kubelet import ProcessKubelet
     from fedtask_operator.local.progress import Progress, summary_table
@@ -185,12 +186,13 @@ def main(argv: list[str]) -> int:
         store.apply_task(item["manifest"], item["spec"])
     datasets = sorted({item["spec"]["data"]["dataset"] for item in manifests} & PRELOADABLE_DATASETS)
     warm = [warm_up_spec(item["spec"]) for item in manifests if item["spec"]["data"]["source"] == "builtin"]
-    fork_server = None if args.no_fork_server else ForkServer(preload_datasets=datasets, warm=warm)
+    env = pod_environment(args.manifests)  # the user's modules next to the manifests import in every pod
+    fork_server = None if args.no_fork_server else ForkServer(env=env, preload_datasets=datasets, warm=warm)
     if fork_server is not None:  # pay the imports while the first plans are made
         threading.Thread(target=fork_server.start, daemon=True).start()
     threading.Thread(target=import_matplotlib, daemon=True).start()  # for the plots at the end, while pods start
     kubelet = ProcessKubelet(workdir / "pods", secrets=secrets, config_maps=config_maps, launcher=fork_server,
-                             claims_root=workdir / "claims")
+                             claims_root=workdir / "claims", base_env=env)
     progress = Progress(stream=sys.stderr if args.output else None)
     runtime = LocalRuntime(store, kubelet, nodes, local_runtime_config(workdir),
                            [item["name"] for item in manifests], progress)

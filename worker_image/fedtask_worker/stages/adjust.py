@@ -1,5 +1,9 @@
-"""adjust: fine-tune the aggregated model on the globally shared dataset (the server-side adjustment), write it as
-the next global model, and evaluate it on the validation split. With --no-adjust: evaluate and pass through."""
+"""adjust: fine-tune the aggregated model on the globally shared dataset (the server-side adjustment), evaluate it on
+the validation split and write it as the next global model, with what rebuilds it and its score in the metadata.
+With --no-adjust: evaluate and pass through.
+
+The result's `accuracy` is the score (the evaluation function's, else the classification accuracy): the planner
+compares it for rounds.targetAccuracy, rounds.patience and status.best."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +13,16 @@ import numpy as np
 
 from .. import store
 from ..errors import BadInput
-from .common import add_model_arguments, build_for_dataset, fraction, metadata, read_model, write_model
+from .common import (
+    add_model_arguments,
+    add_plugin_arguments,
+    build_for_dataset,
+    fraction,
+    metadata,
+    model_metadata,
+    read_model,
+    write_model,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class-balanced fraction of the train split forming the shared set (default: 0.02)")
     parser.add_argument("--shared-uri", help="the shared set as an object (safetensors or npz with x, y) instead")
     add_model_arguments(parser)
+    add_plugin_arguments(parser, evaluation=True)
 
 
 def shared_set(args: argparse.Namespace, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -53,10 +67,20 @@ def shared_set(args: argparse.Namespace, dataset) -> tuple[np.ndarray, np.ndarra
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..training import adjust_model, compute_device, configure_threads, evaluate, load_model_state, model_state
+    from ..training import (
+        adjust_model,
+        compute_device,
+        configure_threads,
+        load_model_state,
+        load_plugin,
+        model_state,
+        score_model,
+    )
 
     started = time.perf_counter()
     configure_threads()
+    step = load_plugin(args.train_step, "train-step")
+    function = load_plugin(args.eval_function, "eval-function")
     arrays, _ = read_model(args.input)
     dataset, model = build_for_dataset(args)
     load_model_state(model, arrays, args.input)
@@ -65,11 +89,19 @@ def run(args: argparse.Namespace) -> dict:
     if not args.no_adjust:
         x, y = shared_set(args, dataset)
         result["adjust_loss"] = round(adjust_model(model, x, y, args.epochs, args.batch_size, args.learning_rate,
-                                                   seed=args.seed * 100003 + args.round), 6)
+                                                   seed=args.seed * 100003 + args.round, step=step), 6)
         result["shared_samples"] = int(len(y))
         arrays = model_state(model)
-    size = write_model(args.output, arrays, metadata(args, "adjust", adjusted=str(not args.no_adjust).lower()))
-    accuracy, loss = evaluate(model, dataset.x_val, dataset.y_val)
-    result.update({"accuracy": round(accuracy, 6), "loss": round(loss, 6), "bytes": size,
-                   "seconds": round(time.perf_counter() - started, 4)})
+    metrics = score_model(model, dataset.x_val, dataset.y_val, step=step, function=function)
+    score, loss = metrics.pop("score"), metrics.pop("loss", None)
+    metric = args.eval_function or "accuracy"
+    meta = metadata(args, "adjust", adjusted=str(not args.no_adjust).lower(), **model_metadata(args, dataset),
+                    metric=metric, score=repr(score))
+    size = write_model(args.output, arrays, meta)
+    result["accuracy"] = round(score, 6)
+    if loss is not None:
+        result["loss"] = round(loss, 6)
+    if metrics:
+        result["metrics"] = {name: round(value, 6) for name, value in metrics.items()}
+    result.update({"bytes": size, "seconds": round(time.perf_counter() - started, 4)})
     return result

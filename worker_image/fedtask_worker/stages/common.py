@@ -33,10 +33,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "torch.nn.Module (called with input_shape=, num_classes=, **model-args) (default: mlp)")
     group.add_argument("--model-args", type=json_object, default={}, help="JSON object of model keyword arguments")
     group.add_argument("--dataset", default="mnist", help="mnist, digits, synthetic, or module:callable returning "
-                       "{x_train, y_train, x_val, y_val} (default: mnist)")
+                       "{x_train, y_train, x_val, y_val} arrays or {train, val} torch Datasets (default: mnist)")
     group.add_argument("--dataset-args", type=json_object, default={},
                        help="JSON object of dataset keyword arguments (synthetic: num_samples, num_classes, shape...)")
     group.add_argument("--seed", type=int, default=0, help="seed for model initialisation and shuffling (default: 0)")
+
+
+def add_plugin_arguments(parser: argparse.ArgumentParser, evaluation: bool = False) -> None:
+    group = parser.add_argument_group("your own code (module:callable, importable in the pod)")
+    group.add_argument("--train-step", metavar="MODULE:CALLABLE",
+                       help="step(model, inputs, targets) -> the batch's loss as a scalar tensor (default: "
+                       "cross-entropy over class labels)")
+    if evaluation:
+        group.add_argument("--eval-function", metavar="MODULE:CALLABLE",
+                           help="function(model, inputs, targets) on the whole validation split -> a score or "
+                           "{score, loss, ...}; higher scores are better (default: accuracy)")
+
+
+def model_metadata(args: argparse.Namespace, dataset) -> dict[str, str]:
+    """What rebuilds the model from its file alone (fedtask_worker.models.load_model reads it back)."""
+    from .. import __version__
+
+    return {"fedtask_version": __version__, "model": args.model,
+            "model_args": json.dumps(args.model_args, sort_keys=True),
+            "input_shape": json.dumps(list(dataset.input_shape)), "num_classes": str(dataset.num_classes),
+            "targets": "classes" if dataset.classification else "values",
+            "target_shape": json.dumps(list(dataset.target_shape)), "dataset": args.dataset}
 
 
 def metadata(args: argparse.Namespace, stage: str, **extra) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import add_model_arguments, build_for_dataset, metadata, read_model, write_model
+from .common import add_model_arguments, build_for_dataset, metadata, model_metadata, read_model, write_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +18,9 @@ def run(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     configure_threads()
-    _, model = build_for_dataset(args)
+    dataset, model = build_for_dataset(args)
     if args.initial_uri:
         arrays, _ = read_model(args.initial_uri)
         load_model_state(model, arrays, args.initial_uri)
-    size = write_model(args.output, model_state(model), metadata(args, "init", model=args.model))
+    size = write_model(args.output, model_state(model), metadata(args, "init", **model_metadata(args, dataset)))
     return {"uri": args.output, "bytes": size, "seconds": round(time.perf_counter() - started, 4)}

@@ -5,13 +5,22 @@ import argparse
 import time
 
 from ..errors import BadInput
-from .common import add_model_arguments, build_for_dataset, fraction, metadata, read_model, write_model
+from .common import (
+    add_model_arguments,
+    add_plugin_arguments,
+    build_for_dataset,
+    fraction,
+    metadata,
+    read_model,
+    write_model,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--global", dest="global_uri", required=True, help="URI of the current global model")
     parser.add_argument("--output", required=True, help="URI to write this device's update to")
     add_model_arguments(parser)
+    add_plugin_arguments(parser)
     data = parser.add_argument_group("device data")
     data.add_argument("--data-source", choices=("builtin", "dir"), default="builtin",
                       help="builtin: a simulated device's shard of --dataset; dir: npz files (x, y) in --data-dir "
@@ -53,10 +62,18 @@ def device_data(args: argparse.Namespace, dataset):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..training import compute_device, configure_threads, load_model_state, model_state, train_local
+    from ..training import (
+        compute_device,
+        configure_threads,
+        load_model_state,
+        load_plugin,
+        model_state,
+        train_local,
+    )
 
     started = time.perf_counter()
     configure_threads()
+    step = load_plugin(args.train_step, "train-step")
     global_arrays, _ = read_model(args.global_uri)
     dataset, model = build_for_dataset(args)  # the task's dataset fixes the model's input shape and classes
     x, y = device_data(args, dataset)
@@ -68,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
     loss, samples = train_local(model, x, y, epochs=args.local_epochs, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
                                 weight_decay=args.weight_decay, proximal_mu=args.proximal_mu,
-                                seed=args.seed * 100003 + args.round * 1009 + args.device_index)
+                                seed=args.seed * 100003 + args.round * 1009 + args.device_index, step=step)
     size = write_model(args.output, model_state(model),
                        metadata(args, "train", num_samples=samples, device=args.device_index))
     return {"num_samples": samples, "loss": round(loss, 6), "seconds": round(time.perf_counter() - started, 4),
