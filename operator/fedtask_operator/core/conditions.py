@@ -5,7 +5,10 @@ condition's status flips, so writing the same state twice yields an identical st
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
+
+from fedtask_operator.core.status_types import ConditionDict
 
 TRUE = "True"
 FALSE = "False"
@@ -63,20 +66,20 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def get_condition(conditions: list[dict] | None, type_: str) -> dict | None:
+def get_condition(conditions: Sequence[ConditionDict] | None, type_: str) -> ConditionDict | None:
     for condition in conditions or []:
         if condition.get("type") == type_:
             return condition
     return None
 
 
-def is_true(conditions: list[dict] | None, type_: str) -> bool:
+def is_true(conditions: Sequence[ConditionDict] | None, type_: str) -> bool:
     condition = get_condition(conditions, type_)
     return condition is not None and condition.get("status") == TRUE
 
 
-def set_condition(conditions: list[dict] | None, type_: str, status: str | bool, reason: str, message: str,
-                  now: datetime | str, observed_generation: int | None = None) -> list[dict]:
+def set_condition(conditions: Sequence[ConditionDict] | None, type_: str, status: str | bool, reason: str, message: str,
+                  now: datetime | str, observed_generation: int | None = None) -> list[ConditionDict]:
     """A new condition list with `type_` set; lastTransitionTime changes only when the status flips."""
     if isinstance(status, bool):
         status = TRUE if status else FALSE
@@ -86,11 +89,11 @@ def set_condition(conditions: list[dict] | None, type_: str, status: str | bool,
     transition = format_time(now)
     if previous is not None and previous.get("status") == status and previous.get("lastTransitionTime"):
         transition = previous["lastTransitionTime"]
-    updated = {"type": type_, "status": status, "reason": reason, "message": message,
+    updated: ConditionDict = {"type": type_, "status": status, "reason": reason, "message": message,
                "lastTransitionTime": transition}
     if observed_generation is not None:
         updated["observedGeneration"] = observed_generation
-    out = []
+    out: list[ConditionDict] = []
     replaced = False
     for condition in conditions or []:
         if condition.get("type") == type_:
@@ -98,11 +101,11 @@ def set_condition(conditions: list[dict] | None, type_: str, status: str | bool,
                 out.append(updated)
                 replaced = True
         else:
-            out.append(dict(condition))
+            out.append(condition.copy())
     if not replaced:
         out.append(updated)
     return out
 
 
-def remove_condition(conditions: list[dict] | None, type_: str) -> list[dict]:
-    return [dict(c) for c in conditions or [] if c.get("type") != type_]
+def remove_condition(conditions: Sequence[ConditionDict] | None, type_: str) -> list[ConditionDict]:
+    return [c.copy() for c in conditions or [] if c.get("type") != type_]
