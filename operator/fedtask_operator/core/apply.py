@@ -21,6 +21,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.planner import Event, Plan
 
 T = TypeVar("T")
@@ -29,11 +30,11 @@ T = TypeVar("T")
 class PlanSink(Protocol):
     """Where a plan goes. Each method is idempotent: repeating it after a crash does no harm."""
 
-    async def write_status(self, status: dict) -> bool:
+    async def write_status(self, status: dict[str, Any]) -> bool:
         """Store the task's new status; False when it equals the stored one (nothing written)."""
         ...
 
-    async def create_pods(self, manifests: list[dict]) -> int:
+    async def create_pods(self, manifests: list[KubeObject]) -> int:
         """Create the pods; returns how many were new (an existing pod of the same name counts as done)."""
         ...
 
@@ -77,6 +78,7 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         coroutine.send(None)
     except StopIteration as finished:
-        return finished.value  # type: ignore[no-any-return]
+        value: T = finished.value  # StopIteration.value is Any: the coroutine's own return type is T
+        return value
     coroutine.close()
     raise RuntimeError("run_sync: the coroutine suspended; a synchronous sink must not await anything that waits")

@@ -11,10 +11,12 @@ import copy
 import dataclasses
 import sys
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedtask_operator.core import spec as api
+from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.schema import (
     CrossFieldRule,
     DateTime,
@@ -25,6 +27,7 @@ from fedtask_operator.core.schema import (
     encode,
     field_info,
     format_number,
+    is_dataclass_type,
     json_name,
     pattern_hint,
     unwrap_optional,
@@ -42,9 +45,10 @@ PRINTER_COLUMNS = [
 ]
 
 
-def _scalar_schema(tp: Any, info: FieldInfo) -> dict:
+def _scalar_schema(tp: Any, info: FieldInfo) -> dict[str, Any]:
+    schema: dict[str, Any]
     if tp is IntOrString:
-        schema: dict = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
+        schema = {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
     elif tp is bool:
         schema = {"type": "boolean"}
     elif tp is int:
@@ -76,9 +80,9 @@ def _scalar_schema(tp: Any, info: FieldInfo) -> dict:
     return schema
 
 
-def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict:
+def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict[str, Any]:
     tp, _ = unwrap_optional(tp)
-    if dataclasses.is_dataclass(tp):
+    if is_dataclass_type(tp):
         return dataclass_schema(tp, defaults)
     if tp in (dict, FreeForm):
         return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -86,7 +90,7 @@ def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         item_info = FieldInfo(pattern=info.pattern)
-        schema = {"type": "array", "items": _type_schema(item_tp, item_info, defaults)}
+        schema: dict[str, Any] = {"type": "array", "items": _type_schema(item_tp, item_info, defaults)}
         if info.max_items is not None:
             schema["maxItems"] = info.max_items
         return schema
@@ -97,19 +101,19 @@ def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict:
     return _scalar_schema(tp, info)
 
 
-def _field_default(f: dataclasses.Field, tp: Any) -> Any:
+def _field_default(f: dataclasses.Field[Any], tp: Any) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        value = f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(value):
+    if f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
             # `{}` lets the API server fill in the nested defaults; a non-standard default is written out.
             return {} if value == type(value)() else encode(value)
         return encode(value)
     return None
 
 
-def _checked_default(default: Any, schema: dict) -> Any:
+def _checked_default(default: Any, schema: dict[str, Any]) -> Any:
     """An API server checks an object's default against the object's CEL rules as written, before it fills in the
     nested defaults: `{}` fails every rule that reads a field ("no such key"). Such objects get their default
     written out in full (the same object the API server would build from `{}`)."""
@@ -119,7 +123,7 @@ def _checked_default(default: Any, schema: dict) -> Any:
     return default
 
 
-def _validations(rules: list[CrossFieldRule]) -> list[dict]:
+def _validations(rules: list[CrossFieldRule]) -> list[dict[str, Any]]:
     out = []
     for rule in rules:
         item = {"rule": rule.cel, "message": rule.message}
@@ -130,7 +134,7 @@ def _validations(rules: list[CrossFieldRule]) -> list[dict]:
     return out
 
 
-def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | None = None) -> dict:
+def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The structural schema of a model dataclass; `defaults=False` for status (nothing is defaulted there)."""
     hints = typing.get_type_hints(cls)
     properties = {}
@@ -139,7 +143,7 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
         info = field_info(f)
         sub_at = at + (f.name,) if at is not None else None
         tp, _ = unwrap_optional(hints[f.name])
-        if dataclasses.is_dataclass(tp):
+        if is_dataclass_type(tp):
             schema = dataclass_schema(tp, defaults, sub_at)
         else:
             schema = _type_schema(hints[f.name], info, defaults)
@@ -168,7 +172,7 @@ def dataclass_schema(cls: type, defaults: bool = True, at: tuple[str, ...] | Non
     return schema
 
 
-def build_openapi_schema() -> dict:
+def build_openapi_schema() -> dict[str, Any]:
     spec_schema = dataclass_schema(api.TaskSpec, defaults=True, at=())
     spec_schema = {"description": "What to learn, from which devices, and how.", **spec_schema}
     spec_schema["default"] = _checked_default({}, spec_schema)
@@ -189,7 +193,7 @@ def build_openapi_schema() -> dict:
     }
 
 
-def build_crd() -> dict:
+def build_crd() -> KubeObject:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -221,20 +225,22 @@ def render_crd() -> str:
     return HEADER + yaml.safe_dump(build_crd(), sort_keys=False, width=120, allow_unicode=True)
 
 
-def openapi_schema(crd: dict | None = None) -> dict:
+def openapi_schema(crd: KubeObject | None = None) -> dict[str, Any]:
     crd = crd or build_crd()
-    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
 
 
-def status_schema() -> dict:
-    return openapi_schema()["properties"]["status"]
+def status_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = openapi_schema()["properties"]["status"]
+    return schema
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # What an API server does with the schema
 
 
-def unknown_fields(value: Any, schema: dict, path: str) -> list[str]:
+def unknown_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
     """Paths under `value` that an API server would prune (not in the structural schema)."""
     if schema.get("x-kubernetes-preserve-unknown-fields"):
         return []
@@ -255,12 +261,12 @@ def unknown_fields(value: Any, schema: dict, path: str) -> list[str]:
     return found
 
 
-def unknown_status_fields(status: dict) -> list[str]:
+def unknown_status_fields(status: Mapping[str, Any]) -> list[str]:
     """Paths in `status` a real API server would drop: every field the code writes must be in the CRD's schema."""
     return unknown_fields(status, status_schema(), "status")
 
 
-def prune_unknown_fields(value: Any, schema: dict) -> Any:
+def prune_unknown_fields(value: Any, schema: dict[str, Any]) -> Any:
     """A copy of `value` without the fields a structural schema does not know (what the API server stores)."""
     if schema.get("x-kubernetes-preserve-unknown-fields"):
         return copy.deepcopy(value)
@@ -279,7 +285,7 @@ def prune_unknown_fields(value: Any, schema: dict) -> Any:
     return copy.deepcopy(value)
 
 
-def apply_defaults(value: Any, schema: dict) -> Any:
+def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     """A copy of `value` with the schema's defaults applied, as an API server does (null counts as absent)."""
     preserves_unknown = "x-kubernetes-preserve-unknown-fields" in schema
     if isinstance(value, dict) and schema.get("type") == "object" and not preserves_unknown:
@@ -358,7 +364,7 @@ def _constraints(info: FieldInfo) -> str:
     return "; ".join(parts)
 
 
-def _default_label(f: dataclasses.Field, tp: Any) -> str:
+def _default_label(f: dataclasses.Field[Any], tp: Any) -> str:
     import json
 
     default = None if field_info(f).required else _field_default(f, tp)
@@ -380,7 +386,7 @@ def reference_rows(cls: type, prefix: str, with_defaults: bool) -> list[list[str
         row.append(info.doc.replace("|", "\\|"))
         rows.append(row)
         inner, _ = unwrap_optional(tp)
-        if dataclasses.is_dataclass(inner):
+        if is_dataclass_type(inner):
             rows += reference_rows(inner, path, with_defaults)
         elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
             rows += reference_rows(typing.get_args(inner)[0], path + "[]", with_defaults)
@@ -395,7 +401,7 @@ def _immutable_paths(cls: type, prefix: str) -> list[str]:
         inner, _ = unwrap_optional(hints[f.name])
         if field_info(f).immutable:
             found.append(path)
-        elif dataclasses.is_dataclass(inner):
+        elif is_dataclass_type(inner):
             found += _immutable_paths(inner, path)
     return found
 
@@ -424,7 +430,7 @@ def _paths_of(cls: type, target: type, prefix: str) -> list[str]:
             inner, path = typing.get_args(inner)[0], path + "[]"
         if inner is target:
             found.append(path)
-        elif dataclasses.is_dataclass(inner):
+        elif is_dataclass_type(inner):
             found += _paths_of(inner, target, path)
     return found
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import yaml
 
@@ -33,7 +34,7 @@ def read_text(path: str) -> str:
         raise DocumentError(f"{path}: cannot read: not UTF-8 text ({err.reason})") from None
 
 
-def load_documents(path: str) -> list:
+def load_documents(path: str) -> list[Any]:
     """Every non-empty document of a YAML file, or the one value of a JSON file (read as JSON: large
     `kubectl get -o json` dumps parse many times faster than through YAML)."""
     text = read_text(path)

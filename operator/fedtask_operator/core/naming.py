@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from fedtask_operator.core.kube_types import KubeObject
+
+if TYPE_CHECKING:  # pods and spec import this module
+    from fedtask_operator.core.pods import RuntimeConfig
+    from fedtask_operator.core.spec import FederatedTask
 
 MAX_NAME_LENGTH = 63  # pod names double as hostnames: keep them DNS labels' length
 HASH_LENGTH = 8
@@ -104,20 +111,23 @@ def pod_labels(task_name: str, stage: str, round_: int | None = None, device: st
     return labels
 
 
-def pinned_node(pod: dict) -> str | None:
+def pinned_node(pod: KubeObject) -> str | None:
     """The one node a pod may run on: spec.nodeName once bound; before that, a required node affinity whose only
     term requires kubernetes.io/hostname In one node (the form pods.py writes), or a nodeSelector on that label."""
     spec = pod.get("spec") or {}
-    if spec.get("nodeName"):
-        return spec["nodeName"]
+    node_name: str | None = spec.get("nodeName")
+    if node_name:
+        return node_name
     affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
-    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or ()
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    terms: Sequence[KubeObject] = required.get("nodeSelectorTerms") or ()
     if len(terms) == 1:  # terms are alternatives: with several, the pod may run on any node one of them allows
         for expression in terms[0].get("matchExpressions") or ():
-            values = expression.get("values") or ()
+            values: Sequence[str] = expression.get("values") or ()
             if expression.get("key") == HOSTNAME_LABEL and expression.get("operator") == "In" and len(values) == 1:
                 return values[0]
-    return (spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL)
+    selected: str | None = (spec.get("nodeSelector") or {}).get(HOSTNAME_LABEL)
+    return selected
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def store_root(task: Any, config: Any) -> str:
+def store_root(task: FederatedTask, config: RuntimeConfig) -> str:
     """The store base the runtime configures, with the task's own bucket/prefix applied in a cluster.
 
     A local runtime (`file://` base) always uses its own folder: the task's storage settings name cluster storage.
@@ -146,7 +156,7 @@ def store_root(task: Any, config: Any) -> str:
     return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
 
-def store_base(task: Any, config: Any) -> str:
+def store_base(task: FederatedTask, config: RuntimeConfig) -> str:
     """B = <storeBase>/<namespace>/<task>/<uid>: every object of one task (one incarnation, by uid)."""
     parts = [store_root(task, config), task.namespace, task.name]
     if task.uid:

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+D = TypeVar("D", bound="DataclassInstance")
 
 
 class IntOrString:
@@ -23,7 +30,7 @@ class DateTime(str):
     """Annotation marker: an RFC 3339 timestamp string such as 2026-11-28T04:41:03Z."""
 
 
-class FreeForm(dict):
+class FreeForm(dict[str, Any]):
     """Annotation marker: an object whose content the schema does not constrain (kept as is)."""
 
 
@@ -35,7 +42,7 @@ class FieldInfo:
     maximum: float | None = None
     exclusive_minimum: bool = False
     exclusive_maximum: bool = False
-    enum: tuple | None = None
+    enum: tuple[Any, ...] | None = None
     pattern: str | None = None
     max_length: int | None = None
     max_items: int | None = None
@@ -43,7 +50,7 @@ class FieldInfo:
     immutable: bool = False  # unchangeable once the object exists (a CEL transition rule `self == oldSelf`)
 
 
-def api_field(default: Any = dataclasses.MISSING, *, factory: Callable | None = None, doc: str = "",
+def api_field(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, doc: str = "",
               **info: Any) -> Any:
     """A dataclass field carrying its API metadata (bounds, enum, pattern, documentation)."""
     if isinstance(info.get("enum"), list):
@@ -52,7 +59,7 @@ def api_field(default: Any = dataclasses.MISSING, *, factory: Callable | None = 
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda value=default: copy.deepcopy(value), metadata=metadata)
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -61,14 +68,14 @@ def camel_case(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
-def json_name(f: dataclasses.Field) -> str:
-    info = f.metadata.get("api")
+def json_name(f: dataclasses.Field[Any]) -> str:
+    info: FieldInfo | None = f.metadata.get("api")
     if info is not None and info.json:
         return info.json
     return camel_case(f.name)
 
 
-def field_info(f: dataclasses.Field) -> FieldInfo:
+def field_info(f: dataclasses.Field[Any]) -> FieldInfo:
     return f.metadata.get("api") or FieldInfo()
 
 
@@ -91,6 +98,11 @@ class FieldError:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def is_dataclass_type(tp: Any) -> TypeGuard[type[Any]]:
+    """Whether an annotation is a model dataclass (the class itself, not an instance of one)."""
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
 def unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -143,7 +155,7 @@ class Decoder:
         self.type_rules = type_rules or {}
         self.pattern_hints = pattern_hints or {}
 
-    def decode(self, cls: type, data: Any, path: str, errors: list[FieldError], strict: bool = True) -> Any:
+    def decode(self, cls: type[D], data: Any, path: str, errors: list[FieldError], strict: bool = True) -> D:
         """Build `cls` from its JSON form, applying defaults; problems are appended to `errors` with their paths.
         `strict=False` ignores unknown fields (an API server prunes them)."""
         if not isinstance(data, dict):
@@ -179,7 +191,7 @@ class Decoder:
         return obj
 
     def _value(self, value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldError], strict: bool) -> Any:
-        if dataclasses.is_dataclass(tp):
+        if is_dataclass_type(tp):
             return self.decode(tp, value, path, errors, strict)
         origin = typing.get_origin(tp)
         if origin is list:
