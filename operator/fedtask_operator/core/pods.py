@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedtask_operator.core import naming
+from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.scheduling.types import DeviceSlot
 from fedtask_operator.core.spec import FederatedTask, ResourceRequirements
 
@@ -62,7 +64,8 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _common_flags(task: FederatedTask, stage: str, round_: int, result_file: str = TERMINATION_MESSAGE_PATH) -> list:
+def _common_flags(task: FederatedTask, stage: str, round_: int,
+                  result_file: str = TERMINATION_MESSAGE_PATH) -> list[str]:
     return [stage, "--task", task.name, "--round", str(round_), "--result-file", result_file]
 
 
@@ -85,7 +88,7 @@ def _user_code_flags(task: FederatedTask, evaluation: bool = False) -> list[str]
 # Pod pieces
 
 
-def _quantities(values: dict) -> dict:
+def _quantities(values: Mapping[str, object]) -> dict[str, str]:
     return {key: str(value) for key, value in values.items()}
 
 
@@ -101,7 +104,7 @@ def is_overcommit_forbidden(resource: str) -> bool:
     return domain != "kubernetes.io" and not domain.endswith(".kubernetes.io")
 
 
-def _resources(resources: ResourceRequirements) -> dict:
+def _resources(resources: ResourceRequirements) -> KubeObject:
     """requests/limits as quantities; a non-overcommitable resource given only as a request gets the same limit
     (and one given only as a limit the same request, as the API server's defaulting would)."""
     requests = _quantities(resources.requests)
@@ -112,7 +115,7 @@ def _resources(resources: ResourceRequirements) -> dict:
     for name, value in list(limits.items()):
         if is_overcommit_forbidden(name):
             requests.setdefault(name, value)
-    out = {}
+    out: KubeObject = {}
     if requests:
         out["requests"] = requests
     if limits:
@@ -120,9 +123,9 @@ def _resources(resources: ResourceRequirements) -> dict:
     return out
 
 
-def build_store_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
+def build_store_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObject]:
     """Store settings for the worker; credentials only as references to a Secret."""
-    env: list[dict] = []
+    env: list[KubeObject] = []
     if not config.local_store:
         storage = task.spec.storage
         env.append({"name": "FEDTASK_S3_ENDPOINT", "value": storage.endpoint or config.s3_endpoint})
@@ -138,8 +141,8 @@ def build_store_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
     return env
 
 
-def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
-    env = [
+def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObject]:
+    env: list[KubeObject] = [
         {"name": "HOME", "value": HOME_MOUNT},
         {"name": "TMPDIR", "value": TMP_MOUNT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -149,15 +152,15 @@ def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[dict]:
     return env
 
 
-def _node_affinity(node: str) -> dict:
+def _node_affinity(node: str) -> KubeObject:
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": naming.HOSTNAME_LABEL, "operator": "In", "values": [node]}]}]}}}
 
 
-def _tolerations(task: FederatedTask) -> list[dict]:
+def _tolerations(task: FederatedTask) -> list[KubeObject]:
     out = []
     for toleration in task.spec.devices.tolerations:
-        item = {"operator": toleration.operator}
+        item: KubeObject = {"operator": toleration.operator}
         if toleration.key:
             item["key"] = toleration.key
         if toleration.value:
@@ -178,14 +181,15 @@ CONTAINER_SECURITY_CONTEXT = {
 }
 
 
-def _pod_security_context(config: RuntimeConfig) -> dict:
+def _pod_security_context(config: RuntimeConfig) -> KubeObject:
     return {"runAsNonRoot": True, "runAsUser": config.run_as_user, "runAsGroup": config.run_as_user,
             "fsGroup": config.run_as_user, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: dict, args: list[str],
+def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: dict[str, str], args: list[str],
               resources: ResourceRequirements | None = None, node: str | None = None,
-              tolerations: list[dict] | None = None, volumes: list[dict] = (), mounts: list[dict] = ()) -> dict:
+              tolerations: list[KubeObject] | None = None, volumes: Sequence[KubeObject] = (),
+              mounts: Sequence[KubeObject] = ()) -> KubeObject:
     """A whole worker Pod: the parts every stage shares, plus the stage's own."""
     spec = task.spec
     container = {
@@ -237,7 +241,7 @@ def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: 
 # Stages
 
 
-def build_init_pod(task: FederatedTask, config: RuntimeConfig, attempt: int = 0) -> dict:
+def build_init_pod(task: FederatedTask, config: RuntimeConfig, attempt: int = 0) -> KubeObject:
     base = naming.store_base(task, config)
     args = _common_flags(task, naming.STAGE_INIT, 0)
     args += ["--output", naming.global_uri(base, 0)]
@@ -254,7 +258,7 @@ def shard_count(task: FederatedTask) -> int | None:
     return task.spec.devices.count if task.spec.devices.count is not None else task.status.shard_count
 
 
-def _data_volume(task: FederatedTask, node: str) -> dict:
+def _data_volume(task: FederatedTask, node: str) -> KubeObject:
     data = task.spec.data
     if data.source == "hostPath":
         return {"name": "data", "hostPath": {"path": data.host_path, "type": "Directory"}}
@@ -263,14 +267,14 @@ def _data_volume(task: FederatedTask, node: str) -> dict:
 
 
 def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slot: DeviceSlot,
-                    attempt: int = 0) -> dict:
+                    attempt: int = 0) -> KubeObject:
     spec = task.spec
     base = naming.store_base(task, config)
     args = _common_flags(task, naming.STAGE_TRAIN, round_)
     args += ["--global", naming.global_uri(base, round_ - 1),
              "--output", naming.update_uri(base, round_, slot.device)]
-    volumes: list[dict] = []
-    mounts: list[dict] = []
+    volumes: list[KubeObject] = []
+    mounts: list[KubeObject] = []
     if spec.data.source == "builtin":
         index = naming.shard_index(slot.device)
         count = shard_count(task)
@@ -301,7 +305,7 @@ def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slo
 
 
 def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int, update_uris: list[str],
-                        attempt: int = 0) -> dict:
+                        attempt: int = 0) -> KubeObject:
     aggregation = task.spec.aggregation
     base = naming.store_base(task, config)
     args = _common_flags(task, naming.STAGE_AGGREGATE, round_)
@@ -323,7 +327,7 @@ def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int,
                      resources=task.spec.adjustment.resources)
 
 
-def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, attempt: int = 0) -> dict:
+def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, attempt: int = 0) -> KubeObject:
     spec = task.spec
     adjustment = spec.adjustment
     base = naming.store_base(task, config)
@@ -343,7 +347,7 @@ def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, at
 
 
 def build_publish_pod(task: FederatedTask, config: RuntimeConfig, node: str, model_uri: str,
-                      attempt: int = 0) -> dict:
+                      attempt: int = 0) -> KubeObject:
     """Copies the final model to `publish.hostPath` on one device node."""
     round_ = task.status.round or 0
     args = _common_flags(task, naming.STAGE_PUBLISH, round_)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.phases import PHASES, STAGES
 from fedtask_operator.core.phases import STATES as DEVICE_STATES
 from fedtask_operator.core.schema import (
@@ -27,6 +28,7 @@ from fedtask_operator.core.schema import (
     immutable_changes,
     value_at,
 )
+from fedtask_operator.core.status_types import TaskStatusDict
 
 GROUP = "fedtask.io"
 VERSION = "v1alpha1"
@@ -507,13 +509,13 @@ class FederatedTask:
     status: TaskStatus
     generation: int = 0
     labels: dict[str, str] = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
+    raw: KubeObject = field(default_factory=dict)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def owner_reference(self) -> dict:
+    def owner_reference(self) -> KubeObject:
         return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid,
                 "controller": True, "blockOwnerDeletion": True}
 
@@ -538,13 +540,15 @@ def status_from_dict(data: Any) -> TaskStatus:
     return status
 
 
-def status_to_dict(status: TaskStatus) -> dict:
-    return encode(status)
+def status_to_dict(status: TaskStatus) -> TaskStatusDict:
+    # encode() gives TaskStatus's JSON form, which TaskStatusDict describes (tests/unit/test_status_types.py)
+    return cast(TaskStatusDict, encode(status))
 
 
-def spec_to_dict(spec: TaskSpec) -> dict:
+def spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     """The spec with every default filled in, as the API server stores it."""
-    return encode(spec)
+    encoded: dict[str, Any] = encode(spec)
+    return encoded
 
 
 def parse_task(obj: Any) -> FederatedTask:
@@ -595,7 +599,7 @@ def parse_task(obj: Any) -> FederatedTask:
                          labels=dict(metadata.get("labels") or {}), raw=obj)
 
 
-def with_defaults(obj: dict) -> dict:
+def with_defaults(obj: KubeObject) -> KubeObject:
     """A copy of a valid FederatedTask object with every spec default filled in."""
     task = parse_task(obj)
     out = copy.deepcopy(obj)
