@@ -300,7 +300,8 @@ async def test_a_task_past_its_ttl_is_deleted():
 
 
 async def test_the_reconciler_comes_back_after_requeue_after():
-    api = FakeKubeApi(finished_task(ttl=1))  # the plan asks to be planned again when the ttl has passed
+    # completionTime has second precision: 1-2 s of the ttl are left, the plan asks to be planned again then
+    api = FakeKubeApi(finished_task(ttl=2))
     reconciler, _ = reconciler_for(api)
 
     await reconciler.request(*KEY, api.views())
@@ -312,14 +313,14 @@ async def test_the_reconciler_comes_back_after_requeue_after():
 
 
 async def test_forget_cancels_the_requeue():
-    api = FakeKubeApi(finished_task(ttl=1))
+    api = FakeKubeApi(finished_task(ttl=2))
     reconciler, _ = reconciler_for(api)
     await reconciler.request(*KEY, api.views())
 
     reconciler.forget(*KEY)  # the task was deleted
 
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(api.task_deleted.wait(), timeout=2)
+        await asyncio.wait_for(api.task_deleted.wait(), timeout=3)
 
 
 # ====================================================================================================================
@@ -392,8 +393,13 @@ def test_a_value_that_changes_type_is_sent_whole():
 _SCALARS = st.one_of(st.booleans(), st.integers(-5, 5), st.sampled_from(["", "a", "b", "Running"]),
                      st.floats(allow_nan=False, allow_infinity=False, width=32))
 _KEYS = st.sampled_from(["phase", "round", "best", "devices", "uri", "accuracy", "x"])
-_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
-                     max_leaves=12)
+
+
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4)
+
+
+_JSON = st.recursive(_SCALARS, _containers, max_leaves=12)
 _STATUS = st.dictionaries(_KEYS, _JSON, max_size=5)
 
 
