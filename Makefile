@@ -25,11 +25,11 @@ $(VENV)/.installed: pyproject.toml setup.py constraints.txt worker_image/fedtask
 
 # Flower, the peer of the aggregation benchmarks: its full dependency set conflicts with our pins, so exactly the
 # modules the benchmarks import go in without dependencies (the list is pyproject's `bench` extra).
-BENCH_PACKAGES := flwr grpcio protobuf httpx typer shellingham iterators
+BENCH_PACKAGES := flwr grpcio protobuf httpx typer shellingham iterators safetensors
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PIP_INSTALL) --no-deps $(BENCH_PACKAGES)
-	$(PY) -c "import flwr.server.strategy.aggregate"
+	$(PY) -c "import flwr.server.strategy.aggregate, safetensors.numpy"
 	touch $@
 
 venv: $(VENV)/.installed
