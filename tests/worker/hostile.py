@@ -54,6 +54,12 @@ def huge_header(path, size: int = 100 * 1024 * 1024) -> str:
     return str(path)
 
 
+def huge_metadata(path, size: int = 90 * 1024 * 1024) -> str:
+    """A well-formed header of `size` bytes (one long metadata string), no tensors: read whole, it costs memory."""
+    raw = b'{"__metadata__":{"num_samples":"5","x":"' + b"1" * size + b'"}}'
+    return raw_safetensors(path, raw)
+
+
 def nested_header(path, depth: int = 100_000) -> str:
     return raw_safetensors(path, b"[" * depth + b"]" * depth)
 
