@@ -45,6 +45,10 @@ SOURCE = textwrap.dedent('''
         return (model(inputs) - targets) ** 2
 
 
+    def broken_step(model, inputs, targets):
+        raise RuntimeError("shapes do not match")
+
+
     def r2(model, inputs, targets):
         mse = nn.functional.mse_loss(model(inputs), targets)
         return {"score": 1 - mse / targets.var(unbiased=False), "rmse": mse.sqrt()}
@@ -142,6 +146,8 @@ def test_regression_round_with_a_train_step_and_an_eval_function(tmp_path, capsy
      "score is nan; it must be finite"),
     ("adjust", ["--train-step", f"{MODULE}:mse_step", "--eval-function", f"{MODULE}:no_score"], 'needs "score"'),
     ("train", ["--train-step", f"{MODULE}:vector_step"], "must return the batch's loss as a scalar tensor"),
+    ("train", ["--train-step", f"{MODULE}:broken_step"],
+     f"{MODULE}:broken_step (spec.training.step) raised RuntimeError: shapes do not match"),
     ("train", ["--train-step", "no_such_module_anywhere:step"], "puts the manifest's folder on PYTHONPATH"),
     ("train", ["--partition", "dirichlet", "--train-step", f"{MODULE}:mse_step"], "only iid applies"),
 ])

@@ -10,6 +10,7 @@ after `fedtask_worker.preload()` has it at hand.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import importlib
 import importlib.util
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .errors import BadInput
+from .errors import BadInput, StageError
 
 BUILTIN = ("mnist", "digits", "synthetic")
 
@@ -236,8 +237,14 @@ def synthetic(num_samples: int = 10000, val_samples: int = 2000, num_classes: in
     return Dataset("synthetic", x_train, y_train, x_val, y_val, num_classes)
 
 
+# The task field each worker flag comes from, for messages about the user's own code.
+USER_CODE_FIELDS = {"model": "spec.model.name", "dataset": "spec.data.dataset", "train-step": "spec.training.step",
+                    "eval-function": "spec.evaluation.function"}
+
+
 def load_callable(reference: str, what: str):
-    """`module:callable` (the module found on sys.path: PYTHONPATH, the image's site-packages)."""
+    """`module:callable` (the module found on sys.path: PYTHONPATH, the image's site-packages), wrapped so that an
+    exception it raises is bad input naming the reference and its field (exit 2), not an internal error."""
     module_name, separator, attribute = reference.partition(":")
     if not separator or not module_name or not attribute:
         raise BadInput(f"--{what} {reference!r}: expected module:callable")
@@ -252,7 +259,20 @@ def load_callable(reference: str, what: str):
         raise BadInput(f"--{what} {reference!r}: cannot load ({error})") from None
     if not callable(target):
         raise BadInput(f"--{what} {reference!r} is not callable")
-    return target
+    return _guarded(target, f"{reference} ({USER_CODE_FIELDS.get(what, '--' + what)})")
+
+
+def _guarded(target, name: str):
+    @functools.wraps(target)
+    def call(*args, **kwargs):
+        try:
+            return target(*args, **kwargs)
+        except StageError:
+            raise
+        except Exception as error:
+            raise BadInput(f"{name} raised {type(error).__name__}: {error}") from error
+
+    return call
 
 
 USER_DATASET_FORMS = ("a mapping with arrays x_train, y_train, x_val, y_val, or with map-style datasets train and val "
