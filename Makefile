@@ -56,10 +56,12 @@ test-cluster: venv
 	hack/install-test-tools.sh
 	$(PY) -m pytest -m cluster $(PYTEST_ARGS)
 
-# The guardrails: ruff (lint and import order), the import-linter layer contracts (.importlinter).
+# The guardrails: ruff (lint and import order), the import-linter layer contracts (.importlinter), mypy (strict on the
+# pure core; pyproject's [tool.mypy]).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # Every generated file from its single source: the CRD and the API reference from core/spec.py, the RBAC manifests
 # from deploy/rbac/rules.yaml, the chart's copies of the CRD, the RBAC rules and the dashboard. `check-generated` fails
