@@ -78,7 +78,8 @@ def run_policy(policy: str, data, shards, speeds, rounds: int, seed: int, fairne
         accuracy, _ = evaluate(model, data.x_val, data.y_val)
         curve.append((clock, accuracy))
     shares = [participation.get(name, 0) for name in names]
-    return {"curve": curve, "final_accuracy": statistics.mean(a for _, a in curve[-FINAL_WINDOW:]), "best_accuracy": max(a for _, a in curve),
+    return {"curve": curve, "final_accuracy": statistics.mean(a for _, a in curve[-FINAL_WINDOW:]),
+            "best_accuracy": max(a for _, a in curve),
             "simulated_seconds": clock, "jain_index": jain_index(shares), "devices_never_selected": shares.count(0)}
 
 

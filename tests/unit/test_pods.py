@@ -42,7 +42,8 @@ def expected_pod(name: str, labels: dict, args: list[str], *, resources=None, en
             {"name": "FEDTASK_S3_ENDPOINT", "value": "minio:9000"},
             {"name": "FEDTASK_S3_SECURE", "value": "false"},
             {"name": "FEDTASK_S3_REGION", "value": "us-east-1"},
-            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "fedtask-s3", "key": "AWS_ACCESS_KEY_ID"}}},
+            {"name": "AWS_ACCESS_KEY_ID",
+             "valueFrom": {"secretKeyRef": {"name": "fedtask-s3", "key": "AWS_ACCESS_KEY_ID"}}},
             {"name": "AWS_SECRET_ACCESS_KEY",
              "valueFrom": {"secretKeyRef": {"name": "fedtask-s3", "key": "AWS_SECRET_ACCESS_KEY"}}},
         ]
@@ -200,7 +201,33 @@ def test_aggregate_pod_first_round_and_stateless_strategy():
     assert "--state-in" not in args and "--state-out" not in args
     args = build_aggregate_pod(make_task({"aggregation": {"strategy": "fedadam"}}), CLUSTER, 1,
                                [])["spec"]["containers"][0]["args"]
-    assert "--state-in" not in args and args[args.index("--state-out") + 1].endswith("round-0001/server-state.safetensors")
+    assert "--state-in" not in args
+    assert args[args.index("--state-out") + 1].endswith("round-0001/server-state.safetensors")
+
+
+def test_aggregate_pod_bounds_every_update():
+    task = make_task({"aggregation": {"clipNorm": 2.5, "maxSamplesPerUpdate": 5000}})
+    updates = [f"{BASE}/round-0002/updates/d001.safetensors", f"{BASE}/round-0002/updates/d004.safetensors"]
+
+    args = build_aggregate_pod(task, CLUSTER, 2, updates, sample_caps={"d004": 700, "d001": 0})["spec"][
+        "containers"][0]["args"]
+
+    bounds = args[args.index("--byzantine") + 2:-len(updates)]
+    assert bounds == ["--max-samples", "5000", "--sample-caps", "d001=0,d004=700", "--clip-norm", "2.5"]
+    assert args[-len(updates):] == updates
+    plain = build_aggregate_pod(make_task(), CLUSTER, 2, updates)["spec"]["containers"][0]["args"]
+    assert not {"--max-samples", "--sample-caps", "--clip-norm"} & set(plain)
+
+
+def test_aggregate_pod_splits_many_sample_caps_into_short_arguments():
+    caps = {f"d{index:05d}": 60000 for index in range(20000)}
+
+    args = build_aggregate_pod(make_task(), CLUSTER, 2, [], sample_caps=caps)["spec"]["containers"][0]["args"]
+
+    given = [args[index + 1] for index, flag in enumerate(args) if flag == "--sample-caps"]
+    assert len(given) > 1 and max(len(value) for value in given) <= 64 * 1024
+    assert dict(item.split("=") for value in given for item in value.split(",")) == {
+        device: str(cap) for device, cap in caps.items()}
 
 
 def test_adjust_pod_with_resources_and_pod_options():
