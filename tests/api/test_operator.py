@@ -226,3 +226,15 @@ def test_two_tasks_competing_for_one_node_take_turns_and_both_succeed(cluster, o
         assert [entry["node"] for entry in status["assignment"]] == ["only"], status["assignment"]
     wait_for(lambda: any(event["reason"] == "DeviceUnschedulable" and event["type"] == "Warning"
                          for event in task_events(cluster, "beta")), timeout=10, message="beta's Warning event")
+
+
+def test_a_finished_task_is_deleted_by_the_operator_once_its_ttl_has_passed(cluster, operator, kubelet):
+    cluster.apply(make_node("node-a", labels=DEVICE))
+    cluster.apply(digits_task("brief", rounds=1, ttlSecondsAfterFinished=2))
+
+    status = wait_for(lambda: finished(cluster, "brief"), timeout=120, message="the task to finish")
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert cluster.get(FEDERATEDTASKS, "default", "brief") is not None, "deleted before its ttl passed"
+
+    wait_for(lambda: cluster.get(FEDERATEDTASKS, "default", "brief") is None, timeout=30,
+             message="the operator to delete the task 2s after it finished")
