@@ -581,6 +581,38 @@ def test_all_updates_rejected_fails_the_task():
     assert next(c for c in cluster.status["conditions"] if c["type"] == "Failed")["reason"] == "AllUpdatesRejected"
 
 
+def aggregate_args_after_training(cluster: Cluster, samples: dict[str, int]) -> list[str]:
+    """Train every device of round 1 reporting `samples` (by device, else 100); the aggregate pod's args."""
+    for _ in range(6):
+        cluster.reconcile()
+        if "mnist-r0001-aggregate" in cluster.pods:
+            return cluster.pods["mnist-r0001-aggregate"]["spec"]["containers"][0]["args"]
+        for name in cluster.active():
+            device = cluster.pods[name]["metadata"]["labels"].get("fedtask.io/device")
+            result = result_for(cluster.pods[name])
+            if device in samples:
+                result["num_samples"] = samples[device]
+            cluster.succeed(name, result)
+    raise AssertionError("no aggregate pod")
+
+
+def test_shard_updates_are_capped_by_the_samples_their_train_pods_reported():
+    cluster = Cluster(make_task(aggregation={"clipNorm": 3.0}), devices=["d000", "d001", "d002"])
+    args = aggregate_args_after_training(cluster, {"d000": 812, "d001": 0, "d002": 797})
+    assert args[args.index("--sample-caps") + 1] == "d000=812,d001=0,d002=797"
+    assert args[args.index("--clip-norm") + 1] == "3.0" and "--max-samples" not in args
+
+
+def test_node_device_updates_are_capped_by_the_spec_bound_only():
+    nodes = [node("edge-a"), node("edge-b")]
+    task = make_task(data={"source": "hostPath"}, devices={"count": None, "perRound": 2},
+                     aggregation={"maxSamplesPerUpdate": 5000})
+    task["spec"]["devices"].pop("count")
+    args = aggregate_args_after_training(Cluster(task, devices=["edge-a", "edge-b"], nodes=nodes),
+                                         {"edge-a": 10 ** 15})
+    assert args[args.index("--max-samples") + 1] == "5000" and "--sample-caps" not in args
+
+
 def adjust_results(accuracies: list[float]):
     """Make round N's adjust report accuracies[N-1]."""
     def finish(cluster: Cluster) -> None:

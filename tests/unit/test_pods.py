@@ -205,6 +205,31 @@ def test_aggregate_pod_first_round_and_stateless_strategy():
     assert args[args.index("--state-out") + 1].endswith("round-0001/server-state.safetensors")
 
 
+def test_aggregate_pod_bounds_every_update():
+    task = make_task({"aggregation": {"clipNorm": 2.5, "maxSamplesPerUpdate": 5000}})
+    updates = [f"{BASE}/round-0002/updates/d001.safetensors", f"{BASE}/round-0002/updates/d004.safetensors"]
+
+    args = build_aggregate_pod(task, CLUSTER, 2, updates, sample_caps={"d004": 700, "d001": 0})["spec"][
+        "containers"][0]["args"]
+
+    bounds = args[args.index("--byzantine") + 2:-len(updates)]
+    assert bounds == ["--max-samples", "5000", "--sample-caps", "d001=0,d004=700", "--clip-norm", "2.5"]
+    assert args[-len(updates):] == updates
+    plain = build_aggregate_pod(make_task(), CLUSTER, 2, updates)["spec"]["containers"][0]["args"]
+    assert not {"--max-samples", "--sample-caps", "--clip-norm"} & set(plain)
+
+
+def test_aggregate_pod_splits_many_sample_caps_into_short_arguments():
+    caps = {f"d{index:05d}": 60000 for index in range(20000)}
+
+    args = build_aggregate_pod(make_task(), CLUSTER, 2, [], sample_caps=caps)["spec"]["containers"][0]["args"]
+
+    given = [args[index + 1] for index, flag in enumerate(args) if flag == "--sample-caps"]
+    assert len(given) > 1 and max(len(value) for value in given) <= 64 * 1024
+    assert dict(item.split("=") for value in given for item in value.split(",")) == {
+        device: str(cap) for device, cap in caps.items()}
+
+
 def test_adjust_pod_with_resources_and_pod_options():
     task = make_task({
         "adjustment": {"epochs": 2, "resources": {"requests": {"cpu": 1, "memory": "2Gi"}}},

@@ -825,8 +825,9 @@ def _plan_aggregating(ctx: _Planning) -> bool:
     base = naming.store_base(ctx.task, ctx.config)
     returned = ctx.status["currentRound"]["returned"]
     update_uris = sorted(naming.update_uri(base, ctx.round, device) for device in returned)
+    caps = _shard_sample_caps(ctx, returned)
     progress = _advance_stage_pod(ctx, naming.STAGE_AGGREGATE, lambda attempt: pods.build_aggregate_pod(
-        ctx.build_task(), ctx.config, ctx.round, update_uris, attempt=attempt))
+        ctx.build_task(), ctx.config, ctx.round, update_uris, attempt=attempt, sample_caps=caps))
     if progress.state == STATE_FAILED:
         _fail(ctx, progress.failure_reason,
               f"round {ctx.round}: aggregation failed: {progress.reason}; check spec.aggregation and the updates in "
@@ -851,6 +852,19 @@ def _plan_aggregating(ctx: _Planning) -> bool:
     ctx.status["stage"] = ADJUSTING
     ctx.progressing(conditions.REASON_ADJUSTING, f"round {ctx.round}: adjusting the aggregated model")
     return True
+
+
+def _shard_sample_caps(ctx: _Planning, returned: list[str]) -> dict[str, int]:
+    """Builtin data: every shard's update may claim at most the samples its train pod reported (the kubelet's
+    termination message, not the store, so an update overwritten in the store cannot claim more)."""
+    if ctx.spec.data.source != "builtin":
+        return {}
+    caps = {}
+    for record in ctx.status.get("devices") or []:
+        reported = (record.get("result") or {}).get("num_samples")
+        if record["device"] in returned and type(reported) is int and reported >= 0:
+            caps[record["device"]] = reported
+    return caps
 
 
 def _device_of(update_uri: str) -> str:

@@ -56,6 +56,25 @@ class RuntimeConfig:
 # Flags
 
 
+ARGUMENT_BYTES = 64 * 1024  # Linux refuses one argument over 128 KiB (MAX_ARG_STRLEN)
+
+
+def _comma_joined(items: Sequence[str], limit: int = ARGUMENT_BYTES) -> list[str]:
+    """`items` joined by commas into as few arguments as keep each under `limit` characters."""
+    chunks: list[str] = []
+    current: list[str] = []
+    length = 0
+    for item in items:
+        if current and length + 1 + len(item) > limit:
+            chunks.append(",".join(current))
+            current, length = [], 0
+        current.append(item)
+        length += len(item) + (1 if length else 0)
+    if current:
+        chunks.append(",".join(current))
+    return chunks
+
+
 def _number(value: float | int) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
@@ -305,7 +324,8 @@ def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slo
 
 
 def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int, update_uris: list[str],
-                        attempt: int = 0) -> KubeObject:
+                        attempt: int = 0, sample_caps: Mapping[str, int] | None = None) -> KubeObject:
+    """`sample_caps`: device -> the most num_samples its update may claim (what the planner knows of it)."""
     aggregation = task.spec.aggregation
     base = naming.store_base(task, config)
     args = _common_flags(task, naming.STAGE_AGGREGATE, round_)
@@ -321,6 +341,12 @@ def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int,
              "--server-momentum", _number(aggregation.server_momentum),
              "--trim-fraction", _number(aggregation.trim_fraction),
              "--byzantine", str(aggregation.byzantine)]
+    if aggregation.max_samples_per_update is not None:
+        args += ["--max-samples", str(aggregation.max_samples_per_update)]
+    for caps in _comma_joined([f"{device}={cap}" for device, cap in sorted((sample_caps or {}).items())]):
+        args += ["--sample-caps", caps]
+    if aggregation.clip_norm is not None:
+        args += ["--clip-norm", _number(aggregation.clip_norm)]
     args += list(update_uris)
     return build_pod(task, config, name=naming.aggregate_pod_name(task.name, round_, attempt),
                      labels=naming.pod_labels(task.name, naming.STAGE_AGGREGATE, round_), args=args,

@@ -211,6 +211,13 @@ class AggregationSpec:
     byzantine: int = api_field(0, minimum=0, doc="Number of faulty updates tolerated (krum).")
     on_invalid: str = api_field("skip", enum=ON_INVALID,
                                 doc="skip: an invalid update is left out and recorded; fail: the round fails.")
+    clip_norm: float | None = api_field(None, minimum=0, exclusive_minimum=True,
+                                        doc="Norm bound: an update farther than this (L2 distance of its float "
+                                            "tensors from the global model) is scaled down to it; default none.")
+    max_samples_per_update: int | None = api_field(None, minimum=1,
+                                                   doc="The most num_samples an update may claim (its weight); a "
+                                                       "larger claim is clipped. Builtin data is also capped by the "
+                                                       "shard size its train pod reported; default none.")
 
 
 @dataclass

@@ -57,10 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "distance of its float tensors from --base) down to this distance (default: no clipping)")
 
 
-def positive_int(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+def count(text: str, least: int = 0) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 18 or int(text) < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {least}")
     return int(text)
+
+
+def positive_int(text: str) -> int:
+    return count(text, 1)
 
 
 def positive_float(text: str) -> float:
@@ -76,10 +80,10 @@ def positive_float(text: str) -> float:
 def sample_caps(text: str) -> dict[str, int]:
     caps = {}
     for item in filter(None, text.split(",")):
-        device, separator, count = item.partition("=")
+        device, separator, number = item.partition("=")
         if not separator or not device:
             raise argparse.ArgumentTypeError(f"{item!r} is not DEVICE=N")
-        caps[device] = positive_int(count)
+        caps[device] = count(number)
     return caps
 
 
