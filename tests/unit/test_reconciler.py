@@ -18,13 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedtask_operator.core.conditions import format_time
+from fedtask_operator.core.conditions import format_time, get_condition
 from fedtask_operator.core.planner import Event, Plan
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.synthetic import make_node
 from fedtask_operator.kube.reconciler import (
     ClusterView,
     KubeApi,
+    PodCreationRefused,
     Reconciler,
     build_runtime_config,
     build_status_patch,
@@ -65,6 +66,7 @@ class FakeKubeApi:
         self.pods: dict[tuple[str, str], dict] = {}
         self.calls: list[tuple] = []
         self.task_deleted = asyncio.Event()
+        self.refuse: tuple[int, str] | None = None  # (status, message) the server answers every pod creation with
         self._versions = itertools.count(100)
 
     async def patch_task_status(self, namespace: str, name: str, patch: dict) -> dict:
@@ -77,6 +79,8 @@ class FakeKubeApi:
     async def create_pod(self, namespace: str, manifest: dict) -> bool:
         name = manifest["metadata"]["name"]
         self.calls.append(("create_pod", name))
+        if self.refuse is not None:
+            raise PodCreationRefused(*self.refuse)  # as KubeApi answers a 403, 422, ...
         if (namespace, name) in self.pods:
             return False  # 409 AlreadyExists
         self.pods[(namespace, name)] = {**copy.deepcopy(manifest), "status": {"phase": "Pending"}}
@@ -127,9 +131,11 @@ class Events:
 
     def __init__(self):
         self.posted: list[tuple[str, str]] = []
+        self.messages: list[str] = []
 
     def __call__(self, body: dict, type_: str, reason: str, message: str) -> None:
         self.posted.append((reason, type_))
+        self.messages.append(message)
 
     def reasons(self) -> list[str]:
         return [reason for reason, _ in self.posted]
@@ -323,6 +329,79 @@ async def test_forget_cancels_the_requeue():
         await asyncio.wait_for(api.task_deleted.wait(), timeout=3)
 
 
+POD_SECURITY = 'pods "mnist-init" is forbidden: violates PodSecurity "restricted:latest": hostPath volumes'
+
+
+async def test_a_refused_pod_creation_is_a_stalled_condition_and_an_event_and_waits_for_a_backoff():
+    api = FakeKubeApi(make_task())
+    api.refuse = (403, POD_SECURITY)
+    reconciler, events = reconciler_for(api)
+
+    await reconciler.request(*KEY, api.views())  # no exception: the refusal is reported, not retried at once
+
+    stalled = get_condition(api.status["conditions"], "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "PodCreationFailed")
+    assert "pod mnist-init: 403 " + POD_SECURITY in stalled["message"]
+    assert api.status["phase"] == "Pending" and api.status["message"] == stalled["message"]
+    assert ("PodCreationFailed", "Warning") in events.posted
+    assert any(POD_SECURITY in message for message in events.messages)
+    creations = api.verbs().count("create_pod")
+    assert creations == 1
+
+    await reconciler.request(*KEY, api.views())  # a pod event or the resync timer, within the backoff
+    assert api.verbs().count("create_pod") == creations
+
+    api.refuse = None  # the policy was relaxed; a restarted operator holds no backoff in memory
+    restarted, _ = reconciler_for(api)
+    await restarted.request(*KEY, api.views())
+    assert api.pod_names() == ["mnist-init"]
+    await restarted.request(*KEY, api.views())
+    assert get_condition(api.status["conditions"], "Stalled") is None
+    assert api.status["phase"] == "Pending"
+
+
+async def test_pod_creations_refused_past_the_give_up_time_fail_the_task_with_the_server_s_message():
+    api = FakeKubeApi(make_task())
+    api.refuse = (403, 'pods "mnist-init" is forbidden: exceeded quota: compute, requested: cpu=1, limited: cpu=0')
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    # the first refusal was 11 minutes ago (kept in the status); the operator restarted since
+    stalled = get_condition(api.status["conditions"], "Stalled")
+    stalled["lastTransitionTime"] = format_time(datetime.fromtimestamp(datetime.now(UTC).timestamp() - 660, UTC))
+    restarted, events = reconciler_for(api)
+
+    await restarted.request(*KEY, api.views())
+
+    assert api.status["phase"] == "Failed"
+    failed = get_condition(api.status["conditions"], "Failed")
+    assert failed["reason"] == "PodCreationFailed" and "exceeded quota: compute" in failed["message"]
+    assert "TaskFailed" in events.reasons()
+    creations = api.verbs().count("create_pod")
+    await restarted.request(*KEY, api.views())
+    assert api.verbs().count("create_pod") == creations, "a failed task creates nothing"
+
+
+async def test_a_task_created_again_under_its_name_never_adopts_the_old_task_s_pods():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    api.succeed("mnist-init", INIT_RESULT)  # the old task's init pod, finished, not yet garbage-collected
+    again = make_task()
+    again["metadata"]["uid"] = "uid-2"
+    api.tasks[KEY] = again  # deleted and created again under the same name
+    reconciler.forget(*KEY)
+
+    await reconciler.request(*KEY, api.views())
+
+    # the old pod's result is not the new task's: the new task initializes itself
+    assert (api.status["stage"], api.status["round"]) == ("Initializing", 0)
+    assert ("delete_pod", "mnist-init") in api.calls, "the old task's pod in the way is deleted"
+    await reconciler.request(*KEY, api.views())
+    owners = [ref["uid"] for ref in api.pods[("default", "mnist-init")]["metadata"]["ownerReferences"]]
+    assert owners == ["uid-2"]
+    assert api.pods[("default", "mnist-init")]["status"] == {"phase": "Pending"}
+
+
 # ====================================================================================================================
 # KubeApi: AlreadyExists and NotFound are answers, not errors
 
@@ -331,6 +410,8 @@ class _ApiException(Exception):
     def __init__(self, status: int):
         super().__init__(status)
         self.status = status
+        self.reason = "Forbidden"
+        self.body = json.dumps({"kind": "Status", "code": status, "message": f"status {status} from the server"})
 
 
 class _FailingClient:
@@ -361,6 +442,13 @@ async def test_kube_api_reports_already_exists_and_not_found_as_false():
         await kube_api_answering(500).create_pod("default", {"metadata": {"name": "p"}})
     with pytest.raises(_ApiException):
         await kube_api_answering(403).delete_pod("default", "p")
+
+
+@pytest.mark.parametrize("status", [400, 403, 422])
+async def test_kube_api_reports_a_refused_creation_with_the_server_s_message(status):
+    with pytest.raises(PodCreationRefused) as refused:
+        await kube_api_answering(status).create_pod("default", {"metadata": {"name": "p"}})
+    assert (refused.value.code, refused.value.message) == (status, f"status {status} from the server")
 
 
 # ====================================================================================================================

@@ -3,7 +3,12 @@
 1. **status**: write `plan.status` when it differs from the stored one. If the write fails, `apply_plan` raises and
    nothing else happens: the next pass plans again from the stored status.
 2. **creations**: create `plan.create`. A pod that already exists counts as done: names are deterministic, so a pod
-   created by an earlier pass that crashed before its status write is found, not duplicated.
+   created by an earlier pass that crashed before its status write is found, not duplicated. A pod of the same name
+   owned by another task uid (an older task of the same name) is not done: the sink deletes it, and a later pass
+   creates the pod. A creation the API server refuses (403, 422, ...) does not stop the plan: the sink keeps the
+   refusal, and the runtime gives it to the next plan (`Observed.creation_refusals`), which records it in the status
+   (the Stalled condition, a Warning event), asks for a backoff (`plan.hold_creations_seconds`, during which the
+   runtime creates none of the task's pods) and fails the task once refusals last too long.
 3. **deletions**: delete `plan.delete`. A pod that is already gone counts as done. The planner deletes a finished pod
    only once the status it was given holds the pod's result, and that status was written in step 1 of an earlier
    pass, so no result is lost.
@@ -35,7 +40,8 @@ class PlanSink(Protocol):
         ...
 
     async def create_pods(self, manifests: list[KubeObject]) -> int:
-        """Create the pods; returns how many were new (an existing pod of the same name counts as done)."""
+        """Create the pods; returns how many were new (an existing pod of the same name counts as done, unless it
+        belongs to another task uid). A refused creation is kept by the sink for the runtime, not raised."""
         ...
 
     async def delete_pods(self, names: list[str]) -> int:

@@ -61,6 +61,12 @@ from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, 
 EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
 TERMINATING_RETRY_SECONDS = 1.0
+# A pod creation the API server refuses (403: Pod Security, quota, a missing PriorityClass; 400/422: invalid) is
+# retried with a backoff that doubles (the time since the first refusal, within these bounds), and the task fails at
+# the first refusal that comes POD_CREATION_GIVE_UP_SECONDS or more after the first one (a time bound: it is kept
+# in the status, as the Stalled condition's lastTransitionTime, so an operator restart does not reset it).
+POD_CREATION_RETRY_SECONDS = (5.0, 60.0)
+POD_CREATION_GIVE_UP_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,22 @@ class Event:
 
 
 @dataclass(frozen=True)
+class CreationRefusal:
+    """A pod the API server refused to create (any error but AlreadyExists), with the server's own message."""
+
+    pod: str
+    code: int  # the HTTP status: 403, 422, 400, ...
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     pods: list[dict]  # this task's pods, as Kubernetes objects with status
     now: datetime  # timezone-aware
     nodes: list[dict] | None = None  # candidate nodes, only needed to publish to every device node
+    # What became of the creations of the runtime's previous plan: None when it created nothing (or does not know),
+    # () when the API server accepted them all, else the refusals.
+    creation_refusals: tuple[CreationRefusal, ...] | None = None
 
 
 @dataclass
@@ -87,6 +105,8 @@ class Plan:
     requeue_after: float | None = None
     device_request: DeviceRequest | None = None  # what to ask the scheduler for when needs_devices
     delete_task: bool = False  # spec.ttlSecondsAfterFinished has passed: the runtime deletes the task itself
+    # creations were refused: the runtime creates no pod of this task for this many seconds (its backoff)
+    hold_creations_seconds: float | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -225,6 +245,8 @@ class _Planning:
         self.keep: set[str] = set()  # pods the current stage still owns
         self.delete_task = False
         self.not_starting: list[str] = []  # "pod: why" for pending pods that will not start by themselves
+        self.creation_refusals = observed.creation_refusals
+        self.hold_creations: float | None = None
 
     @property
     def round(self) -> int:
@@ -258,7 +280,7 @@ class _Planning:
         requeue = min(self.requeue) if self.requeue else None
         return Plan(create=self.create, delete=self._deletions(), status=self.status, events=self.events,
                     needs_devices=self.needs_devices, requeue_after=requeue, device_request=self.device_request,
-                    delete_task=self.delete_task)
+                    delete_task=self.delete_task, hold_creations_seconds=self.hold_creations)
 
     def _deletions(self) -> list[str]:
         unrecorded = pods_awaiting_results(self.input_status)
@@ -372,6 +394,7 @@ def _plan(ctx: _Planning) -> None:
         return
     _run_stages(ctx)
     _report_pods_not_starting(ctx)
+    _report_creation_refusals(ctx)
 
 
 def _run_stages(ctx: _Planning) -> None:
@@ -394,6 +417,44 @@ def _report_pods_not_starting(ctx: _Planning) -> None:
         ctx.condition(conditions.STALLED, True, conditions.REASON_POD_NOT_STARTING, message)
     elif stalled.get("reason") == conditions.REASON_POD_NOT_STARTING:
         ctx.status["conditions"] = conditions.remove_condition(ctx.status.get("conditions"), conditions.STALLED)
+
+
+def _report_creation_refusals(ctx: _Planning) -> None:
+    """Pods the API server refused to create: the Stalled condition and a Warning event carry its message, creations
+    wait for a backoff, and the task fails once refusals go on POD_CREATION_GIVE_UP_SECONDS after the first."""
+    refusals, status = ctx.creation_refusals, ctx.status
+    stalled = conditions.get_condition(status.get("conditions"), conditions.STALLED) or {}
+    ours = stalled.get("reason") == conditions.REASON_POD_CREATION_FAILED and stalled.get("status") == conditions.TRUE
+    if status.get("phase") not in (PENDING, RUNNING):
+        return
+    if refusals is not None and not refusals:
+        if ours:  # the runtime's creations went through again
+            status["conditions"] = conditions.remove_condition(status.get("conditions"), conditions.STALLED)
+        return
+    if not refusals:
+        return
+    first = conditions.parse_time(stalled["lastTransitionTime"]) if ours and stalled.get("lastTransitionTime") \
+        else ctx.now
+    elapsed = max(0.0, (ctx.now - first).total_seconds())
+    refused = "; ".join(f"pod {r.pod}: {r.code} {r.message}" for r in refusals[:3])
+    if len(refusals) > 3:
+        refused += f"; and {len(refusals) - 3} more"
+    if elapsed >= POD_CREATION_GIVE_UP_SECONDS:
+        _fail(ctx, conditions.REASON_POD_CREATION_FAILED,
+              f"the API server refused to create this task's pods for {elapsed:.0f}s: {refused}")
+        return
+    low, high = POD_CREATION_RETRY_SECONDS
+    delay = round(min(max(elapsed, low), high), 3)
+    message = (f"the API server refused to create this task's pods: {refused}; retrying in {delay:.0f}s, the task "
+               f"fails if they are still refused {POD_CREATION_GIVE_UP_SECONDS:.0f}s after the first refusal")
+    if not ours:  # a new stall: its lastTransitionTime is the first refusal
+        status["conditions"] = conditions.remove_condition(status.get("conditions"), conditions.STALLED)
+    ctx.condition(conditions.STALLED, True, conditions.REASON_POD_CREATION_FAILED, message)
+    status["message"] = message
+    ctx.event(conditions.REASON_POD_CREATION_FAILED, message, warning=True)
+    ctx.create.clear()
+    ctx.hold_creations = delay
+    ctx.requeue.append(delay)
 
 
 def _plan_finished(ctx: _Planning) -> None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from fedtask_operator.core.apply import Applied, apply_plan
 from fedtask_operator.core.naming import TASK_LABEL
 from fedtask_operator.core.phases import SCHEDULING
-from fedtask_operator.core.planner import Event, Observed, Plan, plan_task
+from fedtask_operator.core.planner import CreationRefusal, Event, Observed, Plan, plan_task
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.select import select_devices
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
@@ -40,12 +40,39 @@ class ClusterView:
     tasks: dict  # (namespace, name) -> task bodies
 
 
-def owning_task(pod: dict) -> str | None:
-    """The FederatedTask that controls a pod (owner reference first, the task label as a fallback)."""
+def _task_owner(pod: dict) -> dict | None:
     for owner in pod.get("metadata", {}).get("ownerReferences") or []:
         if owner.get("kind") == KIND and owner.get("apiVersion", "").startswith(GROUP + "/"):
-            return owner.get("name")
+            return owner
+    return None
+
+
+def owning_task(pod: dict) -> str | None:
+    """The name of the FederatedTask that controls a pod (owner reference first, the task label as a fallback).
+
+    A name is not an identity: a task deleted and created again under its name is another task. `owned_by` decides
+    whether a pod belongs to one task incarnation."""
+    owner = _task_owner(pod)
+    if owner is not None:
+        return owner.get("name")
     return (pod.get("metadata", {}).get("labels") or {}).get(TASK_LABEL)
+
+
+def owned_by(pod: dict, task: dict) -> bool:
+    """Whether `pod` belongs to this incarnation of `task`: its owner reference carries the task's uid.
+
+    A pod of an older task of the same name (its owner reference names a uid that is gone) belongs to nobody we
+    plan for: the garbage collector removes it, and a creation that collides with it deletes it first."""
+    owner = _task_owner(pod)
+    uid = task.get("metadata", {}).get("uid")
+    return owner is not None and bool(uid) and owner.get("uid") == uid
+
+
+def task_pods_of(views: ClusterView, task: dict) -> list[dict]:
+    """The pods of this task incarnation from the index (keyed by namespace and task name)."""
+    metadata = task.get("metadata", {})
+    return [pod for pod in views.task_pods.get((metadata.get("namespace"), metadata.get("name")), ())
+            if owned_by(pod, task)]
 
 
 def build_status_patch(old: dict, new: dict) -> dict:
@@ -72,6 +99,30 @@ def build_runtime_config(config) -> RuntimeConfig:
                          s3_endpoint=config.store_endpoint, s3_secure=config.store_secure,
                          s3_region=config.store_region, credentials_secret=config.store_secret,
                          keep_finished_pods=config.clean_pod_policy == "None")
+
+
+class PodCreationRefused(Exception):
+    """The API server refused to create a pod for a reason other than AlreadyExists (403, 422, 400, 404, ...)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+def _api_message(error) -> str:
+    """The message of a Kubernetes Status body (what `kubectl` prints), else the reason phrase."""
+    import json
+
+    try:
+        body = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    return str(body.get("message") or error.reason or "refused") if isinstance(body, dict) else str(error.reason)
+
+
+# 4xx answers a retry of the same request will meet again (until someone changes the quota, the policy, the spec):
+# the planner reports them and backs off. 409 is handled apart; 408/429 and 5xx are transient and raise.
+_REFUSALS = frozenset({400, 403, 404, 405, 413, 422})
 
 
 class KubeApi:
@@ -104,7 +155,8 @@ class KubeApi:
             _request_timeout=self._timeout)))
 
     async def create_pod(self, namespace: str, manifest: dict) -> bool:
-        """Create a pod; False when it already exists (a retry of an earlier reconcile)."""
+        """Create a pod; False when it already exists (a retry of an earlier reconcile). PodCreationRefused when the
+        server refuses it for good (Forbidden, Invalid, ...), with the server's message."""
         def call():
             try:
                 self._core.create_namespaced_pod(namespace, manifest, _preload_content=False,
@@ -113,6 +165,8 @@ class KubeApi:
             except self._exception as error:
                 if error.status == 409:
                     return False
+                if error.status in _REFUSALS:
+                    raise PodCreationRefused(error.status, _api_message(error)) from error
                 raise
         return await asyncio.to_thread(call)
 
@@ -163,6 +217,11 @@ class Reconciler:
         # have delivered our write yet, and planning from the older version would repeat a step.
         self._written: dict[tuple[str, str], dict] = {}
         self._superseded: dict[tuple[str, str], set[str]] = {}
+        # What became of the last creations (Observed.creation_refusals for the next plan, which records them in the
+        # status) and, after refusals, until when (time.monotonic) this task creates nothing: the backoff. Memory
+        # only: after a restart the first creation is tried at once; the give-up time is in the status.
+        self._creations: dict[tuple[str, str], tuple[CreationRefusal, ...]] = {}
+        self._hold_creations: dict[tuple[str, str], float] = {}
 
     async def request(self, namespace: str, name: str, views: ClusterView) -> None:
         key = (namespace, name)
@@ -186,6 +245,8 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._written.pop((namespace, name), None)
         self._superseded.pop((namespace, name), None)
+        self._creations.pop((namespace, name), None)
+        self._hold_creations.pop((namespace, name), None)
         timer = self._timers.pop((namespace, name), None)
         if timer is not None:
             timer.cancel()
@@ -205,15 +266,33 @@ class Reconciler:
         if task is None or task.get("metadata", {}).get("deletionTimestamp"):
             return False
         now = datetime.now(UTC)
-        pods = [pod for pod in views.task_pods.get((namespace, name), ()) if owning_task(pod) == name]
-        observed = Observed(pods=pods, now=now, nodes=list(views.nodes))
+        key = (namespace, name)
+        pods = task_pods_of(views, task)
+        observed = Observed(pods=pods, now=now, nodes=list(views.nodes),
+                            creation_refusals=self._creations.pop(key, None))
         plan = plan_task(task, observed, self.runtime_config, None)
         if plan.needs_devices:
             plan = await self._plan_with_devices(task, observed, plan, views, now)
+        plan = self._backoff_creations(key, plan)
         applied = await self.apply(task, plan)
         if plan.requeue_after is not None:
             self._requeue(namespace, name, plan.requeue_after)
+        if self._creations.get(key):
+            return True  # plan again at once: the planner records the refusals in the status
         return applied.status_written and not plan.create and not plan.delete
+
+    def _backoff_creations(self, key: tuple[str, str], plan: Plan) -> Plan:
+        """Start a backoff the plan asks for, and create nothing while one runs (the planner plans the pods anyway)."""
+        if plan.hold_creations_seconds is not None:
+            self._hold_creations[key] = time.monotonic() + plan.hold_creations_seconds
+        wait = self._hold_creations.get(key, 0.0) - time.monotonic()
+        if wait <= 0:
+            self._hold_creations.pop(key, None)
+            return plan
+        if not plan.create:
+            return plan
+        requeue = wait if plan.requeue_after is None else min(wait, plan.requeue_after)
+        return dataclasses.replace(plan, create=[], requeue_after=requeue)
 
     def _current_task(self, namespace: str, name: str, views: ClusterView) -> dict | None:
         """The newest task we know without a request: the index, or our own write when the index still lags."""
@@ -237,7 +316,7 @@ class Reconciler:
             for body in bodies:
                 if (body.get("status") or {}).get("stage") != SCHEDULING:
                     continue
-                pods = [pod for pod in views.task_pods.get((namespace, name), ()) if owning_task(pod) == name]
+                pods = task_pods_of(views, body)
                 other = plan_task(body, Observed(pods=pods, now=now, nodes=observed.nodes), self.runtime_config)
                 if other.needs_devices and other.device_request is not None:
                     requests.append(other.device_request)
@@ -248,7 +327,12 @@ class Reconciler:
         return plan_task(task, observed, self.runtime_config, assignment.tasks.get(key))
 
     async def apply(self, task: dict, plan: Plan) -> Applied:
-        return await apply_plan(plan, _TaskSink(self, task))
+        """Apply a plan through the API; what became of its creations goes to the task's next plan."""
+        sink = _TaskSink(self, task, self._views)
+        applied = await apply_plan(plan, sink)
+        if plan.create:
+            self._creations[(sink.namespace, sink.name)] = tuple(sink.refused)
+        return applied
 
     async def write_status(self, task: dict, new_status: dict) -> bool:
         """Patch the status when it changed, and remember our write until the watch delivers it."""
@@ -269,18 +353,45 @@ class Reconciler:
 
 
 class _TaskSink:
-    """`apply_plan`'s sink for one task: the Kubernetes API (creations and deletions overlap)."""
+    """`apply_plan`'s sink for one task: the Kubernetes API (creations and deletions overlap).
 
-    def __init__(self, reconciler: Reconciler, task: dict):
-        self.reconciler, self.task = reconciler, task
+    Creations the API server refuses are collected in `refused` (for the next plan), not raised: the other steps of
+    the plan still happen. A pod in the way that belongs to an older task of the same name (same deterministic pod
+    name, another owner uid) is deleted instead of counted as created; the pod is created once it is gone."""
+
+    def __init__(self, reconciler: Reconciler, task: dict, views: ClusterView | None = None):
+        self.reconciler, self.task, self.views = reconciler, task, views
         self.namespace, self.name = task["metadata"]["namespace"], task["metadata"]["name"]
+        self.refused: list[CreationRefusal] = []
 
     async def write_status(self, status: dict) -> bool:
         return await self.reconciler.write_status(self.task, status)
 
     async def create_pods(self, manifests: list[dict]) -> int:
+        stale = self._stale_pods()
+        return sum(await asyncio.gather(*(self._create(manifest, stale) for manifest in manifests)))
+
+    def _stale_pods(self) -> set[str]:
+        """Pods in the index under this task's name whose owner is another incarnation of it."""
+        if self.views is None:
+            return set()
+        return {pod["metadata"]["name"] for pod in self.views.task_pods.get((self.namespace, self.name), ())
+                if not owned_by(pod, self.task)}
+
+    async def _create(self, manifest: dict, stale: set[str]) -> int:
+        pod = manifest["metadata"]["name"]
         api = self.reconciler.api
-        return sum(await asyncio.gather(*(api.create_pod(self.namespace, manifest) for manifest in manifests)))
+        if pod in stale:
+            await api.delete_pod(self.namespace, pod)
+            logger.info("deleted pod %s/%s of an older task named %s before creating it again", self.namespace, pod,
+                        self.name)
+            return 0
+        try:
+            return int(await api.create_pod(self.namespace, manifest))
+        except PodCreationRefused as refusal:
+            logger.warning("pod %s/%s refused: %s", self.namespace, pod, refusal)
+            self.refused.append(CreationRefusal(pod=pod, code=refusal.code, message=refusal.message))
+            return 0
 
     async def delete_pods(self, names: list[str]) -> int:
         api = self.reconciler.api
