@@ -146,8 +146,6 @@ def test_regression_round_with_a_train_step_and_an_eval_function(tmp_path, capsy
      "score is nan; it must be finite"),
     ("adjust", ["--train-step", f"{MODULE}:mse_step", "--eval-function", f"{MODULE}:no_score"], 'needs "score"'),
     ("train", ["--train-step", f"{MODULE}:vector_step"], "must return the batch's loss as a scalar tensor"),
-    ("train", ["--train-step", f"{MODULE}:broken_step"],
-     f"{MODULE}:broken_step (spec.training.step) raised RuntimeError: shapes do not match"),
     ("train", ["--train-step", "no_such_module_anywhere:step"], "puts the manifest's folder on PYTHONPATH"),
     ("train", ["--partition", "dirichlet", "--train-step", f"{MODULE}:mse_step"], "only iid applies"),
 ])
@@ -159,6 +157,15 @@ def test_user_code_mistakes_are_one_line_errors_with_exit_2(tmp_path, capsys, st
     assert len(err.strip().splitlines()) == 1
     if "default" in message:
         assert "spec.training.step / spec.evaluation.function" in err
+
+
+def test_user_code_that_raises_is_named_with_its_field_and_may_be_retried(tmp_path, capsys):
+    global_0 = start(tmp_path, capsys, *REGRESSION)
+    code, _, err = run_stage(["train", "--global", global_0, "--output", tmp_path / "out.st", *REGRESSION,
+                              "--train-step", f"{MODULE}:broken_step"], capsys)
+    assert code == 1, err  # not bad input: the planner retries it within backoffLimit
+    assert f"{MODULE}:broken_step (spec.training.step) raised RuntimeError: shapes do not match" in err
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_dataset_of_torch_datasets_trains_a_builtin_model(tmp_path, capsys):

@@ -244,7 +244,7 @@ USER_CODE_FIELDS = {"model": "spec.model.name", "dataset": "spec.data.dataset", 
 
 def load_callable(reference: str, what: str):
     """`module:callable` (the module found on sys.path: PYTHONPATH, the image's site-packages), wrapped so that an
-    exception it raises is bad input naming the reference and its field (exit 2), not an internal error."""
+    exception it raises is reported naming the reference and its field (UserCodeError)."""
     module_name, separator, attribute = reference.partition(":")
     if not separator or not module_name or not attribute:
         raise BadInput(f"--{what} {reference!r}: expected module:callable")
@@ -262,6 +262,13 @@ def load_callable(reference: str, what: str):
     return _guarded(target, f"{reference} ({USER_CODE_FIELDS.get(what, '--' + what)})")
 
 
+class UserCodeError(StageError):
+    """The user's code raised. Exit code 1, like an internal error: the pod is retried (within spec.backoffLimit),
+    since the cause may pass (a download, a busy GPU); the message names the code and its field."""
+
+    exit_code = 1
+
+
 def _guarded(target, name: str):
     @functools.wraps(target)
     def call(*args, **kwargs):
@@ -270,7 +277,7 @@ def _guarded(target, name: str):
         except StageError:
             raise
         except Exception as error:
-            raise BadInput(f"{name} raised {type(error).__name__}: {error}") from error
+            raise UserCodeError(f"{name} raised {type(error).__name__}: {error}") from error
 
     return call
 
