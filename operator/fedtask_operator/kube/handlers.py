@@ -104,14 +104,34 @@ async def node_changed(memo, **kwargs):
             await memo.reconciler.request(namespace, name, views)
 
 
-async def cleanup_store(body, memo, logger, **_):
-    """The task is being deleted: remove its objects from the store (the finalizer holds the deletion until then)."""
-    import asyncio
+CLEANUP_RETRIES = 8  # attempts of one task's store cleanup; then kopf gives up and lets the deletion finish
+CLEANUP_BACKOFF_SECONDS = (10.0, 300.0)  # the delay doubles from the first to at most the second
+
+
+async def cleanup_store(body, memo, logger, retry=0, **_):
+    """The task is being deleted: remove its objects from the store (the finalizer holds the deletion until then).
+
+    Bounded (reconciler.cleanup_store_objects: timeouts, a deadline, its own threads) and only at the operator's
+    own store. A failure is a Warning event and a kopf retry with a doubling delay; after CLEANUP_RETRIES attempts
+    kopf gives up and the deletion goes on (the event says which objects stay)."""
     import os
 
-    count = await asyncio.to_thread(k8s.delete_store_objects, _plain(body), memo.reconciler.runtime_config,
-                                    os.environ.get("AWS_ACCESS_KEY_ID", ""),
-                                    os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    task = _plain(body)
+    try:
+        count = await k8s.cleanup_store_objects(task, memo.reconciler.runtime_config,
+                                                os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                                                os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    except k8s.StoreCleanupSkipped as skipped:
+        memo.reconciler.post_event(task, "Warning", "StoreCleanupSkipped", str(skipped))
+        return
+    except Exception as error:
+        low, high = CLEANUP_BACKOFF_SECONDS
+        delay = min(low * 2 ** retry, high)
+        last = retry + 1 >= CLEANUP_RETRIES
+        message = (f"store cleanup failed (attempt {retry + 1} of {CLEANUP_RETRIES}"
+                   + ("; giving up, the objects stay" if last else f"; retrying in {delay:.0f}s") + f"): {error}")
+        memo.reconciler.post_event(task, "Warning", "StoreCleanupFailed", message)
+        raise kopf.TemporaryError(message, delay=delay) from error
     logger.info(f"deleted {count} store objects")
 
 
@@ -134,4 +154,4 @@ def register(config) -> None:
     kopf.on.event("pods", labels={TASK_LABEL: kopf.PRESENT})(pod_changed)
     kopf.on.event("nodes")(node_changed)
     if config.cleanup_store:  # the only reason for a finalizer: without it, deletion never waits for the operator
-        kopf.on.delete(*TASKS)(cleanup_store)
+        kopf.on.delete(*TASKS, retries=CLEANUP_RETRIES)(cleanup_store)

@@ -405,26 +405,85 @@ class _TaskSink:
         await self.reconciler.api.delete_task(self.namespace, self.name)
 
 
-def delete_store_objects(task_body: dict, runtime_config: RuntimeConfig, access_key: str, secret_key: str) -> int:
+# The store cleanup of a deleted task (handler cleanup_store, only with --cleanup-store): bounded at every level, on
+# its own threads, so an unreachable store holds up neither the API calls of other tasks nor the operator for long.
+STORE_CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the store
+STORE_READ_TIMEOUT = 30.0  # seconds without a byte from the store
+STORE_CLEANUP_DEADLINE = 120.0  # seconds for one whole cleanup (listing and deleting), then it counts as failed
+_store_executor = None
+
+
+class StoreCleanupSkipped(Exception):
+    """This task's objects are not the operator's to delete (they live at an endpoint the task chose)."""
+
+
+def delete_store_objects(task_body: dict, runtime_config: RuntimeConfig, access_key: str, secret_key: str,
+                         deadline: float | None = None) -> int:
     """Delete every object of one task incarnation (B = <storeBase>/<namespace>/<task>/<uid>); returns the count.
 
     Only with `--cleanup-store`: the operator then needs the store credentials itself (AWS_ACCESS_KEY_ID and
-    AWS_SECRET_ACCESS_KEY in its environment)."""
+    AWS_SECRET_ACCESS_KEY in its environment). Only at the operator's own endpoint (--store-endpoint): the
+    operator's keys never go to an endpoint a task chose (StoreCleanupSkipped). Connections time out after
+    STORE_CONNECT_TIMEOUT/STORE_READ_TIMEOUT seconds, and the whole cleanup raises TimeoutError past `deadline`
+    (a time.monotonic() value)."""
     import minio
+    import urllib3
     from minio.deleteobjects import DeleteObject
 
     from fedtask_operator.core.naming import split_s3_uri, store_base
     from fedtask_operator.core.spec import parse_task
 
-    base = store_base(parse_task(task_body), runtime_config)
+    task = parse_task(task_body)
+    base = store_base(task, runtime_config)
     if not base.startswith("s3://"):
         return 0
+    chosen = task.spec.storage.endpoint
+    if chosen and chosen != runtime_config.s3_endpoint:
+        raise StoreCleanupSkipped(
+            f"the objects under {base} are at spec.storage.endpoint {chosen}, not at the operator's store "
+            f"{runtime_config.s3_endpoint or '(none)'}: the operator deletes only in its own store; delete them there")
+    if not runtime_config.s3_endpoint:
+        raise StoreCleanupSkipped(f"the operator has no --store-endpoint: the objects under {base} stay")
+
+    def check_deadline() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"store cleanup of {base} at {runtime_config.s3_endpoint} ran out of time "
+                               f"({STORE_CLEANUP_DEADLINE:.0f}s)")
+
     bucket, prefix = split_s3_uri(base)
-    endpoint = parse_task(task_body).spec.storage.endpoint or runtime_config.s3_endpoint
-    client = minio.Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=runtime_config.s3_secure,
-                         region=runtime_config.s3_region or None)
-    names = [obj.object_name for obj in client.list_objects(bucket, prefix=prefix + "/", recursive=True)]
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=STORE_CONNECT_TIMEOUT, read=STORE_READ_TIMEOUT),
+        retries=urllib3.Retry(total=2, connect=2, read=1, backoff_factor=0.5, status_forcelist=(500, 502, 503, 504)))
+    client = minio.Minio(runtime_config.s3_endpoint, access_key=access_key, secret_key=secret_key,
+                         secure=runtime_config.s3_secure, region=runtime_config.s3_region or None, http_client=http)
+    names = []
+    for obj in client.list_objects(bucket, prefix=prefix + "/", recursive=True):
+        check_deadline()
+        names.append(obj.object_name)
+    check_deadline()
     errors = list(client.remove_objects(bucket, [DeleteObject(name) for name in names]))
     if errors:
         raise RuntimeError(f"store cleanup of {base}: {len(errors)} objects not deleted, first: {errors[0]}")
     return len(names)
+
+
+async def cleanup_store_objects(task_body: dict, runtime_config: RuntimeConfig, access_key: str, secret_key: str,
+                                seconds: float | None = None) -> int:
+    """`delete_store_objects` on the store cleanup's own threads (not the default pool every API call uses), given
+    up after `seconds` (default STORE_CLEANUP_DEADLINE; TimeoutError; a thread still blocked in a socket ends by
+    its read timeout)."""
+    global _store_executor
+    from concurrent.futures import ThreadPoolExecutor
+
+    seconds = STORE_CLEANUP_DEADLINE if seconds is None else seconds
+    if _store_executor is None:
+        _store_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedtask-store-cleanup")
+    deadline = time.monotonic() + seconds
+    loop = asyncio.get_running_loop()
+    future = loop.run_in_executor(_store_executor, delete_store_objects, task_body, runtime_config, access_key,
+                                  secret_key, deadline)
+    try:
+        return await asyncio.wait_for(future, timeout=seconds + 1.0)
+    except TimeoutError:
+        raise TimeoutError(f"store cleanup at {runtime_config.s3_endpoint} did not finish within {seconds:.0f}s") \
+            from None
