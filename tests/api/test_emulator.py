@@ -28,6 +28,20 @@ def test_created_objects_get_server_metadata_and_their_namespace_from_the_url(cl
     assert int(cluster.get(PODS, "default", name)["metadata"]["resourceVersion"]) > version
 
 
+def test_a_patch_naming_an_older_resource_version_is_a_conflict(cluster):
+    from tests.support.kube import ApiError
+
+    task = cluster.apply({"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
+                          "metadata": {"name": "guarded", "namespace": "default"}, "spec": {}})
+    version = task["metadata"]["resourceVersion"]
+    cluster.patch(FEDERATEDTASKS, "default", "guarded", {"metadata": {"resourceVersion": version},
+                                                         "status": {"message": "first"}}, subresource="status")
+    with pytest.raises(ApiError, match="HTTP 409"):
+        cluster.patch(FEDERATEDTASKS, "default", "guarded", {"metadata": {"resourceVersion": version},
+                                                             "status": {"message": "stale"}}, subresource="status")
+    assert cluster.get(FEDERATEDTASKS, "default", "guarded")["status"] == {"message": "first"}
+
+
 def test_deleting_an_owner_collects_its_dependents(cluster):
     task = cluster.apply({"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
                           "metadata": {"name": "owner", "namespace": "default"}, "spec": {}})

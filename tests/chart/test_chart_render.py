@@ -193,9 +193,10 @@ def test_operator_is_highly_available_and_probed(rendered: dict[str, list[dict]]
     assert "--peering=ft-fedtask" in container["args"]
     peerings = by_kind(rendered["namespace-scoped"], "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    # one replica is peered too: `kubectl scale --replicas=2` must not give two operators acting at once
     single = the(rendered["minimal"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert "--standalone" in single["args"] and not any(arg.startswith("--peering") for arg in single["args"])
-    assert not by_kind(rendered["minimal"], "ClusterKopfPeering")
+    assert "--standalone" not in single["args"] and "--peering=ft-fedtask" in single["args"]
+    assert the(rendered["minimal"], "ClusterKopfPeering")["metadata"]["name"] == "ft-fedtask"
 
 
 def test_services_and_monitors_select_what_they_mean(rendered: dict[str, list[dict]]) -> None:
@@ -331,7 +332,7 @@ def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list
     assert config.store_secret == env.get("FEDTASK_S3_SECRET", "")
     assert config.store_bucket == "fedtask" and config.store_prefix == "tasks"
     replicas = the(rendered[combination], "Deployment", "fedtask")["spec"]["replicas"]
-    assert bool(config.peering) is (replicas > 1)
+    assert config.peering == "ft-fedtask" and replicas >= 1
     if combination == "namespace-scoped":
         assert config.namespaces == ("team-a", "team-b")
     else:

@@ -5,6 +5,8 @@ kmock 0.8 needs three workarounds to carry a real kopf operator (tests/api/test_
 2. objects get no uid/resourceVersion/creationTimestamp/generateName handling: injected here on create, the
    resourceVersion is bumped on every patch;
 3. objects created without metadata.namespace in the body vanish from namespaced watches: copied from the URL.
+It also refuses, as an API server does, a merge patch carrying a metadata.resourceVersion other than the stored one
+(409 Conflict: the optimistic concurrency the operator's status writes rely on).
 It has no controllers either: the garbage collector (ownerReferences cascade) is emulated here, pods are run by
 `tests.support.kubelet`. Label and field selectors are ignored by the emulator: clients must filter themselves.
 
@@ -88,6 +90,7 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
                 meta["resourceVersion"] = str(next(self._versions))
                 meta.setdefault("generation", 1)
             elif request.action == kmock.action.UPDATE:
+                await self._check_precondition(request, meta.get("resourceVersion"))
                 meta["resourceVersion"] = str(next(self._versions))
         try:
             response = await super()._handle(request)
@@ -100,6 +103,20 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
         if request.action in (kmock.action.DELETE, kmock.action.CREATE) and response.status < 300:
             await self._collect_garbage()
         return response
+
+    async def _check_precondition(self, request: kmock.Request, expected: str | None) -> None:
+        """A patch that names a resourceVersion applies only to that version (else 409, as the API server answers)."""
+        if expected is None or request.name is None:
+            return
+        async with self._lock:
+            key = (request.resource, request.namespace, request.name)
+            stored = None if key not in self._objects or self._objects[key].deleted else self._objects[key].raw
+        current = (stored or {}).get("metadata", {}).get("resourceVersion")
+        if stored is not None and current != expected:
+            raise kmock.KubernetesError(
+                status=409, reason="Conflict",
+                message=f'Operation cannot be fulfilled on {request.resource.plural} "{request.name}": the object has '
+                        "been modified; please apply your changes to the latest version and try again")
 
     async def _collect_garbage(self) -> None:
         """Delete objects whose every owner is gone (the cluster's garbage collector, background mode): after a

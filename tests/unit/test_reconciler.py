@@ -27,6 +27,7 @@ from fedtask_operator.kube.reconciler import (
     KubeApi,
     PodCreationRefused,
     Reconciler,
+    StatusConflict,
     build_runtime_config,
     build_status_patch,
 )
@@ -69,9 +70,12 @@ class FakeKubeApi:
         self.refuse: tuple[int, str] | None = None  # (status, message) the server answers every pod creation with
         self._versions = itertools.count(100)
 
-    async def patch_task_status(self, namespace: str, name: str, patch: dict) -> dict:
+    async def patch_task_status(self, namespace: str, name: str, patch: dict,
+                                resource_version: str | None = None) -> dict:
         self.calls.append(("patch_task_status", name, copy.deepcopy(patch)))
         task = self.tasks[(namespace, name)]
+        if resource_version is not None and resource_version != task["metadata"]["resourceVersion"]:
+            raise StatusConflict(f"{name}: the object has been modified")  # 409, as KubeApi answers it
         task["status"] = merge_patch(task.get("status") or {}, patch)
         task["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(task)
@@ -327,6 +331,30 @@ async def test_forget_cancels_the_requeue():
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(api.task_deleted.wait(), timeout=3)
+
+
+async def test_a_replica_resuming_from_an_older_version_applies_nothing_of_its_plan():
+    api = FakeKubeApi(make_task())
+    active, _ = reconciler_for(api)
+    paused, paused_events = reconciler_for(api)
+    await active.request(*KEY, api.views())
+    api.succeed("mnist-init", INIT_RESULT)
+    seen_before_pausing = api.views()  # init finished, not yet recorded
+    await active.request(*KEY, api.views())  # round 1 starts
+    await active.request(*KEY, api.views())  # the init pod goes
+    gone = next(name for name in api.pod_names() if "-train-" in name)
+    api.pods.pop(("default", gone))  # a train pod went away meanwhile (e.g. its node died)
+    status, calls = copy.deepcopy(api.status), len(api.calls)
+
+    await paused.request(*KEY, seen_before_pausing)  # it resumes and plans from what it saw
+
+    # Unguarded, it would write round 1's start again (another RoundStarted) and create pods from an old plan.
+    assert api.verbs()[calls:] == ["patch_task_status"], "the refused status write stops the plan"
+    assert api.status == status
+    assert paused_events.posted == []
+    assert gone not in api.pod_names()
+    await paused.request(*KEY, api.views())  # once the watch delivered the newer version, it plans from it
+    assert gone in api.pod_names()
 
 
 POD_SECURITY = 'pods "mnist-init" is forbidden: violates PodSecurity "restricted:latest": hostPath volumes'

@@ -27,6 +27,7 @@ from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
 from fedtask_operator.kube import metrics
 
 logger = logging.getLogger("fedtask.operator")
+CONFLICT_RETRY_SECONDS = 0.5  # after a refused status write: time for the watch to deliver the newer version
 MAX_PASSES = 8  # consecutive plans without new pod events (status-only steps) before waiting for an event
 
 
@@ -101,6 +102,10 @@ def build_runtime_config(config) -> RuntimeConfig:
                          keep_finished_pods=config.clean_pod_policy == "None")
 
 
+class StatusConflict(Exception):
+    """The status write named a resourceVersion the task no longer has: it was planned from an older version."""
+
+
 class PodCreationRefused(Exception):
     """The API server refused to create a pod for a reason other than AlreadyExists (403, 422, 400, 404, ...)."""
 
@@ -148,11 +153,25 @@ class KubeApi:
 
         return json.loads(response.data or b"{}")
 
-    async def patch_task_status(self, namespace: str, name: str, patch: dict) -> dict:
-        """Merge-patch the status; returns the task as stored after the patch."""
-        return self._json(await asyncio.to_thread(lambda: self._custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": patch}, _preload_content=False,
-            _request_timeout=self._timeout)))
+    async def patch_task_status(self, namespace: str, name: str, patch: dict,
+                                resource_version: str | None = None) -> dict:
+        """Merge-patch the status; returns the task as stored after the patch. With `resource_version`, the API
+        server applies the patch only to that version of the task (StatusConflict otherwise)."""
+        body: dict = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+
+        def call():
+            try:
+                return self._custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, PLURAL, name, body, _preload_content=False,
+                    _request_timeout=self._timeout)
+            except self._exception as error:
+                if error.status == 409:
+                    raise StatusConflict(f"{namespace}/{name}: {_api_message(error)}") from error
+                raise
+        return self._json(await asyncio.to_thread(call))
+
 
     async def create_pod(self, namespace: str, manifest: dict) -> bool:
         """Create a pod; False when it already exists (a retry of an earlier reconcile). PodCreationRefused when the
@@ -274,7 +293,14 @@ class Reconciler:
         if plan.needs_devices:
             plan = await self._plan_with_devices(task, observed, plan, views, now)
         plan = self._backoff_creations(key, plan)
-        applied = await self.apply(task, plan)
+        try:
+            applied = await self.apply(task, plan)
+        except StatusConflict as conflict:
+            # Nothing of the plan was applied (the status comes first): plan again from the newer version, which
+            # the watch is delivering (it also brings a pod's or kopf's own write that caused the conflict).
+            logger.info("status write refused, planned from an older version; planning again: %s", conflict)
+            self._requeue(namespace, name, CONFLICT_RETRY_SECONDS)
+            return False
         if plan.requeue_after is not None:
             self._requeue(namespace, name, plan.requeue_after)
         if self._creations.get(key):
@@ -340,9 +366,17 @@ class Reconciler:
         if not patch:
             return False
         namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
-        stored = await self.api.patch_task_status(namespace, name, patch)
-        metrics.record_status_change(namespace, name, task.get("status") or {}, new_status)
         key = (namespace, name)
+        try:
+            # Guarded by the version planned from: a write planned from an older status (a replica that was paused,
+            # an index that lagged) is refused by the API server instead of overwriting a newer status.
+            stored = await self.api.patch_task_status(namespace, name, patch,
+                                                      task.get("metadata", {}).get("resourceVersion"))
+        except StatusConflict:
+            self._written.pop(key, None)  # plan from what the API server holds, not from our last write
+            self._superseded.pop(key, None)
+            raise
+        metrics.record_status_change(namespace, name, task.get("status") or {}, new_status)
         superseded = self._superseded.setdefault(key, set())
         superseded.add(task.get("metadata", {}).get("resourceVersion"))
         if key in self._written:
