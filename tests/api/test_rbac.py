@@ -1,7 +1,8 @@
 """The RBAC rules (deploy/rbac/rules.yaml) grant every API call the real operator makes, and nothing it never makes.
 
 The calls are recorded by the API emulator while the operator (namespace-scoped, with peering) runs a task to the
-end and deletes it itself once its spec.ttlSecondsAfterFinished has passed. Calls of the tests' own clients (the kubelet, the fixtures) carry their own user agent.
+end and deletes it itself once its spec.ttlSecondsAfterFinished has passed. Calls of the tests' own clients (the
+kubelet, the fixtures) carry their own user agent.
 """
 from __future__ import annotations
 
