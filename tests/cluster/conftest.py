@@ -1,12 +1,14 @@
 """The real control plane for the `cluster` suite: `hack/local-cluster.sh up` + `install` into a temporary folder once
-per session (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, MinIO, node agents; the Helm chart with
-its own MinIO), `down` at the end whatever happened.
+per test module (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, MinIO, node agents; the Helm chart
+with its own MinIO), `down` after the module's tests whatever happened.
 
 Needs root (the node agents use PID and mount namespaces) and the built binaries (`hack/install-cluster-tools.sh`,
 which `make test-cluster` runs first: a cold build takes many minutes, more than a test's timeout).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
@@ -20,6 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "hack" / "local-cluster.sh"
 NAMESPACE = "fedtask"
+LOCK_PATH = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fedtask" / "local-cluster-tests.lock"
+LOCK_SECONDS = 600
 
 
 def read_env(path: Path) -> dict:
@@ -72,15 +76,39 @@ def run_script(*args: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
-@pytest.fixture(scope="session")
+@contextlib.contextmanager
+def machine_lock(timeout: float):
+    """One installed cluster per machine at a time: pods share the machine's network and the chart's MinIO pod
+    listens on :9000. Concurrent sessions (several people's test runs on one machine) wait for each other."""
+    LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_PATH, "w") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another cluster test session held {LOCK_PATH} for {timeout:.0f}s") from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> LocalCluster:
+    """A cluster for the tests of one module (it goes when the module's tests are done, not at the session's end:
+    runs of the whole suite do not keep it up while the other suites run)."""
     directory = tmp_path_factory.mktemp("cluster")
-    try:
-        timings = {"up": run_script("up", "--dir", str(directory), timeout=900)}
-        timings["install"] = run_script("install", "--dir", str(directory), timeout=600)
-        yield LocalCluster(dir=directory, env=read_env(directory / "env"), timings=timings)
-    finally:
-        run_script("down", "--dir", str(directory), timeout=120)
+    with machine_lock(timeout=LOCK_SECONDS):
+        try:
+            timings = {"up": run_script("up", "--dir", str(directory), timeout=900)}
+            timings["install"] = run_script("install", "--dir", str(directory), timeout=600)
+            yield LocalCluster(dir=directory, env=read_env(directory / "env"), timings=timings)
+        finally:
+            run_script("down", "--dir", str(directory), timeout=120)
 
 
 class PodRecorder:

@@ -11,7 +11,8 @@ import yaml
 from fedtask_operator.core.quantities import parse_quantity
 from tests.cluster.conftest import NAMESPACE, ROOT, LocalCluster, PodRecorder
 
-pytestmark = pytest.mark.cluster
+# The first test also sets the module's cluster up (and may wait for another session's): a longer timeout.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 PRINTER_COLUMNS = ["NAME", "PHASE", "ROUND", "STAGE", "ACCURACY", "AGE"]
 SCHEDULED = re.compile(r"Successfully assigned (?P<namespace>[^/]+)/(?P<pod>\S+) to (?P<node>\S+)")

@@ -329,6 +329,7 @@ class NodeAgent:
             self._report(entry)
         self._finish_deletion(entry.pod)
         self.entries.pop(entry.key, None)
+        self.preparer.release(entry.pod)
 
     def _finish_deletion(self, pod: dict) -> None:
         meta = pod["metadata"]
@@ -338,6 +339,7 @@ class NodeAgent:
         """The pod is gone from the API (or replaced): stop its process, drop it."""
         self.kubelet.delete_pod(entry.key)
         self.entries.pop(entry.key, None)
+        self.preparer.release(entry.pod)
 
     # ------------------------------------------------------------------------------------------------------ probes
     def _apply_probe_changes(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import copy
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -150,6 +151,11 @@ class PodPreparer:
             return None
         obj.setdefault("kind", "Secret" if kind == "secret" else "ConfigMap")
         return decode_data(obj)
+
+    def release(self, pod: dict) -> None:
+        """Remove the folders written for the pod's projected and downward API volumes (it is gone)."""
+        meta = pod["metadata"]
+        shutil.rmtree(self.volumes_root / meta["namespace"] / meta["name"] / meta["uid"], ignore_errors=True)
 
     # ---------------------------------------------------------------------------------------------------- volumes
     def _volumes(self, pod: dict, local: dict, container: dict) -> list[tuple[str, str]]:
