@@ -45,6 +45,9 @@ while [[ $# -gt 0 ]]; do
     *) EXTRA+=("$1"); shift ;;
   esac
 done
+if [[ ${#EXTRA[@]} -gt 0 && "$command" != install ]]; then
+  die "$command: unknown arguments: ${EXTRA[*]} (only install passes extra arguments on, to helm)"
+fi
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
 MARKER="$DIR/.fedtask-local-cluster"
