@@ -25,12 +25,13 @@ SERVICE_IP=10.96.0.1  # the `kubernetes` Service's ClusterIP, in the apiserver c
 NAMESPACE=fedtask
 RELEASE=fedtask
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 log() { echo "local-cluster: $*" >&2; }
 die() { echo "local-cluster: $*" >&2; exit 1; }
 
 command="${1:-}"
 [[ -n "$command" ]] || usage
+[[ "$command" == -h || "$command" == --help ]] && usage 0
 shift
 DIR="$ROOT/.local-cluster"
 NODES_FILE=""
