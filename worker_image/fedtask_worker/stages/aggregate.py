@@ -100,16 +100,24 @@ def update_uris(args: argparse.Namespace) -> list[str]:
 
 def fetch_update(uri: str, target: str, limits: UpdateLimits) -> str:
     """A local path holding the update: a local file as it is, an S3 object downloaded to `target`. Its size and
-    header length are checked first (stat or one ranged GET), so an update over the bounds is never downloaded."""
+    header length are checked first (one ranged GET), so an update over the bounds is never downloaded; a local
+    file's size is checked here and its header length by read_layout, before the header is read."""
+    location = store.parse_uri(uri)
+    if location.is_local:
+        try:
+            size = os.stat(location.key).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidUpdate(f"{uri}: not uploaded (no such file; the device finished without writing its "
+                                "update)") from None
+        if limits.max_bytes is not None and size > limits.max_bytes:
+            raise InvalidUpdate(f"{uri}: {size} bytes is over the limit of {limits.max_bytes} bytes")
+        return location.key
     try:
         size, head = store.probe(uri, 8)
     except store.NotFound:
         raise InvalidUpdate(f"{uri}: not uploaded (no such object; the device finished without writing its "
                             "update)") from None
     check_prefix(uri, size, head, limits.max_bytes, limits.max_header_bytes)
-    location = store.parse_uri(uri)
-    if location.is_local:
-        return location.key
     store.download(uri, target, limits.max_bytes)
     return target
 
@@ -127,8 +135,11 @@ def fetch_updates(uris: list[str], limits: UpdateLimits, on_invalid: str):
             except Exception as error:  # judged below, in URI order
                 return error
 
-        with concurrent.futures.ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
-            fetched = dict(zip(uris, pool.map(fetch, uris)))
+        remote = [uri for uri in uris if not store.parse_uri(uri).is_local]
+        fetched = {uri: fetch(uri) for uri in uris if store.parse_uri(uri).is_local}
+        if remote:
+            with concurrent.futures.ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+                fetched.update(zip(remote, pool.map(fetch, remote)))
         paths: dict[str, str] = {}
         rejected: list[Rejection] = []
         for uri in sorted(fetched):
