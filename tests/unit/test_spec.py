@@ -49,7 +49,7 @@ def test_empty_spec_gets_every_default():
         },
         "devices": {
             "selector": {"matchLabels": {"fedtask.io/device": "true"}, "matchExpressions": []},
-            "perRound": 5, "resources": {"requests": {}, "limits": {}}, "tolerations": [],
+            "perRound": 5, "resources": {"requests": {}, "limits": {}}, "tolerations": [], "pool": "",
         },
         "training": {"localEpochs": 1, "batchSize": 32, "learningRate": 0.05, "optimizer": "sgd", "momentum": 0.0,
                      "weightDecay": 0.0, "proximalMu": 0.0, "step": ""},

@@ -23,6 +23,7 @@ TASK_LABEL = "fedtask.io/task"
 ROUND_LABEL = "fedtask.io/round"
 STAGE_LABEL = "fedtask.io/stage"
 DEVICE_LABEL = "fedtask.io/device"
+POOL_LABEL = "fedtask.io/device-pool"  # train pods of builtin tasks that share a device pool (spec.devices.pool)
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 HOSTNAME_LABEL = "kubernetes.io/hostname"  # train pods are pinned to their node by required affinity on it
 MANAGED_BY = "fedtask"
@@ -100,6 +101,13 @@ def shard_index(device: str) -> int | None:
     """The shard index of a simulated device id, None for a node device."""
     match = re.fullmatch(r"d(\d{3,})", device)
     return int(match.group(1)) if match else None
+
+
+def device_pool_key(task_key: str, pool: str) -> str:
+    """The scheduler's key of a builtin task's simulated-device pool: `namespace/pool` for a named pool (shared by
+    the namespace's tasks naming it), `namespace/task#own` for the task's own devices."""
+    namespace = task_key.split("/", 1)[0]
+    return f"{namespace}/{pool}" if pool else f"{task_key}#own"
 
 
 def pod_labels(task_name: str, stage: str, round_: int | None = None, device: str | None = None) -> dict[str, str]:

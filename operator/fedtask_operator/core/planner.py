@@ -51,7 +51,7 @@ from fedtask_operator.core.phases import (
     UNFINISHED_STATES,
 )
 from fedtask_operator.core.pods import RuntimeConfig
-from fedtask_operator.core.scheduling.estimates import update_train_estimate
+from fedtask_operator.core.scheduling.estimates import jain_index, update_train_estimate
 from fedtask_operator.core.scheduling.matching import matches_selector
 from fedtask_operator.core.scheduling.request import build_device_request, sample_count
 from fedtask_operator.core.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
@@ -395,6 +395,23 @@ def _plan(ctx: _Planning) -> None:
     _run_stages(ctx)
     _report_pods_not_starting(ctx)
     _report_creation_refusals(ctx)
+    _update_fairness(ctx)
+
+
+def _update_fairness(ctx: _Planning) -> None:
+    """status.fairness: Jain's index of the participation over the task's devices (every simulated device of builtin
+    data; else the device nodes matching the selector when the runtime passed nodes, and every device that trained)."""
+    participation = ctx.status.get("participation") or {}
+    if not participation:
+        return
+    devices = set(participation)
+    if ctx.spec.data.source == "builtin" and ctx.status.get("shardCount"):
+        devices |= {naming.shard_device_id(i) for i in range(int(ctx.status["shardCount"]))}
+    elif ctx.nodes is not None:
+        selector = encode(ctx.spec.devices.selector)
+        devices |= {node["metadata"]["name"] for node in ctx.nodes
+                    if matches_selector(node["metadata"].get("labels") or {}, selector)}
+    ctx.status["fairness"] = round(jain_index([participation.get(device, 0) for device in devices]), 4)
 
 
 def _run_stages(ctx: _Planning) -> None:
@@ -684,9 +701,11 @@ def _plan_scheduling(ctx: _Planning) -> bool:
             reason = conditions.REASON_INSUFFICIENT_DEVICES
             message = (f"only {len(slots)} devices qualify, {quorum} needed (spec.devices.minReturned/perRound); "
                        "add device nodes matching spec.devices.selector or lower spec.devices.perRound")
-        _mark_unschedulable(ctx, reason, f"round {ctx.round}: {message}")
+        if _mark_unschedulable(ctx, reason, f"round {ctx.round}: {message}"):
+            _record_period(ctx)  # only when the reason is new: a task that waits on is not rewritten every retry
         ctx.requeue.append(UNSCHEDULABLE_RETRY_SECONDS)
         return False
+    _record_period(ctx)
     ctx.condition(conditions.UNSCHEDULABLE, False, conditions.REASON_SCHEDULABLE,
                   f"round {ctx.round}: {len(slots)} devices selected")
     ctx.status.pop("waitingSince", None)
@@ -694,18 +713,31 @@ def _plan_scheduling(ctx: _Planning) -> bool:
                       devices=[_device_record(ctx, slot) for slot in slots])
     _record_assignment(ctx, slots)
     ctx.status["currentRound"] = {"round": ctx.round, "startTime": ctx.stamp}
+    if ctx.assignment.period is not None:
+        ctx.status["currentRound"]["period"] = ctx.assignment.period
     names = _listed([slot.device for slot in slots], ", ")
     ctx.progressing(conditions.REASON_TRAINING, f"round {ctx.round}: training on {len(slots)} devices")
     ctx.event("RoundStarted", f"round {ctx.round} started with {len(slots)} devices: {names}")
     return True
 
 
-def _mark_unschedulable(ctx: _Planning, reason: str, message: str) -> None:
+def _record_period(ctx: _Planning) -> None:
+    """The task took part in a numbered learning period: its number and time go into the status. A task left
+    waiting (recorded when it starts to wait, or waits for a new reason) collects for the next period from this
+    time on (scheduling.collection); retries that change nothing leave the status as it is."""
+    if ctx.assignment is not None and ctx.assignment.period is not None:
+        ctx.status.update(period=ctx.assignment.period, periodTime=ctx.stamp)
+
+
+def _mark_unschedulable(ctx: _Planning, reason: str, message: str) -> bool:
+    """The Unschedulable condition; True when it is new or says something new (then an event tells)."""
     previous = conditions.get_condition(ctx.status.get("conditions"), conditions.UNSCHEDULABLE) or {}
-    if previous.get("status") != conditions.TRUE or previous.get("message") != message:
+    changed = previous.get("status") != conditions.TRUE or previous.get("message") != message
+    if changed:
         ctx.event("DeviceUnschedulable", message, warning=True)
     ctx.condition(conditions.UNSCHEDULABLE, True, reason, message)
     ctx.status["message"] = message
+    return changed
 
 
 def _ask_for_devices(ctx: _Planning, count: int) -> None:
@@ -747,12 +779,15 @@ def _build_train_pod(ctx: _Planning, device: str, node: str, attempt: int) -> di
 
 def _device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequest:
     """What this task asks the scheduler for: `count` more devices for the current round; this round's devices count
-    as having participated, so replacements prefer other devices."""
+    as having participated, so replacements prefer other devices; mid-round it is a replacement (no collection
+    window)."""
     request = build_device_request(task, status=status, per_round=count)
     participation = dict(request.participation)
     for record in status.get("devices") or []:
-        participation[record["device"]] = participation.get(record["device"], 0) + 1
-    return dataclasses.replace(request, participation=participation)
+        if record.get("state") in UNFINISHED_STATES:  # a finished device's turn is in the ledger already
+            participation[record["device"]] = participation.get(record["device"], 0) + 1
+    return dataclasses.replace(request, participation=participation,
+                               replacement=status.get("stage") == TRAINING)
 
 
 def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
@@ -760,13 +795,28 @@ def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
     _stamp_finish(ctx, record)
     if "device" not in record:
         return
-    device = record["device"]
-    participation = ctx.status.setdefault("participation", {})
-    participation[device] = int(participation.get(device, 0)) + 1
+    _record_turn(ctx, record["device"])
     seconds = _number((result or {}).get("seconds"))
     if seconds is not None and seconds >= 0:
         estimates = ctx.status.setdefault("trainSecondsEstimate", {})
-        estimates[device] = round(update_train_estimate(estimates.get(device), seconds), 3)
+        estimates[record["device"]] = round(update_train_estimate(estimates.get(record["device"]), seconds), 3)
+
+
+def _record_turn(ctx: _Planning, device: str, ran_for: float | None = None, straggler: bool = False) -> None:
+    """The fairness ledger and the time model learn from every finished turn of a device, not only from returns:
+    status.participation counts the rounds a device was given (returned, excluded or failed), so a device that
+    failed or straggled does not look behind and is not picked again and again; a device that ran `ran_for` seconds
+    without an update takes at least that long (a straggler's estimate: the EWMA with it, and no less than it)."""
+    participation = ctx.status.setdefault("participation", {})
+    participation[device] = int(participation.get(device, 0)) + 1
+    if ran_for is None or ran_for <= 0:
+        return
+    estimates = ctx.status.setdefault("trainSecondsEstimate", {})
+    previous = estimates.get(device)
+    if straggler:
+        estimates[device] = round(max(update_train_estimate(previous, ran_for), ran_for), 3)
+    elif previous is None or previous < ran_for:
+        estimates[device] = round(ran_for, 3)
 
 
 def _advance_devices(ctx: _Planning, records: list[dict] | None = None) -> None:
@@ -776,6 +826,7 @@ def _advance_devices(ctx: _Planning, records: list[dict] | None = None) -> None:
             ctx, record, lambda attempt, r=record: _build_train_pod(ctx, r["device"], r["node"], attempt),
             f"round {ctx.round} device {record['device']}")
         if was_unfinished and progress.state == STATE_FAILED:
+            _record_turn(ctx, record["device"], _seconds_between(record.get("startTime"), ctx.now))
             ctx.event("DeviceFailed", f"round {ctx.round}: device {record['device']} on node {record['node']} "
                                       f"gave up: {progress.reason}", warning=True)
 
@@ -828,6 +879,7 @@ def _plan_training(ctx: _Planning) -> bool:
 
 
 def _add_replacements(ctx: _Planning, missing: int) -> bool:
+    _record_period(ctx)
     slots = _new_slots(ctx, ctx.assignment, missing)
     _record_assignment(ctx, slots)
     added = [_device_record(ctx, slot) for slot in slots]
@@ -842,6 +894,7 @@ def _add_replacements(ctx: _Planning, missing: int) -> bool:
 def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) -> None:
     for record in stragglers:
         record.update(state=STATE_EXCLUDED, reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
+        _record_turn(ctx, record["device"], _seconds_between(record.get("startTime"), ctx.now), straggler=True)
         _stamp_finish(ctx, record)
         ctx.keep.discard(record["pod"])
         ctx.event(conditions.REASON_STRAGGLER_EXCLUDED,

@@ -317,8 +317,11 @@ def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slo
              "--momentum", _number(training.momentum), "--weight-decay", _number(training.weight_decay),
              "--proximal-mu", _number(training.proximal_mu)]
     args += _model_data_flags(task) + _user_code_flags(task)
+    labels = naming.pod_labels(task.name, naming.STAGE_TRAIN, round_, slot.device)
+    if spec.devices.pool:  # the scheduler sees which devices of a shared pool train (scheduling/fleet.py)
+        labels[naming.POOL_LABEL] = spec.devices.pool
     return build_pod(task, config, name=naming.train_pod_name(task.name, round_, slot.device, attempt),
-                     labels=naming.pod_labels(task.name, naming.STAGE_TRAIN, round_, slot.device), args=args,
+                     labels=labels, args=args,
                      resources=spec.devices.resources, node=slot.node, tolerations=_tolerations(task),
                      volumes=volumes, mounts=mounts)
 

@@ -49,6 +49,7 @@ PLUGIN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?$"
 # `package.module:callable` or empty (an optional hook into the user's own code).
 CALLABLE_PATTERN = r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ABSOLUTE_PATH_PATTERN = r"^/"
 
@@ -166,6 +167,11 @@ class DevicesSpec:
                                          doc="Quorum once the round deadline passes; default perRound (wait for all).")
     resources: ResourceRequirements = api_field(factory=ResourceRequirements, doc="Resources of every train pod.")
     tolerations: list[Toleration] = api_field([], max_items=64, doc="Tolerations of every train pod.")
+    pool: str = api_field("", pattern=OPTIONAL_DNS_LABEL_PATTERN, max_length=63,
+                          doc="Builtin data: the pool of simulated devices the task shares with the tasks of its "
+                              "namespace that name the same pool; device i of the pool holds shard i of every such "
+                              "task's dataset and trains at most one task at a time. Default (empty): the task's own "
+                              "devices.")
 
     @property
     def quorum(self) -> int:
@@ -263,6 +269,12 @@ class PublishSpec:
 class SchedulingSpec:
     priority: int = api_field(0, minimum=-1000, maximum=1000, doc="Higher-priority tasks get devices first.")
     policy: str = api_field("time-fair", enum=POLICIES, doc="Device choice: time-fair, fastest, random, round-robin.")
+    fairness_weight: float | None = api_field(
+        None, minimum=0, maximum=1000,
+        doc="time-fair: the weight of unfairness against time in the period's cost (round time in typical rounds + "
+            "weight x the variance of the devices' participation, scaled so that weight 1 trades one typical round "
+            "for a round of devices one mean participation further behind); 0 gives the fastest feasible devices. "
+            "Default: the operator's (--fairness-weight).")
 
 
 @dataclass
@@ -367,6 +379,8 @@ class RoundRecord:
     adjust_seconds: float | None = api_field(None, doc="Wall time of the adjust stage.")
     samples: int | None = api_field(None, doc="Training samples behind the round's update.")
     uri: str = api_field("", doc="The round's global model.")
+    period: int | None = api_field(None, minimum=1, doc="The learning period (joint device decision over every task "
+                                                        "that needed devices) that chose the round's devices.")
 
 
 @dataclass
@@ -403,6 +417,12 @@ class TaskStatus:
     participation: dict[str, int] = api_field({}, doc="Device -> rounds it trained in (fairness).")
     train_seconds_estimate: dict[str, float] = api_field({}, doc="Device -> observed train time (EWMA), seconds.")
     waiting_since: DateTime | None = api_field(None, doc="When the task began waiting for devices.")
+    period: int | None = api_field(None, minimum=1, doc="The last learning period (a joint device decision over "
+                                                        "every task that needed devices) the task took part in.")
+    period_time: DateTime | None = api_field(None, doc="When that period's decision was taken.")
+    fairness: float | None = api_field(None, minimum=0, maximum=1,
+                                       doc="Jain's index of the devices' participation in this task (1: every "
+                                           "device trained equally often).")
     round_start_time: DateTime | None = api_field(None, doc="When the current round began.")
     start_time: DateTime | None = api_field(None, doc="When the task began running.")
     completion_time: DateTime | None = api_field(None, doc="When the task succeeded or failed.")
@@ -426,6 +446,10 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
                    "adjustment needs a shared dataset: set data.shared.fraction > 0 or data.shared.uri, "
                    "or adjustment.enabled: false", ".adjustment.enabled",
                    lambda s: not s.adjustment.enabled or s.data.shared.fraction > 0 or s.data.shared.uri != ""),
+    CrossFieldRule((), "self.devices.pool == '' || self.data.source == 'builtin'",
+                   "applies to data.source builtin only (with hostPath or pvc data the device nodes are shared by "
+                   "every task they match)", ".devices.pool",
+                   lambda s: s.devices.pool == "" or s.data.source == "builtin"),
     CrossFieldRule(("data",), "self.source != 'pvc' || self.claimName.contains('{node}')",
                    "must contain {node} (one claim per device node)", ".claimName",
                    lambda d: d.source != "pvc" or "{node}" in d.claim_name),
@@ -478,6 +502,7 @@ PATTERN_HINTS = {
     CALLABLE_PATTERN: "empty, or module:callable such as mypackage.module:function",
     ABSOLUTE_PATH_PATTERN: "an absolute path",
     DNS_LABEL_PATTERN: "lower-case letters, digits and '-'",
+    OPTIONAL_DNS_LABEL_PATTERN: "empty, or lower-case letters, digits and '-'",
     DNS_SUBDOMAIN_PATTERN: "lower-case letters, digits, '-' and '.'",
 }
 DECODER = Decoder(TYPE_RULES, PATTERN_HINTS)

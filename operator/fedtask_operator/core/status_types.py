@@ -88,6 +88,7 @@ class RoundRecordDict(TypedDict, total=False):
     adjustSeconds: float
     samples: int
     uri: str
+    period: int
 
 
 class ModelRefDict(TypedDict, total=False):
@@ -120,6 +121,9 @@ class TaskStatusDict(TypedDict, total=False):
     participation: dict[str, int]
     trainSecondsEstimate: dict[str, float]
     waitingSince: str
+    period: int
+    periodTime: str
+    fairness: float
     roundStartTime: str
     startTime: str
     completionTime: str

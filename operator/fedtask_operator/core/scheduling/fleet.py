@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..naming import STAGE_LABEL, STAGE_TRAIN, TASK_LABEL, pinned_node
+from ..naming import (
+    DEVICE_LABEL,
+    POOL_LABEL,
+    STAGE_LABEL,
+    STAGE_TRAIN,
+    TASK_LABEL,
+    device_pool_key,
+    pinned_node,
+    shard_index,
+)
 from ..phases import POD_FINISHED_PHASES
 from ..quantities import MAX_MILLI, QuantityError, parse_resource_list
 from .estimates import MAX_CPU_CORES, gpu_speed, is_gpu_resource
@@ -37,6 +46,7 @@ class Fleet:
     gpu_speed: np.ndarray  # core-equivalents of the node's GPU (0 without one)
     training: dict[int, set] = field(default_factory=dict)  # node -> task keys with a running train pod there
     index: dict[str, int] = field(default_factory=dict)
+    pool_busy: dict[str, dict[int, str]] = field(default_factory=dict)  # pool -> shard -> task training it
     _label_index: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -151,6 +161,7 @@ class _PodUsage:
 
     requests: dict[int, list[int]]  # node -> milli-units per resource column, summed over its pods
     training: dict[int, set]  # node -> task keys with a running train pod there
+    pool_busy: dict[str, dict[int, str]]  # device pool -> simulated device (shard) -> the task training on it
 
 
 def build_fleet(nodes, pods=()) -> Fleet:
@@ -254,6 +265,7 @@ def _pod_usage(pods: list, index: dict[str, int], resources: list[str]) -> _PodU
     pod_column = column_of.get(POD_COUNT)
     used_rows: dict[int, list[int]] = {}
     training: dict[int, set] = {}
+    pool_busy: dict[str, dict[int, str]] = {}
     pod_shapes: dict = {}
     width = len(resources)
     for i, pod in enumerate(pods):
@@ -264,9 +276,17 @@ def _pod_usage(pods: list, index: dict[str, int], resources: list[str]) -> _PodU
             if not isinstance(pod, dict):
                 raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}") from None
             continue  # a pod without a spec is not bound anywhere
-        if node_index is None or (pod.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
+        if (pod.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
             continue
         metadata = pod.get("metadata") or {}
+        pod_labels = metadata.get("labels")
+        if pod_labels and pod_labels.get(STAGE_LABEL) == STAGE_TRAIN and pod_labels.get(TASK_LABEL):
+            shard = shard_index(str(pod_labels.get(DEVICE_LABEL) or ""))
+            if shard is not None:  # a simulated device of a pool trains until its pod ends, wherever that runs
+                task = f"{metadata.get('namespace') or 'default'}/{pod_labels[TASK_LABEL]}"
+                pool_busy.setdefault(device_pool_key(task, str(pod_labels.get(POOL_LABEL) or "")), {})[shard] = task
+        if node_index is None:
+            continue
         requests = key = None
         containers = spec.get("containers") or ()
         if len(containers) == 1 and not spec.get("initContainers") and not spec.get("overhead"):
@@ -292,11 +312,10 @@ def _pod_usage(pods: list, index: dict[str, int], resources: list[str]) -> _PodU
             row = used_rows[node_index] = [0] * width
         for column, milli in requests:
             row[column] += milli
-        pod_labels = metadata.get("labels")
         if pod_labels and pod_labels.get(STAGE_LABEL) == STAGE_TRAIN and pod_labels.get(TASK_LABEL):
             task = f"{metadata.get('namespace') or 'default'}/{pod_labels[TASK_LABEL]}"
             training.setdefault(node_index, set()).add(task)
-    return _PodUsage(requests=used_rows, training=training)
+    return _PodUsage(requests=used_rows, training=training, pool_busy=pool_busy)
 
 
 def _assemble(arrays: _NodeArrays, usage: _PodUsage) -> Fleet:
@@ -315,5 +334,5 @@ def _assemble(arrays: _NodeArrays, usage: _PodUsage) -> Fleet:
         names=arrays.names, labels=arrays.labels, ready=arrays.ready, cordoned=arrays.cordoned,
         taint_group=arrays.taint_group, taint_sets=arrays.taint_sets, resources=arrays.resources, allocatable=alloc,
         free=free, cpu_speed=np.clip(cpu, 0.0, MAX_CPU_CORES), gpu_speed=gpu_speeds, training=usage.training,
-        index=arrays.index,
+        index=arrays.index, pool_busy=usage.pool_busy,
     )

@@ -2,15 +2,16 @@
 take, and the order its policy prefers them in (pure)."""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from .estimates import DEFAULT_SAMPLES, SECONDS_PER_SAMPLE_PER_CORE
 from .fleet import Fleet
+from .joint import TaskOptions
+from .objective import DEFAULT_FAIRNESS_WEIGHT, TIE, fairness_prices, time_scale
 from .period import Period, TaskCheck, TaskInput
-from .policies import TIME_POLICIES, ahead_limit, allowed_lag, median, random_permutation, rotation_order
+from .policies import TIME_POLICIES, median, random_permutation, random_shift, rotation_order
 from .types import DeviceRequest
 
 
@@ -23,8 +24,9 @@ class NodeCandidates:
     est: np.ndarray  # estimated seconds per node
     samples: np.ndarray  # sample count per node (known, else the median of the known)
     participation: np.ndarray  # rounds each node trained in for this task
-    forced: tuple[int, ...] = ()  # time-fair: devices that fell behind and must train now
-    rested: np.ndarray | None = None  # time-fair: candidates far ahead of the mean, left out while others suffice
+    price: np.ndarray  # per node: the fairness price of selecting it (objective.py), with tie-breaks
+    tau: float  # the task's time scale (objective.py)
+    weight: float  # the fairness weight in force
 
     @property
     def task(self) -> TaskInput:
@@ -38,16 +40,20 @@ class NodeCandidates:
     def request(self) -> DeviceRequest:
         return self.check.task.request
 
-    def with_rested(self) -> NodeCandidates:
-        """The same options with the rested devices counting again."""
-        if self.rested is None:
-            return self
-        return replace(self, candidates=np.sort(np.concatenate([self.candidates, self.rested])), rested=None)
+    @property
+    def timed(self) -> bool:
+        return self.request.policy in TIME_POLICIES
+
+    def options(self, index: dict[int, int] | None = None) -> TaskOptions:
+        """The task as the joint solver sees it (device indices mapped through `index` when given)."""
+        cand = self.candidates
+        devices = cand if index is None else np.array([index[int(n)] for n in cand], dtype=np.int64)
+        return TaskOptions(key=self.key, need=self.request.per_round, candidates=devices, est=self.est[cand],
+                           price=self.price[cand], tau=self.tau, timed=self.timed)
 
 
 def node_candidates(period: Period, task: TaskInput) -> NodeCandidates:
-    """The nodes the task may use now (free resources, no other task training there), their estimates, and under
-    `time-fair` the devices it must take (fell behind) or may rest (far ahead)."""
+    """The nodes the task may use now (free resources, no other task training there), their estimates and prices."""
     fleet, request = period.fleet, task.request
     taken = period.training_any.copy()
     own = period.training_only.get(task.key)
@@ -58,19 +64,49 @@ def node_candidates(period: Period, task: TaskInput) -> NodeCandidates:
     samples = _samples(fleet, request)
     est = _node_estimates(fleet, request, samples, period.speed(task))
     participation = _participation(fleet, request)
-    forced: tuple[int, ...] = ()
-    rested = None
-    if request.policy == "time-fair" and len(candidates):
-        shares = participation[candidates]
-        behind = candidates[shares < shares.mean() - allowed_lag(request, float(shares.mean()))]
-        order = np.lexsort((est[behind], participation[behind]))
-        forced = tuple(int(n) for n in behind[order][: request.per_round])
-        ahead = shares > ahead_limit(request, float(shares.mean()))
-        if ahead.any() and len(candidates) - int(ahead.sum()) >= request.per_round:
-            rested = candidates[ahead]
-            candidates = candidates[~ahead]
+    universe = participation[task.matched]
+    mean = float(universe.mean()) if len(universe) else 0.0
+    weight = fairness_weight(request)
+    price = policy_prices(request, participation, mean, weight, samples, est, candidates)
     return NodeCandidates(check=check, candidates=candidates, est=est, samples=samples, participation=participation,
-                          forced=forced, rested=rested)
+                          price=price, tau=time_scale(est[candidates]), weight=weight)
+
+
+def fairness_weight(request: DeviceRequest) -> float:
+    """The weight of unfairness in the task's cost: its own, else the default; 0 for every policy but time-fair
+    (`fastest` is time-fair at weight 0; the order policies have no cost to weigh)."""
+    if request.policy != "time-fair":
+        return 0.0
+    return DEFAULT_FAIRNESS_WEIGHT if request.fairness_weight is None else float(request.fairness_weight)
+
+
+def policy_prices(request: DeviceRequest, participation: np.ndarray, mean: float, weight: float,
+                  samples: np.ndarray, est: np.ndarray, candidates: np.ndarray, explore: bool = True) -> np.ndarray:
+    """Per device (arrays indexed like `participation`): the price the solver minimises for this task.
+
+    time-fair: the fairness price (objective.py), then, at no real cost, the most data (statistical utility, as in
+    Oort: the round takes its time either way, and the same few small fast shards would bias the model to their
+    labels), then a per-round random order among equals (`explore`; else the lower index); fastest: the faster
+    device among equals; random and round-robin: their order (tiny prices, no time term)."""
+    size = len(participation)
+    price = np.zeros(size)
+    if not len(candidates):
+        return price
+    if request.policy == "time-fair":
+        price[candidates] = fairness_prices(participation[candidates], mean, request.per_round, weight)
+        most = float(samples[candidates].max()) or 1.0
+        order = explore_order(request, candidates) if explore else candidates / max(len(participation), 1)
+        price[candidates] += TIE * (1 - samples[candidates] / most) + TIE * 1e-3 * order
+    elif request.policy == "fastest":
+        slowest = float(est[candidates].max()) or 1.0
+        price[candidates] = TIE * est[candidates] / slowest
+    else:
+        order = random_permutation(request, len(candidates)) if request.policy == "random" else \
+            rotation_order(request, participation[candidates])
+        rank = np.empty(len(candidates))
+        rank[order] = np.arange(len(candidates))
+        price[candidates] = TIE * rank / len(candidates)
+    return price
 
 
 def _participation(fleet: Fleet, request: DeviceRequest) -> np.ndarray:
@@ -106,36 +142,16 @@ def _node_estimates(fleet: Fleet, request: DeviceRequest, samples: np.ndarray, s
     return est
 
 
-def lower_bound(task: NodeCandidates, excluded: list[int]) -> float:
-    """The task's best possible round time on its own: its forced devices plus the fastest others."""
-    if task.request.policy not in TIME_POLICIES:
-        return math.inf
-    est = task.est
-    need = task.request.per_round - len(task.forced)
-    bound = max((est[n] for n in task.forced), default=0.0)
-    if need > 0:
-        mask = np.ones(len(task.candidates), dtype=bool)
-        if excluded:
-            mask &= ~np.isin(task.candidates, list(excluded))
-        others = est[task.candidates[mask]]
-        if len(others) < need:
-            return math.inf
-        bound = max(bound, float(np.partition(others, need - 1)[need - 1]))
-    return float(bound)
+def explore_order(request: DeviceRequest, devices: np.ndarray) -> np.ndarray:
+    """A value in [0, 1) per device that orders equals differently every round (cheap: a golden-ratio sequence
+    shifted by the task and round), so devices not seen yet are explored in turn."""
+    shift = random_shift(request)
+    return (devices.astype(float) * 0.6180339887498949 + shift) % 1.0
 
 
 def preference(task: NodeCandidates, threshold: float) -> np.ndarray:
-    """The task's candidates no slower than `threshold`, most preferred first."""
-    request, cand = task.request, task.candidates
-    if request.policy in TIME_POLICIES:
+    """The task's candidates no slower than `threshold` (any, for the order policies), cheapest first."""
+    cand = task.candidates  # ascending: a stable sort keeps equals in node order
+    if task.timed:
         cand = cand[task.est[cand] <= threshold]
-        if request.policy == "fastest":
-            return cand[np.lexsort((cand, task.est[cand]))]
-        # Least participation first; then, as the round takes the threshold's time anyway, the most data (statistical
-        # utility, as in Oort) rather than the fastest: the same few small fast shards bias the model to their labels.
-        # Equal sample counts (devices not seen yet) are explored in a per-round random order.
-        explore = random_permutation(request, len(cand))
-        return cand[np.lexsort((cand, explore, -task.samples[cand], task.participation[cand]))]
-    if request.policy == "random":
-        return cand[random_permutation(request, len(cand))]
-    return cand[rotation_order(request, task.participation[cand])]
+    return cand[np.argsort(task.price[cand], kind="stable")]

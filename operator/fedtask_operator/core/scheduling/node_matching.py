@@ -1,13 +1,10 @@
 """Exact matching of node-device tasks to nodes (pure): one task per node, every served task gets perRound nodes, and
-under the time policies no task uses a node slower than the period's threshold."""
+under the time policies no task uses a node slower than its round-time limit (large groups; see node_devices)."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from .node_candidates import NodeCandidates, lower_bound, preference
-from .policies import TIME_POLICIES
+from .node_candidates import NodeCandidates, preference
 
 
 class Matching:
@@ -82,50 +79,24 @@ class Matching:
 
 class NodeTaskSolver:
     """Matchings of node-device tasks under a round-time floor: each task may use its candidates no slower than
-    max(its own best possible round time, the floor); nodes fixed to a task (devices that fell behind) are
-    nobody else's."""
+    max(its own best round-time limit, the floor) (any candidate under the order policies), cheapest first."""
 
-    def __init__(self, fixed: dict[int, str], tasks: list[NodeCandidates]):
-        self.fixed = fixed
-        self.lower_bounds: dict[str, float] = {}
-        self.measure(tasks)
-
-    def measure(self, tasks: list[NodeCandidates]) -> None:
-        """(Re)compute the tasks' best possible round times, leaving out the nodes fixed to other tasks."""
+    def __init__(self, tasks: list[NodeCandidates]):
+        self.limits: dict[str, float] = {}
         for task in tasks:
-            self.lower_bounds[task.key] = lower_bound(task, self._fixed_to_others(task.key))
-
-    def release(self, nodes) -> None:
-        """These nodes are no longer fixed (their task waits this period)."""
-        for node in nodes:
-            self.fixed.pop(node, None)
+            self.limits[task.key] = task.options().own_best()[1] if task.timed else math.inf
 
     def threshold(self, task: NodeCandidates, floor: float) -> float:
-        return max(self.lower_bounds[task.key], floor) if task.request.policy in TIME_POLICIES else math.inf
+        return max(self.limits[task.key], floor) if task.timed else math.inf
 
     def allowed(self, task: NodeCandidates, floor: float) -> list[int]:
-        """The task's usable nodes in its order of preference."""
-        limit = self.threshold(task, floor)
-        cand = task.candidates
-        if task.request.policy in TIME_POLICIES:
-            cand = cand[task.est[cand] <= limit]
-            cand = cand[np.argsort(task.est[cand], kind="stable")]
-        else:
-            cand = preference(task, limit)
-        if self.fixed:
-            others = self._fixed_to_others(task.key)
-            if others:
-                cand = cand[~np.isin(cand, others)]
-        return cand.tolist()
+        """The task's usable nodes, cheapest first."""
+        return preference(task, self.threshold(task, floor)).tolist()
 
     def solve(self, served: list[NodeCandidates], floor: float) -> Matching | None:
         """A matching that gives every served task its devices under `floor`, None when there is none."""
-        keys = {task.key for task in served}
-        matching = Matching({n: key for n, key in self.fixed.items() if key in keys})
+        matching = Matching({})
         for task in sorted(served, key=lambda t: len(t.candidates)):
             if not matching.fill(task.key, task.request.per_round, self.allowed(task, floor)):
                 return None
         return matching
-
-    def _fixed_to_others(self, key: str) -> list[int]:
-        return [n for n, owner in self.fixed.items() if owner != key]

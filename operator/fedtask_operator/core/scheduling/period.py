@@ -45,6 +45,12 @@ class TaskOutcome:
     check: TaskCheck
     slots: list[DeviceSlot] = field(default_factory=list)
     waiting_reason: str | None = None
+    solver: str = ""  # how the devices were chosen (joint.py: independent, exact, local-search; greedy; order)
+    optimal: bool = False  # proved optimal for the period's objective
+    time_scale: float = 1.0  # objective.py: tau, w, and U and Jain's index after the period
+    weight: float = 0.0
+    unfairness: float = 0.0
+    jain: float = 1.0
 
 
 class Period:

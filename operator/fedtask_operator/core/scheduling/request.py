@@ -13,7 +13,8 @@ from .types import DeviceRequest
 def build_device_request(task: FederatedTask, now: float | None = None, *, status: dict | None = None,
                          per_round: int | None = None) -> DeviceRequest:
     """What `task` asks the scheduler for in the coming period: perRound devices of its spec, with its fairness and
-    time history from status (participation, trainSecondsEstimate, the devices' sample counts, waitingSince).
+    time history from status (participation, trainSecondsEstimate, the devices' sample counts, waitingSince,
+    periodTime), its fairness weight (None: the runtime's default) and its device pool.
 
     `now` (epoch seconds) stands in for waitingSince when the task is not recorded as waiting yet, so a task that
     starts to wait in this period ages from now on. `status` (the status as stored, camelCase; default: the task's
@@ -25,7 +26,8 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
         count = sample_count(record.get("result"))
         if count:
             samples[record["device"]] = count
-    waiting_since = status.get("waitingSince")
+    waiting_since = parse_time(status["waitingSince"]).timestamp() if status.get("waitingSince") else now
+    period_time = parse_time(status["periodTime"]).timestamp() if status.get("periodTime") else None
     return DeviceRequest(
         task=task.key,
         per_round=spec.devices.per_round if per_round is None else per_round,
@@ -36,12 +38,23 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
         shard_count=int(status.get("shardCount") or spec.devices.count or 0),
         priority=spec.scheduling.priority,
         policy=spec.scheduling.policy,
-        waiting_since=parse_time(waiting_since).timestamp() if waiting_since else now,
+        waiting_since=waiting_since,
         participation=dict(status.get("participation") or {}),
         train_seconds=dict(status.get("trainSecondsEstimate") or {}),
         samples=samples,
         round=max(int(status.get("round") or 1), 1),
+        fairness_weight=spec.scheduling.fairness_weight,
+        pool=spec.devices.pool,
+        ready_since=_later(waiting_since, period_time),
     )
+
+
+def _later(first: float | None, second: float | None) -> float | None:
+    """The collection for the next period starts when the task began to wait, or at the last period it took part in
+    without getting devices (it waits on), whichever is later."""
+    if first is None or second is None:
+        return first if second is None else second
+    return max(first, second)
 
 
 def sample_count(result: Any) -> int:

@@ -1,5 +1,5 @@
-"""Simulated devices (builtin data, shards): which shards train this period and the node each one trains on
-(pure); each shard goes where it finishes first, every placement subtracting its requests."""
+"""Simulated devices (builtin data, shards): their time model, and the node each chosen shard trains on (pure); each
+shard goes where it finishes first, every placement subtracting its requests. Which shards train: pools.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,22 +7,17 @@ import numpy as np
 from ..naming import shard_device_id, shard_index
 from .estimates import DEFAULT_SAMPLES, SECONDS_PER_SAMPLE_PER_CORE
 from .explain import waiting_for_shards
-from .period import Period, TaskInput, TaskOutcome
-from .policies import allowed_lag, median, random_permutation, rotation_order
+from .period import Period, TaskCheck, TaskInput, TaskOutcome
+from .policies import median
 from .types import DeviceRequest, DeviceSlot
 
 
-def place_shards(period: Period, task: TaskInput) -> TaskOutcome:
-    """Choose the task's shards for this period and place them on nodes; book the placement in the period."""
+def place_shards(period: Period, task: TaskInput, shards: list[int], work: list[float]) -> TaskOutcome:
+    """Place the chosen shards (`work`: their seconds on one core-equivalent) on nodes; book the placement."""
     fleet, request = period.fleet, task.request
     check = period.check(task)
     qualifying = task.matched & task.schedulable & task.tolerated & check.fits
     candidates = np.flatnonzero(qualifying)
-    count = request.shard_count or int(task.matched.sum())
-    if count < request.per_round:
-        return TaskOutcome(check, waiting_reason=f"spec.devices.perRound ({request.per_round}) exceeds the number "
-                                                  f"of simulated devices ({count})")
-    shards = _choose_shards(request, count)
     speed = period.speed(task)
     # Train pods placed on one node this period share its speed. The best placement only ever uses the per_round
     # nodes with the highest speed per pod (an unused one of them beats any other node).
@@ -32,7 +27,6 @@ def place_shards(period: Period, task: TaskInput) -> TaskOutcome:
     if len(cand) > request.per_round:
         cand = cand[np.argpartition(-per_pod[cand], request.per_round - 1)[: request.per_round]]
     cand = cand[np.lexsort((cand, -per_pod[cand]))]
-    work = _shard_work(request, shards, speed, candidates)
     rows = {int(n): check.free[n].copy() for n in cand}
     load = {int(n): 0 for n in cand}
     placements = []
@@ -51,7 +45,7 @@ def place_shards(period: Period, task: TaskInput) -> TaskOutcome:
             rows[node][column] -= amount
         load[node] += 1
         placements.append((shard, node))
-    if len(placements) < request.per_round:
+    if len(placements) < len(shards):
         return TaskOutcome(check, waiting_reason=waiting_for_shards(fleet, check, qualifying, len(placements)))
     seconds_of = dict(zip(shards, work))
     slots = [
@@ -63,26 +57,14 @@ def place_shards(period: Period, task: TaskInput) -> TaskOutcome:
     return TaskOutcome(check, slots=slots)
 
 
-def _choose_shards(request: DeviceRequest, count: int) -> list[int]:
-    participation = np.zeros(count)
-    for device, rounds in request.participation.items():
-        index = shard_index(device)
-        if index is not None and index < count:
-            participation[index] = rounds
-    size = _shard_sizes(request, count)
-    if request.policy == "random":
-        order = random_permutation(request, count)
-    elif request.policy == "round-robin":
-        order = rotation_order(request, participation)
-    elif request.policy == "fastest":
-        order = np.lexsort((np.arange(count), size))
-    else:
-        behind = participation < participation.mean() - allowed_lag(request, float(participation.mean()))
-        order = np.lexsort((np.arange(count), size, participation, ~behind))
-    return sorted(int(i) for i in order[: request.per_round])
+def typical_speed(period: Period, task: TaskInput, check: TaskCheck) -> float:
+    """The median speed of the nodes the task's train pods may run on (1.0 when none qualifies)."""
+    qualifying = task.matched & task.schedulable & task.tolerated & check.fits
+    speeds = period.speed(task)[qualifying]
+    return median(speeds) if len(speeds) else 1.0
 
 
-def _shard_sizes(request: DeviceRequest, count: int) -> np.ndarray:
+def shard_sizes(request: DeviceRequest, count: int) -> np.ndarray:
     """Per shard: observed seconds when known, else samples; used for ordering under `fastest`/`time-fair`."""
     known = [s for s in request.samples.values() if s]
     size = np.full(count, median(known) if known else float(DEFAULT_SAMPLES))
@@ -93,15 +75,15 @@ def _shard_sizes(request: DeviceRequest, count: int) -> np.ndarray:
     return size
 
 
-def _shard_work(request: DeviceRequest, shards: list[int], speed: np.ndarray, candidates: np.ndarray) -> list[float]:
-    """Seconds each shard would take on one core-equivalent, calibrated by observed train durations."""
-    observed = [(shard_index(d), s) for d, s in request.train_seconds.items() if s and shard_index(d) is not None]
-    size = _shard_sizes(request, max([*shards, *(i for i, _ in observed)], default=0) + 1)
-    work = [float(size[s]) * SECONDS_PER_SAMPLE_PER_CORE for s in shards]
+def shard_work(request: DeviceRequest, count: int, speed: float) -> np.ndarray:
+    """Seconds each of the `count` shards would take on one core-equivalent, calibrated by observed train durations
+    (which ran at about `speed`, the typical node's)."""
+    size = shard_sizes(request, count)
+    work = size * SECONDS_PER_SAMPLE_PER_CORE
+    observed = [(shard_index(d), s) for d, s in request.train_seconds.items()
+                if s and shard_index(d) is not None and shard_index(d) < count]
     if observed:
-        typical_speed = median(speed[candidates]) if len(candidates) else 1.0
-        ratios = [seconds / max(float(size[index]) * SECONDS_PER_SAMPLE_PER_CORE / typical_speed, 1e-12)
+        ratios = [seconds / max(float(size[index]) * SECONDS_PER_SAMPLE_PER_CORE / speed, 1e-12)
                   for index, seconds in observed]
-        factor = median(ratios)
-        work = [w * factor for w in work]
+        work = work * median(ratios)
     return work

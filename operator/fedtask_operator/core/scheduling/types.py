@@ -22,8 +22,10 @@ class DeviceRequest:
     train_seconds: dict = field(default_factory=dict)  # device -> observed train time (EWMA), seconds
     samples: dict = field(default_factory=dict)  # device -> sample count, when known
     round: int = 1  # the round being scheduled (seeds `random`, rotates `round-robin`)
-    fairness_bound: float | None = None  # time-fair: rounds a device may fall behind the mean (None: the default, 2)
-    fairness_share: float | None = None  # ... or this share of the mean when larger (None: the default, 0.5)
+    fairness_weight: float | None = None  # time-fair: weight of unfairness in the cost (None: the operator default)
+    pool: str = ""  # builtin data: the device pool it shares with tasks naming the same one ("": its own devices)
+    ready_since: float | None = None  # epoch seconds since it collects for the next period (collection window)
+    replacement: bool = False  # mid-round: devices to replace failed ones (decided at once, no collection window)
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,29 @@ class DeviceSlot:
 class TaskAssignment:
     devices: list[DeviceSlot] = field(default_factory=list)
     waiting_reason: str | None = None  # set when the task must wait this period, and why
+    period: int | None = None  # the learning period (joint decision) this belongs to, when the runtime numbers them
+    round_seconds: float = 0.0  # T: the slowest selected device's estimate
+    time_scale: float = 1.0  # tau: the median estimate of the task's candidates (objective.py)
+    fairness_weight: float = 0.0  # w in force (0 for the policies other than time-fair)
+    unfairness: float = 0.0  # U after this period (objective.py)
+    jain: float = 1.0  # Jain's index of the task's participation after this period
+    solver: str = ""  # how its devices were chosen: independent, exact, local-search or greedy (joint.py)
+    optimal: bool = False  # the choice is proved optimal for the period's objective
+
+    @property
+    def cost(self) -> float:
+        """The task's share of the period's cost: T / tau + w U."""
+        return self.round_seconds / self.time_scale + self.fairness_weight * self.unfairness if self.devices else 0.0
 
 
 @dataclass
 class Assignment:
     tasks: dict[str, TaskAssignment] = field(default_factory=dict)  # task key -> its devices
     excluded: dict[str, str] = field(default_factory=dict)  # node -> every reason no task got it
-    period_seconds: float = 0.0  # estimated time cost of the period (slowest task's slowest device)
+    period_seconds: float = 0.0  # estimated time of the period (slowest task's slowest device)
+    period: int | None = None  # the learning period's number, when the runtime numbers them
+
+    @property
+    def cost(self) -> float:
+        """The period's cost: the sum of its served tasks' costs (objective.py)."""
+        return sum(task.cost for task in self.tasks.values())
