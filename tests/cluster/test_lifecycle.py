@@ -1,0 +1,213 @@
+"""A task's life on the real control plane: `kubectl delete ft` removes its pods through kube-controller-manager's
+garbage collector (owner references), `ttlSecondsAfterFinished` deletes a finished task (the operator's RBAC allows
+it), and an operator killed mid-round (SIGKILL; the node agent restarts its container) finishes the task with every
+round exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.conftest import NAMESPACE, LocalCluster, PodRecorder
+from tests.cluster.test_end_to_end import digits_task, wait_for_phase
+
+# The first test also sets the module's cluster up (and may wait for another session's): a longer timeout.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+
+TASK_LABEL = "fedtask.io/task"
+
+
+class CreationRecorder(PodRecorder):
+    """PodRecorder that also keeps every uid seen under each pod name: a name created twice has two uids."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.uids: dict[str, set[str]] = {}
+        self.created: list[tuple[float, dict]] = []  # (time.monotonic() when first seen, the pod), in order
+
+    def _record(self, pod: dict) -> None:
+        uids = self.uids.setdefault(pod["metadata"]["name"], set())
+        if pod["metadata"]["uid"] not in uids:
+            uids.add(pod["metadata"]["uid"])
+            self.created.append((time.monotonic(), pod))
+        super()._record(pod)
+
+
+def operator_deployment(cluster: LocalCluster) -> dict:
+    deployments = cluster.get_json("deployments", "-n", NAMESPACE)["items"]
+    operators = [d for d in deployments if "minio" not in d["metadata"]["name"]]
+    assert len(operators) == 1, [d["metadata"]["name"] for d in deployments]
+    return operators[0]
+
+
+def operator_pods(cluster: LocalCluster) -> list[dict]:
+    labels = operator_deployment(cluster)["spec"]["selector"]["matchLabels"]
+    selector = ",".join(f"{key}={value}" for key, value in labels.items())
+    return cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not {what} after {timeout}s")
+
+
+def task_pod_names(cluster: LocalCluster, name: str) -> set[str]:
+    pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={name}")["items"]
+    return {pod["metadata"]["name"] for pod in pods}
+
+
+def task_status(cluster: LocalCluster, name: str) -> dict:
+    return cluster.get_json("federatedtask", name, "-n", NAMESPACE).get("status") or {}
+
+
+def scale_operator(cluster: LocalCluster, replicas: int) -> None:
+    deployment = operator_deployment(cluster)["metadata"]["name"]
+    cluster.kubectl("scale", "deployment", deployment, "-n", NAMESPACE, f"--replicas={replicas}")
+    if replicas == 0:
+        wait_until(lambda: not operator_pods(cluster), 60, "operator pod gone")
+    else:
+        cluster.kubectl("rollout", "status", "deployment", deployment, "-n", NAMESPACE, "--timeout=90s", timeout=100)
+
+
+def long_task(name: str, rounds: int = 50) -> str:
+    return digits_task(name, rounds, {"count": 3, "perRound": 3,
+                                      "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}})
+
+
+def test_kubectl_delete_removes_the_pods_through_the_garbage_collector(cluster: LocalCluster):
+    """With the operator scaled to zero, only kube-controller-manager's garbage collector can remove the pods of a
+    deleted task: it does for a background (default) deletion, and orphans them for --cascade=orphan (the control
+    that shows the pods stay when nothing collects them). The operator's own part of a deletion (the store-cleanup
+    finalizer) is another test's."""
+    collected, orphaned = "gc-collected", "gc-orphaned"
+    for name in (collected, orphaned):
+        cluster.kubectl("apply", "-f", "-", input=long_task(name))
+    # Scaled to zero while both train (round 2 or later: the task is well under way), so each keeps pods.
+    def training() -> bool:
+        pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", "fedtask.io/stage=train")["items"]
+        rounds = {(p["metadata"]["labels"][TASK_LABEL], p["metadata"]["labels"].get("fedtask.io/round")) for p in pods}
+        return all(any(task == name and int(r or 0) >= 2 for task, r in rounds) for name in (collected, orphaned))
+    wait_until(training, 180, "both tasks training round 2 or later", interval=0.2)
+    scale_operator(cluster, 0)
+    try:
+        before = {name: task_pod_names(cluster, name) for name in (collected, orphaned)}
+        assert all(before.values()), (before, [task_status(cluster, name) for name in (collected, orphaned)])
+        pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={collected}")["items"]
+        task_uid = cluster.get_json("federatedtask", collected, "-n", NAMESPACE)["metadata"]["uid"]
+        for pod in pods:
+            owners = pod["metadata"].get("ownerReferences") or []
+            assert [(o["kind"], o["uid"], o.get("controller")) for o in owners] == [("FederatedTask", task_uid, True)]
+
+        # The operator's store-cleanup finalizer holds the deletions while it is away: an administrator removes it.
+        for name, cascade in ((collected, "background"), (orphaned, "orphan")):
+            cluster.kubectl("delete", "ft", name, "-n", NAMESPACE, f"--cascade={cascade}", "--wait=false")
+            cluster.kubectl("patch", "ft", name, "-n", NAMESPACE, "--type", "merge",
+                            "-p", '{"metadata":{"finalizers":null}}')
+            wait_until(lambda name=name: cluster.kubectl("get", "ft", name, "-n", NAMESPACE,
+                                                         check=False).returncode != 0, 30, f"{name} gone")
+        wait_until(lambda: not task_pod_names(cluster, collected), 90, f"{collected}'s pods gone")
+
+        # The orphan control: the garbage collector removed the owner references and left the pods.
+        def orphans():
+            items = cluster.get_json("pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={orphaned}")["items"]
+            return items if all(not p["metadata"].get("ownerReferences") for p in items) else None
+        left = wait_until(orphans, 60, f"{orphaned}'s pods orphaned")
+        assert {p["metadata"]["name"] for p in left} == before[orphaned]
+    finally:
+        cluster.kubectl("delete", "pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={orphaned}", "--wait=true",
+                        check=False, timeout=90)
+        scale_operator(cluster, 1)
+
+
+def test_ttl_seconds_after_finished_deletes_the_finished_task(cluster: LocalCluster):
+    name = "ttl-task"
+    task = yaml.safe_load(digits_task(name, 1, {"count": 2, "perRound": 2}))
+    task["spec"]["ttlSecondsAfterFinished"] = 5
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(task))
+    seen: dict = {}
+
+    def gone() -> bool:
+        result = cluster.kubectl("get", "federatedtask", name, "-n", NAMESPACE, "-o", "json", check=False)
+        if result.returncode != 0:
+            assert "NotFound" in result.stderr, result.stderr
+            return True
+        status = json.loads(result.stdout).get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            seen.setdefault("phase", status["phase"])
+            seen.setdefault("at", time.monotonic())
+        return False
+
+    try:
+        wait_until(gone, 240, f"{name} deleted", interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"{name}: {seen}\n{cluster.logs()}") from None
+    assert seen.get("phase") == "Succeeded", seen
+    # Deleted by the operator after the TTL, not before.
+    assert time.monotonic() - seen["at"] >= 4.0, seen
+
+
+def operator_process(cluster: LocalCluster) -> int:
+    """The host pid of the operator container's process: `fedtask operator` speaking to this cluster's API server."""
+    candidates = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"operator" not in argv or not any(arg.endswith(b"fedtask") for arg in argv[:2]):
+            continue
+        env = dict(item.decode(errors="replace").partition("=")[::2] for item in environ if b"=" in item)
+        if "KUBERNETES_SERVICE_HOST" in env:  # in a pod (one installed cluster per machine: the tests' lock)
+            candidates.append(int(proc.name))
+    assert len(candidates) == 1, candidates
+    return candidates[0]
+
+
+def test_operator_killed_mid_round_finishes_every_round_exactly_once(cluster: LocalCluster):
+    name = "killed-operator"
+    rounds = 5
+    manifest = digits_task(name, rounds, {"count": 3, "perRound": 3,
+                                          "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}})
+    restarts_before = sum(s.get("restartCount", 0) for p in operator_pods(cluster)
+                          for s in p["status"].get("containerStatuses") or [])
+    with CreationRecorder(cluster, name) as recorder:
+        cluster.kubectl("apply", "-f", "-", input=manifest)
+        # Mid-round: round 2's train pods exist.
+        wait_until(lambda: any("-r0002-train-" in pod for pod in recorder.pods), 180, "round 2 training")
+        os.kill(operator_process(cluster), signal.SIGKILL)
+        killed_at = time.monotonic()
+        task = wait_for_phase(cluster, name, timeout=300)
+    assert task["status"]["phase"] == "Succeeded", task["status"]
+    assert not recorder.errors, recorder.errors
+
+    restarts = sum(s.get("restartCount", 0) for p in operator_pods(cluster)
+                   for s in p["status"].get("containerStatuses") or [])
+    assert restarts > restarts_before, "the operator's container was not restarted"
+    history = [entry["round"] for entry in task["status"]["history"]]
+    assert history == list(range(1, rounds + 1)), history
+    twice = {pod: uids for pod, uids in recorder.uids.items() if len(uids) > 1}
+    assert not twice, f"pod names created twice: {twice}"
+    stages: dict[tuple[int, str], list[str]] = {}
+    for pod_name, pod in recorder.pods.items():
+        labels = pod["metadata"]["labels"]
+        stage = labels.get("fedtask.io/stage")
+        round_number = int(labels.get("fedtask.io/round", 0))
+        stages.setdefault((round_number, stage), []).append(pod_name)
+    for number in range(1, rounds + 1):
+        trains = stages.get((number, "train"), [])
+        assert len(trains) == 3, (number, trains)
+        assert len(stages.get((number, "aggregate"), [])) == 1, (number, stages)
+    print(f"operator killed; task done {time.monotonic() - killed_at:.1f}s later")
