@@ -30,6 +30,20 @@ def test_flags_override_the_environment_a_chart_sets(monkeypatch):
     assert parse_config(["-A"]).clusterwide
 
 
+def test_scheduling_settings_come_from_flags_over_the_environment(monkeypatch):
+    monkeypatch.setenv("FEDTASK_COLLECTION_WINDOW_SECONDS", "5")
+    monkeypatch.setenv("FEDTASK_FAIRNESS_WEIGHT", "0.5")
+
+    from_env = parse_config([])
+    flagged = parse_config(["--fairness-weight", "3", "--collection-window", "0"])
+
+    assert (from_env.scheduling.collection_window, from_env.scheduling.fairness_weight) == (5.0, 0.5)
+    assert (flagged.scheduling.collection_window, flagged.scheduling.fairness_weight) == (0.0, 3.0)
+    for bad in (["--collection-window", "-1"], ["--fairness-weight", "nan"]):
+        with pytest.raises(SystemExit):
+            parse_config(bad)
+
+
 def test_replicas_get_distinct_random_priorities_unless_one_is_given():
     priorities = {parse_config([]).priority for _ in range(20)}
     assert len(priorities) > 15 and all(priority > 0 for priority in priorities)

@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
+from fedtask_operator.core.scheduling import collection
 from fedtask_operator.kube import metrics
 from fedtask_operator.local import cli as local_cli
-from fedtask_operator.local import runtime as local_runtime
 from fedtask_operator.local.store import LocalStore
 
 
@@ -74,7 +74,8 @@ def main(argv: list[str]) -> int:
     if not first_scrape.seen.wait(60):
         print("no scrape within 60 s", flush=True)
         return 1
-    local_runtime.select_devices = timed_select_devices(local_runtime.select_devices)
+    # the local runtime selects through the learning period's decision (core/scheduling/collection.py)
+    collection.select_devices = timed_select_devices(collection.select_devices)
     LocalStore.write_status = metered_write_status(LocalStore.write_status)
     code = local_cli.main([*args.manifests, "--workdir", str(args.workdir)])
     print(f"run finished: exit {code}", flush=True)

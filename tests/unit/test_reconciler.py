@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from fedtask_operator.core.conditions import format_time, get_condition
 from fedtask_operator.core.planner import Event, Plan
 from fedtask_operator.core.pods import RuntimeConfig
+from fedtask_operator.core.scheduling.collection import SchedulingConfig
 from fedtask_operator.core.scheduling.synthetic import make_node
 from fedtask_operator.kube.reconciler import (
     ClusterView,
@@ -320,6 +321,62 @@ async def test_the_reconciler_comes_back_after_requeue_after():
 
     await asyncio.wait_for(api.task_deleted.wait(), timeout=10)  # no event arrives: only the requeue comes back
     assert api.verbs() == ["delete_task"]
+
+
+def node_task(name: str, priority: int = 0) -> dict:
+    """A hostPath task (devices are the nodes) that needs one device per round."""
+    task = make_task(data={"dataset": "digits", "source": "hostPath"}, devices={"perRound": 1},
+                     scheduling={"priority": priority})
+    task["metadata"].update(name=name, uid=f"uid-{name}")
+    return task
+
+
+async def initialised(api: FakeKubeApi, reconciler: Reconciler, name: str) -> None:
+    await reconciler.request("default", name, api.views())
+    api.succeed(f"{name}-init", INIT_RESULT)
+
+
+async def test_tasks_ready_within_the_collection_window_share_one_decision_and_priorities_hold_inside_it():
+    # One device node; "low" is ready first, "high" (higher priority) a moment later, "busy" still initialises
+    # (it could join): the period collects both and gives the node to "high"; before, "low" took it at once.
+    api = FakeKubeApi(node_task("low"), node_task("high", priority=5), node_task("busy"))
+    reconciler = Reconciler(api, CONFIG, True, Events(), SchedulingConfig(collection_window=30.0))
+    one_node = [make_node("node-a")]
+    for name in ("low", "high", "busy"):
+        await reconciler.request("default", name, api.views(one_node))
+    api.succeed("low-init", INIT_RESULT)
+    await reconciler.request("default", "low", api.views(one_node))
+    low = api.tasks[("default", "low")]["status"]
+    assert low["stage"] == "Scheduling" and "period" not in low  # collecting: no decision yet
+    assert not [name for name in api.pod_names() if "-train-" in name]
+
+    api.succeed("high-init", INIT_RESULT)
+    await reconciler.request("default", "high", api.views(one_node))  # still within the window: collects on
+    assert api.tasks[("default", "high")]["status"]["stage"] == "Scheduling"
+    api.succeed("busy-init", INIT_RESULT)
+    await reconciler.request("default", "busy", api.views(one_node))  # every task is in: the decision is due now
+
+    statuses = {name: api.tasks[("default", name)]["status"] for name in ("low", "high", "busy")}
+    assert {name: status.get("period") for name, status in statuses.items()} == {"low": 1, "high": 1, "busy": 1}
+    assert statuses["high"]["stage"] == "Training" and statuses["high"]["currentRound"]["period"] == 1
+    assert statuses["low"]["stage"] == statuses["busy"]["stage"] == "Scheduling"
+    assert "higher-priority tasks hold 1 of them (default/high: 1)" in statuses["low"]["message"]
+    assert [name for name in api.pod_names() if "-train-" in name] == ["high-r0001-train-node-a"]
+    assert not reconciler._running  # every task of the decision was released
+
+
+async def test_the_next_period_number_survives_a_restart():
+    api = FakeKubeApi(node_task("a"))
+    reconciler, _ = reconciler_for(api)
+    await initialised(api, reconciler, "a")
+    await reconciler.request("default", "a", api.views())
+    assert api.tasks[("default", "a")]["status"]["period"] == 1
+    api.tasks[("default", "a")]["status"]["period"] = 41  # what an earlier operator left in the status
+    api.tasks[("default", "a")]["status"]["stage"] = "Scheduling"
+    api.tasks[("default", "a")]["status"]["devices"] = []
+    restarted, _ = reconciler_for(api)
+    await restarted.request("default", "a", api.views())
+    assert api.tasks[("default", "a")]["status"]["period"] == 42
 
 
 async def test_forget_cancels_the_requeue():

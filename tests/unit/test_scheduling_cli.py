@@ -86,3 +86,20 @@ def test_bad_files_give_one_clear_line(dumps, files, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_json_output_shows_the_period_and_each_task_s_cost_and_fairness(dumps):
+    task = yaml.safe_load(SPEECH)
+    task["status"] = {"period": 6, "participation": {"cpu-1": 4}}
+    (dumps / "speech-status.yaml").write_text(yaml.safe_dump(task))
+    done = run("--nodes", "nodes.json", "--pods", "pods.yaml", "vision.yaml", "speech-status.yaml", "--json",
+               "--fairness-weight", "2.5", cwd=dumps)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["period"] == 7  # the next period after the one the task's status records
+    speech = out["tasks"]["speech"]
+    assert speech["period"] == 7 and speech["fairnessWeight"] == 2.5 and speech["optimal"]
+    assert speech["cost"] == pytest.approx(speech["roundSeconds"] / speech["timeScale"]
+                                           + 2.5 * speech["unfairness"], rel=1e-5)
+    assert out["cost"] == pytest.approx(speech["cost"], rel=1e-5)  # vision waits: it adds nothing
+    assert 0 < speech["jain"] <= 1 and "vision" not in out["tasks"]

@@ -1,4 +1,5 @@
-"""`fedtask schedule`: dry-run device selection against `kubectl get nodes/pods -o json` dumps."""
+"""`fedtask schedule`: dry-run device selection against `kubectl get nodes/pods -o json` dumps: the next learning
+period's decision for the given tasks (its number continues from the tasks' statuses when they carry them)."""
 from __future__ import annotations
 
 import argparse
@@ -8,10 +9,13 @@ import time
 from dataclasses import replace
 
 from fedtask_operator.core.documents import DocumentError, load_documents
+from fedtask_operator.core.scheduling.collection import next_period_number, with_default_weight
 from fedtask_operator.core.scheduling.fleet import FleetError, build_fleet
 from fedtask_operator.core.scheduling.matching import SelectorError
+from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
 from fedtask_operator.core.scheduling.request import build_device_request
 from fedtask_operator.core.scheduling.select import POLICIES, select_devices
+from fedtask_operator.core.schema import encode
 from fedtask_operator.core.spec import SpecError, parse_task
 
 USAGE_EXAMPLE = """examples:
@@ -43,7 +47,8 @@ def load_objects(path: str, kind: str) -> list[dict]:
 
 
 def load_tasks(paths: list[str], now: float, policy: str | None):
-    requests, keys = [], set()
+    """The tasks' device requests, and their statuses (a task dumped with `kubectl get -o yaml` carries its own)."""
+    requests, keys, statuses = [], set(), []
     for path in paths:
         documents = load_documents(path)
         if not documents:
@@ -60,8 +65,9 @@ def load_tasks(paths: list[str], now: float, policy: str | None):
             if policy:
                 request = replace(request, policy=policy)
             requests.append(request)
+            statuses.append(encode(task.status))
             keys.add(task.key)
-    return requests
+    return requests, statuses
 
 
 def display_names(keys) -> dict[str, str]:
@@ -73,12 +79,20 @@ def display_names(keys) -> dict[str, str]:
 def render_json(assignment) -> dict:
     shown = display_names(list(assignment.tasks))
     return {
+        "period": assignment.period,
         "assignments": {shown[key]: [slot.node for slot in task.devices] for key, task in assignment.tasks.items()},
         "excluded": dict(assignment.excluded),
         "periodSeconds": round(assignment.period_seconds, 6),
+        "cost": round(assignment.cost, 6),
         "devices": {shown[key]: [{"device": s.device, "node": s.node, "estimatedSeconds": s.estimated_seconds}
                                  for s in task.devices] for key, task in assignment.tasks.items()},
         "waiting": {shown[key]: task.waiting_reason for key, task in assignment.tasks.items() if task.waiting_reason},
+        "tasks": {shown[key]: {
+            "period": task.period, "roundSeconds": round(task.round_seconds, 6),
+            "timeScale": round(task.time_scale, 6), "fairnessWeight": task.fairness_weight,
+            "unfairness": round(task.unfairness, 6), "jain": round(task.jain, 4), "cost": round(task.cost, 6),
+            "solver": task.solver, "optimal": task.optimal,
+        } for key, task in assignment.tasks.items() if not task.waiting_reason},
     }
 
 
@@ -92,7 +106,10 @@ def render_table(assignment, requests) -> str:
             lines.append(f"{header}: waits: {task.waiting_reason}")
             continue
         slowest = max((s.estimated_seconds or 0.0 for s in task.devices), default=0.0)
-        lines.append(f"{header}: {len(task.devices)} devices, slowest {slowest:.3g} s")
+        lines.append(f"{header}: {len(task.devices)} devices, slowest {slowest:.3g} s; cost {task.cost:.3g} "
+                     f"(time {task.round_seconds / task.time_scale:.3g} + weight {task.fairness_weight:g} x "
+                     f"unfairness {task.unfairness:.3g}), Jain after {task.jain:.3f}, {task.solver}"
+                     f"{'' if task.optimal else ' (not proved optimal)'}")
         width = max([len("DEVICE")] + [len(s.device) for s in task.devices])
         node_width = max([len("NODE")] + [len(s.node) for s in task.devices])
         lines.append(f"  {'DEVICE':<{width}}  {'NODE':<{node_width}}  EST. SECONDS")
@@ -104,7 +121,8 @@ def render_table(assignment, requests) -> str:
         width = max(len("NODE"), *(len(node) for node in excluded))
         lines += ["", f"{len(excluded)} nodes not assigned:", f"  {'NODE':<{width}}  REASON"]
         lines += [f"  {node:<{width}}  {reason}" for node, reason in excluded.items()]
-    lines += ["", f"period time (slowest task's slowest device): {assignment.period_seconds:.3g} s"]
+    lines += ["", f"learning period {assignment.period}: period time (slowest task's slowest device) "
+                  f"{assignment.period_seconds:.3g} s, cost {assignment.cost:.3g}"]
     return "\n".join(lines)
 
 
@@ -118,13 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tasks", nargs="+", metavar="TASK.yaml", help="FederatedTask manifests")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--policy", choices=POLICIES, help="override every task's spec.scheduling.policy")
+    parser.add_argument("--fairness-weight", type=float, default=DEFAULT_FAIRNESS_WEIGHT, metavar="W",
+                        help="time-fair's weight for tasks without spec.scheduling.fairnessWeight (the operator's "
+                             f"--fairness-weight; default {DEFAULT_FAIRNESS_WEIGHT:g})")
     args = parser.parse_args(argv)
     try:
         nodes = load_objects(args.nodes, "Node")
         pods = load_objects(args.pods, "Pod") if args.pods else []
-        requests = load_tasks(args.tasks, time.time(), args.policy)
+        requests, statuses = load_tasks(args.tasks, time.time(), args.policy)
+        if not (args.fairness_weight >= 0):
+            raise ValueError(f"--fairness-weight must be >= 0, got {args.fairness_weight}")
         fleet = build_fleet(nodes, pods)
-        assignment = select_devices(requests, fleet, now=time.time())
+        assignment = select_devices(with_default_weight(requests, args.fairness_weight), fleet, now=time.time(),
+                                    period_number=next_period_number(statuses))
         output = json.dumps(render_json(assignment)) if args.json else render_table(assignment, requests)
     except DocumentError as error:
         print(f"fedtask schedule: {error}", file=sys.stderr)

@@ -12,6 +12,9 @@ import random
 import socket
 import sys
 
+from fedtask_operator.core.scheduling.collection import DEFAULT_COLLECTION_WINDOW_SECONDS, SchedulingConfig
+from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
+
 DEFAULT_IMAGE = "ghcr.io/fedtask/worker:0.1.0"
 PROGRESS_PREFIX = "fedtask.io"
 FINALIZER = "fedtask.io/cleanup-store"
@@ -36,6 +39,8 @@ class OperatorConfig:
     cleanup_store: bool = False  # delete a task's objects when the task is deleted (adds a finalizer)
     clean_pod_policy: str = "All"  # All | None: delete finished pods once their result is in the status
     resync_seconds: float = 10.0  # the timer that enforces deadlines even when nothing happens
+    collection_window: float = DEFAULT_COLLECTION_WINDOW_SECONDS  # a learning period waits this long for more tasks
+    fairness_weight: float = DEFAULT_FAIRNESS_WEIGHT  # time-fair's weight for tasks that set none
     request_timeout: float = 30.0
     watch_server_timeout: int = 300
     verbose: bool = False
@@ -43,6 +48,10 @@ class OperatorConfig:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    @property
+    def scheduling(self) -> SchedulingConfig:
+        return SchedulingConfig(collection_window=self.collection_window, fairness_weight=self.fairness_weight)
 
 
 def _env(name: str, default: str) -> str:
@@ -111,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "until the task is deleted (env FEDTASK_CLEAN_POD_POLICY)")
     parser.add_argument("--resync-seconds", type=float, default=float(_env("FEDTASK_RESYNC_SECONDS", "10")),
                         help="timer interval that enforces deadlines (env FEDTASK_RESYNC_SECONDS)")
+    parser.add_argument("--collection-window", type=float, metavar="SECONDS",
+                        default=float(_env("FEDTASK_COLLECTION_WINDOW_SECONDS",
+                                           str(DEFAULT_COLLECTION_WINDOW_SECONDS))),
+                        help="seconds a learning period waits for more tasks to need devices before it assigns them "
+                             "jointly (env FEDTASK_COLLECTION_WINDOW_SECONDS)")
+    parser.add_argument("--fairness-weight", type=float, metavar="W",
+                        default=float(_env("FEDTASK_FAIRNESS_WEIGHT", str(DEFAULT_FAIRNESS_WEIGHT))),
+                        help="time-fair's weight of unfairness against round time for tasks without "
+                             "spec.scheduling.fairnessWeight; 0: the fastest devices (env FEDTASK_FAIRNESS_WEIGHT)")
     parser.add_argument("--request-timeout", type=float, default=float(_env("FEDTASK_REQUEST_TIMEOUT", "30")),
                         help="seconds for one API request (env FEDTASK_REQUEST_TIMEOUT)")
     parser.add_argument("--watch-timeout", type=int, default=int(_env("FEDTASK_WATCH_TIMEOUT", "300")),
@@ -132,6 +150,10 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         parser.error(f"--resync-seconds must be positive, not {args.resync_seconds}")
     if args.peering_lifetime <= 0:
         parser.error(f"--peering-lifetime must be positive, not {args.peering_lifetime}")
+    try:
+        SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
+    except ValueError as error:
+        parser.error(f"--collection-window/--fairness-weight: {error}")
     priority = args.priority if args.priority >= 0 else random.SystemRandom().randrange(1, 2**31)
     return OperatorConfig(
         namespaces=namespaces, metrics_port=args.metrics_port, liveness=args.liveness,
@@ -140,7 +162,8 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         store_endpoint=args.store_endpoint, store_bucket=args.store_bucket, store_prefix=args.store_prefix,
         store_secure=args.store_secure, store_region=args.store_region, store_secret=args.store_secret,
         cleanup_store=args.cleanup_store, clean_pod_policy=args.clean_pod_policy,
-        resync_seconds=args.resync_seconds, request_timeout=args.request_timeout,
+        resync_seconds=args.resync_seconds, collection_window=args.collection_window,
+        fairness_weight=args.fairness_weight, request_timeout=args.request_timeout,
         watch_server_timeout=args.watch_timeout, verbose=args.verbose)
 
 

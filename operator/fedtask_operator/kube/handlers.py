@@ -68,7 +68,8 @@ async def startup(memo, settings, **_):
         runtime_config=k8s.build_runtime_config(memo.config),
         clusterwide=memo.config.clusterwide,
         post_event=lambda body, type_, reason, message: kopf.event(body, type=type_, reason=reason,
-                                                                   message=message))
+                                                                   message=message),
+        scheduling=memo.config.scheduling)
 
 
 async def task_changed(namespace, name, memo, **kwargs):

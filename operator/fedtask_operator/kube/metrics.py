@@ -25,6 +25,8 @@ TASK_ROUND = Gauge("fedtask_task_round", "The task's current round.", TASK_LABEL
 TASK_ACCURACY = Gauge("fedtask_task_accuracy", "Accuracy of the latest round's global model (after adjustment).",
                       TASK_LABELS)
 TASK_LOSS = Gauge("fedtask_task_loss", "Loss of the latest round's global model.", TASK_LABELS)
+TASK_FAIRNESS = Gauge("fedtask_task_fairness", "Jain's index of the devices' participation in the task (1: even).",
+                      TASK_LABELS)
 DEVICES_SELECTED = Gauge("fedtask_devices_selected", "Devices asked to train in the current round.", TASK_LABELS)
 DEVICES_RETURNED = Gauge("fedtask_devices_returned", "Devices whose updates arrived in the last finished round.",
                          TASK_LABELS)
@@ -41,8 +43,8 @@ SCHEDULING_SECONDS = Histogram("fedtask_scheduling_seconds", "Time of one joint 
 DEVICE_TRAIN_SECONDS = Gauge("fedtask_device_train_seconds", "A device's last train time (straggler heatmaps).",
                              TASK_LABELS + ("device", "node"))
 
-PER_TASK_METRICS = (ROUNDS_TOTAL, ROUND_DURATION_SECONDS, TASK_ROUND, TASK_ACCURACY, TASK_LOSS, DEVICES_SELECTED,
-                    DEVICES_RETURNED, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, POD_FAILURES_TOTAL,
+PER_TASK_METRICS = (ROUNDS_TOTAL, ROUND_DURATION_SECONDS, TASK_ROUND, TASK_ACCURACY, TASK_LOSS, TASK_FAIRNESS,
+                    DEVICES_SELECTED, DEVICES_RETURNED, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, POD_FAILURES_TOTAL,
                     UPDATE_BYTES_TOTAL, DEVICE_TRAIN_SECONDS)
 
 
@@ -60,6 +62,8 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         TASK_ROUND.labels(*labels).set(new["round"])
     if new.get("devices") is not None:
         DEVICES_SELECTED.labels(*labels).set(len(new.get("devices") or []))
+    if new.get("fairness") is not None:
+        TASK_FAIRNESS.labels(*labels).set(float(new["fairness"]))
 
     seen_rounds = {record.get("round") for record in old.get("history") or []}
     for record in new.get("history") or []:

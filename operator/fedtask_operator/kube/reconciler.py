@@ -3,8 +3,11 @@
 Handlers (handlers.py) only call `Reconciler.request(namespace, name, views)`. One reconcile:
 1. take the task from the index, or our own last write while the index lags behind it (no request);
 2. observe its pods (kopf index, kept current by the watch) and the nodes;
-3. `plan_task`; if it needs devices, select devices jointly for every task in the Scheduling stage and plan again;
-4. `apply_plan` (core/apply.py: status, creations, deletions, events, task deletion) through the API.
+3. `plan_task`; if it needs devices and its learning period is due (the collection window,
+   core/scheduling/collection.py), select devices jointly for every task that needs devices and plan each of them
+   again with its share of the one decision;
+4. `apply_plan` (core/apply.py: status, creations, deletions, events, task deletion) through the API, for this task
+   and for the other tasks of the decision (each reserved like a running reconcile while that happens).
 
 Reconciles of one task never overlap: a request during a run marks the task dirty and the run repeats.
 """
@@ -13,16 +16,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from fedtask_operator.core.apply import Applied, apply_plan
 from fedtask_operator.core.naming import TASK_LABEL
-from fedtask_operator.core.phases import SCHEDULING
+from fedtask_operator.core.phases import FINISHED_PHASES, SCHEDULING, SUSPENDED
 from fedtask_operator.core.planner import CreationRefusal, Event, Observed, Plan, plan_task
 from fedtask_operator.core.pods import RuntimeConfig
-from fedtask_operator.core.scheduling.select import select_devices
+from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period, next_period_number
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
 from fedtask_operator.kube import metrics
 
@@ -172,7 +176,6 @@ class KubeApi:
                 raise
         return self._json(await asyncio.to_thread(call))
 
-
     async def create_pod(self, namespace: str, manifest: dict) -> bool:
         """Create a pod; False when it already exists (a retry of an earlier reconcile). PodCreationRefused when the
         server refuses it for good (Forbidden, Invalid, ...), with the server's message."""
@@ -223,9 +226,12 @@ class KubeApi:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event):
+    def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event,
+                 scheduling: SchedulingConfig | None = None):
         self.api = api
         self.runtime_config = runtime_config
+        self.scheduling = scheduling or SchedulingConfig()
+        self._last_period = 0  # the highest period number this process gave out (statuses may lag behind it)
         self.clusterwide = clusterwide
         self.post_event = post_event  # post_event(task_body, type, reason, message)
         self._running: set[tuple[str, str]] = set()
@@ -291,7 +297,8 @@ class Reconciler:
                             creation_refusals=self._creations.pop(key, None))
         plan = plan_task(task, observed, self.runtime_config, None)
         if plan.needs_devices:
-            plan = await self._plan_with_devices(task, observed, plan, views, now)
+            plan, others = await self._plan_with_devices(task, observed, plan, views, now)
+            await self._apply_others(others)
         plan = self._backoff_creations(key, plan)
         try:
             applied = await self.apply(task, plan)
@@ -332,25 +339,65 @@ class Reconciler:
         return indexed[-1]
 
     async def _plan_with_devices(self, task: dict, observed: Observed, plan: Plan, views: ClusterView,
-                                 now: datetime) -> Plan:
-        """Joint selection: every task waiting in the Scheduling stage asks at once; this task takes its share."""
+                                 now: datetime) -> tuple[Plan, list[tuple[dict, Plan]]]:
+        """The learning period: once it is due, every task waiting in the Scheduling stage (and not in a reconcile
+        of its own) asks at once, in one decision; returns this task's plan and the other tasks' plans, which stay
+        reserved (in `_running`) until `_apply_others` has applied them. Before it is due: the plan, requeued then."""
         key = f"{task['metadata']['namespace']}/{task['metadata']['name']}"
-        requests = [plan.device_request] if plan.device_request is not None else []
-        for (namespace, name), bodies in list(views.tasks.items()):
-            if f"{namespace}/{name}" == key:
-                continue
-            for body in bodies:
-                if (body.get("status") or {}).get("stage") != SCHEDULING:
-                    continue
-                pods = task_pods_of(views, body)
-                other = plan_task(body, Observed(pods=pods, now=now, nodes=observed.nodes), self.runtime_config)
-                if other.needs_devices and other.device_request is not None:
-                    requests.append(other.device_request)
         pods = list(views.pods) if self.clusterwide else await self.api.list_all_pods()
+        requests = [plan.device_request] if plan.device_request is not None else []
+        members: dict[str, tuple[dict, Observed]] = {}
+        statuses, active = [task.get("status") or {}], [key]
+        for namespace, name in list(views.tasks):
+            other_key = f"{namespace}/{name}"
+            body = self._current_task(namespace, name, views) if other_key != key else None
+            if body is None:
+                continue
+            status = body.get("status") or {}
+            statuses.append(status)
+            if status.get("phase") not in FINISHED_PHASES and status.get("phase") != SUSPENDED:
+                active.append(other_key)
+            if status.get("stage") != SCHEDULING or (namespace, name) in self._running:
+                continue
+            other_observed = Observed(pods=task_pods_of(views, body), now=now, nodes=observed.nodes)
+            other = plan_task(body, other_observed, self.runtime_config)
+            if other.needs_devices and other.device_request is not None:
+                requests.append(other.device_request)
+                members[other_key] = (body, other_observed)
+        period = max(next_period_number(statuses), self._last_period + 1)
         started = time.perf_counter()
-        assignment = select_devices(requests, list(views.nodes), pods, now.timestamp())
+        decision = decide_period(requests, list(views.nodes), pods, now.timestamp(), active=active,
+                                 config=self.scheduling, period=period)
+        if not decision.due:  # the period still collects tasks: come back when it is due
+            retry = min(decision.retry_after or 0.0, plan.requeue_after or math.inf)
+            return dataclasses.replace(plan, requeue_after=retry), []
         metrics.SCHEDULING_SECONDS.observe(time.perf_counter() - started)
-        return plan_task(task, observed, self.runtime_config, assignment.tasks.get(key))
+        self._last_period = period
+        others = []
+        for other_key, (body, other_observed) in members.items():
+            metadata = body["metadata"]
+            self._running.add((metadata["namespace"], metadata["name"]))
+            others.append((body, plan_task(body, other_observed, self.runtime_config,
+                                           decision.assignment.tasks.get(other_key))))
+        return plan_task(task, observed, self.runtime_config, decision.assignment.tasks.get(key)), others
+
+    async def _apply_others(self, others: list[tuple[dict, Plan]]) -> None:
+        """Apply the other tasks' shares of a decision, each released from its reservation afterwards (and
+        reconciled again at once when a change came in meanwhile)."""
+        for body, plan in others:
+            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            try:
+                await self.apply(body, plan)
+                if plan.requeue_after is not None:
+                    self._requeue(namespace, name, plan.requeue_after)
+            except Exception:  # its own reconcile retries; the others of the decision still get theirs
+                logger.exception("applying the learning period's plan for %s/%s failed", namespace, name)
+                self._dirty.add((namespace, name))
+            finally:
+                self._running.discard((namespace, name))
+                if (namespace, name) in self._dirty:
+                    self._dirty.discard((namespace, name))
+                    self._requeue(namespace, name, 0.0)
 
     async def apply(self, task: dict, plan: Plan) -> Applied:
         """Apply a plan through the API; what became of its creations goes to the task's next plan."""

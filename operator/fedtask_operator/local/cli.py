@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 from fedtask_operator.core.documents import DocumentError, load_documents
+from fedtask_operator.core.scheduling.collection import DEFAULT_COLLECTION_WINDOW_SECONDS, SchedulingConfig
+from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
 from fedtask_operator.core.spec import SpecError, parse_task, spec_to_dict
 from fedtask_operator.local.nodes import builtin_nodes, load_nodes
 
@@ -44,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "(VALUE is read as YAML: 5 is a number, true a boolean; repeatable)")
     parser.add_argument("-o", "--output", choices=["json"],
                         help="print the final tasks (with status) as a JSON List on stdout; progress goes to stderr")
+    parser.add_argument("--collection-window", type=float, default=DEFAULT_COLLECTION_WINDOW_SECONDS, metavar="S",
+                        help="seconds a learning period waits for more tasks to need devices before it assigns them "
+                             f"jointly (default {DEFAULT_COLLECTION_WINDOW_SECONDS:g})")
+    parser.add_argument("--fairness-weight", type=float, default=DEFAULT_FAIRNESS_WEIGHT, metavar="W",
+                        help="time-fair's weight of unfairness for tasks that set no spec.scheduling.fairnessWeight "
+                             f"(default {DEFAULT_FAIRNESS_WEIGHT:g}; 0: the fastest devices)")
     return parser
 
 
@@ -163,7 +171,12 @@ def import_matplotlib() -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        scheduling = SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         manifests = load_manifests(args.manifests, args.overrides)
         nodes = load_nodes(args.nodes) if args.nodes else builtin_nodes()
@@ -195,7 +208,7 @@ def main(argv: list[str]) -> int:
                              claims_root=workdir / "claims", base_env=env)
     progress = Progress(stream=sys.stderr if args.output else None)
     runtime = LocalRuntime(store, kubelet, nodes, local_runtime_config(workdir),
-                           [item["name"] for item in manifests], progress)
+                           [item["name"] for item in manifests], progress, scheduling)
     progress.message(f"fedtask run: {len(manifests)} task(s) on {len(nodes)} node(s), workdir {workdir}")
     try:
         succeeded = runtime.run()

@@ -1,12 +1,14 @@
 """The local runtime's control loop: the operator's planner and scheduler, with pods as local processes.
 
-observe (pod records, kubelet status changes) -> plan every task -> for the tasks that need devices, select devices
-jointly over the one fleet and plan them again with their assignment -> apply (status, pods, events) -> wait for a pod
-to change or a requeue to come due. A run is a fixpoint search: it ends when every task has finished, or when nothing
+observe (pod records, kubelet status changes) -> plan every task -> for the tasks that need devices, once their
+learning period is due (its collection window, scheduling/collection.py), select devices jointly over the one fleet
+and plan them again with their assignment -> apply (status, pods, events) -> wait for a pod to change or a requeue to
+come due. A run is a fixpoint search: it ends when every task has finished, or when nothing
 runs and no plan changes anything any more (a task stuck, e.g. unschedulable on this fleet).
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,9 +16,9 @@ from pathlib import Path
 
 from fedtask_operator.core import conditions
 from fedtask_operator.core.apply import apply_plan, run_sync
-from fedtask_operator.core.phases import FINISHED_PHASES, POD_FINISHED_PHASES, SUCCEEDED
+from fedtask_operator.core.phases import FINISHED_PHASES, POD_FINISHED_PHASES, SUCCEEDED, SUSPENDED
 from fedtask_operator.core.planner import Event, Observed, Plan, plan_task
-from fedtask_operator.core.scheduling.select import select_devices
+from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period, next_period_number
 from fedtask_operator.local.files import now_utc
 from fedtask_operator.local.kubelet import ProcessKubelet
 from fedtask_operator.local.progress import Progress, plot_accuracy
@@ -46,8 +48,9 @@ class TaskRun:
 
 class LocalRuntime:
     def __init__(self, store: LocalStore, kubelet: ProcessKubelet, nodes: list[dict], config, tasks: list[str],
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, scheduling: SchedulingConfig | None = None):
         self.store = store
+        self.scheduling = scheduling or SchedulingConfig()
         self.kubelet = kubelet
         self.nodes = nodes
         self.config = config
@@ -129,10 +132,18 @@ class LocalRuntime:
             requests = [plans[name].device_request for name in needing]
             live_pods = [pod for pod in self.store.all_pods()
                          if (pod.get("status") or {}).get("phase") not in POD_FINISHED_PHASES]
-            assignment = select_devices(requests, self.nodes, live_pods, now.timestamp())
+            active = [run.key for name, run in self.runs.items()
+                      if not self._finished(name) and self._phase(name) != SUSPENDED]
+            period = next_period_number(self.store.task(name).get("status") for name in self.runs)
+            decision = decide_period(requests, self.nodes, live_pods, now.timestamp(), active=active,
+                                     config=self.scheduling, period=period)
             for name in needing:
-                task_assignment = assignment.tasks.get(plans[name].device_request.task)
-                plans[name] = plan_task(self.store.task(name), observed[name], self.config, task_assignment)
+                if decision.due:
+                    task_assignment = decision.assignment.tasks.get(plans[name].device_request.task)
+                    plans[name] = plan_task(self.store.task(name), observed[name], self.config, task_assignment)
+                else:  # the period still collects: look again when it is due
+                    retry = min(decision.retry_after, plans[name].requeue_after or decision.retry_after)
+                    plans[name] = dataclasses.replace(plans[name], requeue_after=retry)
         acted = False
         for name, plan in plans.items():
             acted |= self.apply(name, plan)
