@@ -1,0 +1,89 @@
+"""A 30 s outage of the store the tasks use (the chart's MinIO Deployment scaled to zero, then back to one: a new
+MinIO process on the same PersistentVolume) in the middle of a round: the workers retry (no pod fails, none is
+created again), the task completes with every round once, and every round's global model is in the store."""
+from __future__ import annotations
+
+import base64
+import time
+
+import pytest
+
+from tests.cluster.conftest import NAMESPACE, LocalCluster
+from tests.cluster.test_end_to_end import digits_task, wait_for_phase
+from tests.cluster.test_lifecycle import CreationRecorder, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+
+OUTAGE_SECONDS = 30
+
+
+def minio_deployment(cluster: LocalCluster) -> dict:
+    found = [d for d in cluster.get_json("deployments", "-n", NAMESPACE)["items"] if "minio" in d["metadata"]["name"]]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def minio_pods(cluster: LocalCluster, deployment: dict) -> list[dict]:
+    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+    return cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
+
+
+def store_keys(cluster: LocalCluster, deployment: dict, task_uid: str) -> list[str]:
+    """The chart MinIO's keys under the task (pods share the machine's network: MinIO is on this machine's :9000)."""
+    import boto3
+
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env") or []}
+    secret_name = next(e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if e.get("valueFrom"))
+    data = cluster.get_json("secret", secret_name, "-n", NAMESPACE)["data"]
+    decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    access = decoded.get("AWS_ACCESS_KEY_ID") or decoded.get("MINIO_ROOT_USER") or decoded.get("rootUser")
+    secret = decoded.get("AWS_SECRET_ACCESS_KEY") or decoded.get("MINIO_ROOT_PASSWORD") or decoded.get("rootPassword")
+    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9000", aws_access_key_id=access,
+                      aws_secret_access_key=secret, region_name="us-east-1")
+    keys = []
+    for bucket in s3.list_buckets()["Buckets"]:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            keys += [obj["Key"] for obj in page.get("Contents") or [] if task_uid in obj["Key"]]
+    return keys
+
+
+def test_a_30s_store_outage_mid_round_is_survived_with_nothing_lost(cluster: LocalCluster):
+    name = "store-outage"
+    rounds = 4
+    deployment = minio_deployment(cluster)
+    store_before = {p["metadata"]["uid"] for p in minio_pods(cluster, deployment)}
+    manifest = digits_task(name, rounds, {"count": 3, "perRound": 3,
+                                          "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}})
+    with CreationRecorder(cluster, name) as recorder:
+        cluster.kubectl("apply", "-f", "-", input=manifest)
+        wait_until(lambda: any(p["metadata"]["labels"].get("fedtask.io/round") == "2"
+                               and p["metadata"]["labels"].get("fedtask.io/stage") == "train"
+                               for _, p in recorder.created), 180, "round 2 training", interval=0.2)
+        minio = deployment["metadata"]["name"]
+        cluster.kubectl("scale", "deployment", minio, "-n", NAMESPACE, "--replicas=0")
+        try:
+            wait_until(lambda: not minio_pods(cluster, deployment), 30, "MinIO stopped", interval=0.2)
+            down_at = time.monotonic()
+            time.sleep(OUTAGE_SECONDS)
+        finally:
+            cluster.kubectl("scale", "deployment", minio, "-n", NAMESPACE, "--replicas=1")
+        round_during = cluster.get_json("ft", name, "-n", NAMESPACE)["status"]["round"]
+        cluster.kubectl("rollout", "status", "deployment", minio, "-n", NAMESPACE, "--timeout=90s", timeout=100)
+        outage = time.monotonic() - down_at
+        task = wait_for_phase(cluster, name, timeout=300)
+
+    assert outage >= OUTAGE_SECONDS
+    assert not {p["metadata"]["uid"] for p in minio_pods(cluster, deployment)} & store_before, "MinIO not restarted"
+    assert round_during < rounds, f"the outage was not mid-task (round {round_during})"
+    assert task["status"]["phase"] == "Succeeded", task["status"]
+    assert [entry["round"] for entry in task["status"]["history"]] == list(range(1, rounds + 1)), task["status"]
+    assert not recorder.errors, recorder.errors
+    twice = {pod: uids for pod, uids in recorder.uids.items() if len(uids) > 1}
+    assert not twice, f"pod names created twice: {twice}"
+    failed = [n for n, p in recorder.pods.items() if p["status"].get("phase") == "Failed"]
+    assert not failed, f"pods failed (the workers should have retried): {failed}"
+    retried = [n for n in recorder.pods if "-a" in n.rsplit("-", 1)[-1][:2]]
+    assert not retried, f"pods created again: {retried}"
+    keys = store_keys(cluster, deployment, task["metadata"]["uid"])
+    for number in range(1, rounds + 1):
+        assert any(f"round-{number:04d}/global.safetensors" in key for key in keys), (number, sorted(keys))
