@@ -176,46 +176,36 @@ class KubeApi:
                 raise
         return self._json(await asyncio.to_thread(call))
 
-    async def create_pod(self, namespace: str, manifest: dict) -> bool:
-        """Create a pod; False when it already exists (a retry of an earlier reconcile). PodCreationRefused when the
-        server refuses it for good (Forbidden, Invalid, ...), with the server's message."""
-        def call():
+    async def _done_unless(self, already_done: int, call, refusals: frozenset[int] = frozenset()) -> bool:
+        """Run one write off the event loop: True when it happened, False when the server answers `already_done`
+        (409 for a create that an earlier pass made, 404 for a delete of something gone). A status in `refusals`
+        raises PodCreationRefused with the server's message."""
+        def run() -> bool:
             try:
-                self._core.create_namespaced_pod(namespace, manifest, _preload_content=False,
-                                                 _request_timeout=self._timeout)
+                call()
                 return True
             except self._exception as error:
-                if error.status == 409:
+                if error.status == already_done:
                     return False
-                if error.status in _REFUSALS:
+                if error.status in refusals:
                     raise PodCreationRefused(error.status, _api_message(error)) from error
                 raise
-        return await asyncio.to_thread(call)
+        return await asyncio.to_thread(run)
+
+    async def create_pod(self, namespace: str, manifest: dict) -> bool:
+        """Create a pod; False when it already exists (a retry of an earlier reconcile). PodCreationRefused when the
+        server refuses it for good (Forbidden, Invalid, ...)."""
+        return await self._done_unless(409, lambda: self._core.create_namespaced_pod(
+            namespace, manifest, _preload_content=False, _request_timeout=self._timeout), refusals=_REFUSALS)
 
     async def delete_pod(self, namespace: str, name: str) -> bool:
-        def call():
-            try:
-                self._core.delete_namespaced_pod(name, namespace, _preload_content=False,
-                                                 _request_timeout=self._timeout)
-                return True
-            except self._exception as error:
-                if error.status == 404:
-                    return False
-                raise
-        return await asyncio.to_thread(call)
+        return await self._done_unless(404, lambda: self._core.delete_namespaced_pod(
+            name, namespace, _preload_content=False, _request_timeout=self._timeout))
 
     async def delete_task(self, namespace: str, name: str) -> bool:
         """Delete the task (spec.ttlSecondsAfterFinished); False when it is already gone."""
-        def call():
-            try:
-                self._custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                             _preload_content=False, _request_timeout=self._timeout)
-                return True
-            except self._exception as error:
-                if error.status == 404:
-                    return False
-                raise
-        return await asyncio.to_thread(call)
+        return await self._done_unless(404, lambda: self._custom.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self._timeout))
 
     async def list_all_pods(self) -> list[dict]:
         """Every pod in the cluster (resource accounting when the watch covers only some namespaces)."""
