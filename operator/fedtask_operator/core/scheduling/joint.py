@@ -120,6 +120,13 @@ class GroupSolution:
     optimal: bool  # proved optimal for the objective (an exhaustive argument, not a heuristic's guess)
 
 
+def _chosen(devices: np.ndarray | None) -> np.ndarray:
+    """A task's devices under a limit its own optimum found feasible (never None there)."""
+    if devices is None:
+        raise AssertionError("a finite own optimum has devices")
+    return devices
+
+
 def solve_group(tasks: list[TaskOptions]) -> GroupSolution | None:
     """The best devices for every task (all must be served); None when they cannot all be served."""
     if not tasks:
@@ -127,7 +134,7 @@ def solve_group(tasks: list[TaskOptions]) -> GroupSolution | None:
     own = [task.own_best() for task in tasks]
     if any(math.isinf(cost) for cost, _ in own):
         return None
-    picks = [task.alone(limit)[1] for task, (_, limit) in zip(tasks, own)]
+    picks = [_chosen(task.alone(limit)[1]) for task, (_, limit) in zip(tasks, own)]
     flat = np.concatenate(picks)
     if len(np.unique(flat)) == len(flat):
         return GroupSolution({t.key: p for t, p in zip(tasks, picks)}, sum(c for c, _ in own), "independent",
@@ -215,14 +222,14 @@ class _Joint:
             if not math.isfinite(total[last]):
                 return None
             owner[terminal_device[last]] = last
-            task = last
+            receiver = last
             seen = 0
-            while previous[task] >= 0 and seen <= m:
-                thief = int(previous[task])
-                owner[steal_device[thief, task]] = thief
-                task = thief
+            while previous[receiver] >= 0 and seen <= m:
+                thief = int(previous[receiver])
+                owner[steal_device[thief, receiver]] = thief
+                receiver = thief
                 seen += 1
-            remaining[task] -= 1
+            remaining[receiver] -= 1
         chosen = [np.flatnonzero(owner == i) for i in range(m)]
         cost = 0.0
         for i, task in enumerate(tasks):
@@ -252,6 +259,8 @@ class _Joint:
                     high = middle
             limits = [max(s, float(floors[high])) if t.timed else s for s, t in zip(start, tasks)]
             result = self.assign(limits)
+            if result is None:
+                return None  # the binary search ended on a feasible floor: cannot happen
         best_cost, _ = result
         for _ in range(SEARCH_ROUNDS):
             improved = False
@@ -267,7 +276,10 @@ class _Joint:
                         best_cost, limits, improved = attempt[0], trial, True
             if not improved:
                 break
-        cost, chosen = self.assign(limits)
+        final = self.assign(limits)
+        if final is None:
+            return None  # limits only ever move to feasible values: cannot happen
+        cost, chosen = final
         return GroupSolution({t.key: c for t, c in zip(tasks, chosen)}, cost, "local-search", False)
 
     def branch_and_bound(self, incumbent: GroupSolution) -> GroupSolution:
@@ -282,23 +294,24 @@ class _Joint:
         rest = [0.0] * (len(tasks) + 1)  # the best possible cost of tasks i.. (each alone)
         for i in range(len(tasks) - 1, -1, -1):
             rest[i] = rest[i + 1] + (bounds[i][0][1] if bounds[i] else math.inf)
-        best = [incumbent.cost, [incumbent.chosen[t.key] for t in tasks]]
+        best_cost = [incumbent.cost]  # lists: the nested search updates them
+        best_chosen = [[incumbent.chosen[t.key] for t in tasks]]
         leaves = [0]
         limits: list[float] = []
 
         def search(i: int, partial: float) -> bool:
-            if partial + rest[i] >= best[0] - 1e-12:
+            if partial + rest[i] >= best_cost[0] - 1e-12:
                 return True
             if i == len(tasks):
                 leaves[0] += 1
                 if leaves[0] > EXACT_LEAVES:
                     return False
                 result = self.assign(limits)
-                if result is not None and result[0] < best[0] - 1e-12:
-                    best[0], best[1] = result
+                if result is not None and result[0] < best_cost[0] - 1e-12:
+                    best_cost[0], best_chosen[0] = result
                 return True
             for limit, cost in bounds[i]:
-                if partial + cost + rest[i + 1] >= best[0] - 1e-12:
+                if partial + cost + rest[i + 1] >= best_cost[0] - 1e-12:
                     break  # sorted by cost: every later limit is bounded out too
                 limits.append(limit)
                 finished = search(i + 1, partial + cost)
@@ -308,7 +321,7 @@ class _Joint:
             return True
 
         finished = search(0, 0.0)
-        improved = best[0] < incumbent.cost - 1e-12
-        return GroupSolution({t.key: c for t, c in zip(tasks, best[1])}, best[0],
+        improved = best_cost[0] < incumbent.cost - 1e-12
+        return GroupSolution({t.key: c for t, c in zip(tasks, best_chosen[0])}, best_cost[0],
                              "exact" if finished or improved else incumbent.method,
                              finished and not any(t.capped for t in tasks))

@@ -162,7 +162,8 @@ def _choose(served: list[PoolCandidates]) -> dict[str, tuple[list[int], str, boo
         rest = TaskOptions(options.key, options.need, options.candidates[keep], options.est[keep],
                            options.price[keep], options.tau, options.timed)
         cost, limit = rest.own_best()
-        shards = rest.alone(limit)[1] if math.isfinite(cost) else rest.candidates[: rest.need]
+        alone = rest.alone(limit)[1] if math.isfinite(cost) else None
+        shards = alone if alone is not None else rest.candidates[: rest.need]
         taken.update(int(s) for s in shards)
         picks[option.key] = (sorted(int(s) for s in shards), "greedy", False)
     return picks
