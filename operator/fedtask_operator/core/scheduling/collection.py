@@ -15,6 +15,8 @@ import dataclasses
 import math
 from collections.abc import Iterable
 
+from ..status_types import TaskStatusDict
+from .fleet import Fleet, KubeObjects
 from .objective import DEFAULT_FAIRNESS_WEIGHT
 from .select import select_devices
 from .types import Assignment, DeviceRequest
@@ -30,7 +32,7 @@ class SchedulingConfig:
     collection_window: float = DEFAULT_COLLECTION_WINDOW_SECONDS  # seconds a period waits for more tasks
     fairness_weight: float = DEFAULT_FAIRNESS_WEIGHT  # the weight of tasks that set none
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (math.isfinite(self.collection_window) and self.collection_window >= 0):
             raise ValueError(f"collection window must be a number of seconds >= 0, got {self.collection_window!r}")
         if not (math.isfinite(self.fairness_weight) and self.fairness_weight >= 0):
@@ -45,7 +47,7 @@ class PeriodDecision:
     assignment: Assignment | None = None  # due: every requesting task's devices (or why it waits)
 
 
-def next_period_number(statuses: Iterable[dict | None]) -> int:
+def next_period_number(statuses: Iterable[TaskStatusDict | None]) -> int:
     """1 + the highest period any task's status records (1 for the first)."""
     return 1 + max((int((status or {}).get("period") or 0) for status in statuses), default=0)
 
@@ -66,8 +68,8 @@ def with_default_weight(requests: list[DeviceRequest], weight: float) -> list[De
             for request in requests]
 
 
-def decide_period(requests: list[DeviceRequest], nodes, pods, now: float, *, active: Iterable[str],
-                  config: SchedulingConfig, period: int) -> PeriodDecision:
+def decide_period(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, pods: KubeObjects, now: float, *,
+                  active: Iterable[str], config: SchedulingConfig, period: int) -> PeriodDecision:
     """The period's decision when it is due (numbered `period`), else when to look again."""
     if not requests:
         return PeriodDecision(due=False)

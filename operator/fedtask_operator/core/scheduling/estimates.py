@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 
 SECONDS_PER_SAMPLE_PER_CORE = 0.002  # small MLP/CNN on CPU; only the ordering between devices matters at first
 DEFAULT_SAMPLES = 1000  # a device's sample count when nothing is known
@@ -28,7 +29,7 @@ def is_gpu_resource(name: str) -> bool:
     return name.endswith("/gpu")
 
 
-def gpu_speed(labels: dict) -> float:
+def gpu_speed(labels: Mapping[str, str]) -> float:
     """Core-equivalents of the node's GPU from its NVIDIA feature-discovery labels."""
     product = str(labels.get(GPU_PRODUCT_LABEL, "")).upper()
     for marker, speed in GPU_PRODUCT_SPEEDS:
@@ -51,7 +52,8 @@ def update_train_estimate(previous: float | None, observed: float, alpha: float 
     return (1 - alpha) * float(previous) + alpha * float(observed)
 
 
-def update_train_estimates(estimates: dict, observed: dict, alpha: float = EWMA_ALPHA) -> dict:
+def update_train_estimates(estimates: Mapping[str, float], observed: Mapping[str, float],
+                            alpha: float = EWMA_ALPHA) -> dict[str, float]:
     """A new device -> estimate map with every observation of one round folded in."""
     updated = dict(estimates)
     for device, seconds in observed.items():
@@ -59,7 +61,7 @@ def update_train_estimates(estimates: dict, observed: dict, alpha: float = EWMA_
     return updated
 
 
-def jain_index(values) -> float:
+def jain_index(values: Iterable[float]) -> float:
     """Jain's fairness index (sum x)^2 / (n * sum x^2): 1.0 when all equal, 1/n when one device has everything."""
     values = [float(v) for v in values]
     total_squares = sum(v * v for v in values)

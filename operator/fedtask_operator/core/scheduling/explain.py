@@ -1,7 +1,7 @@
 """Explanations (pure): why a node was left out of a period, and why a task waits."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
 
 import numpy as np
@@ -12,7 +12,7 @@ from .matching import describe_selector, describe_taint, untolerated_taints
 from .period import TaskCheck
 
 
-class LazyReasons(Mapping):
+class LazyReasons(Mapping[str, str]):
     """node -> every reason no task got it; each string is built on first access (the map can cover 10k nodes)."""
 
     def __init__(self, explain: Callable[[str], str], nodes: list[str]):
@@ -28,10 +28,10 @@ class LazyReasons(Mapping):
         return self._cache[node]
 
     @cached_property
-    def _node_set(self) -> set:
+    def _node_set(self) -> set[str]:
         return set(self._nodes)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._nodes)
 
     def __len__(self) -> int:
@@ -154,7 +154,7 @@ def shortage_summary(fleet: Fleet, check: TaskCheck, qualifying: np.ndarray) -> 
     if check.taken is not None and (remaining & check.taken).any():
         owners: dict[str, int] = {}
         for node in np.flatnonzero(remaining & check.taken):
-            for owner in sorted(fleet.training.get(node, set()) - {task.key}) or ["another task"]:
+            for owner in sorted(fleet.training.get(int(node), set()) - {task.key}) or ["another task"]:
                 owners[owner] = owners.get(owner, 0) + 1
                 break
         for owner, number in sorted(owners.items()):

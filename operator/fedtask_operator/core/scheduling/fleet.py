@@ -4,10 +4,13 @@ Built once per period from `kubectl get nodes/pods -o json` items; everything pe
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 import numpy as np
 
+from ..kube_types import KubeObject
 from ..naming import (
     DEVICE_LABEL,
     POOL_LABEL,
@@ -26,6 +29,9 @@ from .matching import BLOCKING_EFFECTS
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 POD_COUNT = "pods"
 
+KubeObjects: TypeAlias = Sequence[KubeObject] | KubeObject
+"""Node or pod objects: a list of them, or a `kind: List` dump with `items`."""
+
 
 class FleetError(ValueError):
     """A node or pod object the scheduler cannot read; the message names the object and field."""
@@ -34,20 +40,20 @@ class FleetError(ValueError):
 @dataclass
 class Fleet:
     names: list[str]
-    labels: list[dict]
+    labels: list[dict[str, str]]
     ready: np.ndarray  # bool per node
     cordoned: np.ndarray  # bool per node (spec.unschedulable)
     taint_group: np.ndarray  # int per node: index into taint_sets; 0 = no blocking taint
-    taint_sets: list[tuple]  # distinct tuples of blocking taints (dicts with key, value, effect)
+    taint_sets: list[tuple[KubeObject, ...]]  # distinct tuples of blocking taints (dicts with key, value, effect)
     resources: list[str]  # columns of `free`/`allocatable`
     allocatable: np.ndarray  # int64 milli-units [node, resource]
     free: np.ndarray  # allocatable minus the requests of non-terminated pods
     cpu_speed: np.ndarray  # core-equivalents for CPU-only training
     gpu_speed: np.ndarray  # core-equivalents of the node's GPU (0 without one)
-    training: dict[int, set] = field(default_factory=dict)  # node -> task keys with a running train pod there
+    training: dict[int, set[str]] = field(default_factory=dict)  # node -> task keys with a running train pod there
     index: dict[str, int] = field(default_factory=dict)
     pool_busy: dict[str, dict[int, str]] = field(default_factory=dict)  # pool -> shard -> task training it
-    _label_index: dict = field(default_factory=dict)
+    _label_index: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -70,7 +76,7 @@ class Fleet:
         return self._label_index[key]
 
 
-def _items(objects, kind: str) -> list[dict]:
+def _items(objects: object, kind: str) -> list[KubeObject]:
     """Accept a list of objects or a `kind: List` dump with `items`."""
     if isinstance(objects, dict):
         objects = objects.get("items")
@@ -79,14 +85,14 @@ def _items(objects, kind: str) -> list[dict]:
     return objects
 
 
-def _container_requests(container: dict, where: str) -> dict[str, int]:
+def _container_requests(container: KubeObject, where: str) -> dict[str, int]:
     resources = container.get("resources") or {}
     limits = parse_resource_list(resources.get("limits"), f"{where}.resources.limits")
     requests = parse_resource_list(resources.get("requests"), f"{where}.resources.requests")
     return {**limits, **requests}  # a resource with only a limit requests its limit, as Kubernetes defaults it
 
 
-def pod_requests(pod: dict, where: str = "pod") -> dict[str, int]:
+def pod_requests(pod: KubeObject, where: str = "pod") -> dict[str, int]:
     """What a pod requests on its node (milli-units), as kube-scheduler counts it: the sum over containers, at least
     every init container's request (restartable sidecars run alongside), plus the pod overhead."""
     spec = pod.get("spec") or {}
@@ -115,7 +121,7 @@ def pod_requests(pod: dict, where: str = "pod") -> dict[str, int]:
     return total
 
 
-def _hashable(resources) -> tuple | None:
+def _hashable(resources: object) -> tuple[tuple[Any, Any], ...] | None:
     """A cache key for a ResourceList, None when it is not a plain mapping of scalars."""
     if not isinstance(resources, dict):
         return None
@@ -127,7 +133,7 @@ def _hashable(resources) -> tuple | None:
     return key
 
 
-def _check_node(node, i: int):
+def _check_node(node: object, i: int) -> tuple[KubeObject, str, KubeObject]:
     if not isinstance(node, dict):
         raise FleetError(f"nodes[{i}]: expected an object, got {type(node).__name__}")
     metadata = node.get("metadata") or {}
@@ -145,12 +151,12 @@ class _NodeArrays:
     """What the node objects say, one row per node."""
 
     names: list[str]
-    labels: list[dict]
+    labels: list[dict[str, str]]
     index: dict[str, int]
     ready: np.ndarray
     cordoned: np.ndarray
     taint_group: np.ndarray
-    taint_sets: list[tuple]
+    taint_sets: list[tuple[KubeObject, ...]]
     resources: list[str]
     allocatable: np.ndarray
 
@@ -160,11 +166,11 @@ class _PodUsage:
     """What the pods bound (or pinned) to nodes take there."""
 
     requests: dict[int, list[int]]  # node -> milli-units per resource column, summed over its pods
-    training: dict[int, set]  # node -> task keys with a running train pod there
+    training: dict[int, set[str]]  # node -> task keys with a running train pod there
     pool_busy: dict[str, dict[int, str]]  # device pool -> simulated device (shard) -> the task training on it
 
 
-def build_fleet(nodes, pods=()) -> Fleet:
+def build_fleet(nodes: KubeObjects, pods: KubeObjects = ()) -> Fleet:
     """Precompute everything the scheduler needs from node and pod objects, in one pass over each.
 
     Fleets repeat themselves (a few node sizes, a few pod shapes), so parsed resource lists are cached by content."""
@@ -173,16 +179,16 @@ def build_fleet(nodes, pods=()) -> Fleet:
     return _assemble(arrays, usage)
 
 
-def _node_arrays(nodes: list) -> _NodeArrays:
+def _node_arrays(nodes: list[KubeObject]) -> _NodeArrays:
     names: list[str] = []
-    labels: list[dict] = []
+    labels: list[dict[str, str]] = []
     ready: list[bool] = []
     cordoned: list[bool] = []
     taint_of: dict[int, int] = {}  # node -> taint set id, for tainted nodes only
-    taint_sets: list[tuple] = [()]
-    taint_ids: dict = {(): 0}
-    shapes: dict = {}  # allocatable content -> shape id
-    shape_rows: list[dict] = []
+    taint_sets: list[tuple[KubeObject, ...]] = [()]
+    taint_ids: dict[tuple[tuple[str, str, str], ...], int] = {(): 0}
+    shapes: dict[tuple[tuple[Any, Any], ...], int] = {}  # allocatable content -> shape id
+    shape_rows: list[dict[str, int]] = []
     shape_of: list[int] = []
     index: dict[str, int] = {}
     for i, node in enumerate(nodes):
@@ -243,7 +249,7 @@ def _node_arrays(nodes: list) -> _NodeArrays:
                        resources=columns, allocatable=shape_matrix[shape_of])
 
 
-def _shape_matrix(shape_rows: list[dict]) -> tuple[list[str], np.ndarray]:
+def _shape_matrix(shape_rows: list[dict[str, int]]) -> tuple[list[str], np.ndarray]:
     """The resource columns (every resource a node reports, plus cpu and memory) and one row per node shape."""
     columns = list(dict.fromkeys(r for row in shape_rows for r in row))
     for standard in ("cpu", "memory"):
@@ -260,18 +266,19 @@ def _shape_matrix(shape_rows: list[dict]) -> tuple[list[str], np.ndarray]:
     return columns, matrix
 
 
-def _pod_usage(pods: list, index: dict[str, int], resources: list[str]) -> _PodUsage:
+def _pod_usage(pods: list[KubeObject], index: dict[str, int], resources: list[str]) -> _PodUsage:
     column_of = {r: c for c, r in enumerate(resources)}
     pod_column = column_of.get(POD_COUNT)
     used_rows: dict[int, list[int]] = {}
-    training: dict[int, set] = {}
+    training: dict[int, set[str]] = {}
     pool_busy: dict[str, dict[int, str]] = {}
-    pod_shapes: dict = {}
+    pod_shapes: dict[tuple[tuple[Any, ...], tuple[Any, ...]], list[tuple[int, int]]] = {}
     width = len(resources)
     for i, pod in enumerate(pods):
         try:
             spec = pod["spec"]
-            node_index = index.get(pinned_node(pod))
+            node = pinned_node(pod)
+            node_index = index.get(node) if node is not None else None  # an unpinned pod is on no node
         except (KeyError, TypeError, AttributeError):
             if not isinstance(pod, dict):
                 raise FleetError(f"pods[{i}]: expected an object, got {type(pod).__name__}") from None
@@ -288,7 +295,7 @@ def _pod_usage(pods: list, index: dict[str, int], resources: list[str]) -> _PodU
         if node_index is None:
             continue
         requests = key = None
-        containers = spec.get("containers") or ()
+        containers: Sequence[KubeObject] = spec.get("containers") or ()
         if len(containers) == 1 and not spec.get("initContainers") and not spec.get("overhead"):
             container_resources = containers[0].get("resources") or {}
             try:

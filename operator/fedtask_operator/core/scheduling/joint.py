@@ -158,7 +158,7 @@ class _Joint:
             self.price[i, task.candidates] = task.price
             self.est[i, task.candidates] = task.est
         self.evaluations = 0
-        self.cache: dict[tuple, tuple[float, list[np.ndarray]] | None] = {}
+        self.cache: dict[tuple[float, ...], tuple[float, list[np.ndarray]] | None] = {}
 
     # --- the exact inner problem: min-cost transportation under fixed limits ----------------------------------
     def assign(self, limits: list[float]) -> tuple[float, list[np.ndarray]] | None:

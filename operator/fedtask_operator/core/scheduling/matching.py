@@ -1,6 +1,10 @@
 """Label selectors and taint tolerations with Kubernetes semantics (pure)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from ..kube_types import KubeObject
+
 SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 TOLERATION_OPERATORS = ("Equal", "Exists", "")
 BLOCKING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule only discourages; the scheduler may still use it
@@ -10,7 +14,7 @@ class SelectorError(ValueError):
     """A LabelSelector or toleration the API server would reject; the message names the field."""
 
 
-def check_selector(selector: dict | None, where: str = "selector") -> None:
+def check_selector(selector: object, where: str = "selector") -> None:
     """Raise SelectorError when `selector` is not a valid LabelSelector."""
     if selector is None:
         return
@@ -36,17 +40,19 @@ def check_selector(selector: dict | None, where: str = "selector") -> None:
             raise SelectorError(f"{at}.values: must be empty for operator {operator}")
 
 
-def selector_requirements(selector: dict | None) -> list[tuple[str, str, tuple[str, ...]]]:
+def selector_requirements(selector: KubeObject | None) -> list[tuple[str, str, tuple[str, ...]]]:
     """A selector as (key, operator, values) requirements; matchLabels become In with one value."""
     selector = selector or {}
-    requirements = [(str(k), "In", (str(v),)) for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    requirements: list[tuple[str, str, tuple[str, ...]]] = [
+        (str(k), "In", (str(v),)) for k, v in sorted((selector.get("matchLabels") or {}).items())
+    ]
     for expression in selector.get("matchExpressions") or []:
         values = tuple(str(v) for v in expression.get("values") or ())
         requirements.append((str(expression["key"]), expression["operator"], values))
     return requirements
 
 
-def matches_selector(labels: dict, selector: dict | None) -> bool:
+def matches_selector(labels: dict[str, str], selector: KubeObject | None) -> bool:
     """Whether a label set satisfies a LabelSelector (an empty selector matches everything)."""
     for key, operator, values in selector_requirements(selector):
         present = key in labels
@@ -61,7 +67,7 @@ def matches_selector(labels: dict, selector: dict | None) -> bool:
     return True
 
 
-def describe_selector(selector: dict | None) -> str:
+def describe_selector(selector: KubeObject | None) -> str:
     """A selector in kubectl's `-l` syntax: `fedtask.io/device=true,zone in (a,b),!gpu`."""
     parts = []
     for key, operator, values in selector_requirements(selector):
@@ -92,7 +98,7 @@ def check_tolerations(tolerations: object, where: str = "tolerations") -> None:
             raise SelectorError(f"{at}.operator: must be Exists when key is empty")
 
 
-def tolerates(toleration: dict, taint: dict) -> bool:
+def tolerates(toleration: KubeObject, taint: KubeObject) -> bool:
     """Kubernetes' Toleration.ToleratesTaint: effect, key and value (Equal) or key only (Exists)."""
     effect = toleration.get("effect") or ""
     if effect and effect != taint.get("effect"):
@@ -105,7 +111,7 @@ def tolerates(toleration: dict, taint: dict) -> bool:
     return (toleration.get("value") or "") == (taint.get("value") or "")
 
 
-def untolerated_taints(taints: list[dict], tolerations) -> list[dict]:
+def untolerated_taints(taints: Sequence[KubeObject], tolerations: Sequence[KubeObject]) -> list[KubeObject]:
     """The node's NoSchedule/NoExecute taints that no toleration tolerates."""
     return [
         taint for taint in taints
@@ -113,6 +119,6 @@ def untolerated_taints(taints: list[dict], tolerations) -> list[dict]:
     ]
 
 
-def describe_taint(taint: dict) -> str:
+def describe_taint(taint: KubeObject) -> str:
     value = taint.get("value")
     return f"{taint.get('key', '')}{'=' + str(value) if value else ''}:{taint.get('effect', '')}"

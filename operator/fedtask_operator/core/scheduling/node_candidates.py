@@ -131,7 +131,7 @@ def _samples(fleet: Fleet, request: DeviceRequest) -> np.ndarray:
 
 def _node_estimates(fleet: Fleet, request: DeviceRequest, samples: np.ndarray, speed: np.ndarray) -> np.ndarray:
     """Seconds per node: samples / speed from resources, calibrated by (and replaced with) observed durations."""
-    est = samples * SECONDS_PER_SAMPLE_PER_CORE / speed
+    est: np.ndarray = samples * SECONDS_PER_SAMPLE_PER_CORE / speed
     observed = [(fleet.index[d], s) for d, s in request.train_seconds.items() if d in fleet.index and s is not None]
     if observed:
         nodes = np.array([n for n, _ in observed])

@@ -123,9 +123,14 @@ def _lowest_feasible_floor(solver: NodeTaskSolver, served: list[NodeCandidates])
     candidates' estimates), and its matching."""
     floors = np.unique(np.concatenate([t.est[t.candidates] for t in served if t.timed] or [np.zeros(0)]))
     if not len(floors):
-        return solver.solve(served, math.inf), math.inf
+        unlimited = solver.solve(served, math.inf)
+        if unlimited is None:
+            raise AssertionError("the served set is feasible: without a floor it has a matching")
+        return unlimited, math.inf
     low, high = 0, len(floors) - 1  # floors[high] admits every candidate: feasible as the served set is
     matching = solver.solve(served, float(floors[high]))
+    if matching is None:
+        raise AssertionError("the served set is feasible: the highest floor admits every candidate")
     while low < high:
         middle = (low + high) // 2
         attempt = solver.solve(served, float(floors[middle]))

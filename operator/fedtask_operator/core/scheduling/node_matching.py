@@ -50,7 +50,7 @@ class Matching:
         for node in chosen:
             self.owner[node] = key
 
-    def _augment(self, key: str, visited: set) -> bool:
+    def _augment(self, key: str, visited: set[int]) -> bool:
         allowed = self.allowed[key]
         position = self.cursor[key]
         while position < len(allowed):  # nodes never become free during a search: a cursor suffices
@@ -91,7 +91,8 @@ class NodeTaskSolver:
 
     def allowed(self, task: NodeCandidates, floor: float) -> list[int]:
         """The task's usable nodes, cheapest first."""
-        return preference(task, self.threshold(task, floor)).tolist()
+        nodes: list[int] = preference(task, self.threshold(task, floor)).tolist()
+        return nodes
 
     def solve(self, served: list[NodeCandidates], floor: float) -> Matching | None:
         """A matching that gives every served task its devices under `floor`, None when there is none."""

@@ -23,6 +23,7 @@ m)) plus a constant. The solver (joint.py) therefore minimises sum_t (T_t / tau_
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 DEFAULT_FAIRNESS_WEIGHT = 1.0  # see docs/internals.md (Scheduler): the trade-off curve this default sits on
 MAX_FAIRNESS_WEIGHT = 1000.0
@@ -42,7 +43,7 @@ def unfairness(participation_after: np.ndarray, mean_before: float, per_round: i
     return float(len(values) * values.var() / (2 * per_round * max(1.0, mean_before)))
 
 
-def jain_of(values) -> float:
+def jain_of(values: npt.ArrayLike) -> float:
     """Jain's fairness index (sum x)^2 / (n sum x^2) of a participation vector (1.0 when empty or all zero)."""
     values = np.asarray(values, dtype=float)
     squares = float((values * values).sum())

@@ -2,10 +2,12 @@
 per-period mask caches, and the resources and nodes that tasks served earlier in the period have booked."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..kube_types import KubeObject
 from ..quantities import QuantityError, parse_resource_list
 from .estimates import is_gpu_resource
 from .fleet import POD_COUNT, UNSCHEDULABLE_TAINT, Fleet
@@ -21,7 +23,7 @@ class TaskInput:
     request: DeviceRequest
     key: str
     name: str
-    requests: tuple  # ((resource, column or None, milli), ...)
+    requests: tuple[tuple[str, int | None, int], ...]  # ((resource, column or None, milli), ...)
     gpu: bool
     matched: np.ndarray  # bool per node: the selector matches
     schedulable: np.ndarray  # bool per node: Ready and not cordoned (unless tolerated)
@@ -60,9 +62,9 @@ class Period:
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
         self.free = fleet.free
-        self._selector_cache: dict = {}
-        self._toleration_cache: dict = {}
-        self._has_key_cache: dict = {}
+        self._selector_cache: dict[tuple[tuple[str, str, tuple[str, ...]], ...], np.ndarray] = {}
+        self._toleration_cache: dict[str, tuple[np.ndarray, bool]] = {}
+        self._has_key_cache: dict[str, np.ndarray] = {}
         n = len(fleet)
         self.training_any = np.zeros(n, dtype=bool)
         self.training_only: dict[str, list[int]] = {}  # task -> nodes where only it trains
@@ -75,7 +77,7 @@ class Period:
         self.pod_column = fleet.column(POD_COUNT)
 
     # --- masks -----------------------------------------------------------------------------------------------
-    def selector_mask(self, selector: dict | None) -> np.ndarray:
+    def selector_mask(self, selector: KubeObject | None) -> np.ndarray:
         requirements = tuple(selector_requirements(selector))
         if requirements not in self._selector_cache:
             fleet = self.fleet
@@ -102,7 +104,7 @@ class Period:
             self._has_key_cache[key] = mask
         return self._has_key_cache[key]
 
-    def toleration_masks(self, tolerations) -> tuple[np.ndarray, bool]:
+    def toleration_masks(self, tolerations: Sequence[KubeObject]) -> tuple[np.ndarray, bool]:
         """(nodes whose blocking taints are all tolerated, whether cordoned nodes are tolerated)."""
         key = repr(sorted(sorted(t.items()) for t in tolerations))
         if key not in self._toleration_cache:

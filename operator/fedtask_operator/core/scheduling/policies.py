@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import numpy.typing as npt
 
 from .types import DeviceRequest
 
@@ -12,7 +13,7 @@ POLICIES = ("time-fair", "fastest", "random", "round-robin")
 TIME_POLICIES = ("time-fair", "fastest")
 
 
-def median(values) -> float:
+def median(values: npt.ArrayLike) -> float:
     ordered = np.sort(np.asarray(values, dtype=float))
     middle = len(ordered) // 2
     return float(ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2)

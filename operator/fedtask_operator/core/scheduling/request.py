@@ -7,10 +7,11 @@ from typing import Any
 from ..conditions import parse_time
 from ..schema import encode
 from ..spec import FederatedTask
+from ..status_types import TaskStatusDict
 from .types import DeviceRequest
 
 
-def build_device_request(task: FederatedTask, now: float | None = None, *, status: dict | None = None,
+def build_device_request(task: FederatedTask, now: float | None = None, *, status: TaskStatusDict | None = None,
                          per_round: int | None = None) -> DeviceRequest:
     """What `task` asks the scheduler for in the coming period: perRound devices of its spec, with its fairness and
     time history from status (participation, trainSecondsEstimate, the devices' sample counts, waitingSince,
@@ -21,7 +22,7 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
     own) and `per_round` (default: spec.devices.perRound) let the planner ask mid-round for replacements."""
     spec = task.spec
     status = encode(task.status) if status is None else status
-    samples = {}
+    samples: dict[str, int] = {}
     for record in status.get("devices") or []:
         count = sample_count(record.get("result"))
         if count:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from .explain import LazyReasons, NodeExplainer
-from .fleet import Fleet, build_fleet
+from .fleet import Fleet, KubeObjects, build_fleet
 from .node_devices import assign_node_tasks
 from .period import Period
 from .policies import POLICIES
@@ -37,12 +37,12 @@ def effective_priority(request: DeviceRequest, now: float | None) -> float:
     return request.priority + max(0.0, now - request.waiting_since) // AGING_SECONDS
 
 
-def select_devices(requests: list[DeviceRequest], nodes, pods=(), now: float | None = None,
-                   period_number: int | None = None) -> Assignment:
+def select_devices(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, pods: KubeObjects = (),
+                   now: float | None = None, period_number: int | None = None) -> Assignment:
     """Assign devices to every task of this learning period; see the module docstring for the algorithm.
     `period_number` (the runtimes number their periods) is copied into the assignment."""
     fleet = nodes if isinstance(nodes, Fleet) else build_fleet(nodes, pods)
-    seen = set()
+    seen: set[str] = set()
     for request in requests:
         if request.task in seen:
             raise ValueError(f"task {request.task}: requested twice in one period")
@@ -54,7 +54,7 @@ def select_devices(requests: list[DeviceRequest], nodes, pods=(), now: float | N
     outcomes = assign_node_tasks(period, [task for task in tasks if task.request.node_devices])
     outcomes.update(assign_pool_tasks(period, [task for task in tasks if not task.request.node_devices]))
     assignment = Assignment(period=period_number)
-    used_nodes = set()
+    used_nodes: set[str] = set()
     for key, outcome in sorted(outcomes.items()):
         times = [s.estimated_seconds for s in outcome.slots if s.estimated_seconds is not None]
         assignment.tasks[key] = TaskAssignment(

@@ -80,8 +80,8 @@ def shard_work(request: DeviceRequest, count: int, speed: float) -> np.ndarray:
     (which ran at about `speed`, the typical node's)."""
     size = shard_sizes(request, count)
     work = size * SECONDS_PER_SAMPLE_PER_CORE
-    observed = [(shard_index(d), s) for d, s in request.train_seconds.items()
-                if s and shard_index(d) is not None and shard_index(d) < count]
+    observed = [(index, s) for d, s in request.train_seconds.items()
+                if s and (index := shard_index(d)) is not None and index < count]
     if observed:
         ratios = [seconds / max(float(size[index]) * SECONDS_PER_SAMPLE_PER_CORE / speed, 1e-12)
                   for index, seconds in observed]

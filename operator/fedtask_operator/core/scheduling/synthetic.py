@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+from ..kube_types import KubeObject
 from ..naming import STAGE_LABEL, TASK_LABEL
 
 DEVICE_LABEL = "fedtask.io/device"
@@ -10,16 +11,17 @@ POOL_LABEL = "fedtask.io/pool"
 GPU_PRODUCTS = ("NVIDIA-A100-SXM4-40GB", "Tesla-T4", "NVIDIA-L4", "NVIDIA-H100-80GB-HBM3")
 
 
-def make_node(name: str, cpu="4", memory="16Gi", gpus: int = 0, gpu_product: str | None = None, ready: bool = True,
-              unschedulable: bool = False, taints: list | None = None, labels: dict | None = None,
-              extra: dict | None = None, pods="110") -> dict:
-    allocatable = {"cpu": cpu, "memory": memory, "pods": pods, **(extra or {})}
+def make_node(name: str, cpu: str | int = "4", memory: str | int = "16Gi", gpus: int = 0,
+              gpu_product: str | None = None, ready: bool = True, unschedulable: bool = False,
+              taints: list[KubeObject] | None = None, labels: dict[str, str] | None = None,
+              extra: dict[str, str | int] | None = None, pods: str | int = "110") -> KubeObject:
+    allocatable: dict[str, str | int] = {"cpu": cpu, "memory": memory, "pods": pods, **(extra or {})}
     node_labels = {"kubernetes.io/hostname": name, DEVICE_LABEL: "true", **(labels or {})}
     if gpus:
         allocatable["nvidia.com/gpu"] = str(gpus)
         if gpu_product:
             node_labels["nvidia.com/gpu.product"] = gpu_product
-    node = {
+    node: KubeObject = {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": node_labels},
         "spec": {},
@@ -33,9 +35,11 @@ def make_node(name: str, cpu="4", memory="16Gi", gpus: int = 0, gpu_product: str
     return node
 
 
-def make_pod(name: str, node: str, requests: dict | None = None, namespace: str = "default", phase: str = "Running",
-             labels: dict | None = None, init_requests: dict | None = None) -> dict:
-    spec = {"nodeName": node, "containers": [{"name": "main", "resources": {"requests": dict(requests or {})}}]}
+def make_pod(name: str, node: str, requests: dict[str, str | int] | None = None, namespace: str = "default",
+             phase: str = "Running", labels: dict[str, str] | None = None,
+             init_requests: dict[str, str | int] | None = None) -> KubeObject:
+    spec: KubeObject = {"nodeName": node,
+                        "containers": [{"name": "main", "resources": {"requests": dict(requests or {})}}]}
     if init_requests:
         spec["initContainers"] = [{"name": "init", "resources": {"requests": dict(init_requests)}}]
     return {"apiVersion": "v1", "kind": "Pod",
@@ -44,7 +48,7 @@ def make_pod(name: str, node: str, requests: dict | None = None, namespace: str 
 
 
 def make_train_pod(task: str, node: str, device: str | None = None, phase: str = "Running",
-                   requests: dict | None = None) -> dict:
+                   requests: dict[str, str | int] | None = None) -> KubeObject:
     """A running train pod of `task` ("namespace/name") on `node`."""
     namespace, name = task.split("/", 1)
     return make_pod(f"{name}-r0001-train-{device or node}", node, requests or {"cpu": "500m"}, namespace, phase,
@@ -52,11 +56,13 @@ def make_train_pod(task: str, node: str, device: str | None = None, phase: str =
 
 
 def make_fleet(count: int, seed: int = 0, pools: int = 10, gpu_share: float = 0.2, not_ready_share: float = 0.02,
-               cordoned_share: float = 0.01, tainted_share: float = 0.05, pods_per_node: float = 1.0):
+               cordoned_share: float = 0.01, tainted_share: float = 0.05, pods_per_node: float = 1.0,
+               ) -> tuple[list[KubeObject], list[KubeObject]]:
     """A heterogeneous fleet: CPU sizes 1-32, a share with 1-8 GPUs of several products, some NotReady, cordoned or
     tainted, nodes spread over `pools` (label fedtask.io/pool=pool-K), plus running system pods."""
     rng = random.Random(seed)
-    nodes, pods = [], []
+    nodes: list[KubeObject] = []
+    pods: list[KubeObject] = []
     for i in range(count):
         name = f"node-{i:05d}"
         gpus = rng.choice((1, 1, 2, 4, 8)) if rng.random() < gpu_share else 0

@@ -1,7 +1,11 @@
 """The scheduler's data types: what a task asks for in a learning period and what it gets (pure)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from ..kube_types import KubeObject
 
 
 @dataclass(frozen=True)
@@ -10,17 +14,17 @@ class DeviceRequest:
 
     task: str  # "namespace/name"
     per_round: int
-    requests: dict  # per-device resource requests, Kubernetes quantities: {"cpu": "500m", "nvidia.com/gpu": 1}
-    selector: dict = field(default_factory=dict)  # a LabelSelector: matchLabels / matchExpressions
-    tolerations: tuple = ()
+    requests: dict[str, Any]  # per-device requests, Kubernetes quantities: {"cpu": "500m", "nvidia.com/gpu": 1}
+    selector: KubeObject = field(default_factory=dict)  # a LabelSelector: matchLabels / matchExpressions
+    tolerations: tuple[KubeObject, ...] = ()
     node_devices: bool = False  # True: hostPath/pvc data, a device is a node and runs one task at a time
     shard_count: int = 0  # builtin data: the number of simulated devices (shards)
     priority: int = 0
     policy: str = "time-fair"  # time-fair | fastest | random | round-robin
     waiting_since: float | None = None  # epoch seconds when the task began to wait (aging)
-    participation: dict = field(default_factory=dict)  # device -> rounds it trained in
-    train_seconds: dict = field(default_factory=dict)  # device -> observed train time (EWMA), seconds
-    samples: dict = field(default_factory=dict)  # device -> sample count, when known
+    participation: dict[str, int] = field(default_factory=dict)  # device -> rounds it trained in
+    train_seconds: dict[str, float] = field(default_factory=dict)  # device -> observed train time (EWMA), seconds
+    samples: dict[str, int] = field(default_factory=dict)  # device -> sample count, when known
     round: int = 1  # the round being scheduled (seeds `random`, rotates `round-robin`)
     fairness_weight: float | None = None  # time-fair: weight of unfairness in the cost (None: the operator default)
     pool: str = ""  # builtin data: the device pool it shares with tasks naming the same one ("": its own devices)
@@ -59,7 +63,7 @@ class TaskAssignment:
 @dataclass
 class Assignment:
     tasks: dict[str, TaskAssignment] = field(default_factory=dict)  # task key -> its devices
-    excluded: dict[str, str] = field(default_factory=dict)  # node -> every reason no task got it
+    excluded: Mapping[str, str] = field(default_factory=dict)  # node -> every reason no task got it (read-only)
     period_seconds: float = 0.0  # estimated time of the period (slowest task's slowest device)
     period: int | None = None  # the learning period's number, when the runtime numbers them
 
