@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.planner import Event, Plan
+from fedtask_operator.core.status_types import TaskStatusDict
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ T = TypeVar("T")
 class PlanSink(Protocol):
     """Where a plan goes. Each method is idempotent: repeating it after a crash does no harm."""
 
-    async def write_status(self, status: dict[str, Any]) -> bool:
+    async def write_status(self, status: TaskStatusDict) -> bool:
         """Store the task's new status; False when it equals the stored one (nothing written)."""
         ...
 

@@ -21,11 +21,13 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeAlias
 
 from fedtask_operator.core import conditions, naming, pods
+from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.phases import (
     ADJUSTING,
     AGGREGATING,
@@ -57,6 +59,18 @@ from fedtask_operator.core.scheduling.request import build_device_request, sampl
 from fedtask_operator.core.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
 from fedtask_operator.core.schema import encode
 from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, parse_task
+from fedtask_operator.core.status_types import (
+    AssignedDeviceDict,
+    DeviceStatusDict,
+    ModelRefDict,
+    PublishStatusDict,
+    RoundRecordDict,
+    StagePodStatusDict,
+    TaskStatusDict,
+)
+
+PodRecord: TypeAlias = DeviceStatusDict | StagePodStatusDict | PublishStatusDict
+"""A record of one pod in the status: a device's train pod, the server-side stage pod, or a publish pod."""
 
 EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
@@ -87,9 +101,9 @@ class CreationRefusal:
 
 @dataclass(frozen=True)
 class Observed:
-    pods: list[dict]  # this task's pods, as Kubernetes objects with status
+    pods: list[KubeObject]  # this task's pods, as Kubernetes objects with status
     now: datetime  # timezone-aware
-    nodes: list[dict] | None = None  # candidate nodes, only needed to publish to every device node
+    nodes: list[KubeObject] | None = None  # candidate nodes, only needed to publish to every device node
     # What became of the creations of the runtime's previous plan: None when it created nothing (or does not know),
     # () when the API server accepted them all, else the refusals.
     creation_refusals: tuple[CreationRefusal, ...] | None = None
@@ -97,9 +111,9 @@ class Observed:
 
 @dataclass
 class Plan:
-    create: list[dict] = field(default_factory=list)  # pod manifests
+    create: list[KubeObject] = field(default_factory=list)  # pod manifests
     delete: list[str] = field(default_factory=list)  # pod names
-    status: dict = field(default_factory=dict)  # the complete new status
+    status: TaskStatusDict = field(default_factory=TaskStatusDict)  # the complete new status
     events: list[Event] = field(default_factory=list)
     needs_devices: bool = False
     requeue_after: float | None = None
@@ -118,12 +132,12 @@ class PodOutcome:
     """What one observed pod says: still going, finished with a result, or failed (and why)."""
 
     state: str  # "Missing" | "Terminating" | STATE_PENDING | STATE_RUNNING | STATE_SUCCEEDED | STATE_FAILED
-    result: dict | None = None
+    result: dict[str, Any] | None = None
     reason: str = ""
     retryable: bool = True
 
 
-def observe_pod(pod: dict | None) -> PodOutcome:
+def observe_pod(pod: KubeObject | None) -> PodOutcome:
     if pod is None:
         return PodOutcome("Missing")
     if pod.get("metadata", {}).get("deletionTimestamp"):
@@ -151,7 +165,7 @@ _STUCK_WAITING_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"
                           "CreateContainerError")
 
 
-def _not_starting_reason(pod_status: dict) -> str:
+def _not_starting_reason(pod_status: KubeObject) -> str:
     for container in pod_status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in _STUCK_WAITING_REASONS:
@@ -162,14 +176,14 @@ def _not_starting_reason(pod_status: dict) -> str:
     return ""
 
 
-def _terminated_state(pod_status: dict) -> dict:
+def _terminated_state(pod_status: KubeObject) -> KubeObject:
     container_statuses = pod_status.get("containerStatuses") or []
     if not container_statuses:
         return {}
     return (container_statuses[0].get("state") or {}).get("terminated") or {}
 
 
-def _parse_result(message: str | None) -> dict | None:
+def _parse_result(message: str | None) -> dict[str, Any] | None:
     try:
         result = json.loads(message or "")
     except ValueError:
@@ -177,7 +191,7 @@ def _parse_result(message: str | None) -> dict | None:
     return _finite_only(result) if isinstance(result, dict) else None
 
 
-def _finite_only(value):
+def _finite_only(value: Any) -> Any:
     """The JSON value without NaN/Infinity (an API server refuses them; Python's json reads them)."""
     if isinstance(value, dict):
         return {key: _finite_only(item) for key, item in value.items()
@@ -187,7 +201,7 @@ def _finite_only(value):
     return value
 
 
-def _failure_reason(pod_status: dict, terminated: dict) -> str:
+def _failure_reason(pod_status: KubeObject, terminated: KubeObject) -> str:
     parts = []
     if "exitCode" in terminated:
         parts.append(f"exit code {terminated['exitCode']}")
@@ -226,8 +240,8 @@ def _seconds_between(start: str | None, end: datetime) -> float:
 class _Planning:
     """The new status and the actions of one pass, built up by the stage functions below."""
 
-    def __init__(self, task: FederatedTask, status: dict, observed: Observed, config: RuntimeConfig,
-                 assignment: TaskAssignment | None):
+    def __init__(self, task: FederatedTask, status: TaskStatusDict, observed: Observed, config: RuntimeConfig,
+                 assignment: TaskAssignment | None) -> None:
         self.task = task
         self.spec = task.spec
         self.config = config
@@ -237,7 +251,7 @@ class _Planning:
         self.input_status = status
         self.status = copy.deepcopy(self.input_status)
         self.pods = {pod["metadata"]["name"]: pod for pod in observed.pods}
-        self.create: list[dict] = []
+        self.create: list[KubeObject] = []
         self.events: list[Event] = []
         self.needs_devices = False
         self.device_request: DeviceRequest | None = None
@@ -297,22 +311,22 @@ class _Planning:
         return delete
 
 
-def pods_awaiting_results(status: dict) -> set[str]:
+def pods_awaiting_results(status: TaskStatusDict) -> set[str]:
     """Pods whose results the status does not hold yet: they must not be deleted."""
     return {record["pod"] for record in _pod_records(status)
             if record.get("state") in UNFINISHED_STATES and record.get("pod")}
 
 
-def _pod_records(status: dict) -> list[dict]:
+def _pod_records(status: TaskStatusDict) -> list[PodRecord]:
     """Every pod record of the status: this round's devices, the server-side stage pod, the publish pods."""
     current = [status["current"]] if status.get("current") else []
-    return (status.get("devices") or []) + current + (status.get("published") or [])
+    return [*(status.get("devices") or []), *current, *(status.get("published") or [])]
 
 
 @dataclass(frozen=True)
 class _Progress:
     state: str  # STATE_PENDING | STATE_RUNNING | STATE_SUCCEEDED | STATE_FAILED (after the retries)
-    result: dict | None = None
+    result: dict[str, Any] | None = None
     reason: str = ""
     bad_input: bool = False  # failed with the worker's bad-input exit code (not retried)
 
@@ -322,7 +336,7 @@ class _Progress:
         return conditions.REASON_STAGE_FAILED if self.bad_input else conditions.REASON_BACKOFF_LIMIT_EXCEEDED
 
 
-def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
+def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str) -> _Progress:
     """Move one pod record on: create its pod when missing, retry a failed pod, report a result.
 
     `record` holds `pod` (the current attempt's name) and `attempts` (failed attempts so far); `build(attempt)`
@@ -361,7 +375,7 @@ def _advance_pod(ctx: _Planning, record: dict, build: Callable[[int], dict], wha
 # The entry point
 
 
-def plan_task(task: dict, observed: Observed, config: RuntimeConfig,
+def plan_task(task: KubeObject, observed: Observed, config: RuntimeConfig,
               assignment: TaskAssignment | None = None) -> Plan:
     """The next actions for one FederatedTask: pods to create and delete, its new status, events."""
     try:
@@ -378,7 +392,9 @@ def _plan(ctx: _Planning) -> None:
     status = ctx.status
     status["observedGeneration"] = ctx.task.generation
     if _is_failed_invalid_spec(status):
-        status.clear()  # the spec was fixed before the task ever ran: start afresh
+        # the spec was fixed before the task ever ran: start afresh. (mypy gives TypedDicts no clear(), as it could
+        # drop required keys; TaskStatusDict has none.)
+        status.clear()  # type: ignore[attr-defined]
         status["observedGeneration"] = ctx.task.generation
     if status.get("phase") in FINISHED_PHASES:
         _plan_finished(ctx)
@@ -425,7 +441,7 @@ def _run_stages(ctx: _Planning) -> None:
 
 def _report_pods_not_starting(ctx: _Planning) -> None:
     """Pods stuck before they start (image pull, config, kube-scheduler) hold the task up: say so, and what helps."""
-    stalled = conditions.get_condition(ctx.status.get("conditions"), conditions.STALLED) or {}
+    stalled: Mapping[str, Any] = conditions.get_condition(ctx.status.get("conditions"), conditions.STALLED) or {}
     if ctx.not_starting and ctx.status.get("phase") in (PENDING, RUNNING):
         message = (f"{_listed(ctx.not_starting, '; ', limit=3)}; check spec.image, spec.imagePullSecrets, "
                    "the store secret and the nodes' free resources")
@@ -440,7 +456,7 @@ def _report_creation_refusals(ctx: _Planning) -> None:
     """Pods the API server refused to create: the Stalled condition and a Warning event carry its message, creations
     wait for a backoff, and the task fails once refusals go on POD_CREATION_GIVE_UP_SECONDS after the first."""
     refusals, status = ctx.creation_refusals, ctx.status
-    stalled = conditions.get_condition(status.get("conditions"), conditions.STALLED) or {}
+    stalled: Mapping[str, Any] = conditions.get_condition(status.get("conditions"), conditions.STALLED) or {}
     ours = stalled.get("reason") == conditions.REASON_POD_CREATION_FAILED and stalled.get("status") == conditions.TRUE
     if status.get("phase") not in (PENDING, RUNNING):
         return
@@ -487,7 +503,8 @@ def _plan_finished(ctx: _Planning) -> None:
 
 
 def _start_task(ctx: _Planning) -> None:
-    ctx.status.update(phase=PENDING, round=0, stage=INITIALIZING, startTime=conditions.format_time(ctx.now))
+    ctx.status.update({"phase": PENDING, "round": 0, "stage": INITIALIZING,
+                       "startTime": conditions.format_time(ctx.now)})
     if ctx.spec.data.source == "builtin":
         ctx.status["shardCount"] = _resolve_shard_count(ctx)
     ctx.condition(conditions.READY, False, conditions.REASON_INITIALIZING, "creating the initial global model")
@@ -508,20 +525,20 @@ def _resolve_shard_count(ctx: _Planning) -> int:
     return ctx.spec.devices.per_round
 
 
-def _is_failed_invalid_spec(status: dict) -> bool:
-    failed = conditions.get_condition(status.get("conditions"), conditions.FAILED) or {}
+def _is_failed_invalid_spec(status: TaskStatusDict) -> bool:
+    failed: Mapping[str, Any] = conditions.get_condition(status.get("conditions"), conditions.FAILED) or {}
     return (status.get("phase") == FAILED and failed.get("reason") == conditions.REASON_INVALID_SPEC
             and not status.get("startTime"))
 
 
-def _plan_invalid_spec(task: dict, observed: Observed, error: SpecError) -> Plan:
+def _plan_invalid_spec(task: KubeObject, observed: Observed, error: SpecError) -> Plan:
     """A task whose spec a cluster would reject: Failed with every field path; its running pods are stopped."""
-    status = copy.deepcopy(task.get("status") or {}) if isinstance(task, dict) else {}
+    status: TaskStatusDict = copy.deepcopy(task.get("status") or TaskStatusDict()) if isinstance(task, dict) else {}
     message = "; ".join(str(e) for e in error.errors)
     metadata = task.get("metadata") if isinstance(task, dict) else None
     generation = (metadata or {}).get("generation")
-    previous = conditions.get_condition(status.get("conditions"), conditions.FAILED) or {}
-    events = []
+    previous: Mapping[str, Any] = conditions.get_condition(status.get("conditions"), conditions.FAILED) or {}
+    events: list[Event] = []
     if previous.get("reason") != conditions.REASON_INVALID_SPEC or previous.get("message") != message:
         events.append(Event("Warning", conditions.REASON_INVALID_SPEC, message))
     status["phase"] = FAILED
@@ -559,7 +576,7 @@ def _fail(ctx: _Planning, reason: str, message: str) -> None:
     ctx.keep.clear()
     ctx.needs_devices = False
     ctx.device_request = None
-    ctx.status.update(phase=FAILED, completionTime=conditions.format_time(ctx.now), message=message)
+    ctx.status.update({"phase": FAILED, "completionTime": conditions.format_time(ctx.now), "message": message})
     ctx.condition(conditions.FAILED, True, reason, message)
     ctx.condition(conditions.READY, False, reason, message)
     ctx.condition(conditions.PROGRESSING, False, reason, message)
@@ -567,7 +584,7 @@ def _fail(ctx: _Planning, reason: str, message: str) -> None:
 
 
 def _succeed(ctx: _Planning, reason: str, message: str) -> None:
-    ctx.status.update(phase=SUCCEEDED, completionTime=conditions.format_time(ctx.now), message=message)
+    ctx.status.update({"phase": SUCCEEDED, "completionTime": conditions.format_time(ctx.now), "message": message})
     ctx.condition(conditions.SUCCEEDED, True, reason, message)
     ctx.condition(conditions.READY, True, conditions.REASON_COMPLETED, message)
     ctx.condition(conditions.PROGRESSING, False, reason, message)
@@ -611,7 +628,7 @@ def _resume(ctx: _Planning) -> None:
     ctx.event("Resumed", message)
 
 
-def _resumed_at(status: dict) -> str | None:
+def _resumed_at(status: TaskStatusDict) -> str | None:
     suspended = conditions.get_condition(status.get("conditions"), conditions.SUSPENDED)
     if suspended and suspended.get("status") == conditions.FALSE:
         return suspended.get("lastTransitionTime")
@@ -622,7 +639,7 @@ def _resumed_at(status: dict) -> str | None:
 # Stages. Each planner returns True when it finished its stage and moved the task to the next one.
 
 
-def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> dict:
+def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], KubeObject]) -> StagePodStatusDict:
     """The record of the server-side pod for `stage` (init, aggregate, adjust), created on first use."""
     record = ctx.status.get("current")
     if not record or record.get("stage") != stage:
@@ -632,7 +649,7 @@ def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> dict
     return record
 
 
-def _advance_record(ctx: _Planning, record: dict, build: Callable[[int], dict], what: str) -> _Progress:
+def _advance_record(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str) -> _Progress:
     """Advance one pod record and store what happened in it (state, reason, result, times)."""
     if record.get("state") not in UNFINISHED_STATES:
         if record.get("state") != STATE_EXCLUDED:
@@ -645,19 +662,19 @@ def _advance_record(ctx: _Planning, record: dict, build: Callable[[int], dict], 
     if progress.state == STATE_SUCCEEDED:
         _store_success(ctx, record, progress.result)
     elif progress.state == STATE_FAILED:
-        record.update(state=STATE_FAILED, reason=progress.reason)
+        record.update({"state": STATE_FAILED, "reason": progress.reason})
         _stamp_finish(ctx, record)
     else:
         record["state"] = progress.state
     return progress
 
 
-def _stamp_finish(ctx: _Planning, record: dict) -> None:
+def _stamp_finish(ctx: _Planning, record: PodRecord) -> None:
     if "startTime" in record:  # device and stage records carry their times; publish records do not
         record["finishTime"] = ctx.stamp
 
 
-def _advance_stage_pod(ctx: _Planning, stage: str, build: Callable[[int], dict]) -> _Progress:
+def _advance_stage_pod(ctx: _Planning, stage: str, build: Callable[[int], KubeObject]) -> _Progress:
     record = _stage_pod(ctx, stage, build)
     return _advance_record(ctx, record, build, f"round {ctx.round} {stage}" if ctx.round else stage)
 
@@ -681,7 +698,8 @@ def _plan_initializing(ctx: _Planning) -> bool:
 
 
 def _start_round(ctx: _Planning, round_: int) -> None:
-    ctx.status.update(round=round_, stage=SCHEDULING, devices=[], assignment=[], waitingSince=ctx.stamp)
+    ctx.status.update({"round": round_, "stage": SCHEDULING, "devices": [], "assignment": [],
+                       "waitingSince": ctx.stamp})
     ctx.status.pop("current", None)
     ctx.status.pop("roundStartTime", None)
     ctx.status.pop("currentRound", None)
@@ -709,8 +727,8 @@ def _plan_scheduling(ctx: _Planning) -> bool:
     ctx.condition(conditions.UNSCHEDULABLE, False, conditions.REASON_SCHEDULABLE,
                   f"round {ctx.round}: {len(slots)} devices selected")
     ctx.status.pop("waitingSince", None)
-    ctx.status.update(stage=TRAINING, roundStartTime=ctx.stamp,
-                      devices=[_device_record(ctx, slot) for slot in slots])
+    ctx.status.update({"stage": TRAINING, "roundStartTime": ctx.stamp,
+                       "devices": [_device_record(ctx, slot) for slot in slots]})
     _record_assignment(ctx, slots)
     ctx.status["currentRound"] = {"round": ctx.round, "startTime": ctx.stamp}
     if ctx.assignment.period is not None:
@@ -726,12 +744,12 @@ def _record_period(ctx: _Planning) -> None:
     waiting (recorded when it starts to wait, or waits for a new reason) collects for the next period from this
     time on (scheduling.collection); retries that change nothing leave the status as it is."""
     if ctx.assignment is not None and ctx.assignment.period is not None:
-        ctx.status.update(period=ctx.assignment.period, periodTime=ctx.stamp)
+        ctx.status.update({"period": ctx.assignment.period, "periodTime": ctx.stamp})
 
 
 def _mark_unschedulable(ctx: _Planning, reason: str, message: str) -> bool:
     """The Unschedulable condition; True when it is new or says something new (then an event tells)."""
-    previous = conditions.get_condition(ctx.status.get("conditions"), conditions.UNSCHEDULABLE) or {}
+    previous: Mapping[str, Any] = conditions.get_condition(ctx.status.get("conditions"), conditions.UNSCHEDULABLE) or {}
     changed = previous.get("status") != conditions.TRUE or previous.get("message") != message
     if changed:
         ctx.event("DeviceUnschedulable", message, warning=True)
@@ -748,7 +766,7 @@ def _ask_for_devices(ctx: _Planning, count: int) -> None:
 def _new_slots(ctx: _Planning, assignment: TaskAssignment, wanted: int) -> list[DeviceSlot]:
     """The assignment's devices that are not in this round yet, at most `wanted`, each device once."""
     seen = {record["device"] for record in ctx.status.get("devices") or []}
-    slots = []
+    slots: list[DeviceSlot] = []
     for slot in assignment.devices:
         if slot.device not in seen and len(slots) < wanted:
             seen.add(slot.device)
@@ -760,24 +778,24 @@ def _record_assignment(ctx: _Planning, slots: list[DeviceSlot]) -> None:
     """status.assignment: the scheduler's choices for this round, with its time estimates (replacements appended)."""
     assignment = ctx.status.setdefault("assignment", [])
     for slot in slots:
-        entry = {"device": slot.device, "node": slot.node}
+        entry: AssignedDeviceDict = {"device": slot.device, "node": slot.node}
         if slot.estimated_seconds is not None:
             entry["estimatedSeconds"] = round(float(slot.estimated_seconds), 3)
         assignment.append(entry)
 
 
-def _device_record(ctx: _Planning, slot: DeviceSlot) -> dict:
+def _device_record(ctx: _Planning, slot: DeviceSlot) -> DeviceStatusDict:
     manifest = _build_train_pod(ctx, slot.device, slot.node, 0)
     return {"device": slot.device, "node": slot.node, "pod": manifest["metadata"]["name"], "state": STATE_PENDING,
             "attempts": 0, "startTime": ctx.stamp}
 
 
-def _build_train_pod(ctx: _Planning, device: str, node: str, attempt: int) -> dict:
+def _build_train_pod(ctx: _Planning, device: str, node: str, attempt: int) -> KubeObject:
     return pods.build_train_pod(ctx.build_task(), ctx.config, ctx.round, DeviceSlot(device=device, node=node),
                                 attempt=attempt)
 
 
-def _device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequest:
+def _device_request(task: FederatedTask, status: TaskStatusDict, count: int) -> DeviceRequest:
     """What this task asks the scheduler for: `count` more devices for the current round; this round's devices count
     as having participated, so replacements prefer other devices; mid-round it is a replacement (no collection
     window)."""
@@ -790,8 +808,8 @@ def _device_request(task: FederatedTask, status: dict, count: int) -> DeviceRequ
                                replacement=status.get("stage") == TRAINING)
 
 
-def _store_success(ctx: _Planning, record: dict, result: dict | None) -> None:
-    record.update(state=STATE_SUCCEEDED, reason="", result=result or {})
+def _store_success(ctx: _Planning, record: PodRecord, result: dict[str, Any] | None) -> None:
+    record.update({"state": STATE_SUCCEEDED, "reason": "", "result": result or {}})
     _stamp_finish(ctx, record)
     if "device" not in record:
         return
@@ -819,19 +837,20 @@ def _record_turn(ctx: _Planning, device: str, ran_for: float | None = None, stra
         estimates[device] = round(ran_for, 3)
 
 
-def _advance_devices(ctx: _Planning, records: list[dict] | None = None) -> None:
+def _advance_devices(ctx: _Planning, records: list[DeviceStatusDict] | None = None) -> None:
     for record in (ctx.status.get("devices") or []) if records is None else records:
         was_unfinished = record.get("state") in UNFINISHED_STATES
-        progress = _advance_record(
-            ctx, record, lambda attempt, r=record: _build_train_pod(ctx, r["device"], r["node"], attempt),
-            f"round {ctx.round} device {record['device']}")
+        def build(attempt: int, r: DeviceStatusDict = record) -> KubeObject:
+            return _build_train_pod(ctx, r["device"], r["node"], attempt)
+
+        progress = _advance_record(ctx, record, build, f"round {ctx.round} device {record['device']}")
         if was_unfinished and progress.state == STATE_FAILED:
             _record_turn(ctx, record["device"], _seconds_between(record.get("startTime"), ctx.now))
             ctx.event("DeviceFailed", f"round {ctx.round}: device {record['device']} on node {record['node']} "
                                       f"gave up: {progress.reason}", warning=True)
 
 
-def _round_timer_start(status: dict) -> str | None:
+def _round_timer_start(status: TaskStatusDict) -> str | None:
     """The round deadline counts from the round's start, or from the resume of a suspended round."""
     return _later(status.get("roundStartTime"), _resumed_at(status))
 
@@ -879,6 +898,8 @@ def _plan_training(ctx: _Planning) -> bool:
 
 
 def _add_replacements(ctx: _Planning, missing: int) -> bool:
+    if ctx.assignment is None:
+        raise AssertionError("_plan_training asks for replacements only when the runtime passed an assignment")
     _record_period(ctx)
     slots = _new_slots(ctx, ctx.assignment, missing)
     _record_assignment(ctx, slots)
@@ -891,9 +912,10 @@ def _add_replacements(ctx: _Planning, missing: int) -> bool:
     return bool(added)
 
 
-def _exclude_stragglers(ctx: _Planning, stragglers: list[dict], timeout: int) -> None:
+def _exclude_stragglers(ctx: _Planning, stragglers: list[DeviceStatusDict], timeout: int) -> None:
     for record in stragglers:
-        record.update(state=STATE_EXCLUDED, reason=f"straggler: no update within rounds.timeoutSeconds={timeout}")
+        record.update({"state": STATE_EXCLUDED,
+                       "reason": f"straggler: no update within rounds.timeoutSeconds={timeout}"})
         _record_turn(ctx, record["device"], _seconds_between(record.get("startTime"), ctx.now), straggler=True)
         _stamp_finish(ctx, record)
         ctx.keep.discard(record["pod"])
@@ -907,7 +929,8 @@ def _mark_stalled(ctx: _Planning, reason: str, message: str) -> None:
     ctx.status["message"] = message
 
 
-def _quorum_message(ctx: _Planning, records: list[dict], returned: list[dict], quorum: int) -> str:
+def _quorum_message(ctx: _Planning, records: list[DeviceStatusDict], returned: list[DeviceStatusDict],
+                    quorum: int) -> str:
     failures = _listed([f"{r['device']}: {r.get('reason') or r['state']}" for r in records
                         if r["state"] in (STATE_FAILED, STATE_EXCLUDED)], "; ")
     return (f"round {ctx.round}: only {len(returned)} of {len(records)} devices returned updates, "
@@ -919,13 +942,13 @@ def _quorum_message(ctx: _Planning, records: list[dict], returned: list[dict], q
 def _finish_training(ctx: _Planning) -> None:
     records = ctx.status["devices"]
     current = ctx.status.setdefault("currentRound", {"round": ctx.round, "startTime": ctx.status["roundStartTime"]})
-    current.update(
-        devices=[r["device"] for r in records],
-        returned=sorted(r["device"] for r in records if r["state"] == STATE_SUCCEEDED),
-        excluded=sorted(r["device"] for r in records if r["state"] in (STATE_FAILED, STATE_EXCLUDED)),
-        trainSeconds=_seconds_between(ctx.status["roundStartTime"], ctx.now),
-        samples=sum(sample_count(r.get("result")) for r in records if r["state"] == STATE_SUCCEEDED),
-    )
+    current.update({
+        "devices": [r["device"] for r in records],
+        "returned": sorted(r["device"] for r in records if r["state"] == STATE_SUCCEEDED),
+        "excluded": sorted(r["device"] for r in records if r["state"] in (STATE_FAILED, STATE_EXCLUDED)),
+        "trainSeconds": _seconds_between(ctx.status["roundStartTime"], ctx.now),
+        "samples": sum(sample_count(r.get("result")) for r in records if r["state"] == STATE_SUCCEEDED),
+    })
     conditions_list = ctx.status.get("conditions")
     if conditions.get_condition(conditions_list, conditions.STALLED):
         ctx.status["conditions"] = conditions.remove_condition(conditions_list, conditions.STALLED)
@@ -955,8 +978,8 @@ def _plan_aggregating(ctx: _Planning) -> bool:
         ctx.event("UpdateRejected", f"round {ctx.round}: update {item.get('uri')} rejected: {item.get('reason')}",
                   warning=True)
     current = ctx.status["currentRound"]
-    current.update(rejected=sorted(_device_of(str(item.get("uri", ""))) for item in rejected),
-                   aggregateSeconds=_seconds_between(ctx.status["current"]["startTime"], ctx.now))
+    current.update({"rejected": sorted(_device_of(str(item.get("uri", ""))) for item in rejected),
+                    "aggregateSeconds": _seconds_between(ctx.status["current"]["startTime"], ctx.now)})
     if result.get("updates") == 0:
         _fail(ctx, conditions.REASON_ALL_UPDATES_REJECTED,
               f"round {ctx.round}: every update was rejected ({len(rejected)}); see the UpdateRejected events and "
@@ -973,7 +996,7 @@ def _shard_sample_caps(ctx: _Planning, returned: list[str]) -> dict[str, int]:
     termination message, not the store, so an update overwritten in the store cannot claim more)."""
     if ctx.spec.data.source != "builtin":
         return {}
-    caps = {}
+    caps: dict[str, int] = {}
     for record in ctx.status.get("devices") or []:
         reported = (record.get("result") or {}).get("num_samples")
         if record["device"] in returned and type(reported) is int and reported >= 0:
@@ -1007,24 +1030,30 @@ def _plan_adjusting(ctx: _Planning) -> bool:
     return True
 
 
-def _number(value) -> float | None:
+def _number(value: object) -> float | None:
     """A finite number from a worker's result, else None (a result never puts NaN into the status)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
 
 
-def _record_round(ctx: _Planning, result: dict) -> None:
+def _record_round(ctx: _Planning, result: dict[str, Any]) -> None:
     base = naming.store_base(ctx.task, ctx.config)
-    record = dict(ctx.status["currentRound"])
-    record.update(
-        accuracy=_number(result.get("accuracy")),
-        loss=_number(result.get("loss")),
-        adjustSeconds=_seconds_between(ctx.status["current"]["startTime"], ctx.now),
-        durationSeconds=_seconds_between(record.get("startTime"), ctx.now),
-        uri=naming.global_uri(base, ctx.round),
-    )
-    record = {key: value for key, value in record.items() if value is not None}
+    record: RoundRecordDict = ctx.status["currentRound"].copy()
+    accuracy, loss = _number(result.get("accuracy")), _number(result.get("loss"))
+    if accuracy is None:  # a record holds no None (an API server drops null fields)
+        record.pop("accuracy", None)
+    else:
+        record["accuracy"] = accuracy
+    if loss is None:
+        record.pop("loss", None)
+    else:
+        record["loss"] = loss
+    record.update({
+        "adjustSeconds": _seconds_between(ctx.status["current"]["startTime"], ctx.now),
+        "durationSeconds": _seconds_between(record.get("startTime"), ctx.now),
+        "uri": naming.global_uri(base, ctx.round),
+    })
     history = [entry for entry in ctx.status.get("history") or [] if entry.get("round") != ctx.round]
     ctx.status["history"] = (history + [record])[-HISTORY_LIMIT:]
     ctx.status.pop("currentRound", None)
@@ -1062,9 +1091,16 @@ def _end_reason(ctx: _Planning) -> tuple[str, str] | None:
 def _start_publishing(ctx: _Planning, reason: str, message: str) -> None:
     """Record the final and the best model; publish pods follow when publish.toDevices asks for them."""
     last = ctx.status["history"][-1]
-    ctx.status["model"] = {key: last[key] for key in ("uri", "round", "accuracy") if key in last}
-    ctx.status.setdefault("best", dict(ctx.status["model"]))
-    ctx.status.update(stage=PUBLISHING, devices=[])
+    model: ModelRefDict = {}
+    if "uri" in last:
+        model["uri"] = last["uri"]
+    if "round" in last:
+        model["round"] = last["round"]
+    if "accuracy" in last:
+        model["accuracy"] = last["accuracy"]
+    ctx.status["model"] = model
+    ctx.status.setdefault("best", model.copy())
+    ctx.status.update({"stage": PUBLISHING, "devices": []})
     ctx.status.pop("current", None)
     ctx.status.pop("roundStartTime", None)
     ctx.status["published"] = [{"node": node, "pod": naming.publish_pod_name(ctx.task.name, node),
@@ -1090,10 +1126,10 @@ def _plan_publishing(ctx: _Planning) -> bool:
     records = ctx.status.get("published") or []
     for record in records:
         was_unfinished = record["state"] in UNFINISHED_STATES
-        progress = _advance_record(
-            ctx, record, lambda attempt, node=record["node"]: pods.build_publish_pod(
-                ctx.build_task(), ctx.config, node, model_uri, attempt=attempt),
-            f"publish to node {record['node']}")
+        def build(attempt: int, node: str = record["node"]) -> KubeObject:
+            return pods.build_publish_pod(ctx.build_task(), ctx.config, node, model_uri, attempt=attempt)
+
+        progress = _advance_record(ctx, record, build, f"publish to node {record['node']}")
         if was_unfinished and progress.state == STATE_FAILED:
             ctx.event("PublishFailed", f"publishing to node {record['node']} failed: {progress.reason}",
                       warning=True)
@@ -1106,7 +1142,8 @@ def _plan_publishing(ctx: _Planning) -> bool:
               f"({'; '.join(r['node'] + ': ' + r['reason'] for r in failed)}); the model is at {model_uri}; "
               "check spec.publish.hostPath on those nodes")
         return False
-    progressing = conditions.get_condition(ctx.status.get("conditions"), conditions.PROGRESSING) or {}
+    progressing: Mapping[str, Any] = (conditions.get_condition(ctx.status.get("conditions"), conditions.PROGRESSING)
+                                      or {})
     model, best = ctx.status["model"], ctx.status["best"]
     where = f" and copied to {len(records)} device nodes" if records else ""
     ctx.event("ModelPublished", f"model of round {model['round']} (accuracy {_shown(model.get('accuracy'))}) at "

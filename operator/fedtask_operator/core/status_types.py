@@ -11,7 +11,7 @@ Timestamps are RFC 3339 strings (2026-11-28T04:41:03Z). State and phase values a
 """
 # No `from __future__ import annotations` here: on Python 3.11 it would hide `Required` from TypedDict, which then
 # counts every key as optional at run time (__required_keys__), and the schema test reads that.
-from typing import Any, Required, TypedDict
+from typing import Any, Required, TypedDict, final
 
 
 class ConditionDict(TypedDict, total=False):
@@ -25,6 +25,9 @@ class ConditionDict(TypedDict, total=False):
     observedGeneration: int
 
 
+# final: the planner's pod-record code tells these three apart by their keys (`"device" in record`), which mypy
+# narrows for final TypedDicts only.
+@final
 class DeviceStatusDict(TypedDict, total=False):
     """`status.devices[]` (spec.DeviceStatus): one target device of the current round and its train pod."""
 
@@ -39,6 +42,7 @@ class DeviceStatusDict(TypedDict, total=False):
     result: dict[str, Any]  # the train stage's result (num_samples, loss, seconds, bytes), free-form
 
 
+@final
 class StagePodStatusDict(TypedDict, total=False):
     """`status.current` (spec.StagePodStatus): the current server-side pod (init, aggregate or adjust)."""
 
@@ -52,6 +56,7 @@ class StagePodStatusDict(TypedDict, total=False):
     result: dict[str, Any]
 
 
+@final
 class PublishStatusDict(TypedDict, total=False):
     """`status.published[]` (spec.PublishStatus): one publish pod per device node."""
 
