@@ -198,7 +198,7 @@ def test_every_example_passes_fedtask_validate():
     result = fedtask("validate", *examples, timeout=60)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(": valid") == 4  # the four tasks; the fleet file is checked as Nodes
+    assert result.stdout.count(": valid") == 6  # the six tasks (shared-pool.yaml holds two); the fleet as Nodes
 
 
 def test_a_task_the_fleet_cannot_serve_ends_the_run_with_the_reason(tmp_path):

@@ -1,7 +1,9 @@
 """Device selection for learning periods shared by competing tasks (pure: no kopf, kubernetes, minio or torch).
 
-Runtimes call `select_devices(requests, nodes, pods, now)` once per period with one `DeviceRequest` per task that
-needs devices (`build_device_request` makes one from a FederatedTask), and fold observed train-pod durations into
+Runtimes call `collection.decide_period(requests, nodes, pods, now, ...)` with one `DeviceRequest` per task that
+needs devices (`build_device_request` makes one from a FederatedTask): once the learning period is due it calls
+`select_devices` for all of them at once, which minimises the period's cost (objective.py: time plus weighted
+unfairness) with the joint solver (joint.py). The planner folds observed train-pod durations into
 `status.trainSecondsEstimate` with `update_train_estimate`.
 """
 from .estimates import jain_index, update_train_estimate, update_train_estimates

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-DEFAULT_FAIRNESS_WEIGHT = 1.0  # see docs/internals.md (Scheduler): the trade-off curve this default sits on
+DEFAULT_FAIRNESS_WEIGHT = 2.0  # see docs/internals.md (Scheduler): the trade-off this default sits on
 MAX_FAIRNESS_WEIGHT = 1000.0
 TIE = 1e-6  # tie-break prices (data size, exploration, a random policy's order) stay far below any real price
 

@@ -1,0 +1,193 @@
+"""The time/fairness trade-off of `time-fair` as its fairness weight sweeps (one JSON line; a figure with --plot).
+
+The same simulated runtime as bench_sched_effect.py (its fleet, tasks, shards, time model and learning periods), here
+without training: for every weight, the mean round time of the tasks and Jain's index of the devices' participation
+after ROUNDS rounds, averaged over the seeds; `random`, `round-robin` and `fastest` on the same draws for reference.
+Also a bound no policy can beat: for each Jain level, the least mean round time of a single task whose rounds are all
+homogeneous (every round's devices equally slow, so a round costs only its devices' own times), by the participation
+rates r_i = max(0, a - b t_i) that minimise sum r_i t_i at that Jain (a Lagrange condition of the relaxation; its
+share of random's round time bounds any speed-up per round from above).
+
+With `--effect FILE...` (JSON lines of bench_sched_effect.py runs at several `--fairness-weight`s) a second panel
+shows what the weights give where it counts: the mean speed-up to every task's target against random, over Jain's
+index, each point labelled with its weight and its accuracy against random.
+
+    python benchmarks/plot_sched_tradeoff.py [--seeds 3] [--rounds 40] [--plot docs/sched-tradeoff.png]
+        [--effect effect-w1.json effect-w2.json ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_sched_effect as effect  # the benchmark next to this file
+
+WEIGHTS = (0.0, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+def draws(seed: int, task_count: int):
+    nodes, speeds = effect.load_fleet(effect.DEFAULT_FLEET)
+    order = list(range(len(nodes)))
+    random.Random(seed).shuffle(order)
+    nodes, speeds = [nodes[i] for i in order], [speeds[i] for i in order]
+    return nodes, speeds, effect.build_tasks(task_count, len(nodes), seed, effect.TRAIN_SLICE)
+
+
+def measure(policy: str, weight: float, seeds: int, rounds: int, task_count: int) -> dict:
+    times, jains = [], []
+    for seed in range(seeds):
+        nodes, speeds, tasks = draws(seed, task_count)
+        runs = effect.simulate(policy, tasks, nodes, speeds, rounds, seed, weight, train=False)
+        names = [node["metadata"]["name"] for node in nodes]
+        times.append(statistics.mean(s for run in runs for s in run.round_seconds))
+        jains.append(effect.jain_of_runs(runs, names))
+    return {"round_seconds": round(statistics.mean(times), 3), "jain": round(statistics.mean(jains), 3)}
+
+
+def bound(seeds: int, task_count: int, levels) -> list[dict]:
+    """The homogeneous-rounds bound (see the module docstring), averaged over the seeds' tasks."""
+    rows = {level: [] for level in levels}
+    for seed in range(seeds):
+        nodes, speeds, tasks = draws(seed, task_count)
+        for task in tasks:
+            seconds = np.array([len(s) * effect.SECONDS_PER_SAMPLE / v for s, v in zip(task.shards, speeds)])
+            for level in levels:
+                rows[level].append(least_mean_round(seconds, effect.PER_ROUND, level))
+    return [{"jain": level, "round_seconds": round(float(statistics.mean(rows[level])), 3)} for level in levels]
+
+
+def least_mean_round(seconds: np.ndarray, per_round: int, jain: float) -> float:
+    best = float("inf")
+    for slope in np.linspace(0.0, 4.0 / max(float(seconds.mean()), 1e-9), 801):
+        low, high = 0.0, float(per_round + slope * seconds.max())
+        for _ in range(60):  # the level a with sum(max(0, a - slope t)) = per_round
+            middle = (low + high) / 2
+            if np.maximum(0.0, middle - slope * seconds).sum() > per_round:
+                high = middle
+            else:
+                low = middle
+        rates = np.maximum(0.0, low - slope * seconds)
+        if rates.sum() <= 0:
+            continue
+        rates *= per_round / rates.sum()
+        if rates.sum() ** 2 / (len(rates) * (rates ** 2).sum()) >= jain - 1e-9:
+            best = min(best, float((rates * seconds).sum() / per_round))
+    return best
+
+
+def plot(path: Path, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    effect = report.get("effect") or []
+    figure, axes = plt.subplots(1, 2 if effect else 1, figsize=(14 if effect else 7.5, 5), squeeze=False)
+    axis = axes[0][0]
+    sweep = report["time-fair"]
+    axis.plot([p["jain"] for p in sweep], [p["round_seconds"] for p in sweep], "o-", color="tab:blue",
+              label="time-fair, weight swept")
+    for point in sweep:
+        axis.annotate(f"{point['weight']:g}", (point["jain"], point["round_seconds"]), textcoords="offset points",
+                      xytext=(-4, 6), fontsize=8, color="tab:blue")
+    limit = report["bound"]
+    axis.plot([p["jain"] for p in limit], [p["round_seconds"] for p in limit], "--", color="gray",
+              label="bound: homogeneous rounds, one task alone")
+    markers = {"random": ("s", "tab:red"), "round-robin": ("^", "tab:green"), "fastest": ("D", "tab:purple")}
+    for policy, (marker, color) in markers.items():
+        axis.plot(report[policy]["jain"], report[policy]["round_seconds"], marker, color=color, markersize=8,
+                  label=policy)
+    third = report["random"]["round_seconds"] / 3
+    axis.axhline(third, color="tab:red", linewidth=0.8, linestyle=":", label="3x faster rounds than random")
+    axis.axvline(0.8, color="black", linewidth=0.8, linestyle=":", label="Jain 0.8")
+    axis.fill_between([0.8, 1.0], 0, third, color="tab:orange", alpha=0.12, label="both targets")
+    axis.set_xlabel("Jain's index of device participation (mean over tasks)")
+    axis.set_ylabel("mean round time, simulated seconds")
+    axis.set_xlim(0.0, 1.02)
+    axis.set_ylim(0, report["random"]["round_seconds"] * 1.1)
+    axis.set_title(f"time-fair trade-off: {report['devices']} devices, 10x speed spread, {report['tasks']} tasks",
+                   fontsize=10)
+    axis.legend(fontsize=8, loc="upper left")
+    if effect:
+        plot_effect(axes[0][1], effect)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def plot_effect(axis, effect: list[dict]) -> None:
+    """Speed-up to target (mean over seeds) against Jain, per weight; the peers from the same runs."""
+    rows = sorted(effect, key=lambda row: row["fairness_weight"])
+    axis.plot([r["jain"] for r in rows], [r["speedup"] for r in rows], "o-", color="tab:blue",
+              label="time-fair, weight swept")
+    for row in rows:
+        axis.annotate(f"w {row['fairness_weight']:g}: {row['points']:+.1f} pts", (row["jain"], row["speedup"]),
+                      textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:blue")
+        axis.plot([row["jain"]] * 2, [row["speedup_min"], row["speedup"]], color="tab:blue", alpha=0.3)
+    peers = rows[0]["peers"]
+    for policy, (marker, color) in {"random": ("s", "tab:red"), "round-robin": ("^", "tab:green")}.items():
+        if policy in peers:
+            axis.plot(peers[policy]["jain"], peers[policy]["speedup"], marker, color=color, markersize=8,
+                      label=policy)
+    axis.axhline(3.0, color="tab:red", linewidth=0.8, linestyle=":", label="3x faster than random")
+    axis.axvline(0.8, color="black", linewidth=0.8, linestyle=":", label="Jain 0.8")
+    axis.set_xlabel("Jain's index of device participation (mean over seeds and tasks)")
+    axis.set_ylabel("speed-up to every task's target vs random (mean; bar: worst seed)")
+    axis.set_xlim(0.0, 1.02)
+    axis.set_ylim(0, 4)
+    axis.set_title(f"with training (bench_sched_effect.py, {rows[0]['seeds']} seeds): what the weight buys",
+                   fontsize=10)
+    axis.legend(fontsize=8, loc="upper right")
+
+
+def effect_rows(paths: list[Path]) -> list[dict]:
+    rows = []
+    for path in paths:
+        run = json.loads(path.read_text().splitlines()[0])
+        summary = run["summary"]
+        line = summary["time-fair"]
+        rows.append({"fairness_weight": run["fairness_weight"], "seeds": len(run["seeds"]),
+                     "speedup": line["speedup_vs_random_mean"], "speedup_min": line["speedup_vs_random_min"],
+                     "points": line["accuracy_points_vs_random_mean"], "jain": line["jain_mean"],
+                     "peers": {policy: {"jain": summary[policy]["jain_mean"],
+                                        "speedup": summary[policy]["speedup_vs_random_mean"]}
+                               for policy in ("random", "round-robin") if policy in summary}})
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--plot", type=Path, help="write the figure (PNG) here")
+    parser.add_argument("--effect", type=Path, nargs="*", default=[],
+                        help="bench_sched_effect.py JSON outputs at several weights (the second panel)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    report = {"benchmark": "sched_tradeoff", "peer": "random", "devices": 40, "tasks": args.tasks,
+              "rounds": args.rounds, "seeds": args.seeds}
+    report["time-fair"] = [{"weight": weight, **measure("time-fair", weight, args.seeds, args.rounds, args.tasks)}
+                           for weight in WEIGHTS]
+    for policy in ("random", "round-robin", "fastest"):
+        report[policy] = measure(policy, 0.0, args.seeds, args.rounds, args.tasks)
+    report["bound"] = bound(args.seeds, args.tasks, (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0))
+    for row in report["time-fair"] + report["bound"]:
+        row["round_speedup_vs_random"] = round(report["random"]["round_seconds"] / row["round_seconds"], 2)
+    report["effect"] = effect_rows(args.effect)
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    if args.plot:
+        plot(args.plot, report)
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
