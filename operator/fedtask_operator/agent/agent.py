@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedtask_operator.agent.api import ApiError, NodeApi, now_time
+from fedtask_operator.agent.node_api import ApiError, NodeApi, now_time
 from fedtask_operator.agent.podspec import PodPreparer, PrepareError
 from fedtask_operator.agent.probes import ProbeState, new_probes, run_probe
 from fedtask_operator.agent.status import (

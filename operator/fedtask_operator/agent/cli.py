@@ -125,9 +125,9 @@ def main(argv: list[str]) -> int:
 
     from fedtask_operator import __version__
     from fedtask_operator.agent.agent import NodeAgent
-    from fedtask_operator.agent.api import NodeApi
     from fedtask_operator.agent.hosts import HostsFile
     from fedtask_operator.agent.images import ImageMap, ImageMapError
+    from fedtask_operator.agent.node_api import NodeApi
     from fedtask_operator.agent.podspec import PodPreparer
     from fedtask_operator.core.documents import DocumentError
     from fedtask_operator.local.forkserver import ForkServer

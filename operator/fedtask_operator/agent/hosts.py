@@ -12,7 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
-from fedtask_operator.agent.api import ApiError, NodeApi
+from fedtask_operator.agent.node_api import ApiError, NodeApi
 
 log = logging.getLogger("fedtask.agent")
 CLUSTER_DOMAIN = "cluster.local"

@@ -17,8 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from fedtask_operator.agent.api import ApiError, NodeApi
 from fedtask_operator.agent.images import ImageMap, ImageMapError
+from fedtask_operator.agent.node_api import ApiError, NodeApi
 
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 BIND_MOUNT_PATHS = (SERVICE_ACCOUNT_PATH,)  # read by programs at a fixed place: bind-mounted, never rewritten
