@@ -1,6 +1,8 @@
-"""A 30 s outage of the store the tasks use (the chart's MinIO Deployment scaled to zero, then back to one: a new
-MinIO process on the same PersistentVolume) in the middle of a round: the workers retry (no pod fails, none is
-created again), the task completes with every round once, and every round's global model is in the store."""
+"""The store on the real control plane. A 30 s outage of the store the tasks use (the chart's MinIO Deployment scaled
+to zero, then back to one: a new MinIO process on the same PersistentVolume) in the middle of a round: the workers
+retry (no pod fails, none is created again), the task completes with every round once, and every round's global model
+is in the store. The store-cleanup finalizer (the chart's operator.cleanupStore): `kubectl delete ft` removes the
+task's objects from the chart's MinIO, and only its own, before the API server lets the task go."""
 from __future__ import annotations
 
 import base64
@@ -8,7 +10,7 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster
+from tests.cluster.conftest import NAMESPACE, LocalCluster, run_script
 from tests.cluster.test_end_to_end import digits_task, wait_for_phase
 from tests.cluster.test_lifecycle import CreationRecorder, wait_until
 
@@ -28,23 +30,27 @@ def minio_pods(cluster: LocalCluster, deployment: dict) -> list[dict]:
     return cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
 
 
-def store_keys(cluster: LocalCluster, deployment: dict, task_uid: str) -> list[str]:
-    """The chart MinIO's keys under the task (pods share the machine's network: MinIO is on this machine's :9000)."""
-    import boto3
-
+def store_credentials(cluster: LocalCluster, deployment: dict) -> tuple[str, str]:
+    """The chart MinIO's access and secret key, from the Secret its Deployment reads them from."""
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env") or []}
     secret_name = next(e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if e.get("valueFrom"))
     data = cluster.get_json("secret", secret_name, "-n", NAMESPACE)["data"]
     decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
     access = decoded.get("AWS_ACCESS_KEY_ID") or decoded.get("MINIO_ROOT_USER") or decoded.get("rootUser")
     secret = decoded.get("AWS_SECRET_ACCESS_KEY") or decoded.get("MINIO_ROOT_PASSWORD") or decoded.get("rootPassword")
-    s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9000", aws_access_key_id=access,
-                      aws_secret_access_key=secret, region_name="us-east-1")
-    keys = []
-    for bucket in s3.list_buckets()["Buckets"]:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
-            keys += [obj["Key"] for obj in page.get("Contents") or [] if task_uid in obj["Key"]]
-    return keys
+    assert access and secret, f"no MinIO credentials in Secret {secret_name}: {sorted(decoded)}"
+    return access, secret
+
+
+def minio_objects(cluster: LocalCluster, deployment: dict, task_uid: str) -> dict[str, str]:
+    """Every object of the chart's MinIO under a task incarnation (its uid is in the key), with its ETag, read with
+    the minio client (pods share the machine's network: the chart's MinIO is on this machine's :9000)."""
+    import minio
+
+    access, secret = store_credentials(cluster, deployment)
+    client = minio.Minio("127.0.0.1:9000", access_key=access, secret_key=secret, secure=False)
+    return {f"{bucket.name}/{obj.object_name}": obj.etag for bucket in client.list_buckets()
+            for obj in client.list_objects(bucket.name, recursive=True) if task_uid in obj.object_name}
 
 
 def test_a_30s_store_outage_mid_round_is_survived_with_nothing_lost(cluster: LocalCluster):
@@ -84,6 +90,44 @@ def test_a_30s_store_outage_mid_round_is_survived_with_nothing_lost(cluster: Loc
     assert not failed, f"pods failed (the workers should have retried): {failed}"
     retried = [n for n in recorder.pods if "-a" in n.rsplit("-", 1)[-1][:2]]
     assert not retried, f"pods created again: {retried}"
-    keys = store_keys(cluster, deployment, task["metadata"]["uid"])
+    keys = list(minio_objects(cluster, deployment, task["metadata"]["uid"]))
     for number in range(1, rounds + 1):
         assert any(f"round-{number:04d}/global.safetensors" in key for key in keys), (number, sorted(keys))
+
+
+CLEANUP_FINALIZER = "fedtask.io/cleanup-store"
+
+
+def test_kubectl_delete_removes_the_tasks_objects_from_the_store_then_releases_the_finalizer(cluster: LocalCluster):
+    """With the chart's operator.cleanupStore (installed with it for this test, back to the default after), a task
+    carries the operator's finalizer; `kubectl delete ft` then removes every object of that task from the chart's
+    MinIO, and only those (a second task's stay, byte for byte), before the API server deletes the task."""
+    deployment = minio_deployment(cluster)
+    run_script("install", "--dir", str(cluster.dir), "--set", "operator.cleanupStore=true", timeout=600)
+    try:
+        deleted, kept = "cleanup-deleted", "cleanup-kept"
+        for name in (deleted, kept):
+            cluster.kubectl("apply", "-f", "-", input=digits_task(name, 2, {"count": 2, "perRound": 2}))
+        tasks = {name: wait_for_phase(cluster, name, timeout=300) for name in (deleted, kept)}
+        uids = {name: task["metadata"]["uid"] for name, task in tasks.items()}
+        for task in tasks.values():
+            assert task["status"]["phase"] == "Succeeded", task["status"]
+            assert CLEANUP_FINALIZER in (task["metadata"].get("finalizers") or []), task["metadata"]
+        before = {name: minio_objects(cluster, deployment, uid) for name, uid in uids.items()}
+        for name, objects in before.items():
+            assert any(key.endswith("round-0002/global.safetensors") for key in objects), (name, sorted(objects))
+
+        started = time.monotonic()
+        cluster.kubectl("delete", "ft", deleted, "-n", NAMESPACE, "--wait=false")
+        wait_until(lambda: cluster.kubectl("get", "ft", deleted, "-n", NAMESPACE, check=False).returncode != 0, 60,
+                   f"{deleted} gone (the finalizer released)", interval=0.2)
+        released = time.monotonic() - started
+        assert minio_objects(cluster, deployment, uids[deleted]) == {}
+        assert minio_objects(cluster, deployment, uids[kept]) == before[kept], "another task's objects changed"
+        events = cluster.get_json("events", "-n", NAMESPACE, "--field-selector",
+                                  f"involvedObject.uid={uids[deleted]}")["items"]
+        assert not [e for e in events if e["reason"].startswith("StoreCleanup")], [e["message"] for e in events]
+        print(f"{len(before[deleted])} objects deleted, finalizer released {released:.1f}s after kubectl delete")
+    finally:
+        cluster.kubectl("delete", "ft", "--all", "-n", NAMESPACE, "--wait=true", check=False, timeout=120)
+        run_script("install", "--dir", str(cluster.dir), timeout=600)
