@@ -1,4 +1,5 @@
 """Device selection rules: candidates (Ready, cordon, taints, resources), exclusivity, priorities, aging, policies."""
+import dataclasses
 import math
 
 import pytest
@@ -269,6 +270,29 @@ def test_node_device_task_then_shard_task_share_a_node_by_resources():
     result = select_devices(tasks, nodes, [])
     assert nodes_of(result, "ns/a") == ["n"] and nodes_of(result, "ns/s") == ["n"]
     assert "short of cpu (0 free, 500m requested)" in result.tasks["ns/t"].waiting_reason
+
+
+def test_priority_decides_across_node_device_and_pool_tasks():
+    """One node, room for one train pod: a pool task of higher priority that arrived later wins it over a node-device
+    task (before, node-device tasks were always placed first); at equal priority the one waiting longer wins."""
+    nodes = [make_node("n", cpu="1")]
+    early_node = node_task("ns/node", requests={"cpu": "1"}, priority=0, waiting_since=100.0)
+    late_pool = shard_task("ns/pool", requests={"cpu": "1"}, priority=5, waiting_since=200.0)
+    result = select_devices([early_node, late_pool], nodes, [], now=200.0)
+    assert nodes_of(result, "ns/pool") == ["n"]
+    assert result.tasks["ns/node"].waiting_reason == "0 of 1 nodes qualify: 1 short of cpu (0 free, 1 requested); " \
+                                                     "needs 1 device"
+    # the node stays taken for a node-device task even when it has room: a node device trains one task at a time
+    roomy = [make_node("n", cpu="4")]
+    result = select_devices([early_node, late_pool], roomy, [], now=200.0)
+    assert nodes_of(result, "ns/pool") == ["n"]
+    assert result.tasks["ns/node"].waiting_reason == "0 of 1 nodes qualify: 1 taken by ns/pool; needs 1 device"
+    # equal priorities: arrival decides, whatever the kind
+    same = dataclasses.replace(late_pool, priority=0)
+    result = select_devices([early_node, same], nodes, [], now=200.0)
+    assert nodes_of(result, "ns/node") == ["n"] and "short of cpu" in result.tasks["ns/pool"].waiting_reason
+    earlier_pool = dataclasses.replace(same, waiting_since=50.0)
+    assert nodes_of(select_devices([early_node, earlier_pool], nodes, [], now=200.0), "ns/pool") == ["n"]
 
 
 # --- priorities and aging ---------------------------------------------------------------------------------------

@@ -154,7 +154,10 @@ def shortage_summary(fleet: Fleet, check: TaskCheck, qualifying: np.ndarray) -> 
     if check.taken is not None and (remaining & check.taken).any():
         owners: dict[str, int] = {}
         for node in np.flatnonzero(remaining & check.taken):
-            for owner in sorted(fleet.training.get(int(node), set()) - {task.key}) or ["another task"]:
+            holders = set(fleet.training.get(int(node), set()))
+            if int(node) in check.taken_by:
+                holders.add(check.taken_by[int(node)])
+            for owner in sorted(holders - {task.key}) or ["another task"]:
                 owners[owner] = owners.get(owner, 0) + 1
                 break
         for owner, number in sorted(owners.items()):

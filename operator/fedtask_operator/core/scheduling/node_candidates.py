@@ -59,6 +59,7 @@ def node_candidates(period: Period, task: TaskInput) -> NodeCandidates:
     own = period.training_only.get(task.key)
     if own:
         taken[own] = False
+    taken |= period.booked  # a task placed earlier this period (either kind) booked it
     check = period.check(task, taken)
     candidates = np.flatnonzero(task.matched & task.schedulable & task.tolerated & check.fits & ~taken)
     samples = _samples(fleet, request)

@@ -2,7 +2,7 @@
 per-period mask caches, and the resources and nodes that tasks served earlier in the period have booked."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +38,7 @@ class TaskCheck:
     free: np.ndarray
     fits: np.ndarray  # bool per node: the requests fit into `free`
     taken: np.ndarray | None = None  # node tasks: bool per node, another task trains there
+    taken_by: Mapping[int, str] = field(default_factory=dict)  # node -> the task booked there earlier this period
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class Period:
             self.training_any[node] = True
             if len(owners) == 1:
                 self.training_only.setdefault(next(iter(owners)), []).append(node)
-        self.node_owner: dict[int, str] = {}  # node -> node-device task that got it this period
+        self.node_owner: dict[int, str] = {}  # node -> the first task booked on it this period (any kind)
+        self.booked = np.zeros(n, dtype=bool)  # nodes a train pod was placed on this period
         self.period_load = np.zeros(n)  # train pods placed on each node this period, by any task
         self.pod_column = fleet.column(POD_COUNT)
 
@@ -144,7 +146,8 @@ class Period:
 
     def check(self, task: TaskInput, taken: np.ndarray | None = None) -> TaskCheck:
         """The task checked against the resources free now."""
-        return TaskCheck(task=task, free=self.free, fits=self.fit_mask(task, self.free), taken=taken)
+        return TaskCheck(task=task, free=self.free, fits=self.fit_mask(task, self.free), taken=taken,
+                         taken_by=self.node_owner)  # only grows, by setdefault: what `taken` saw stays true
 
     def fit_mask(self, task: TaskInput, free: np.ndarray) -> np.ndarray:
         fits = np.ones(len(self.fleet), dtype=bool)
@@ -169,17 +172,22 @@ class Period:
         free = self.free.copy()
         for task, nodes in chosen:
             for node in nodes:
-                self.node_owner[node] = task.key
+                self.node_owner.setdefault(node, task.key)
+                self.booked[node] = True
                 self.period_load[node] += 1
                 for _, column, amount in task.requests:
                     free[node, column] -= amount
         self.free = free
 
-    def book_shards(self, rows: dict[int, np.ndarray], pods: dict[int, int]) -> None:
-        """A shard task's placement: the free resources left on the nodes it used and its train pods per node."""
+    def book_shards(self, task: str, rows: dict[int, np.ndarray], pods: dict[int, int]) -> None:
+        """A shard task's placement: the free resources left on the nodes it used and its train pods per node (a
+        node holding one is then taken for the node-device tasks placed after it: a node device trains one task)."""
         free = self.free.copy()
         for node, row in rows.items():
             free[node] = row
         self.free = free
         for node, placed in pods.items():
             self.period_load[node] += placed
+            if placed:
+                self.node_owner.setdefault(node, task)
+                self.booked[node] = True

@@ -4,7 +4,7 @@ A pool is N simulated devices; device i holds shard i of the dataset of every ta
 by default a task has a pool of its own, of devices.count devices). A device trains at most one task at a time: one
 per period, and none while a train pod of any task of the pool runs on it. The tasks of a pool are one group for the
 joint solver (joint.py); the chosen shards are then placed on nodes by free resources (shards.place_shards), in
-priority order across pools.
+priority order across pools and node-device tasks (select.py).
 """
 from __future__ import annotations
 
@@ -52,22 +52,46 @@ class PoolCandidates:
                            tau=self.tau, timed=self.task.request.policy in TIME_POLICIES)
 
 
-def assign_pool_tasks(period: Period, tasks: list[TaskInput]) -> dict[str, TaskOutcome]:
-    """Choose the devices of every builtin-data task (in priority order) and place them on nodes."""
+@dataclass
+class PoolPlan:
+    """The period's shard choices for its builtin-data tasks, made pool by pool before any placement: shards are
+    simulated devices, so who trains which shard does not depend on the nodes; placing them on nodes does (`place`),
+    and that happens in priority order across every kind of task (select.py)."""
+
+    options: dict[str, PoolCandidates]
+    chosen: dict[str, tuple[list[int], str, bool]]
+    waiting: dict[str, TaskOutcome]
+
+    def place(self, period: Period, task: TaskInput) -> TaskOutcome:
+        """The task's outcome: why it waits, or its chosen shards placed on nodes (booked in the period)."""
+        if task.key in self.waiting:
+            return self.waiting[task.key]
+        option = self.options[task.key]
+        shards, method, optimal = self.chosen[task.key]
+        outcome = place_shards(period, task, shards, [float(option.work[s]) for s in shards])
+        if outcome.waiting_reason is not None:
+            return outcome
+        after = option.participation.copy()
+        after[shards] += 1
+        mean = float(option.participation.mean()) if option.count else 0.0
+        return TaskOutcome(check=outcome.check, slots=outcome.slots, solver=method, optimal=optimal,
+                           time_scale=option.tau, weight=option.weight,
+                           unfairness=unfairness(after, mean, option.need), jain=jain_of(after))
+
+
+def plan_pool_tasks(period: Period, tasks: list[TaskInput]) -> PoolPlan:
+    """Choose the shards of every builtin-data task (given in priority order), pool by pool."""
     pools: dict[str, list[TaskInput]] = {}
     for task in tasks:
         pools.setdefault(device_pool_key(task.key, task.request.pool), []).append(task)
-    chosen: dict[str, tuple[list[int], str, bool]] = {}
-    options_of: dict[str, PoolCandidates] = {}
-    outcomes: dict[str, TaskOutcome] = {}
+    plan = PoolPlan(options={}, chosen={}, waiting={})
     for pool, members in pools.items():
         busy = period.fleet.pool_busy.get(pool, {})
-        waiting: dict[str, str] = {}
         served: list[PoolCandidates] = []
         matching = Matching({})
         for task in members:  # priority order
             option = _pool_candidates(period, task, busy)
-            options_of[task.key] = option
+            plan.options[task.key] = option
             reason = _too_few(option, busy, pool)
             if reason is None and not matching.fill_or_leave(task.key, option.need, [],
                                                              option.candidates.tolist()):
@@ -77,25 +101,9 @@ def assign_pool_tasks(period: Period, tasks: list[TaskInput]) -> dict[str, TaskO
             if reason is None:
                 served.append(option)
             else:
-                waiting[task.key] = reason
-        chosen.update(_choose(served))
-        for key, reason in waiting.items():
-            outcomes[key] = TaskOutcome(check=options_of[key].check, waiting_reason=reason)
-    for task in tasks:  # placement on nodes, in priority order across pools
-        if task.key in outcomes:
-            continue
-        option = options_of[task.key]
-        shards, method, optimal = chosen[task.key]
-        outcome = place_shards(period, task, shards, [float(option.work[s]) for s in shards])
-        if outcome.waiting_reason is None:
-            after = option.participation.copy()
-            after[shards] += 1
-            mean = float(option.participation.mean()) if option.count else 0.0
-            outcome = TaskOutcome(check=outcome.check, slots=outcome.slots, solver=method, optimal=optimal,
-                                  time_scale=option.tau, weight=option.weight,
-                                  unfairness=unfairness(after, mean, option.need), jain=jain_of(after))
-        outcomes[task.key] = outcome
-    return outcomes
+                plan.waiting[task.key] = TaskOutcome(check=option.check, waiting_reason=reason)
+        plan.chosen.update(_choose(served))
+    return plan
 
 
 def _pool_name(pool: str) -> str:

@@ -1,7 +1,11 @@
 """Joint device selection for one learning period across competing tasks (pure).
 
 Per period: the fleet is read once (free resources, taints, who trains where); each task's candidates are computed
-with vectorised masks; devices train at most one task at a time. Then
+with vectorised masks; devices train at most one task at a time. The tasks are taken in priority order (then the
+longest waiting first), whatever their kind: the shards of the simulated-device tasks are chosen pool by pool first
+(shards are not nodes, so that choice needs no node), then the tasks take node resources in that order, a run of
+consecutive node-device tasks jointly. A node holding a train pod placed earlier in the period is taken for the
+node-device tasks after it (a node device trains one task at a time); shards share nodes by free resources.
 1. node-device tasks (hostPath/pvc data: a device is a node) are assigned jointly: when not all of them can be served
    (an exact matching says so), the highest-priority tasks are served first (aging raises the priority of waiting
    tasks) and the others wait; the served tasks' devices minimise the period's cost (objective.py: each task's round
@@ -9,7 +13,7 @@ with vectorised masks; devices train at most one task at a time. Then
    (joint.py: exact branch and bound where it is cheap, local search otherwise) for groups of competing tasks up to
    node_devices.JOINT_TASKS tasks, by a matching heuristic for larger groups (`node_devices`);
 2. simulated-device tasks (builtin data) choose shards of their device pools the same way, pool by pool (`pools`),
-   and the chosen shards are packed onto nodes by free resources in priority order, each shard on the node where it
+   and the chosen shards are packed onto nodes by free resources in their turn, each shard on the node where it
    finishes first, every placement subtracting its requests (`shards`).
 Why a node was left out is written on first access (`explain`).
 """
@@ -20,9 +24,9 @@ import math
 from .explain import LazyReasons, NodeExplainer
 from .fleet import Fleet, KubeObjects, build_fleet
 from .node_devices import assign_node_tasks
-from .period import Period
+from .period import Period, TaskInput, TaskOutcome
 from .policies import POLICIES
-from .pools import assign_pool_tasks
+from .pools import plan_pool_tasks
 from .types import Assignment, DeviceRequest, TaskAssignment
 
 __all__ = ["AGING_SECONDS", "POLICIES", "effective_priority", "select_devices"]
@@ -51,8 +55,17 @@ def select_devices(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, po
                                             r.waiting_since if r.waiting_since is not None else math.inf, r.task))
     period = Period(fleet)
     tasks = [period.resolve(request) for request in order]
-    outcomes = assign_node_tasks(period, [task for task in tasks if task.request.node_devices])
-    outcomes.update(assign_pool_tasks(period, [task for task in tasks if not task.request.node_devices]))
+    plan = plan_pool_tasks(period, [task for task in tasks if not task.request.node_devices])
+    outcomes: dict[str, TaskOutcome] = {}
+    run: list[TaskInput] = []  # consecutive node-device tasks, assigned jointly
+    for task in tasks:  # priority order across both kinds: node resources go to the higher priority first
+        if task.request.node_devices:
+            run.append(task)
+            continue
+        outcomes.update(assign_node_tasks(period, run))
+        run = []
+        outcomes[task.key] = plan.place(period, task)
+    outcomes.update(assign_node_tasks(period, run))
     assignment = Assignment(period=period_number)
     used_nodes: set[str] = set()
     for key, outcome in sorted(outcomes.items()):

@@ -53,7 +53,7 @@ def place_shards(period: Period, task: TaskInput, shards: list[int], work: list[
                    estimated_seconds=round(float(seconds_of[shard] * (shared[node] + load[node]) / speed[node]), 6))
         for shard, node in sorted(placements)
     ]
-    period.book_shards(rows, load)
+    period.book_shards(task.key, rows, load)
     return TaskOutcome(check, slots=slots)
 
 
