@@ -1,4 +1,8 @@
-"""The store against a real S3 server (moto) with the real minio client, and on disk."""
+"""The store against real S3 servers with the real minio client, and on disk.
+
+Every S3 test runs twice: on moto's server (the default suite: no build needed) and on the real MinIO server
+(marker `cluster`: the binary hack/install-cluster-tools.sh builds, which `make test-cluster` runs first; without it
+these fail saying so)."""
 import os
 import socket
 import threading
@@ -13,7 +17,13 @@ from tests.support.s3 import free_port
 from tests.worker.helpers import random_model, run_stage, write_update
 
 
-def test_s3_roundtrip_creates_the_bucket(s3_server, tmp_path):
+@pytest.fixture(params=["moto", pytest.param("minio", marks=pytest.mark.cluster)])
+def store_server(request: pytest.FixtureRequest):
+    """A clean S3 server, its settings in the environment: moto's, or the real MinIO server's."""
+    return request.getfixturevalue("s3_server" if request.param == "moto" else "minio_server")
+
+
+def test_s3_roundtrip_creates_the_bucket(store_server, tmp_path):
     uri = "s3://fresh-bucket/a/b/model.safetensors"
     assert store.write_bytes(uri, b"x" * 1000) == 1000
     assert store.read_bytes(uri) == b"x" * 1000
@@ -21,7 +31,7 @@ def test_s3_roundtrip_creates_the_bucket(s3_server, tmp_path):
     assert store.list_objects("s3://fresh-bucket/a/b") == [uri]
 
 
-def test_s3_multipart_upload_of_a_large_file(s3_server, tmp_path):
+def test_s3_multipart_upload_of_a_large_file(store_server, tmp_path):
     source = tmp_path / "big"
     data = os.urandom(3 * 1024 * 1024) * 12  # 36 MB: more than two 16 MB parts
     source.write_bytes(data)
@@ -30,10 +40,10 @@ def test_s3_multipart_upload_of_a_large_file(s3_server, tmp_path):
     assert (tmp_path / "back").read_bytes() == data
 
 
-def read_missing_objects(s3_server, monkeypatch) -> float:
+def read_missing_objects(store_server, monkeypatch) -> float:
     """Read a missing key and a missing bucket with a 30 s retry budget; returns the seconds both took."""
     monkeypatch.setenv("FEDTASK_STORE_RETRY_SECONDS", "30")
-    s3_server.client().make_bucket("there")
+    store_server.client().make_bucket("there")
     started = time.monotonic()
     with pytest.raises(BadInput, match="s3://there/missing: read failed: NoSuchKey"):
         store.read_bytes("s3://there/missing")
@@ -42,14 +52,14 @@ def read_missing_objects(s3_server, monkeypatch) -> float:
     return time.monotonic() - started
 
 
-def test_missing_object_is_bad_input_with_the_uri(s3_server, monkeypatch):
+def test_missing_object_is_bad_input_with_the_uri(store_server, monkeypatch):
     # not retried until the budget runs out: that would end in TransientFailure, not BadInput
-    read_missing_objects(s3_server, monkeypatch)
+    read_missing_objects(store_server, monkeypatch)
 
 
 @pytest.mark.timing
-def test_missing_object_fails_fast(s3_server, monkeypatch):
-    assert read_missing_objects(s3_server, monkeypatch) < 5  # not retried at all (the budget is 30 s)
+def test_missing_object_fails_fast(store_server, monkeypatch):
+    assert read_missing_objects(store_server, monkeypatch) < 5  # not retried at all (the budget is 30 s)
 
 
 def read_from_an_unreachable_store(monkeypatch) -> float:
@@ -105,10 +115,10 @@ def _late_proxy(listen_port: int, target_port: int, delay: float, stop: threadin
     return thread
 
 
-def test_a_short_outage_loses_nothing(s3_server, monkeypatch, tmp_path, capsys):
+def test_a_short_outage_loses_nothing(store_server, monkeypatch, tmp_path, capsys):
     port = free_port()
     stop = threading.Event()
-    _late_proxy(port, int(s3_server.endpoint.rsplit(":", 1)[1]), 1.5, stop)
+    _late_proxy(port, int(store_server.endpoint.rsplit(":", 1)[1]), 1.5, stop)
     monkeypatch.setenv("FEDTASK_S3_ENDPOINT", f"127.0.0.1:{port}")
     try:
         update = write_update(tmp_path / "u.safetensors", random_model(0), 4)
@@ -116,7 +126,7 @@ def test_a_short_outage_loses_nothing(s3_server, monkeypatch, tmp_path, capsys):
         assert code == 0, err
     finally:
         stop.set()
-    body = s3_server.client().get_object("models", "agg.safetensors").read()
+    body = store_server.client().get_object("models", "agg.safetensors").read()
     assert body[8:].startswith(b"{") and result["bytes"] == len(body)
 
 
@@ -128,7 +138,7 @@ def test_stage_exit_code_3_when_the_store_stays_down(monkeypatch, tmp_path, caps
     assert code == 3 and "s3://models/agg.safetensors" in err and "Traceback" not in err
 
 
-def test_aggregate_reads_updates_from_an_s3_prefix(s3_server, tmp_path, capsys):
+def test_aggregate_reads_updates_from_an_s3_prefix(store_server, tmp_path, capsys):
     models = [random_model(i) for i in range(3)]
     for index, model in enumerate(models):
         path = write_update(tmp_path / f"{index}.safetensors", model, index + 1)
