@@ -167,7 +167,7 @@ class Cluster:
         names = [manifest["metadata"]["name"] for manifest in plan.create]
         assert len(names) == len(set(names)), f"a pod is created twice in one plan: {names}"
         assert not set(names) & set(plan.delete)
-        awaiting = pods_awaiting_results(self.status)
+        awaiting = pods_awaiting_results(self.status, self.task["metadata"]["name"])
         for name in plan.delete:
             if self.pods[name]["status"]["phase"] in ("Succeeded", "Failed"):
                 assert name not in awaiting, f"{name} deleted before its result was in status"
@@ -1143,3 +1143,28 @@ def test_nonsense_in_worker_results_never_reaches_the_status():
     assert "accuracy" not in record and "loss" not in record
     assert cluster.status["phase"] == "Succeeded" and "accuracy" not in cluster.status["model"]
     json.dumps(cluster.status, allow_nan=False)
+
+
+def test_a_request_the_scheduler_cannot_read_fails_that_task_alone():
+    """Issue 12: `cpu: 1e99` passes the CRD's quantity pattern but no scheduler can read it; the one decision over
+    both tasks (the real `select_devices`) rejects that task with InvalidSpec naming the field, the other trains."""
+    from fedtask_operator.core.scheduling import select_devices
+    from fedtask_operator.core.scheduling.synthetic import make_node
+
+    bad = Cluster(make_task("bad", devices={"count": 6, "perRound": 3, "resources": {"requests": {"cpu": "1e99"}}}))
+    good = Cluster(make_task("good"))
+    for cluster in (bad, good):
+        cluster.reconcile()
+        cluster.succeed(f"{cluster.task['metadata']['name']}-init")
+    plans = {c.task["metadata"]["name"]: (c, c.plan()) for c in (bad, good)}
+    assert all(plan.needs_devices for _, plan in plans.values())
+    nodes = [make_node(f"n{i}") for i in range(6)]
+    decision = select_devices([plan.device_request for _, plan in plans.values()], nodes, [])
+    for cluster, plan in plans.values():
+        cluster.apply(cluster.plan(decision.tasks[plan.device_request.task]))
+    condition = next(c for c in bad.status["conditions"] if c["type"] == "Unschedulable")
+    assert condition["status"] == "True" and condition["reason"] == "InvalidSpec"
+    assert "spec.devices.resources.requests.cpu: invalid quantity '1e99': exponent out of range" in \
+        condition["message"]
+    assert "DeviceUnschedulable" in bad.event_reasons() and bad.status["stage"] == "Scheduling"
+    assert good.status["stage"] == "Training" and len(good.active("train")) == 3

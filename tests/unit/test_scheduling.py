@@ -12,7 +12,7 @@ from fedtask_operator.core.scheduling import (
     update_train_estimates,
 )
 from fedtask_operator.core.scheduling.fleet import FleetError, build_fleet, pod_requests
-from fedtask_operator.core.scheduling.matching import SelectorError, matches_selector, tolerates
+from fedtask_operator.core.scheduling.matching import SelectorError, check_selector, matches_selector, tolerates
 from fedtask_operator.core.scheduling.synthetic import make_node, make_pod, make_train_pod
 
 
@@ -91,7 +91,9 @@ def test_label_selectors(selector, expected):
 ])
 def test_invalid_selectors_are_rejected_with_the_field(selector):
     with pytest.raises(SelectorError, match="spec.devices.selector"):
-        select_devices([node_task(selector=selector)], [make_node("n")], [])
+        check_selector(selector, "task ns/a: spec.devices.selector")
+    rejected = select_devices([node_task(selector=selector)], [make_node("n")], []).tasks["ns/a"]
+    assert rejected.rejected and not rejected.devices and "spec.devices.selector" in rejected.waiting_reason
 
 
 TAINT = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
@@ -186,8 +188,9 @@ def test_bad_quantities_in_nodes_or_pods_name_the_object():
         build_fleet([make_node("n", cpu="lots")], [])
     with pytest.raises(FleetError, match=r"pod default/p: spec.containers\[0\].resources.requests.memory"):
         build_fleet([make_node("n")], [make_pod("p", "n", {"memory": "1 GB"})])
-    with pytest.raises(ValueError, match=r"task ns/a: spec.devices.resources.requests.cpu: invalid quantity"):
-        select_devices([node_task(requests={"cpu": "x"})], [make_node("n")], [])
+    rejected = select_devices([node_task(requests={"cpu": "x"})], [make_node("n")], []).tasks["ns/a"]
+    assert rejected.rejected
+    assert rejected.waiting_reason.startswith("task ns/a: spec.devices.resources.requests.cpu: invalid quantity")
     with pytest.raises(FleetError, match=r"nodes\[1\].metadata.name: duplicate"):
         build_fleet([make_node("n"), make_node("n")], [])
 
@@ -490,8 +493,30 @@ def test_the_fairness_weight_trades_round_time_for_fair_participation():
 
 
 def test_unknown_policy_is_rejected():
-    with pytest.raises(ValueError, match="spec.scheduling.policy: must be one of"):
-        select_devices([node_task(policy="cheapest")], fleet(), [])
+    rejected = select_devices([node_task(policy="cheapest")], fleet(), []).tasks["ns/a"]
+    assert rejected.rejected and "spec.scheduling.policy: must be one of" in rejected.waiting_reason
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("requests", {"cpu": "-1"}, "requests.cpu: invalid quantity '-1': must not be negative"),
+    ("requests", {"cpu": -1}, "requests.cpu: invalid quantity -1: must not be negative"),
+    ("requests", {"cpu": "1" * 5000}, "requests.cpu: invalid quantity '11111111111111111111'... (5000 characters)"),
+    ("requests", {"memory": "1e999"}, "requests.memory: invalid quantity '1e999': exponent out of range"),
+    ("requests", {"cpu": None}, "requests.cpu: invalid quantity None"),
+    ("requests", ["cpu"], "requests: expected a mapping"),
+    ("tolerations", [{"operator": "Sometimes"}], "spec.devices.tolerations[0].operator"),
+    ("per_round", 0, "spec.devices.perRound"),
+])
+def test_one_unreadable_request_is_rejected_alone(field, value, message):
+    """Issue 12: cpu "-1" or a 5000-digit quantity on one task used to make the decision raise for every task."""
+    bad = node_task("ns/bad", priority=100, **{field: value})
+    good_nodes, good_shards = node_task("ns/good"), shard_task("ns/shards")
+    result = select_devices([bad, good_nodes, good_shards], fleet(), [])
+    rejected = result.tasks["ns/bad"]
+    assert rejected.rejected and not rejected.devices and message in rejected.waiting_reason
+    assert rejected.waiting_reason.startswith("task ns/bad: ")
+    assert nodes_of(result, "ns/good") and result.tasks["ns/shards"].devices
+    assert not result.tasks["ns/good"].rejected and not result.tasks["ns/good"].waiting_reason
 
 
 def test_duplicate_tasks_are_rejected():

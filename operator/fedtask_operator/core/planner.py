@@ -715,6 +715,8 @@ def _plan_scheduling(ctx: _Planning) -> bool:
     if ctx.assignment.waiting_reason or len(slots) < quorum:
         reason = conditions.REASON_WAITING_FOR_DEVICES
         message = ctx.assignment.waiting_reason
+        if ctx.assignment.rejected:  # the scheduler cannot read the request: the message names the field to fix
+            reason = conditions.REASON_INVALID_SPEC
         if not message:
             reason = conditions.REASON_INSUFFICIENT_DEVICES
             message = (f"only {len(slots)} devices qualify, {quorum} needed (spec.devices.minReturned/perRound); "

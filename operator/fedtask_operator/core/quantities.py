@@ -23,6 +23,7 @@ _QUANTITY = re.compile(
 # Resources whose quantities read best with binary suffixes when they divide evenly.
 _BYTE_RESOURCES = ("memory", "ephemeral-storage", "storage")
 MAX_MILLI = 2**62  # integer milli-units are capped here (about 4.6 PB or 4.6e15 cores): far beyond any node
+MAX_QUANTITY_LENGTH = 100  # characters of a quantity string (the CRD pattern allows at most 67): 5000 digits are refused
 
 
 class QuantityError(ValueError):
@@ -50,6 +51,9 @@ def parse_quantity(value: object) -> Fraction:
 
 @functools.lru_cache(maxsize=4096)
 def _parse_string(text: str) -> Fraction:
+    if len(text) > MAX_QUANTITY_LENGTH:
+        raise QuantityError(f"invalid quantity {text[:20]!r}... ({len(text)} characters): at most "
+                            f"{MAX_QUANTITY_LENGTH} characters")
     match = _QUANTITY.fullmatch(text.strip()) if text.strip() == text else None
     if match is None:
         raise QuantityError(

@@ -40,9 +40,11 @@ SHORT_NAMES = ["ft", "fedtask"]
 
 HISTORY_LIMIT = 200  # status.history keeps the most recent rounds; the full record lives in the store
 
-# Kubernetes' own quantity pattern (apimachinery resource.Quantity), applied to string values.
+# Kubernetes' own quantity pattern (apimachinery resource.Quantity), applied to string values, bounded (issue 12): no
+# sign (a request is never negative), at most 30 digits on either side of the point and a 1-3 digit exponent, so a
+# string of 5000 digits is refused by the API server (at most 67 characters).
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    r"^\+?(([0-9]{1,30}(\.[0-9]{0,30})?)|(\.[0-9]{1,30}))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]{1,3}))?$"
 )
 # `mlp` (a registry name) or `package.module:callable` (the user's own code in the user's image).
 PLUGIN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?$"

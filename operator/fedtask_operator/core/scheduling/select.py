@@ -54,7 +54,12 @@ def select_devices(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, po
     order = sorted(requests, key=lambda r: (-effective_priority(r, now),
                                             r.waiting_since if r.waiting_since is not None else math.inf, r.task))
     period = Period(fleet)
-    tasks = [period.resolve(request) for request in order]
+    tasks, rejected = [], {}
+    for request in order:
+        try:
+            tasks.append(period.resolve(request))
+        except ValueError as error:  # one task's unreadable request (cpu: "-1") is that task's problem alone
+            rejected[request.task] = str(error)
     plan = plan_pool_tasks(period, [task for task in tasks if not task.request.node_devices])
     outcomes: dict[str, TaskOutcome] = {}
     run: list[TaskInput] = []  # consecutive node-device tasks, assigned jointly
@@ -67,6 +72,8 @@ def select_devices(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, po
         outcomes[task.key] = plan.place(period, task)
     outcomes.update(assign_node_tasks(period, run))
     assignment = Assignment(period=period_number)
+    for key, reason in rejected.items():
+        assignment.tasks[key] = TaskAssignment(waiting_reason=reason, period=period_number, rejected=True)
     used_nodes: set[str] = set()
     for key, outcome in sorted(outcomes.items()):
         times = [s.estimated_seconds for s in outcome.slots if s.estimated_seconds is not None]

@@ -23,6 +23,7 @@ class DeviceRequest:
     policy: str = "time-fair"  # time-fair | fastest | random | round-robin
     waiting_since: float | None = None  # epoch seconds when the task began to wait (aging)
     participation: dict[str, int] = field(default_factory=dict)  # device -> rounds it trained in
+    participation_floor: int = 0  # the rounds of every device `participation` does not name (status compaction)
     train_seconds: dict[str, float] = field(default_factory=dict)  # device -> observed train time (EWMA), seconds
     samples: dict[str, int] = field(default_factory=dict)  # device -> sample count, when known
     round: int = 1  # the round being scheduled (seeds `random`, rotates `round-robin`)
@@ -45,6 +46,7 @@ class DeviceSlot:
 class TaskAssignment:
     devices: list[DeviceSlot] = field(default_factory=list)
     waiting_reason: str | None = None  # set when the task must wait this period, and why
+    rejected: bool = False  # the request itself cannot be read (waiting_reason names the field); the others go on
     period: int | None = None  # the learning period (joint decision) this belongs to, when the runtime numbers them
     round_seconds: float = 0.0  # T: the slowest selected device's estimate
     time_scale: float = 1.0  # tau: the median estimate of the task's candidates (objective.py)
