@@ -34,8 +34,9 @@ def finished(pod: dict, result: dict | None = None, failed: bool = False) -> Non
         {"name": "worker", "state": {"terminated": {"exitCode": 1 if failed else 0, "message": message}}}]}
 
 
-def run(rounds: int, bad: str, failing: bool = False) -> tuple[dict, list[list[str]], float]:
-    """Run the task to its end: device `bad` never returns (a straggler) or, with `failing`, fails after 30 s.
+def run(rounds: int, bad: str, failing: bool = False, fail_after: int = 30) -> tuple[dict, list[list[str]], float]:
+    """Run the task to its end: device `bad` never returns (a straggler) or, with `failing`, fails after
+    `fail_after` s.
     Returns the final status, the devices of every round and the simulated seconds."""
     nodes = [make_node(f"n{i}", cpu="4") for i in range(6)]
     task = task_manifest(rounds)
@@ -69,7 +70,7 @@ def run(rounds: int, bad: str, failing: bool = False) -> tuple[dict, list[list[s
             elif labels["fedtask.io/device"] != bad:
                 if now - started[name] >= timedelta(seconds=TRAIN_SECONDS):
                     finished(pod)
-            elif failing and now - started[name] >= timedelta(seconds=30):
+            elif failing and now - started[name] >= timedelta(seconds=fail_after):
                 finished(pod, {"error": "device lost"}, failed=True)
     status = task["status"]
     assert status["phase"] == "Succeeded", status.get("message")
@@ -92,4 +93,16 @@ def test_a_failed_device_takes_its_turn_in_the_ledger():
     with_failure = [devices for devices in rounds if "n1" in devices]
     assert status["participation"]["n1"] == len(with_failure) >= 1
     assert status["trainSecondsEstimate"]["n1"] >= 30  # it ran 30 s without an update
+    assert len(with_failure) <= 2, rounds
+
+
+def test_a_device_that_fails_fast_does_not_look_fast():
+    """A device whose pod exits non-zero after 1 s (faster than any device trains) returned nothing: it counts as
+    missing the round's deadline, so time-fair does not prefer it (before, its 1 s made it the fastest device and it
+    was picked again and again, every time without an update)."""
+    status, rounds, _ = run(rounds=8, bad="n2", failing=True, fail_after=1)
+    with_failure = [devices for devices in rounds if "n2" in devices]
+    assert status["trainSecondsEstimate"]["n2"] >= TIMEOUT
+    assert min(seconds for device, seconds in status["trainSecondsEstimate"].items() if device != "n2") < TIMEOUT
+    assert status["participation"]["n2"] == len(with_failure) >= 1
     assert len(with_failure) <= 2, rounds

@@ -53,7 +53,9 @@ def aggregate_process() -> dict:
 
 
 def test_aggregate_process_matches_flower_and_rss_does_not_grow_with_n(aggregate_process):
-    assert aggregate_process["rss_growth_n2_to_n_models"] < 1, aggregate_process
+    # Own peak RSS (VmHWM): 43 MB at N=2, 55 MB at N=10, 20 and 40 for a 10 MB model (2.5M float32 parameters).
+    assert aggregate_process["rss_growth_half_to_n_models"] < 0.25, aggregate_process
+    assert aggregate_process["rss_growth_n2_to_n_models"] < 2, aggregate_process
     assert aggregate_process["max_abs_difference"] < 1e-4
 
 
