@@ -28,6 +28,12 @@ class OperatorConfig:
     peering: str = "fedtask"  # "": standalone (no peering; only ever run one replica)
     priority: int = 0  # peering priority; replicas need distinct ones (equal priorities freeze each other)
     peering_lifetime: int = 60  # seconds a silent peer is considered alive (failover time)
+    # The leader lease (kube/lease.py): only its holder acts; with it, kopf runs without peering (every replica
+    # watches, a warm standby) and `peering` is not used.
+    leader_election: bool = False
+    lease_name: str = "fedtask-operator"
+    lease_namespace: str = "default"
+    lease_duration: float = 15.0
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     store_endpoint: str = ""  # host:port of the S3 store
@@ -94,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "Default: random, so replicas of one Deployment differ (env FEDTASK_PRIORITY)")
     parser.add_argument("--peering-lifetime", type=int, default=int(_env("FEDTASK_PEERING_LIFETIME", "60")),
                         help="seconds before a silent replica is presumed dead (env FEDTASK_PEERING_LIFETIME)")
+    parser.add_argument("--leader-election", default=_env_bool("FEDTASK_LEADER_ELECTION", False),
+                        action=argparse.BooleanOptionalAction,
+                        help="only the holder of a coordination.k8s.io Lease acts; replaces kopf peering "
+                             "(env FEDTASK_LEADER_ELECTION)")
+    parser.add_argument("--lease-name", default=_env("FEDTASK_LEASE_NAME", "fedtask-operator"),
+                        help="the leader Lease's name (env FEDTASK_LEASE_NAME)")
+    parser.add_argument("--lease-namespace",
+                        default=_env("FEDTASK_LEASE_NAMESPACE", os.environ.get("POD_NAMESPACE") or "default"),
+                        help="the leader Lease's namespace (env FEDTASK_LEASE_NAMESPACE, else POD_NAMESPACE)")
+    parser.add_argument("--lease-duration", type=float, metavar="SECONDS",
+                        default=float(_env("FEDTASK_LEASE_DURATION_SECONDS", "15")),
+                        help="seconds a silent leader keeps the Lease; it stops acting after 2/3 of it "
+                             "(env FEDTASK_LEASE_DURATION_SECONDS)")
     parser.add_argument("--image", default=_env("FEDTASK_DEFAULT_IMAGE", DEFAULT_IMAGE),
                         help="default worker image for pods (env FEDTASK_DEFAULT_IMAGE)")
     parser.add_argument("--image-pull-policy", default=_env("FEDTASK_IMAGE_PULL_POLICY", "IfNotPresent"),
@@ -150,6 +169,8 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         parser.error(f"--resync-seconds must be positive, not {args.resync_seconds}")
     if args.peering_lifetime <= 0:
         parser.error(f"--peering-lifetime must be positive, not {args.peering_lifetime}")
+    if not 3 <= args.lease_duration <= 3600:
+        parser.error(f"--lease-duration must be between 3 and 3600 seconds, not {args.lease_duration}")
     try:
         SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
     except ValueError as error:
@@ -157,7 +178,9 @@ def parse_config(argv: list[str]) -> OperatorConfig:
     priority = args.priority if args.priority >= 0 else random.SystemRandom().randrange(1, 2**31)
     return OperatorConfig(
         namespaces=namespaces, metrics_port=args.metrics_port, liveness=args.liveness,
-        peering="" if args.standalone else args.peering, priority=priority,
+        peering="" if args.standalone or args.leader_election else args.peering, priority=priority,
+        leader_election=args.leader_election, lease_name=args.lease_name, lease_namespace=args.lease_namespace,
+        lease_duration=args.lease_duration,
         peering_lifetime=args.peering_lifetime, image=args.image, image_pull_policy=args.image_pull_policy,
         store_endpoint=args.store_endpoint, store_bucket=args.store_bucket, store_prefix=args.store_prefix,
         store_secure=args.store_secure, store_region=args.store_region, store_secret=args.store_secret,

@@ -15,7 +15,7 @@ import kopf
 from fedtask_operator.core.naming import TASK_LABEL
 from fedtask_operator.core.phases import PENDING, POD_FINISHED_PHASES, SCHEDULING
 from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
-from fedtask_operator.kube import metrics
+from fedtask_operator.kube import lease, metrics
 from fedtask_operator.kube import reconciler as k8s
 
 TASKS = (GROUP, VERSION, PLURAL)
@@ -63,13 +63,36 @@ def task_objects(body, namespace, name, **_):
 
 # ------------------------------------------------------------------------------------------------------ handlers
 async def startup(memo, settings, **_):
+    import asyncio
+
+    api = k8s.KubeApi(request_timeout=memo.config.request_timeout)
     memo.reconciler = k8s.Reconciler(
-        api=k8s.KubeApi(request_timeout=memo.config.request_timeout),
+        api=api,
         runtime_config=k8s.build_runtime_config(memo.config),
         clusterwide=memo.config.clusterwide,
         post_event=lambda body, type_, reason, message: kopf.event(body, type=type_, reason=reason,
                                                                    message=message),
         scheduling=memo.config.scheduling)
+    memo.lease_loop = None
+    if memo.config.leader_election:  # only the Lease holder acts (kube/lease.py); the loop runs until cleanup
+        config = lease.LeaseConfig.from_duration(memo.config.lease_name, memo.config.lease_namespace,
+                                                 memo.config.lease_duration)
+        leader = lease.LeaderLease(lease.LeaseApi(api.api_client, request_timeout=config.renew_deadline / 2),
+                                   config, on_acquired=memo.reconciler.leadership_acquired)
+        memo.reconciler.leader = leader
+        memo.lease_loop = asyncio.create_task(leader.run())
+
+
+async def cleanup(memo, **_):
+    """The operator stops: give the Lease up at once, so another replica need not wait a lease duration."""
+    loop = getattr(memo, "lease_loop", None)
+    if loop is None:
+        return
+    loop.cancel()
+    try:
+        await memo.reconciler.leader.release()
+    except Exception as error:  # the others take over after the lease duration anyway
+        k8s.logger.warning("releasing the leader lease failed: %s", error)
 
 
 async def task_changed(namespace, name, memo, **kwargs):
@@ -118,6 +141,8 @@ async def cleanup_store(body, memo, logger, retry=0, **_):
     import os
 
     task = _plain(body)
+    if not memo.reconciler.may_act():  # the leader cleans up; this replica retries in case it becomes the leader
+        raise kopf.TemporaryError("not the leader: the leader cleans the store up", delay=10)
     try:
         count = await k8s.cleanup_store_objects(task, memo.reconciler.runtime_config,
                                                 os.environ.get("AWS_ACCESS_KEY_ID", ""),
@@ -143,6 +168,7 @@ def register(config) -> None:
         return
     _registered = True
     kopf.on.startup()(startup)
+    kopf.on.cleanup()(cleanup)
     kopf.index("pods", labels={TASK_LABEL: kopf.PRESENT})(task_pods)
     kopf.index("pods")(pod_objects)
     kopf.index("nodes")(node_objects)

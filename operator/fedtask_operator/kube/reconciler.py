@@ -106,6 +106,10 @@ def build_runtime_config(config) -> RuntimeConfig:
                          keep_finished_pods=config.clean_pod_policy == "None")
 
 
+class NotLeader(Exception):
+    """This replica does not hold the leader lease (any more): it must not write (kube/lease.py)."""
+
+
 class StatusConflict(Exception):
     """The status write named a resourceVersion the task no longer has: it was planned from an older version."""
 
@@ -150,6 +154,11 @@ class KubeApi:
         self._custom = kubernetes.client.CustomObjectsApi(self._client)
         self._exception = kubernetes.client.ApiException
         self._timeout = request_timeout
+
+    @property
+    def api_client(self):
+        """The kubernetes ApiClient (configuration and connection pool) the other clients share."""
+        return self._client
 
     @staticmethod
     def _json(response) -> dict:
@@ -217,8 +226,15 @@ class KubeApi:
 
 class Reconciler:
     def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event,
-                 scheduling: SchedulingConfig | None = None):
+                 scheduling: SchedulingConfig | None = None, leader=None):
         self.api = api
+        # The leader lease (kube/lease.LeaderLease) or None (one replica, no election): only its holder acts, and
+        # `fence()` checks it right before each write batch.
+        self.leader = leader
+        self._deferred: set[tuple[str, str]] = set()  # reconciles asked for while not leading
+        # kube/credentials.NamespaceCredentials with --namespace-credentials: a namespace's store keys are issued
+        # before its first pod (handlers.startup sets it), else None
+        self.store_credentials = None
         self.runtime_config = runtime_config
         self.scheduling = scheduling or SchedulingConfig()
         self._last_period = 0  # the highest period number this process gave out (statuses may lag behind it)
@@ -257,7 +273,30 @@ class Reconciler:
             self._running.discard(key)
             self._dirty.discard(key)
 
+    def may_act(self) -> bool:
+        return self.leader is None or self.leader.valid()
+
+    def fence(self) -> None:
+        """Raise NotLeader unless this replica holds a valid lease: called right before every write batch, so a
+        replica that was paused past its lease (and may have lost it) writes nothing once it resumes."""
+        if not self.may_act():
+            raise NotLeader(f"not the leader ({self.leader.identity}): the lease expired or is held by another "
+                            "replica")
+
+    def leadership_acquired(self) -> None:
+        """This replica just became the leader: forget what it wrote in an earlier term (the store may have moved
+        on since) and reconcile every task it knows at once."""
+        self._written.clear()
+        self._superseded.clear()
+        keys = set(self._deferred)
+        self._deferred.clear()
+        if self._views is not None:
+            keys.update(self._views.tasks)
+        for namespace, name in sorted(keys):
+            self._requeue(namespace, name, 0.0)
+
     def forget(self, namespace: str, name: str) -> None:
+        self._deferred.discard((namespace, name))
         self._written.pop((namespace, name), None)
         self._superseded.pop((namespace, name), None)
         self._creations.pop((namespace, name), None)
@@ -277,10 +316,23 @@ class Reconciler:
 
     async def _reconcile(self, namespace: str, name: str, views: ClusterView) -> bool:
         """One observe-plan-apply pass; True when the status moved without a pod change (plan again at once)."""
+        key = (namespace, name)
+        if not self.may_act():
+            self._deferred.add(key)  # the leader does it; this replica does it once it leads
+            return False
         task = self._current_task(namespace, name, views)
         if task is None or task.get("metadata", {}).get("deletionTimestamp"):
             return False
         now = datetime.now(UTC)
+        try:
+            return await self._plan_and_apply(namespace, name, task, views, now)
+        except NotLeader as lost:
+            logger.warning("%s/%s: nothing written: %s", namespace, name, lost)
+            self._deferred.add(key)
+            return False
+
+    async def _plan_and_apply(self, namespace: str, name: str, task: dict, views: ClusterView,
+                              now: datetime) -> bool:
         key = (namespace, name)
         pods = task_pods_of(views, task)
         observed = Observed(pods=pods, now=now, nodes=list(views.nodes),
@@ -380,6 +432,8 @@ class Reconciler:
                 await self.apply(body, plan)
                 if plan.requeue_after is not None:
                     self._requeue(namespace, name, plan.requeue_after)
+            except NotLeader:
+                self._deferred.add((namespace, name))
             except Exception:  # its own reconcile retries; the others of the decision still get theirs
                 logger.exception("applying the learning period's plan for %s/%s failed", namespace, name)
                 self._dirty.add((namespace, name))
@@ -435,12 +489,30 @@ class _TaskSink:
         self.namespace, self.name = task["metadata"]["namespace"], task["metadata"]["name"]
         self.refused: list[CreationRefusal] = []
 
+    # Each write batch starts with the fencing check (Reconciler.fence): a replica that lost the lease stops here.
     async def write_status(self, status: dict) -> bool:
+        self.reconciler.fence()
         return await self.reconciler.write_status(self.task, status)
 
     async def create_pods(self, manifests: list[dict]) -> int:
+        self.reconciler.fence()
+        problem = await self._store_credentials()
+        if problem:  # the pods would not reach the store: refused like the API server's refusals (condition, event)
+            logger.warning("%s/%s: no pods created: %s", self.namespace, self.name, problem)
+            if manifests:  # one refusal carries the reason; none of the pods is created
+                self.refused.append(CreationRefusal(pod=manifests[0]["metadata"]["name"], code=503, message=problem))
+            return 0
         stale = self._stale_pods()
         return sum(await asyncio.gather(*(self._create(manifest, stale) for manifest in manifests)))
+
+    async def _store_credentials(self) -> str | None:
+        """The namespace's issued store keys, when this task's pods read them (no spec.storage.secretRef of its own):
+        None when they are in place, else why not."""
+        issuer = self.reconciler.store_credentials
+        storage = (self.task.get("spec") or {}).get("storage") or {}
+        if issuer is None or storage.get("secretRef"):
+            return None
+        return await issuer.ensure(self.namespace)
 
     def _stale_pods(self) -> set[str]:
         """Pods in the index under this task's name whose owner is another incarnation of it."""
@@ -465,14 +537,17 @@ class _TaskSink:
             return 0
 
     async def delete_pods(self, names: list[str]) -> int:
+        self.reconciler.fence()
         api = self.reconciler.api
         return sum(await asyncio.gather(*(api.delete_pod(self.namespace, name) for name in names)))
 
     async def post_events(self, events: list[Event]) -> None:
+        self.reconciler.fence()
         for event in events:
             self.reconciler.post_event(self.task, event.type, event.reason, event.message)
 
     async def delete_task(self) -> None:
+        self.reconciler.fence()
         await self.reconciler.api.delete_task(self.namespace, self.name)
 
 
