@@ -1168,3 +1168,37 @@ def test_a_request_the_scheduler_cannot_read_fails_that_task_alone():
         condition["message"]
     assert "DeviceUnschedulable" in bad.event_reasons() and bad.status["stage"] == "Scheduling"
     assert good.status["stage"] == "Training" and len(good.active("train")) == 3
+
+
+def test_every_pod_of_a_whole_task_carries_the_pod_template_and_server_pods_spec_server():
+    template = {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "q"},
+                             "annotations": {"sidecar.istio.io/inject": "false"}},
+                "schedulerName": "volcano", "env": [{"name": "PYTHONPATH", "value": "/code"}],
+                "volumes": [{"name": "code", "configMap": {"name": "code"}}],
+                "volumeMounts": [{"name": "code", "mountPath": "/code"}]}
+    server = {"resources": {"requests": {"cpu": "2"}}, "nodeSelector": {"role": "server"},
+              "tolerations": [{"key": "server", "operator": "Exists"}]}
+    cluster = Cluster(make_task(podTemplate=template, server=server, publish={"toDevices": True}))
+    cluster.run_to_end()
+    assert cluster.status["phase"] == "Succeeded"
+
+    created = [pod for plan in cluster.plans for pod in plan.create]
+    assert len(created) == len(cluster.created) > 10
+    stages = set()
+    for pod in created:
+        stage = pod["metadata"]["labels"][STAGE_LABEL]
+        stages.add(stage)
+        assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
+        assert pod["metadata"]["labels"]["fedtask.io/task"] == "mnist"
+        assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        assert spec["schedulerName"] == "volcano"
+        assert {"name": "code", "configMap": {"name": "code", "optional": False}} in spec["volumes"]
+        assert {"name": "code", "mountPath": "/code"} in container["volumeMounts"]
+        assert {"name": "PYTHONPATH", "value": "/code"} in container["env"]
+        server_side = stage in ("init", "aggregate", "adjust")
+        assert spec.get("nodeSelector") == ({"role": "server"} if server_side else None), pod["metadata"]["name"]
+        assert (spec.get("tolerations") == [{"operator": "Exists", "key": "server"}]) == server_side
+        assert (container["resources"] == {"requests": {"cpu": "2"}}) == server_side
+    assert stages == {"init", "train", "aggregate", "adjust", "publish"}

@@ -346,3 +346,95 @@ def test_native_resources_stay_overcommitable():
     assert [name for name in ("cpu", "memory", "ephemeral-storage", "kubernetes.io/foo", "node.kubernetes.io/x",
                               "requests.nvidia.com/gpu") if is_overcommit_forbidden(name)] == []
     assert all(is_overcommit_forbidden(name) for name in ("nvidia.com/gpu", "amd.com/gpu", "hugepages-1Gi"))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# spec.podTemplate and spec.server
+
+TEMPLATE = {
+    "metadata": {"labels": {"kueue.x-k8s.io/queue-name": "team-a", "cost-center": "ml"},
+                 "annotations": {"sidecar.istio.io/inject": "false"}},
+    "runtimeClassName": "nvidia", "schedulerName": "volcano",
+    "env": [{"name": "WANDB_MODE", "value": "offline"}, {"name": "FEDTASK_TORCH_THREADS", "value": "2"},
+            {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}},
+            {"name": "PYTHONPATH", "value": "/code"}],
+    "volumes": [{"name": "code", "configMap": {"name": "my-model"}},
+                {"name": "weights", "persistentVolumeClaim": {"claimName": "pretrained", "readOnly": True}},
+                {"name": "scratch", "emptyDir": {"medium": "Memory"}}],
+    "volumeMounts": [{"name": "code", "mountPath": "/code", "readOnly": True},
+                     {"name": "weights", "mountPath": "/weights", "subPath": "v2"},
+                     {"name": "scratch", "mountPath": "/scratch"}],
+}
+TEMPLATE_ENV = [{"name": "WANDB_MODE", "value": "offline"}, {"name": "FEDTASK_TORCH_THREADS", "value": "2"},
+                {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key",
+                                                                         "optional": False}}},
+                {"name": "PYTHONPATH", "value": "/code"}]
+TEMPLATE_VOLUMES = [{"name": "code", "configMap": {"name": "my-model", "optional": False}},
+                    {"name": "weights", "persistentVolumeClaim": {"claimName": "pretrained", "readOnly": True}},
+                    {"name": "scratch", "emptyDir": {"medium": "Memory"}}]
+TEMPLATE_MOUNTS = [{"name": "code", "mountPath": "/code", "readOnly": True},
+                   {"name": "weights", "mountPath": "/weights", "subPath": "v2"},
+                   {"name": "scratch", "mountPath": "/scratch"}]
+SERVER = {"resources": {"requests": {"cpu": "2", "memory": "4Gi"}},
+          "nodeSelector": {"node-role/server": "true"},
+          "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "fl-server", "effect": "NoSchedule"}]}
+
+
+def with_template(pod: dict) -> dict:
+    """The fedtask-built pod with TEMPLATE's additions where they belong."""
+    pod["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "cost-center": "ml",
+                                 **pod["metadata"]["labels"]}
+    pod["metadata"]["annotations"] = {"sidecar.istio.io/inject": "false"}
+    pod["spec"]["runtimeClassName"] = "nvidia"
+    pod["spec"]["schedulerName"] = "volcano"
+    return pod
+
+
+def test_server_pods_get_the_template_and_spec_server():
+    task = make_task({"podTemplate": TEMPLATE, "server": SERVER, "devices": {"tolerations": [
+        {"key": "edge", "operator": "Exists"}]}})
+    server_spec = {"nodeSelector": {"node-role/server": "true"},
+                   "tolerations": [{"operator": "Equal", "key": "dedicated", "value": "fl-server",
+                                    "effect": "NoSchedule"}]}
+    common = ["--task", "mnist", "--result-file", "/dev/termination-log"]
+
+    for pod, name, stage, round_ in ((build_init_pod(task, CLUSTER), "mnist-init", "init", 0),
+                                     (build_aggregate_pod(task, CLUSTER, 1, []), "mnist-r0001-aggregate",
+                                      "aggregate", 1),
+                                     (build_adjust_pod(task, CLUSTER, 1), "mnist-r0001-adjust", "adjust", 1)):
+        args = pod["spec"]["containers"][0]["args"]
+        assert args[0] == stage and set(common) <= set(args)
+        expected = with_template(expected_pod(
+            name, labels(stage, round_), args, resources={"requests": {"cpu": "2", "memory": "4Gi"}},
+            env_extra=TEMPLATE_ENV, extra_spec=server_spec, volumes=TEMPLATE_VOLUMES, mounts=TEMPLATE_MOUNTS))
+        assert pod == expected, stage
+        assert_valid(pod)
+
+
+def test_train_and_publish_pods_get_the_template_but_not_spec_server():
+    task = make_task({"podTemplate": TEMPLATE, "server": SERVER, "devices": {"tolerations": [
+        {"key": "edge", "operator": "Exists"}]}, "publish": {"toDevices": True}}, status={"round": 3,
+                                                                                         "shardCount": 5})
+    edge = [{"operator": "Exists", "key": "edge"}]
+
+    train = build_train_pod(task, CLUSTER, 1, DeviceSlot("d001", "n1"))
+    publish = build_publish_pod(task, CLUSTER, "n1", f"{BASE}/round-0003/global.safetensors")
+
+    assert train == with_template(expected_pod(
+        "mnist-r0001-train-d001", labels("train", 1, "d001"), train["spec"]["containers"][0]["args"],
+        env_extra=TEMPLATE_ENV, extra_spec={**pinned("n1"), "tolerations": edge},
+        volumes=TEMPLATE_VOLUMES, mounts=TEMPLATE_MOUNTS))
+    assert publish == with_template(expected_pod(
+        "mnist-publish-n1", labels("publish", device="n1"), publish["spec"]["containers"][0]["args"],
+        env_extra=TEMPLATE_ENV, extra_spec={**pinned("n1"), "tolerations": edge},
+        volumes=[{"name": "models", "hostPath": {"path": "/var/lib/fedtask/models", "type": "DirectoryOrCreate"}},
+                 *TEMPLATE_VOLUMES],
+        mounts=[{"name": "models", "mountPath": "/models"}, *TEMPLATE_MOUNTS]))
+    assert_valid(train)
+    assert_valid(publish)
+
+
+def test_server_resources_fall_back_to_the_deprecated_adjustment_resources():
+    task = make_task({"adjustment": {"resources": {"limits": {"cpu": "3"}}}})
+    assert build_aggregate_pod(task, CLUSTER, 1, [])["spec"]["containers"][0]["resources"] == {
+        "limits": {"cpu": "3"}}

@@ -63,6 +63,9 @@ def test_empty_spec_gets_every_default():
         "publish": {"toDevices": False, "hostPath": "/var/lib/fedtask/models"},
         "scheduling": {"priority": 0, "policy": "time-fair"},
         "image": "", "imagePullSecrets": [], "serviceAccountName": "", "priorityClassName": "",
+        "podTemplate": {"metadata": {"labels": {}, "annotations": {}}, "runtimeClassName": "", "schedulerName": "",
+                        "env": [], "volumes": [], "volumeMounts": []},
+        "server": {"resources": {"requests": {}, "limits": {}}, "nodeSelector": {}, "tolerations": []},
         "suspend": False, "backoffLimit": 3,
     }
     assert task.spec.devices.quorum == 5

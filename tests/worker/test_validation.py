@@ -103,6 +103,25 @@ def test_bad_update_fails_the_stage_with_one_line(tmp_path, good, capsys, kind):
     assert not (tmp_path / "out.safetensors").exists()
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_a_header_whose_length_starts_like_a_pickle_is_still_safetensors(tmp_path, protocol):
+    """A header of 0x80 + 256 * protocol bytes starts 0x80 <protocol>, the pickle PROTO opcode; it is not a pickle."""
+    from fedtask_worker.tensors import load_arrays, save_arrays
+
+    length = 0x80 + 256 * protocol
+    base = len(json.dumps({"__metadata__": {"pad": ""}, "w": {"dtype": "F32", "shape": [2],
+                                                                "data_offsets": [0, 8]}}, separators=(",", ":")))
+    path = str(tmp_path / "m.safetensors")
+    save_arrays(path, {"w": np.array([1.0, 2.0], np.float32)}, {"pad": "x" * (length - base)})
+    assert open(path, "rb").read(3) == bytes([0x80, protocol, 0])
+    arrays, metadata = load_arrays(path)
+    assert arrays["w"].tolist() == [1.0, 2.0] and len(metadata["pad"]) == length - base
+    pickled = tmp_path / "p.safetensors"
+    pickled.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=protocol))
+    with pytest.raises(Exception, match="is a Python pickle"):
+        load_arrays(str(pickled))
+
+
 def test_reference_layout_is_the_bases_when_given(tmp_path, good, capsys):
     base = write_update(tmp_path / "base.safetensors", random_model(0, {"layer.weight": (5, 6),
                                                                         "layer.bias": (6,)}))

@@ -70,7 +70,9 @@ class Layout:
 
 
 def _sniff_foreign_format(head: bytes) -> str | None:
-    if head[:1] == b"\x80" and len(head) > 1 and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+    # A pickle starts PROTO (0x80, protocol 2-5) and then an opcode, never 0x00. A safetensors file starts with its
+    # header length (8 bytes, little-endian): a header of 0x280-0x5FF bytes starts 0x80 0x02..0x05 0x00 as well.
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and head[2:3] != b"\x00":
         return "is a Python pickle, not a safetensors file (pickles are never loaded)"
     if head[:4] == b"PK\x03\x04":
         return "is a zip archive (e.g. torch.save output), not a safetensors file"

@@ -96,8 +96,11 @@ def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict[str, Any]:
         return schema
     if origin is dict:
         _, value_tp = typing.get_args(tp)
-        return {"type": "object",
-                "additionalProperties": _type_schema(value_tp, FieldInfo(pattern=info.pattern), defaults)}
+        value_info = FieldInfo(pattern=info.pattern, max_length=info.max_length)
+        schema = {"type": "object", "additionalProperties": _type_schema(value_tp, value_info, defaults)}
+        if info.max_items is not None:
+            schema["maxProperties"] = info.max_items
+        return schema
     return _scalar_schema(tp, info)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from fedtask_operator.core import naming
 from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.scheduling.types import DeviceSlot
-from fedtask_operator.core.spec import FederatedTask, ResourceRequirements
+from fedtask_operator.core.schema import encode
+from fedtask_operator.core.spec import FederatedTask, ResourceRequirements, Toleration
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 CONTAINER_NAME = "worker"
@@ -46,6 +47,10 @@ class RuntimeConfig:
     run_as_user: int = 10001
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # e.g. (("OMP_NUM_THREADS", "1"),)
     keep_finished_pods: bool = False  # cleanPodPolicy None: finished pods stay (for inspection) until the task goes
+    # Store access (core/store_access.py): prefixes besides the task's own namespace that initialUri/shared.uri may
+    # name, and whether the operator issues per-namespace credentials (then `credentials_secret` is their Secret).
+    allowed_uri_prefixes: tuple[str, ...] = ()
+    namespace_credentials: bool = False
 
     @property
     def local_store(self) -> bool:
@@ -168,7 +173,29 @@ def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObject]:
     ]
     env += build_store_env(task, config)
     env += [{"name": name, "value": value} for name, value in config.extra_env]
+    for var in task.spec.pod_template.env:  # after fedtask's own: validation keeps it off the names those use
+        item: KubeObject = {"name": var.name}
+        if var.value_from is not None:
+            item["valueFrom"] = encode(var.value_from)
+        else:
+            item["value"] = var.value
+        env.append(item)
     return env
+
+
+def _template_volumes(task: FederatedTask) -> tuple[list[KubeObject], list[KubeObject]]:
+    """spec.podTemplate's volumes and the worker container's mounts of them."""
+    template = task.spec.pod_template
+    volumes: list[KubeObject] = [encode(volume) for volume in template.volumes]
+    mounts: list[KubeObject] = []
+    for mount in template.volume_mounts:
+        item: KubeObject = {"name": mount.name, "mountPath": mount.mount_path}
+        if mount.sub_path:
+            item["subPath"] = mount.sub_path
+        if mount.read_only:
+            item["readOnly"] = True
+        mounts.append(item)
+    return volumes, mounts
 
 
 def _node_affinity(node: str) -> KubeObject:
@@ -176,9 +203,10 @@ def _node_affinity(node: str) -> KubeObject:
         {"matchExpressions": [{"key": naming.HOSTNAME_LABEL, "operator": "In", "values": [node]}]}]}}}
 
 
-def _tolerations(task: FederatedTask) -> list[KubeObject]:
+def _tolerations(task: FederatedTask, tolerations: list[Toleration] | None = None) -> list[KubeObject]:
+    """Train and publish pods get spec.devices.tolerations; `tolerations` (the server-side pods') instead."""
     out = []
-    for toleration in task.spec.devices.tolerations:
+    for toleration in task.spec.devices.tolerations if tolerations is None else tolerations:
         item: KubeObject = {"operator": toleration.operator}
         if toleration.key:
             item["key"] = toleration.key
@@ -208,9 +236,12 @@ def _pod_security_context(config: RuntimeConfig) -> KubeObject:
 def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: dict[str, str], args: list[str],
               resources: ResourceRequirements | None = None, node: str | None = None,
               tolerations: list[KubeObject] | None = None, volumes: Sequence[KubeObject] = (),
-              mounts: Sequence[KubeObject] = ()) -> KubeObject:
-    """A whole worker Pod: the parts every stage shares, plus the stage's own."""
+              mounts: Sequence[KubeObject] = (), node_selector: Mapping[str, str] | None = None) -> KubeObject:
+    """A whole worker Pod: the parts every stage shares, plus the stage's own, plus spec.podTemplate's additions
+    (validation keeps those off everything fedtask sets: labels, variables, volumes, mount paths)."""
     spec = task.spec
+    template = spec.pod_template
+    template_volumes, template_mounts = _template_volumes(task)
     container = {
         "name": CONTAINER_NAME,
         "image": spec.image or config.image,
@@ -220,7 +251,7 @@ def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: 
         "env": _base_env(task, config),
         "resources": _resources(resources) if resources is not None else {},
         "volumeMounts": [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "home", "mountPath": HOME_MOUNT},
-                         *mounts],
+                         *mounts, *template_mounts],
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
@@ -231,29 +262,47 @@ def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: 
         "enableServiceLinks": False,
         "securityContext": _pod_security_context(config),
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}, *volumes],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}, *volumes, *template_volumes],
     }
     if node is not None:
         pod_spec["affinity"] = _node_affinity(node)
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod_spec["tolerations"] = tolerations
+    if template.runtime_class_name:
+        pod_spec["runtimeClassName"] = template.runtime_class_name
+    if template.scheduler_name:
+        pod_spec["schedulerName"] = template.scheduler_name
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": ref.name} for ref in spec.image_pull_secrets]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": task.namespace,
-            "labels": labels,
-            "ownerReferences": [task.owner_reference()],
-        },
-        "spec": pod_spec,
+    metadata: KubeObject = {
+        "name": name,
+        "namespace": task.namespace,
+        "labels": {**template.metadata.labels, **labels},
+        "ownerReferences": [task.owner_reference()],
     }
+    if template.metadata.annotations:
+        metadata["annotations"] = dict(template.metadata.annotations)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+def server_resources(task: FederatedTask) -> ResourceRequirements:
+    """The server-side pods' resources: spec.server.resources, else the deprecated spec.adjustment.resources."""
+    server = task.spec.server.resources
+    return server if server.requests or server.limits else task.spec.adjustment.resources
+
+
+def _server_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: dict[str, str],
+                args: list[str]) -> KubeObject:
+    """An init, aggregate or adjust pod: spec.server's resources, nodeSelector and tolerations."""
+    server = task.spec.server
+    return build_pod(task, config, name=name, labels=labels, args=args, resources=server_resources(task),
+                     tolerations=_tolerations(task, server.tolerations), node_selector=server.node_selector)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -267,9 +316,8 @@ def build_init_pod(task: FederatedTask, config: RuntimeConfig, attempt: int = 0)
     if task.spec.model.initial_uri:
         args += ["--initial-uri", task.spec.model.initial_uri]
     args += _model_data_flags(task)
-    return build_pod(task, config, name=naming.init_pod_name(task.name, attempt),
-                     labels=naming.pod_labels(task.name, naming.STAGE_INIT, 0), args=args,
-                     resources=task.spec.adjustment.resources)
+    return _server_pod(task, config, name=naming.init_pod_name(task.name, attempt),
+                       labels=naming.pod_labels(task.name, naming.STAGE_INIT, 0), args=args)
 
 
 def shard_count(task: FederatedTask) -> int | None:
@@ -351,9 +399,8 @@ def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int,
     if aggregation.clip_norm is not None:
         args += ["--clip-norm", _number(aggregation.clip_norm)]
     args += list(update_uris)
-    return build_pod(task, config, name=naming.aggregate_pod_name(task.name, round_, attempt),
-                     labels=naming.pod_labels(task.name, naming.STAGE_AGGREGATE, round_), args=args,
-                     resources=task.spec.adjustment.resources)
+    return _server_pod(task, config, name=naming.aggregate_pod_name(task.name, round_, attempt),
+                       labels=naming.pod_labels(task.name, naming.STAGE_AGGREGATE, round_), args=args)
 
 
 def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, attempt: int = 0) -> KubeObject:
@@ -370,9 +417,8 @@ def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, at
     if spec.data.shared.uri:
         args += ["--shared-uri", spec.data.shared.uri]
     args += _model_data_flags(task) + _user_code_flags(task, evaluation=True)
-    return build_pod(task, config, name=naming.adjust_pod_name(task.name, round_, attempt),
-                     labels=naming.pod_labels(task.name, naming.STAGE_ADJUST, round_), args=args,
-                     resources=adjustment.resources)
+    return _server_pod(task, config, name=naming.adjust_pod_name(task.name, round_, attempt),
+                       labels=naming.pod_labels(task.name, naming.STAGE_ADJUST, round_), args=args)
 
 
 def build_publish_pod(task: FederatedTask, config: RuntimeConfig, node: str, model_uri: str,

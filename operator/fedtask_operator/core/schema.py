@@ -148,12 +148,15 @@ class Decoder:
 
     type_rules:    per-item rules of a dataclass wherever it occurs (checked once its fields decoded cleanly).
     pattern_hints: pattern -> what it means, for the error messages.
+    forbidden:     dataclass -> {JSON key it does not have: why} (an unknown field someone will try, explained).
     """
 
     def __init__(self, type_rules: Mapping[type, list[CrossFieldRule]] | None = None,
-                 pattern_hints: Mapping[str, str] | None = None):
+                 pattern_hints: Mapping[str, str] | None = None,
+                 forbidden: Mapping[type, Mapping[str, str]] | None = None):
         self.type_rules = type_rules or {}
         self.pattern_hints = pattern_hints or {}
+        self.forbidden = forbidden or {}
 
     def decode(self, cls: type[D], data: Any, path: str, errors: list[FieldError], strict: bool = True) -> D:
         """Build `cls` from its JSON form, applying defaults; problems are appended to `errors` with their paths.
@@ -164,12 +167,15 @@ class Decoder:
         hints = _hints(cls)
         fields = dataclasses.fields(cls)
         known = {json_name(f) for f in fields}
+        errors_before = len(errors)  # the type's rules run only on an object without errors (as an API server's)
         if strict:
+            why = self.forbidden.get(cls, {})
             for key in data:
-                if key not in known:
+                if key in why:
+                    errors.append(FieldError(f"{path}.{key}", f"unknown field: {why[key]}"))
+                elif key not in known:
                     errors.append(FieldError(f"{path}.{key}", "unknown field" + _did_you_mean(str(key), known)))
         kwargs = {}
-        errors_before = len(errors)
         for f in fields:
             name = json_name(f)
             info = field_info(f)
@@ -210,8 +216,10 @@ class Decoder:
                 return {}
             if tp in (dict, FreeForm):
                 return copy.deepcopy(value)
+            if info.max_items is not None and len(value) > info.max_items:
+                errors.append(FieldError(path, f"must have at most {info.max_items} entries"))
             key_tp, value_tp = typing.get_args(tp)
-            value_info = FieldInfo(pattern=info.pattern)
+            value_info = FieldInfo(pattern=info.pattern, max_length=info.max_length)
             out = {}
             for key, item in value.items():
                 if not isinstance(key, str):

@@ -53,6 +53,7 @@ CALLABLE_PATTERN = r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+OPTIONAL_DNS_SUBDOMAIN_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
 ABSOLUTE_PATH_PATTERN = r"^/"
 
 STRATEGIES = ["fedavg", "fedavgm", "fedadam", "median", "trimmed-mean", "krum"]
@@ -103,6 +104,141 @@ class ResourceRequirements:
 @dataclass
 class LocalObjectReference:
     name: str = api_field("", required=True, max_length=253, doc="Name of the object in the task's namespace.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pod template: what users add to the pods fedtask builds (the rest stays fedtask's, hardened)
+
+# What fedtask sets on every pod and a template may not change: its own labels and annotations, the variables the
+# worker reads (store, credentials, paths), the volumes it mounts and where it mounts them.
+RESERVED_LABEL_PREFIX = "fedtask.io/"
+RESERVED_LABELS = ["app.kubernetes.io/managed-by"]
+RESERVED_ENV = ["HOME", "TMPDIR", "PYTHONUNBUFFERED"]
+RESERVED_ENV_PREFIXES = ["FEDTASK_", "AWS_"]
+USER_ENV = ["FEDTASK_TORCH_THREADS"]  # a FEDTASK_ variable the template may set (threads per worker)
+RESERVED_VOLUMES = ["tmp", "home", "data", "models"]
+RESERVED_MOUNT_PATHS = ["/tmp", "/home", "/home/fedtask", "/data", "/models", "/dev", "/dev/termination-log"]
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# Absolute, no trailing slash, no empty, `.` or `..` segments.
+MOUNT_PATH_PATTERN = r"^(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$"
+SUB_PATH_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*)?$"
+
+
+def _cel_list(items: list[str]) -> str:
+    return "[" + ", ".join(f"'{item}'" for item in items) + "]"
+
+
+def reserved_env(name: str) -> bool:
+    return name in RESERVED_ENV or (name.startswith(tuple(RESERVED_ENV_PREFIXES)) and name not in USER_ENV)
+
+
+def reserved_label(key: str) -> bool:
+    return key.startswith(RESERVED_LABEL_PREFIX) or key in RESERVED_LABELS
+
+
+@dataclass
+class KeySelector:
+    name: str = api_field("", required=True, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+                          doc="The Secret or ConfigMap, in the task's namespace.")
+    key: str = api_field("", required=True, max_length=253, doc="The key in it.")
+    optional: bool = api_field(False, doc="Whether the pod starts when the object or key is missing.")
+
+
+@dataclass
+class EnvVarSource:
+    secret_key_ref: KeySelector | None = api_field(None, doc="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = api_field(None, doc="A key of a ConfigMap.")
+
+
+@dataclass
+class EnvVar:
+    name: str = api_field("", required=True, pattern=ENV_NAME_PATTERN, max_length=256,
+                          doc="Variable name; not one fedtask sets (HOME, TMPDIR, PYTHONUNBUFFERED, FEDTASK_*, AWS_*; "
+                              "FEDTASK_TORCH_THREADS is allowed).")
+    value: str = api_field("", max_length=32768, doc="The value.")
+    value_from: EnvVarSource | None = api_field(None, doc="The value from a Secret or ConfigMap key instead.")
+
+
+@dataclass
+class ConfigMapVolumeSource:
+    name: str = api_field("", required=True, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, doc="The ConfigMap.")
+    optional: bool = api_field(False, doc="Whether the pod starts without it.")
+
+
+@dataclass
+class SecretVolumeSource:
+    secret_name: str = api_field("", required=True, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, doc="The Secret.")
+    optional: bool = api_field(False, doc="Whether the pod starts without it.")
+
+
+@dataclass
+class ClaimVolumeSource:
+    claim_name: str = api_field("", required=True, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+                                doc="The PersistentVolumeClaim.")
+    read_only: bool = api_field(False, doc="Mount it read-only.")
+
+
+@dataclass
+class EmptyDirVolumeSource:
+    medium: str = api_field("", enum=["", "Memory"], doc="'' (node disk) or Memory (tmpfs).")
+
+
+@dataclass
+class Volume:
+    name: str = api_field("", required=True, pattern=DNS_LABEL_PATTERN, max_length=63,
+                          doc="Volume name; not one fedtask uses (tmp, home, data, models).")
+    config_map: ConfigMapVolumeSource | None = api_field(None, doc="A ConfigMap's keys as files (your code).")
+    secret: SecretVolumeSource | None = api_field(None, doc="A Secret's keys as files.")
+    persistent_volume_claim: ClaimVolumeSource | None = api_field(None, doc="A PersistentVolumeClaim.")
+    empty_dir: EmptyDirVolumeSource | None = api_field(None, doc="A scratch folder for the pod's lifetime.")
+
+
+@dataclass
+class VolumeMount:
+    name: str = api_field("", required=True, pattern=DNS_LABEL_PATTERN, max_length=63,
+                          doc="One of podTemplate.volumes.")
+    mount_path: str = api_field("", required=True, pattern=MOUNT_PATH_PATTERN, max_length=1024,
+                                doc="Where the worker container sees it; not a path fedtask uses (/tmp, /home, "
+                                    "/home/fedtask, /data, /models, /dev).")
+    sub_path: str = api_field("", pattern=SUB_PATH_PATTERN, max_length=1024, doc="A relative path inside the volume.")
+    read_only: bool = api_field(False, doc="Mount it read-only.")
+
+
+@dataclass
+class PodMetadata:
+    labels: dict[str, str] = api_field({}, max_items=64, max_length=63,
+                                       doc="Added to every pod (e.g. kueue.x-k8s.io/queue-name, cost labels); not "
+                                           "fedtask.io/* or app.kubernetes.io/managed-by.")
+    annotations: dict[str, str] = api_field({}, max_items=64, max_length=4096,
+                                            doc="Added to every pod (e.g. sidecar.istio.io/inject: \"false\"); not "
+                                                "fedtask.io/*.")
+
+
+@dataclass
+class PodTemplate:
+    """What every pod of the task gets besides what fedtask builds (see the pod template section of the reference)."""
+
+    metadata: PodMetadata = api_field(factory=PodMetadata, doc="Labels and annotations of every pod.")
+    runtime_class_name: str = api_field("", pattern=OPTIONAL_DNS_SUBDOMAIN_PATTERN, max_length=253,
+                                        doc="RuntimeClass of every pod (e.g. nvidia).")
+    scheduler_name: str = api_field("", pattern=OPTIONAL_DNS_SUBDOMAIN_PATTERN, max_length=253,
+                                    doc="The scheduler of every pod (e.g. volcano); default the cluster's.")
+    env: list[EnvVar] = api_field([], max_items=64, doc="Variables added to the worker container.")
+    volumes: list[Volume] = api_field([], max_items=16, doc="Volumes added to every pod (e.g. your code).")
+    volume_mounts: list[VolumeMount] = api_field([], max_items=16,
+                                                 doc="Where the worker container mounts podTemplate.volumes.")
+
+
+@dataclass
+class ServerSpec:
+    """The server-side pods (init, aggregate, adjust): resources and where they run."""
+
+    resources: ResourceRequirements = api_field(factory=ResourceRequirements,
+                                                doc="Resources of the server-side pods; default adjustment.resources "
+                                                    "(deprecated there).")
+    node_selector: dict[str, str] = api_field({}, max_items=64, max_length=63,
+                                              doc="Node labels the server-side pods need, all of them.")
+    tolerations: list[Toleration] = api_field([], max_items=64, doc="Tolerations of the server-side pods.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -235,7 +371,8 @@ class AdjustmentSpec:
     batch_size: int = api_field(32, minimum=1, maximum=1000000, doc="Batch size of the adjustment.")
     learning_rate: float = api_field(0.01, minimum=0, exclusive_minimum=True, doc="Learning rate of the adjustment.")
     resources: ResourceRequirements = api_field(factory=ResourceRequirements,
-                                                doc="Resources of the server-side pods (init, aggregate, adjust).")
+                                                doc="Deprecated, use server.resources (it applies when "
+                                                    "server.resources is empty).")
 
 
 @dataclass
@@ -299,6 +436,12 @@ class TaskSpec:
     image_pull_secrets: list[LocalObjectReference] = api_field([], max_items=16, doc="Passed to every pod.")
     service_account_name: str = api_field("", doc="Passed to every pod.")
     priority_class_name: str = api_field("", doc="Passed to every pod.")
+    pod_template: PodTemplate = api_field(factory=PodTemplate,
+                                          doc="Labels, annotations, runtime class, scheduler, env and volumes added "
+                                              "to every pod.")
+    server: ServerSpec = api_field(factory=ServerSpec,
+                                   doc="The server-side pods (init, aggregate, adjust): resources, nodeSelector, "
+                                       "tolerations.")
     suspend: bool = api_field(False, doc="Stop launching pods; resume at the same round when set back to false.")
     backoff_limit: int = api_field(3, minimum=0, maximum=100, doc="Retries of a failed pod.")
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
@@ -459,6 +602,11 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
                        "self.devices.minReturned : self.devices.perRound) >= 2 * self.aggregation.byzantine + 3",
                    "krum needs devices.minReturned (default perRound) >= 2 * byzantine + 3", ".aggregation.byzantine",
                    lambda s: s.aggregation.strategy != "krum" or s.devices.quorum >= 2 * s.aggregation.byzantine + 3),
+    CrossFieldRule((), "size(self.server.resources.requests) + size(self.server.resources.limits) == 0 || "
+                       "size(self.adjustment.resources.requests) + size(self.adjustment.resources.limits) == 0",
+                   "set server.resources only (adjustment.resources is its deprecated name)", ".server.resources",
+                   lambda s: not (s.server.resources.requests or s.server.resources.limits)
+                   or not (s.adjustment.resources.requests or s.adjustment.resources.limits)),
 ]
 
 # What a running task cannot change: its model, its data and their partition, where its objects live.
@@ -483,6 +631,53 @@ TYPE_RULES: dict[type, list[CrossFieldRule]] = {
         CrossFieldRule((), "self.operator != 'Exists' || self.value == ''", "must be empty with operator Exists",
                        ".value", lambda t: t.operator != "Exists" or t.value == ""),
     ],
+    EnvVar: [
+        CrossFieldRule((), f"!(self.name in {_cel_list(RESERVED_ENV)}) && (self.name in {_cel_list(USER_ENV)} || !("
+                           + " || ".join(f"self.name.startsWith('{p}')" for p in RESERVED_ENV_PREFIXES) + "))",
+                       "is set by fedtask (HOME, TMPDIR, PYTHONUNBUFFERED, FEDTASK_*, AWS_*; FEDTASK_TORCH_THREADS "
+                       "may be set): choose another name", ".name", lambda e: not reserved_env(e.name)),
+        CrossFieldRule((), "!has(self.valueFrom) || self.value == ''", "must be empty when valueFrom is set",
+                       ".value", lambda e: e.value_from is None or e.value == ""),
+    ],
+    EnvVarSource: [
+        CrossFieldRule((), "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                       "set exactly one of secretKeyRef and configMapKeyRef", "",
+                       lambda s: (s.secret_key_ref is None) != (s.config_map_key_ref is None)),
+    ],
+    Volume: [
+        CrossFieldRule((), f"!(self.name in {_cel_list(RESERVED_VOLUMES)})",
+                       "is a volume fedtask mounts (tmp, home, data, models): choose another name", ".name",
+                       lambda v: v.name not in RESERVED_VOLUMES),
+        CrossFieldRule((), "(has(self.configMap) ? 1 : 0) + (has(self.secret) ? 1 : 0) + "
+                           "(has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.emptyDir) ? 1 : 0) == 1",
+                       "set exactly one of configMap, secret, persistentVolumeClaim and emptyDir", "",
+                       lambda v: [v.config_map, v.secret, v.persistent_volume_claim, v.empty_dir].count(None) == 3),
+    ],
+    VolumeMount: [
+        CrossFieldRule((), f"!(self.mountPath in {_cel_list(RESERVED_MOUNT_PATHS)})",
+                       "is a path fedtask uses (/tmp, /home, /home/fedtask, /data, /models, /dev): choose another",
+                       ".mountPath", lambda m: m.mount_path not in RESERVED_MOUNT_PATHS),
+    ],
+    PodMetadata: [
+        CrossFieldRule((), f"self.labels.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}') && "
+                           f"!(k in {_cel_list(RESERVED_LABELS)}))",
+                       "must not set fedtask.io/* or app.kubernetes.io/managed-by: fedtask sets them and finds its "
+                       "pods by them", ".labels", lambda m: not any(reserved_label(k) for k in m.labels)),
+        CrossFieldRule((), f"self.annotations.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+                       "must not set fedtask.io/* annotations: fedtask sets them", ".annotations",
+                       lambda m: not any(k.startswith(RESERVED_LABEL_PREFIX) for k in m.annotations)),
+    ],
+    PodTemplate: [
+        CrossFieldRule((), "self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+                       "volume names must differ", ".volumes",
+                       lambda t: len({v.name for v in t.volumes}) == len(t.volumes)),
+        CrossFieldRule((), "self.volumeMounts.all(m, self.volumes.exists(v, v.name == m.name))",
+                       "every mount must name one of podTemplate.volumes", ".volumeMounts",
+                       lambda t: {m.name for m in t.volume_mounts} <= {v.name for v in t.volumes}),
+        CrossFieldRule((), "self.volumeMounts.all(m, self.volumeMounts.exists_one(n, n.mountPath == m.mountPath))",
+                       "mount paths must differ", ".volumeMounts",
+                       lambda t: len({m.mount_path for m in t.volume_mounts}) == len(t.volume_mounts)),
+    ],
 }
 
 
@@ -506,8 +701,31 @@ PATTERN_HINTS = {
     DNS_LABEL_PATTERN: "lower-case letters, digits and '-'",
     OPTIONAL_DNS_LABEL_PATTERN: "empty, or lower-case letters, digits and '-'",
     DNS_SUBDOMAIN_PATTERN: "lower-case letters, digits, '-' and '.'",
+    OPTIONAL_DNS_SUBDOMAIN_PATTERN: "empty, or lower-case letters, digits, '-' and '.'",
+    ENV_NAME_PATTERN: "letters, digits, '_', '-' and '.', not starting with a digit",
+    MOUNT_PATH_PATTERN: "an absolute path without a trailing '/', '.' or '..'",
+    SUB_PATH_PATTERN: "a relative path without '.' or '..'",
 }
-DECODER = Decoder(TYPE_RULES, PATTERN_HINTS)
+_HARDENED = "fedtask sets it on every pod (hardening) and a template may not change it"
+# Pod fields a template may not set, with why (the CRD has no such fields: an API server reports them unknown).
+FORBIDDEN_FIELDS: dict[type, dict[str, str]] = {
+    PodTemplate: {
+        "securityContext": _HARDENED, "command": _HARDENED, "args": "fedtask sets the worker's arguments",
+        "image": "set spec.image", "containers": "fedtask builds the worker container",
+        "initContainers": "not supported: put your code in a volume or an image FROM the worker image",
+        "hostNetwork": _HARDENED, "hostPID": _HARDENED, "hostIPC": _HARDENED,
+        "automountServiceAccountToken": _HARDENED, "serviceAccountName": "set spec.serviceAccountName",
+        "priorityClassName": "set spec.priorityClassName", "imagePullSecrets": "set spec.imagePullSecrets",
+        "resources": "set spec.devices.resources (train pods) or spec.server.resources (server-side pods)",
+        "tolerations": "set spec.devices.tolerations (train and publish pods) or spec.server.tolerations",
+        "nodeSelector": "set spec.devices.selector (train pods) or spec.server.nodeSelector",
+        "affinity": "fedtask pins train pods to their devices' nodes; set spec.server.nodeSelector for the others",
+        "restartPolicy": "fedtask retries failed pods itself (spec.backoffLimit)",
+    },
+    Volume: {"hostPath": "host folders are not allowed in task pods (Pod Security baseline); use a "
+                         "persistentVolumeClaim"},
+}
+DECODER = Decoder(TYPE_RULES, PATTERN_HINTS, FORBIDDEN_FIELDS)
 
 
 def validate_spec_rules(spec: TaskSpec) -> list[FieldError]:
