@@ -6,9 +6,10 @@ Two plug points take the user's own code (`module:callable`, see `load_plugin`):
   FedProx term (if any), backpropagates it and steps the optimizer; local training, the server-side adjustment and
   the validation loss all use it. Default: cross-entropy over integer class labels.
 - an **evaluation function** `function(model, inputs, targets) -> score | {"score": ..., "loss": ..., ...}`, called
-  once per round on the whole validation split (tensors on the model's device, under `torch.no_grad()`, the model in
-  eval mode). The score takes the place of accuracy (status, targetAccuracy, patience, best): higher must be better,
-  and it must be finite. Default: classification accuracy.
+  once per round on the whole validation split and once on the whole test split (tensors on the model's device, under
+  `torch.no_grad()`, the model in eval mode). The score takes the place of accuracy (the validation score in
+  status.validationAccuracy, targetAccuracy, patience, best; the test score in status.accuracy): higher must be
+  better, and it must be finite. Default: classification accuracy.
 """
 from __future__ import annotations
 
@@ -155,6 +156,17 @@ def _batch_loss(step: TrainStep, model: nn.Module, inputs: torch.Tensor, targets
     return loss.reshape(())
 
 
+def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch of an epoch: batch_size each; a final remainder under half a batch joins the batch
+    before it. A lone last sample would otherwise get a whole step's weight: on a small shared set at the server's
+    learning rate, that one step dragged a near-uniform aggregated model to predicting one class (digits: 0.48 -> 0.09
+    accuracy from 129 shared samples in batches of 32)."""
+    starts = list(range(0, count, batch_size))
+    if len(starts) > 1 and count - starts[-1] < batch_size / 2:
+        starts.pop()
+    return [(start, stops) for start, stops in zip(starts, starts[1:] + [count])]
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
                 learning_rate: float = 0.05, optimizer: str = "sgd", momentum: float = 0.0,
                 weight_decay: float = 0.0, proximal_mu: float = 0.0, seed: int = 0,
@@ -184,8 +196,8 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1,
     for _ in range(epochs):
         order = torch.randperm(count, generator=generator).to(device)
         total = torch.zeros((), device=device)
-        for start in range(0, count, batch_size):
-            batch = order[start:start + batch_size]
+        for start, stop in batch_bounds(count, batch_size):
+            batch = order[start:stop]
             if step is None:
                 loss = loss_function(model(inputs[batch]), targets[batch])
             else:
@@ -219,7 +231,7 @@ def score_model(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int 
     score: `function`'s score, else the accuracy (class labels only). loss: `function`'s loss if it reports one, else
     the mean train-step loss (default step: cross-entropy)."""
     if len(y) == 0:
-        raise BadInput("cannot evaluate on an empty validation split")
+        raise BadInput("cannot evaluate on an empty split (validation or test)")
     y = np.asarray(y)
     device = next(model.parameters()).device
     model.eval()
@@ -245,7 +257,7 @@ def score_model(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int 
                 correct += int((model(inputs).argmax(1) == targets).sum())
     loss = loss_sum / len(y)
     if not math.isfinite(loss):
-        raise BadInput(f"the validation loss is {loss}; the model diverged (lower the learning rate)")
+        raise BadInput(f"the evaluation loss is {loss}; the model diverged (lower the learning rate)")
     if function is None:
         metrics["score"] = correct / len(y)
     metrics["loss"] = loss
