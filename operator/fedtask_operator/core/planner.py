@@ -822,13 +822,18 @@ def _store_success(ctx: _Planning, record: PodRecord, result: dict[str, Any] | N
         estimates[record["device"]] = round(update_train_estimate(estimates.get(record["device"]), seconds), 3)
 
 
-def _record_turn(ctx: _Planning, device: str, ran_for: float | None = None, straggler: bool = False) -> None:
+def _record_turn(ctx: _Planning, device: str, ran_for: float | None = None, straggler: bool = False,
+                 failed: bool = False) -> None:
     """The fairness ledger and the time model learn from every finished turn of a device, not only from returns:
     status.participation counts the rounds a device was given (returned, excluded or failed), so a device that
     failed or straggled does not look behind and is not picked again and again; a device that ran `ran_for` seconds
-    without an update takes at least that long (a straggler's estimate: the EWMA with it, and no less than it)."""
+    without an update takes at least that long (a straggler's estimate: the EWMA with it, and no less than it). A
+    device that failed returned nothing, however soon it failed: for the time model it missed the round's deadline
+    (rounds.timeoutSeconds), so a device that fails fast does not look fast."""
     participation = ctx.status.setdefault("participation", {})
     participation[device] = int(participation.get(device, 0)) + 1
+    if failed:
+        ran_for, straggler = max(ran_for or 0.0, float(ctx.spec.rounds.timeout_seconds)), True
     if ran_for is None or ran_for <= 0:
         return
     estimates = ctx.status.setdefault("trainSecondsEstimate", {})
@@ -847,7 +852,7 @@ def _advance_devices(ctx: _Planning, records: list[DeviceStatusDict] | None = No
 
         progress = _advance_record(ctx, record, build, f"round {ctx.round} device {record['device']}")
         if was_unfinished and progress.state == STATE_FAILED:
-            _record_turn(ctx, record["device"], _seconds_between(record.get("startTime"), ctx.now))
+            _record_turn(ctx, record["device"], _seconds_between(record.get("startTime"), ctx.now), failed=True)
             ctx.event("DeviceFailed", f"round {ctx.round}: device {record['device']} on node {record['node']} "
                                       f"gave up: {progress.reason}", warning=True)
 
