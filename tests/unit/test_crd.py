@@ -300,6 +300,8 @@ BAD_SPECS = [
     ({"backoffLimit": -1}, {"spec.backoffLimit"}),
     ({"activeDeadlineSeconds": 0}, {"spec.activeDeadlineSeconds"}),
     ({"devices": {"perRond": 3}}, {"spec.devices.perRond"}),
+    ({"devices": {"pool": "team-a/shared"}}, {"spec.devices.pool"}),  # pools do not cross namespaces
+    ({"devices": {"pool": "Shared"}}, {"spec.devices.pool"}),
     ({"traning": {}}, {"spec.traning"}),
     ({"imagePullSecrets": [{"name": "a"}] * 17}, {"spec.imagePullSecrets"}),
     # spec.podTemplate keeps off what fedtask sets

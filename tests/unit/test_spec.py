@@ -129,6 +129,10 @@ def test_error_message_is_one_line_per_problem():
 @pytest.mark.parametrize("spec, expected", [
     ({"devices": {"perRound": 4, "minReturned": 5}}, "spec.devices.minReturned: must be <= perRound"),
     ({"devices": {"perRound": 6, "count": 5}}, "spec.devices.perRound: must be <= count"),
+    ({"devices": {"pool": "team-a/shared"}},
+     "spec.devices.pool: names a pool of another namespace: a pool is shared only by the tasks of the task's own "
+     "namespace (its tasks share devices, their timings and turns, and a higher priority takes devices from the "
+     "others, which must not cross a tenant's boundary); name a pool of this namespace, without 'namespace/'"),
     ({"data": {"shared": {"fraction": 0}}},
      "spec.adjustment.enabled: adjustment needs a shared dataset: set data.shared.fraction > 0 or data.shared.uri, "
      "or adjustment.enabled: false"),

@@ -52,6 +52,8 @@ PLUGIN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?$"
 CALLABLE_PATTERN = r"^([A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*)?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 OPTIONAL_DNS_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
+# A pool name; `namespace/pool` passes the pattern only so that its own rule can say why it is refused.
+POOL_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 OPTIONAL_DNS_SUBDOMAIN_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
 ABSOLUTE_PATH_PATTERN = r"^/"
@@ -305,11 +307,11 @@ class DevicesSpec:
                                          doc="Quorum once the round deadline passes; default perRound (wait for all).")
     resources: ResourceRequirements = api_field(factory=ResourceRequirements, doc="Resources of every train pod.")
     tolerations: list[Toleration] = api_field([], max_items=64, doc="Tolerations of every train pod.")
-    pool: str = api_field("", pattern=OPTIONAL_DNS_LABEL_PATTERN, max_length=63,
+    pool: str = api_field("", pattern=POOL_PATTERN, max_length=127,
                           doc="Builtin data: the pool of simulated devices the task shares with the tasks of its "
                               "namespace that name the same pool; device i of the pool holds shard i of every such "
-                              "task's dataset and trains at most one task at a time. Default (empty): the task's own "
-                              "devices.")
+                              "task's dataset and trains at most one task at a time. Pools do not cross namespaces "
+                              "(`namespace/pool` is refused). Default (empty): the task's own devices.")
 
     @property
     def quorum(self) -> int:
@@ -577,10 +579,15 @@ class TaskStatus:
 # Cross-field rules: each is a CEL rule in the CRD and the same check in Python (a test proves they agree).
 
 
+POOL_MESSAGE = (
+    "names a pool of another namespace: a pool is shared only by the tasks of the task's own namespace (its tasks "
+    "share devices, their timings and turns, and a higher priority takes devices from the others, which must not "
+    "cross a tenant's boundary); name a pool of this namespace, without 'namespace/'")
 CROSS_FIELD_RULES: list[CrossFieldRule] = [
     CrossFieldRule(("devices",), "!has(self.minReturned) || self.minReturned <= self.perRound",
                    "must be <= perRound", ".minReturned",
                    lambda d: d.min_returned is None or d.min_returned <= d.per_round),
+    CrossFieldRule(("devices",), "!self.pool.contains('/')", POOL_MESSAGE, ".pool", lambda d: "/" not in d.pool),
     CrossFieldRule(("devices",), "!has(self.count) || self.perRound <= self.count",
                    "must be <= count", ".perRound",
                    lambda d: d.count is None or d.per_round <= d.count),
@@ -700,6 +707,7 @@ PATTERN_HINTS = {
     ABSOLUTE_PATH_PATTERN: "an absolute path",
     DNS_LABEL_PATTERN: "lower-case letters, digits and '-'",
     OPTIONAL_DNS_LABEL_PATTERN: "empty, or lower-case letters, digits and '-'",
+    POOL_PATTERN: "empty, or lower-case letters, digits and '-'",
     DNS_SUBDOMAIN_PATTERN: "lower-case letters, digits, '-' and '.'",
     OPTIONAL_DNS_SUBDOMAIN_PATTERN: "empty, or lower-case letters, digits, '-' and '.'",
     ENV_NAME_PATTERN: "letters, digits, '_', '-' and '.', not starting with a digit",
