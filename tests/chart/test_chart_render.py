@@ -185,17 +185,17 @@ def test_operator_is_highly_available_and_probed(rendered: dict[str, list[dict]]
     deployment = the(rendered["defaults"], "Deployment")
     assert deployment["spec"]["replicas"] >= 2
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert any(arg.startswith("--peering=") for arg in container["args"])
+    assert "--leader-election" in container["args"] and "--lease-name=ft-fedtask" in container["args"]
+    assert not any(arg.startswith("--peering") for arg in container["args"])  # the Lease replaces kopf peering
     health_port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
     assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in container["args"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
     assert the(rendered["defaults"], "ClusterKopfPeering")["metadata"]["name"] == "ft-fedtask"
-    assert "--peering=ft-fedtask" in container["args"]
     peerings = by_kind(rendered["namespace-scoped"], "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
-    # one replica is peered too: `kubectl scale --replicas=2` must not give two operators acting at once
+    # one replica takes the Lease too: `kubectl scale --replicas=2` must not give two operators acting at once
     single = the(rendered["minimal"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert "--standalone" not in single["args"] and "--peering=ft-fedtask" in single["args"]
+    assert "--standalone" not in single["args"] and "--leader-election" in single["args"]
     assert the(rendered["minimal"], "ClusterKopfPeering")["metadata"]["name"] == "ft-fedtask"
 
 
@@ -332,7 +332,8 @@ def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list
     assert config.store_secret == env.get("FEDTASK_S3_SECRET", "")
     assert config.store_bucket == "fedtask" and config.store_prefix == "tasks"
     replicas = the(rendered[combination], "Deployment", "fedtask")["spec"]["replicas"]
-    assert config.peering == "ft-fedtask" and replicas >= 1
+    assert config.leader_election and config.lease_name == "ft-fedtask" and replicas >= 1
+    assert config.lease_duration == 15 and config.peering == ""  # kopf runs without peering under the Lease
     if combination == "namespace-scoped":
         assert config.namespaces == ("team-a", "team-b")
     else:
