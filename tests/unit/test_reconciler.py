@@ -233,11 +233,62 @@ async def test_keep_finished_pods_from_the_runtime_config_leaves_finished_pods()
 
 def test_clean_pod_policy_none_keeps_finished_pods():
     flags = dict(store_prefix="tasks", store_bucket="fedtask", image="img", image_pull_policy="Always",
-                 store_endpoint="minio:9000", store_secure=False, store_region="", store_secret="creds")
+                 store_endpoint="minio:9000", store_secure=False, store_region="", store_secret="creds",
+                 namespace_credentials=False, store_uri_allow=())
     assert build_runtime_config(SimpleNamespace(clean_pod_policy="None", **flags)).keep_finished_pods
     assert not build_runtime_config(SimpleNamespace(clean_pod_policy="All", **flags)).keep_finished_pods
     assert build_runtime_config(SimpleNamespace(clean_pod_policy="All", **flags)).store_base_uri == \
         "s3://fedtask/tasks"
+
+
+def test_namespace_credentials_replace_the_shared_secret_in_the_pods():
+    flags = dict(store_prefix="tasks", store_bucket="fedtask", image="img", image_pull_policy="Always",
+                 store_endpoint="minio:9000", store_secure=False, store_region="", store_secret="",
+                 clean_pod_policy="All", namespace_credentials=True, store_uri_allow=("s3://models/public",))
+    config = build_runtime_config(SimpleNamespace(**flags))
+    assert (config.credentials_secret, config.namespace_credentials) == ("fedtask-store-credentials", True)
+    assert config.allowed_uri_prefixes == ("s3://models/public/",)
+
+
+class Issuer:
+    """Stands in for kube.credentials.NamespaceCredentials (the Secret and MinIO user are tested against the real
+    MinIO in tests/api/test_namespace_credentials.py): answers with `problem`, and records the namespaces asked."""
+
+    def __init__(self, problem: str | None = None):
+        self.problem, self.asked = problem, []
+
+    async def ensure(self, namespace: str) -> str | None:
+        self.asked.append(namespace)
+        return self.problem
+
+
+async def test_pods_wait_for_their_namespace_s_store_credentials_with_a_stalled_condition_and_an_event():
+    api = FakeKubeApi(make_task())
+    reconciler, events = reconciler_for(api)
+    reconciler.store_credentials = Issuer("store credentials of namespace default not issued: connection refused")
+
+    await reconciler.request(*KEY, api.views())
+
+    assert api.pod_names() == []
+    stalled = get_condition(api.status["conditions"], "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "PodCreationFailed")
+    assert "store credentials of namespace default not issued: connection refused" in stalled["message"]
+    assert ("PodCreationFailed", "Warning") in events.posted
+
+    issued, _ = reconciler_for(api)  # issued now (a restarted operator holds no backoff)
+    issued.store_credentials = Issuer()
+    await issued.request(*KEY, api.views())
+    await issued.request(*KEY, api.views())
+    assert api.pod_names() == ["mnist-init"] and issued.store_credentials.asked[0] == "default"
+    assert get_condition(api.status["conditions"], "Stalled") is None
+
+
+async def test_a_task_with_its_own_store_secret_does_not_wait_for_namespace_credentials():
+    api = FakeKubeApi(make_task(storage={"secretRef": {"name": "own-keys"}}))
+    reconciler, _ = reconciler_for(api)
+    reconciler.store_credentials = Issuer("unreachable")
+    await reconciler.request(*KEY, api.views())
+    assert api.pod_names() == ["mnist-init"] and reconciler.store_credentials.asked == []
 
 
 async def test_applying_tolerates_pods_that_already_exist_or_are_already_gone():

@@ -68,6 +68,7 @@ from fedtask_operator.core.status_types import (
     StagePodStatusDict,
     TaskStatusDict,
 )
+from fedtask_operator.core.store_access import store_uri_errors
 
 PodRecord: TypeAlias = DeviceStatusDict | StagePodStatusDict | PublishStatusDict
 """A record of one pod in the status: a device's train pod, the server-side stage pod, or a publish pod."""
@@ -383,6 +384,9 @@ def plan_task(task: KubeObject, observed: Observed, config: RuntimeConfig,
         parsed = parse_task({key: value for key, value in task.items() if key != "status"})
     except SpecError as error:
         return _plan_invalid_spec(task, observed, error)
+    store_errors = store_uri_errors(parsed, config)  # the runtime's store decides what a task may name in it
+    if store_errors:
+        return _plan_invalid_spec(task, observed, SpecError(store_errors))
     ctx = _Planning(parsed, task.get("status") or {}, observed, config, assignment)
     _plan(ctx)
     return ctx.plan()

@@ -43,6 +43,8 @@ class OperatorConfig:
     store_region: str = "us-east-1"
     store_secret: str = ""  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, mounted into pods
     cleanup_store: bool = False  # delete a task's objects when the task is deleted (adds a finalizer)
+    namespace_credentials: bool = False  # issue per-namespace MinIO keys (kube/credentials.py) instead of store_secret
+    store_uri_allow: tuple[str, ...] = ()  # s3:// prefixes any task's initialUri/shared.uri may name besides its own
     clean_pod_policy: str = "All"  # All | None: delete finished pods once their result is in the status
     resync_seconds: float = 10.0  # the timer that enforces deadlines even when nothing happens
     collection_window: float = DEFAULT_COLLECTION_WINDOW_SECONDS  # a learning period waits this long for more tasks
@@ -130,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store-secret", default=_env("FEDTASK_S3_SECRET", ""),
                         help="Secret (in the task's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
                              "pods; the operator never reads it (env FEDTASK_S3_SECRET)")
+    parser.add_argument("--namespace-credentials", default=_env_bool("FEDTASK_S3_NAMESPACE_CREDENTIALS", False),
+                        action=argparse.BooleanOptionalAction,
+                        help="give each task namespace its own MinIO user, limited to <bucket>/<prefix>/<namespace>/, "
+                             "in the operator-owned Secret fedtask-store-credentials; needs the store's root "
+                             "credentials in the operator's environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) "
+                             "and replaces --store-secret (env FEDTASK_S3_NAMESPACE_CREDENTIALS)")
+    parser.add_argument("--store-uri-allow", action="append", metavar="S3_PREFIX",
+                        default=[p for p in _env("FEDTASK_S3_URI_ALLOW", "").split(",") if p.strip()],
+                        help="an s3:// prefix every task's initialUri/shared.uri may name besides its own "
+                             "namespace's (repeat; env FEDTASK_S3_URI_ALLOW, comma-separated)")
     parser.add_argument("--cleanup-store", default=_env_bool("FEDTASK_CLEANUP_STORE", False),
                         action=argparse.BooleanOptionalAction,
                         help="delete a task's store objects when it is deleted (env FEDTASK_CLEANUP_STORE)")
@@ -175,6 +187,12 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
     except ValueError as error:
         parser.error(f"--collection-window/--fairness-weight: {error}")
+    uri_allow = tuple(prefix.strip() for prefix in args.store_uri_allow)
+    for prefix in uri_allow:
+        if not prefix.startswith("s3://") or len(prefix.rstrip("/")) <= len("s3://") or ".." in prefix:
+            parser.error(f"--store-uri-allow {prefix!r}: an s3://bucket[/prefix] without '..'")
+    if args.namespace_credentials and args.store_secret:
+        parser.error("--namespace-credentials issues the pods' store keys itself: leave out --store-secret")
     priority = args.priority if args.priority >= 0 else random.SystemRandom().randrange(1, 2**31)
     return OperatorConfig(
         namespaces=namespaces, metrics_port=args.metrics_port, liveness=args.liveness,
@@ -185,6 +203,7 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         store_endpoint=args.store_endpoint, store_bucket=args.store_bucket, store_prefix=args.store_prefix,
         store_secure=args.store_secure, store_region=args.store_region, store_secret=args.store_secret,
         cleanup_store=args.cleanup_store, clean_pod_policy=args.clean_pod_policy,
+        namespace_credentials=args.namespace_credentials, store_uri_allow=uri_allow,
         resync_seconds=args.resync_seconds, collection_window=args.collection_window,
         fairness_weight=args.fairness_weight, request_timeout=args.request_timeout,
         watch_server_timeout=args.watch_timeout, verbose=args.verbose)

@@ -8,6 +8,7 @@ no handler lists anything. Label filters run in kopf, not in the API server (whi
 from __future__ import annotations
 
 import copy
+import os
 from collections import Counter
 
 import kopf
@@ -15,7 +16,7 @@ import kopf
 from fedtask_operator.core.naming import TASK_LABEL
 from fedtask_operator.core.phases import PENDING, POD_FINISHED_PHASES, SCHEDULING
 from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
-from fedtask_operator.kube import lease, metrics
+from fedtask_operator.kube import credentials, lease, metrics
 from fedtask_operator.kube import reconciler as k8s
 
 TASKS = (GROUP, VERSION, PLURAL)
@@ -73,6 +74,12 @@ async def startup(memo, settings, **_):
         post_event=lambda body, type_, reason, message: kopf.event(body, type=type_, reason=reason,
                                                                    message=message),
         scheduling=memo.config.scheduling)
+    if memo.config.namespace_credentials:  # per-namespace store keys before each namespace's first pod
+        root = credentials.StoreAdmin(memo.config.store_endpoint, os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                                      os.environ.get("AWS_SECRET_ACCESS_KEY", ""), memo.config.store_secure,
+                                      memo.config.store_region, memo.config.store_bucket, memo.config.store_prefix)
+        memo.reconciler.store_credentials = credentials.NamespaceCredentials(
+            api.api_client, root, request_timeout=memo.config.request_timeout)
     memo.lease_loop = None
     if memo.config.leader_election:  # only the Lease holder acts (kube/lease.py); the loop runs until cleanup
         config = lease.LeaseConfig.from_duration(memo.config.lease_name, memo.config.lease_namespace,
@@ -138,8 +145,6 @@ async def cleanup_store(body, memo, logger, retry=0, **_):
     Bounded (reconciler.cleanup_store_objects: timeouts, a deadline, its own threads) and only at the operator's
     own store. A failure is a Warning event and a kopf retry with a doubling delay; after CLEANUP_RETRIES attempts
     kopf gives up and the deletion goes on (the event says which objects stay)."""
-    import os
-
     task = _plain(body)
     if not memo.reconciler.may_act():  # the leader cleans up; this replica retries in case it becomes the leader
         raise kopf.TemporaryError("not the leader: the leader cleans the store up", delay=10)

@@ -28,6 +28,7 @@ from fedtask_operator.core.planner import CreationRefusal, Event, Observed, Plan
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period, next_period_number
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
+from fedtask_operator.core.store_access import NAMESPACE_SECRET
 from fedtask_operator.kube import metrics
 
 logger = logging.getLogger("fedtask.operator")
@@ -102,7 +103,10 @@ def build_runtime_config(config) -> RuntimeConfig:
     base = f"s3://{config.store_bucket}" + (f"/{prefix}" if prefix else "")
     return RuntimeConfig(image=config.image, image_pull_policy=config.image_pull_policy, store_base_uri=base,
                          s3_endpoint=config.store_endpoint, s3_secure=config.store_secure,
-                         s3_region=config.store_region, credentials_secret=config.store_secret,
+                         s3_region=config.store_region,
+                         credentials_secret=NAMESPACE_SECRET if config.namespace_credentials else config.store_secret,
+                         namespace_credentials=config.namespace_credentials,
+                         allowed_uri_prefixes=tuple(p if p.endswith("/") else p + "/" for p in config.store_uri_allow),
                          keep_finished_pods=config.clean_pod_policy == "None")
 
 
