@@ -197,7 +197,6 @@ def test_operator_is_highly_available_and_probed(rendered: dict[str, list[dict]]
     assert f"--liveness=http://0.0.0.0:{health_port}/healthz" in container["args"]
     assert container["livenessProbe"]["httpGet"]["port"] == "health"
     assert the(rendered["defaults"], "ClusterKopfPeering")["metadata"]["name"] == "ft-fedtask"
-    assert "--peering=ft-fedtask" in container["args"]
     peerings = by_kind(rendered["namespace-scoped"], "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     # one replica takes the Lease too: `kubectl scale --replicas=2` must not give two operators acting at once
