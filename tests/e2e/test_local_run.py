@@ -90,8 +90,13 @@ def test_digits_quick_runs_end_to_end(tmp_path):
     assert status["completionTime"] and status["startTime"]
     model = Path(status["model"]["uri"].removeprefix("file://"))
     assert model.is_file() and model.suffix == ".safetensors"
-    assert status["best"]["accuracy"] == max(entry["accuracy"] for entry in status["history"])
-    assert status["best"]["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    # best goes by the validation split; accuracy is the test split's (digits: 360 test, 144 validation images)
+    best = status["best"]
+    assert best["validationAccuracy"] == max(entry["validationAccuracy"] for entry in status["history"])
+    assert best["accuracy"] == status["history"][best["round"] - 1]["accuracy"]
+    assert best["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert status["evaluation"].startswith("accuracy: the test split (360 samples)") and "(144 samples" in \
+        status["evaluation"]
     local_model = workdir / "digits-quick" / "model.safetensors"
     assert local_model.read_bytes() == model.read_bytes()
     assert (workdir / "digits-quick" / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1202,3 +1202,54 @@ def test_every_pod_of_a_whole_task_carries_the_pod_template_and_server_pods_spec
         assert (spec.get("tolerations") == [{"operator": "Exists", "key": "server"}]) == server_side
         assert (container["resources"] == {"requests": {"cpu": "2"}}) == server_side
     assert stages == {"init", "train", "aggregate", "adjust", "publish"}
+
+
+def test_the_validation_split_decides_and_the_test_split_is_reported():
+    """targetAccuracy, patience and best go by validation_accuracy; status.accuracy is the test split's, and
+    status.evaluation says which is which."""
+    reported = {1: (0.5, 0.9), 2: (0.8, 0.6), 3: (0.75, 0.65)}  # round: (validation, test)
+
+    def finish(cluster: Cluster) -> None:
+        for name in cluster.active():
+            pod = cluster.pods[name]
+            if pod["metadata"]["labels"][STAGE_LABEL] == "adjust":
+                validation, test = reported[int(pod["metadata"]["labels"][ROUND_LABEL])]
+                cluster.succeed(name, {"accuracy": test, "loss": 0.2, "validation_accuracy": validation,
+                                       "validation_loss": 0.1, "test_split": "test", "test_samples": 10000,
+                                       "validation_samples": 5000, "seconds": 0.1})
+            else:
+                cluster.succeed(name)
+
+    cluster = Cluster(make_task(rounds={"max": 10, "patience": 1, "targetAccuracy": 0.85}))
+    run_with(cluster, finish)
+    status = cluster.status
+    # round 1's test accuracy 0.9 passes the target, its validation accuracy 0.5 does not; round 3 is no better
+    # than round 2 on validation, so patience (1) ends the task there
+    assert [(h["validationAccuracy"], h["accuracy"]) for h in status["history"]] == [(0.5, 0.9), (0.8, 0.6),
+                                                                                      (0.75, 0.65)]
+    assert status["history"][0]["validationLoss"] == 0.1 and status["history"][0]["loss"] == 0.2
+    assert (status["accuracy"], status["validationAccuracy"]) == (0.65, 0.75)
+    assert status["best"] == {"uri": status["history"][1]["uri"], "round": 2, "accuracy": 0.6,
+                              "validationAccuracy": 0.8}
+    assert status["model"]["round"] == 3 and status["model"]["validationAccuracy"] == 0.75
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "NoImprovement" and "validation accuracy 0.8000" in succeeded["message"]
+    assert status["evaluation"].startswith("accuracy: the test split (10000 samples), reported only; "
+                                           "validationAccuracy: the validation split (5000 samples")
+
+
+def test_target_accuracy_is_reached_on_the_validation_split():
+    def finish(cluster: Cluster) -> None:
+        for name in cluster.active():
+            if cluster.pods[name]["metadata"]["labels"][STAGE_LABEL] == "adjust":
+                cluster.succeed(name, {"accuracy": 0.1, "validation_accuracy": 0.9, "test_split": "validation",
+                                       "test_samples": 300, "validation_samples": 300})
+            else:
+                cluster.succeed(name)
+
+    cluster = Cluster(make_task(rounds={"max": 10, "targetAccuracy": 0.85}))
+    run_with(cluster, finish)
+    succeeded = next(c for c in cluster.status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "TargetAccuracyReached" and len(cluster.status["history"]) == 1
+    assert "validation accuracy 0.9000 reached" in succeeded["message"]
+    assert "the dataset has no test split of its own" in cluster.status["evaluation"]

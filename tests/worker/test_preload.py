@@ -76,7 +76,10 @@ def test_mnist_is_decoded_once_then_memory_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_loaded", {})
     first = datasets.load_dataset("mnist")
     assert first.x_train.shape == (50000, 1, 28, 28) and first.x_val.shape == (10000, 1, 28, 28)
-    assert sorted(os.listdir(tmp_path / "mnist-v1")) == ["x_train.npy", "x_val.npy", "y_train.npy", "y_val.npy"]
+    assert first.x_test.shape == (10000, 1, 28, 28) and not first.test_is_validation  # MNIST's own test images
+    assert not np.array_equal(first.y_test, first.y_val)
+    assert sorted(os.listdir(tmp_path / "mnist-v2")) == ["x_test.npy", "x_train.npy", "x_val.npy", "y_test.npy",
+                                                         "y_train.npy", "y_val.npy"]
     assert datasets.load_dataset("mnist") is first  # in-process cache
     monkeypatch.setattr(datasets, "_loaded", {})
     monkeypatch.setattr(datasets, "_decode_mnist", lambda: (_ for _ in ()).throw(AssertionError("decoded twice")))

@@ -52,6 +52,9 @@ def test_train_aggregate_adjust_improve_validation_accuracy(tmp_path, capsys):
         global_uri = f"{prefix}/global.safetensors"
     assert baseline["accuracy"] < 0.3
     assert accuracies[-1] > baseline["accuracy"] + 0.3, (baseline, accuracies)
+    # digits' 1797 images: the last 20% of a fixed permutation is the test split, 10% of the rest the validation split
+    assert (adjusted["test_split"], adjusted["test_samples"], adjusted["validation_samples"]) == ("test", 360, 144)
+    assert adjusted["validation_accuracy"] > baseline["validation_accuracy"] + 0.3, (baseline, adjusted)
     _, meta = load_arrays(f"{tmp_path}/store/round-0002/global.safetensors")
     assert meta["stage"] == "adjust" and meta["round"] == "2"
     code, published, err = run_stage(["publish", "--input", global_uri, "--output", tmp_path / "device/model.st"],

@@ -77,6 +77,20 @@ SOURCE = textwrap.dedent('''
     def not_pairs():
         return {"train": [1, 2, 3], "val": [4]}
 
+
+    def with_test(negate=True):
+        """regression() with a test split of its own: 50 fresh draws, their targets negated when negate."""
+        data = regression()
+        rng = np.random.default_rng(1)
+        weights = np.random.default_rng(0).standard_normal(5)
+        x_test = rng.standard_normal((50, 5)).astype(np.float32)
+        y_test = (x_test @ weights).astype(np.float32)
+        return {**data, "x_test": x_test, "y_test": -y_test if negate else y_test}
+
+
+    def half_test():
+        return {**regression(), "x_test": np.zeros((3, 5), np.float32)}
+
 ''')
 REGRESSION = ["--dataset", f"{MODULE}:regression", "--model", f"{MODULE}:linear"]
 
@@ -157,6 +171,30 @@ def test_user_code_mistakes_are_one_line_errors_with_exit_2(tmp_path, capsys, st
     assert len(err.strip().splitlines()) == 1
     if "default" in message:
         assert "spec.training.step / spec.evaluation.function" in err
+
+
+def test_validation_decides_and_the_test_split_is_reported(tmp_path, capsys):
+    """validation_accuracy is the validation split's score, accuracy the test split's (here its targets are negated,
+    so a model that fits the data scores R² < 0 on it); without a test split the validation split stands in."""
+    scores = {}
+    for dataset in ("with_test", "regression"):
+        flags = ["--dataset", f"{MODULE}:{dataset}", "--model", f"{MODULE}:linear"]
+        global_0 = start(tmp_path, capsys, *flags)
+        code, scores[dataset], err = run_stage(
+            ["adjust", "--input", global_0, "--output", tmp_path / f"{dataset}.st", *flags, "--train-step",
+             f"{MODULE}:mse_step", "--eval-function", f"{MODULE}:r2", "--shared-fraction", 0.1, "--epochs", 20,
+             "--learning-rate", 0.05], capsys)
+        assert code == 0, err
+    own, stand_in = scores["with_test"], scores["regression"]
+    assert own["validation_accuracy"] > 0.5 > 0 > own["accuracy"], own
+    assert (own["test_split"], own["test_samples"], own["validation_samples"]) == ("test", 50, 200)
+    assert stand_in["test_split"] == "validation" and stand_in["accuracy"] == stand_in["validation_accuracy"]
+    assert stand_in["loss"] == stand_in["validation_loss"]
+    metadata = read_model_info(str(tmp_path / "with_test.st")).metadata
+    assert metadata["score_split"] == "test" and float(metadata["validation_score"]) > 0.5 > 0 > float(
+        metadata["score"])
+    code, _, err = run_stage(["init", "--output", tmp_path / "g.st", "--dataset", f"{MODULE}:half_test"], capsys)
+    assert code == 2 and "only one of x_test and y_test" in err, err
 
 
 def test_user_code_that_raises_is_named_with_its_field_and_may_be_retried(tmp_path, capsys):

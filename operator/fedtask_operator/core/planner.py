@@ -1060,6 +1060,7 @@ def _record_round(ctx: _Planning, result: dict[str, Any]) -> None:
         record.pop("loss", None)
     else:
         record["loss"] = loss
+    _record_validation(record, result)
     record.update({
         "adjustSeconds": _seconds_between(ctx.status["current"]["startTime"], ctx.now),
         "durationSeconds": _seconds_between(record.get("startTime"), ctx.now),
@@ -1070,25 +1071,73 @@ def _record_round(ctx: _Planning, result: dict[str, Any]) -> None:
     ctx.status.pop("currentRound", None)
     if record.get("accuracy") is not None:
         ctx.status["accuracy"] = record["accuracy"]
-        best = ctx.status.get("best") or {}
-        if best.get("accuracy") is None or record["accuracy"] > best["accuracy"]:
-            ctx.status["best"] = {"uri": record["uri"], "round": ctx.round, "accuracy": record["accuracy"]}
+    _record_evaluation(ctx, record, result)
     shown = "n/a" if record.get("accuracy") is None else f"{record['accuracy']:.4f}"
     ctx.event("RoundCompleted", f"round {ctx.round} completed: accuracy {shown}, "
                                 f"{len(record.get('returned', []))} of {len(record.get('devices', []))} devices "
                                 f"returned, {record['durationSeconds']:.1f}s")
 
 
+def _record_validation(record: RoundRecordDict, result: dict[str, Any]) -> None:
+    """The validation split's score and loss (the adjust stage's validation_accuracy, validation_loss)."""
+    accuracy, loss = _number(result.get("validation_accuracy")), _number(result.get("validation_loss"))
+    if accuracy is None:
+        record.pop("validationAccuracy", None)
+    else:
+        record["validationAccuracy"] = accuracy
+    if loss is None:
+        record.pop("validationLoss", None)
+    else:
+        record["validationLoss"] = loss
+
+
+def _decision_score(entry: RoundRecordDict | ModelRefDict | TaskStatusDict) -> float | None:
+    """What targetAccuracy, patience and best go by: the validation split's score; the reported accuracy only for a
+    worker that reports no validation score."""
+    validation = entry.get("validationAccuracy")
+    return entry.get("accuracy") if validation is None else validation
+
+
+EVALUATION_NOTES = {
+    "test": "accuracy: the test split ({test} samples), reported only; validationAccuracy: the validation split "
+            "({validation} samples, held out from the training data), which rounds.targetAccuracy, rounds.patience "
+            "and best go by",
+    "validation": "accuracy and validationAccuracy: the validation split ({validation} samples; the dataset has no "
+                  "test split of its own), which rounds.targetAccuracy, rounds.patience and best go by",
+}
+
+
+def _record_evaluation(ctx: _Planning, record: RoundRecordDict, result: dict[str, Any]) -> None:
+    """status.validationAccuracy, status.best (by validation score) and status.evaluation from the adjust result."""
+    if "validationAccuracy" in record:
+        ctx.status["validationAccuracy"] = record["validationAccuracy"]
+    score = _decision_score(record)
+    best: ModelRefDict = ctx.status.get("best") or {}
+    best_score = _decision_score(best)
+    if score is not None and (best_score is None or score > best_score):
+        chosen: ModelRefDict = {"uri": record["uri"], "round": ctx.round}
+        if "accuracy" in record:
+            chosen["accuracy"] = record["accuracy"]
+        if "validationAccuracy" in record:
+            chosen["validationAccuracy"] = record["validationAccuracy"]
+        ctx.status["best"] = chosen
+    split, test, validation = result.get("test_split"), result.get("test_samples"), result.get("validation_samples")
+    if split in EVALUATION_NOTES and type(test) is int and type(validation) is int and test >= 0 and validation >= 0:
+        ctx.status["evaluation"] = EVALUATION_NOTES[split].format(test=test, validation=validation)
+
+
 def _end_reason(ctx: _Planning) -> tuple[str, str] | None:
     rounds = ctx.spec.rounds
-    accuracy = ctx.status.get("accuracy")
+    score = _decision_score(ctx.status)
     best = ctx.status.get("best") or {}
-    if rounds.target_accuracy > 0 and accuracy is not None and accuracy >= rounds.target_accuracy:
+    best_score = _decision_score(best)
+    which = "validation accuracy" if "validationAccuracy" in ctx.status else "accuracy"
+    if rounds.target_accuracy > 0 and score is not None and score >= rounds.target_accuracy:
         return (conditions.REASON_TARGET_ACCURACY_REACHED,
-                f"accuracy {accuracy:.4f} reached rounds.targetAccuracy={rounds.target_accuracy} in round {ctx.round}")
+                f"{which} {score:.4f} reached rounds.targetAccuracy={rounds.target_accuracy} in round {ctx.round}")
     if rounds.patience > 0 and best.get("round") is not None and ctx.round - best["round"] >= rounds.patience:
         return (conditions.REASON_NO_IMPROVEMENT,
-                f"no improvement over round {best['round']} (accuracy {best['accuracy']:.4f}) for "
+                f"no improvement over round {best['round']} ({which} {_shown(best_score)}) for "
                 f"rounds.patience={rounds.patience} rounds")
     if ctx.round >= rounds.max:
         return conditions.REASON_MAX_ROUNDS_REACHED, f"all rounds.max={rounds.max} rounds done"
@@ -1109,6 +1158,8 @@ def _start_publishing(ctx: _Planning, reason: str, message: str) -> None:
         model["round"] = last["round"]
     if "accuracy" in last:
         model["accuracy"] = last["accuracy"]
+    if "validationAccuracy" in last:
+        model["validationAccuracy"] = last["validationAccuracy"]
     ctx.status["model"] = model
     ctx.status.setdefault("best", model.copy())
     ctx.status.update({"stage": PUBLISHING, "devices": []})

@@ -338,11 +338,11 @@ class TrainingSpec:
 class EvaluationSpec:
     function: str = api_field("", pattern=CALLABLE_PATTERN, max_length=256, immutable=True,
                               doc="Your own metric, `module:callable`: `function(model, inputs, targets)` gets the "
-                                  "whole validation split (tensors, no_grad, eval mode) and returns a score or a "
-                                  "mapping with `score` and optionally `loss` and other metrics. The score (finite, "
-                                  "higher is better) takes the place of accuracy everywhere: status.accuracy, history, "
-                                  "best, rounds.targetAccuracy and rounds.patience. Default (empty): classification "
-                                  "accuracy.")
+                                  "whole validation split, then the whole test split (tensors, no_grad, eval mode) and "
+                                  "returns a score or a mapping with `score` and optionally `loss` and other metrics. "
+                                  "The score (finite, higher is better) takes the place of accuracy everywhere: "
+                                  "status.validationAccuracy, status.accuracy, history, best, rounds.targetAccuracy "
+                                  "and rounds.patience. Default (empty): classification accuracy.")
 
 
 @dataclass
@@ -382,8 +382,9 @@ class RoundsSpec:
     max: int = api_field(20, minimum=1, maximum=100000, doc="Rounds to run at most; rounds are numbered from 1.")
     target_accuracy: float = api_field(0.0, minimum=0, maximum=1,
                                        doc="Stop once the adjusted model reaches this accuracy (or "
-                                           "evaluation.function's score); 0 disables.")
-    patience: int = api_field(0, minimum=0, doc="Stop after this many rounds without improvement; 0 disables.")
+                                           "evaluation.function's score) on the validation split; 0 disables.")
+    patience: int = api_field(0, minimum=0, doc="Stop after this many rounds without a better validation accuracy; 0 "
+                                                "disables.")
     timeout_seconds: int = api_field(600, minimum=1,
                                      doc="Round deadline: after it, the round goes on with minReturned updates.")
 
@@ -517,8 +518,13 @@ class RoundRecord:
     excluded: list[str] = api_field([], doc="Stragglers and failed devices left out of the round.")
     rejected: list[str] = api_field([], doc="Updates the aggregator rejected as invalid.")
     accuracy: float | None = api_field(None, doc="Accuracy (or evaluation.function's score) of the round's global "
-                                                 "model (after adjustment).")
-    loss: float | None = api_field(None, doc="Loss of the round's global model.")
+                                                 "model (after adjustment) on the dataset's test split (see "
+                                                 "status.evaluation): reported, never decided on.")
+    loss: float | None = api_field(None, doc="Loss of the round's global model on the test split.")
+    validation_accuracy: float | None = api_field(None, doc="Accuracy (or score) of the round's global model on the "
+                                                            "validation split, held out from the training data: what "
+                                                            "rounds.targetAccuracy, rounds.patience and best go by.")
+    validation_loss: float | None = api_field(None, doc="Loss of the round's global model on the validation split.")
     start_time: DateTime | None = api_field(None, doc="When the round began.")
     duration_seconds: float | None = api_field(None, doc="Wall time of the whole round.")
     train_seconds: float | None = api_field(None, doc="Wall time from the first train pod to the barrier.")
@@ -534,8 +540,8 @@ class RoundRecord:
 class ModelRef:
     uri: str = api_field("", doc="Object URI of the model.")
     round: int | None = api_field(None, doc="The round that produced it.")
-    accuracy: float | None = api_field(None, doc="Its accuracy (or evaluation.function's score) on the validation "
-                                                 "set.")
+    accuracy: float | None = api_field(None, doc="Its accuracy (or evaluation.function's score) on the test split.")
+    validation_accuracy: float | None = api_field(None, doc="Its accuracy (or score) on the validation split.")
 
 
 @dataclass
@@ -544,7 +550,12 @@ class TaskStatus:
     round: int | None = api_field(None, minimum=0, doc="The current round (0 while initializing).")
     stage: str | None = api_field(None, enum=STAGES, doc="The current stage of the round.")
     accuracy: float | None = api_field(None, doc="Accuracy (or evaluation.function's score) of the latest round's "
-                                                 "global model.")
+                                                 "global model on the dataset's test split: reported, never decided "
+                                                 "on.")
+    validation_accuracy: float | None = api_field(
+        None, doc="Accuracy (or score) of the latest round's global model on the validation split (held out from the "
+                  "training data), which rounds.targetAccuracy, rounds.patience and best go by.")
+    evaluation: str = api_field("", doc="Which split each accuracy is measured on, with its size.")
     observed_generation: int | None = api_field(None, doc="The spec generation this status reflects.")
     shard_count: int | None = api_field(None, minimum=1,
                                         doc="Simulated devices (builtin data): devices.count or the matching nodes "
@@ -560,7 +571,8 @@ class TaskStatus:
         None, doc="The round in flight, filled in stage by stage; appended to history when it completes.")
     history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
     model: ModelRef | None = api_field(None, doc="The published final model (the last round's global).")
-    best: ModelRef | None = api_field(None, doc="The global model of the round with the best accuracy (or score).")
+    best: ModelRef | None = api_field(None, doc="The global model of the round with the best validation accuracy "
+                                                "(or score).")
     participation: dict[str, int] = api_field({}, doc="Device -> rounds it trained in (fairness).")
     train_seconds_estimate: dict[str, float] = api_field({}, doc="Device -> observed train time (EWMA), seconds.")
     waiting_since: DateTime | None = api_field(None, doc="When the task began waiting for devices.")

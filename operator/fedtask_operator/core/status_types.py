@@ -84,8 +84,10 @@ class RoundRecordDict(TypedDict, total=False):
     returned: list[str]
     excluded: list[str]
     rejected: list[str]
-    accuracy: float  # or evaluation.function's score
+    accuracy: float  # or evaluation.function's score; the test split's
     loss: float
+    validationAccuracy: float  # the validation split's: what targetAccuracy, patience and best go by
+    validationLoss: float
     startTime: str
     durationSeconds: float
     trainSeconds: float
@@ -102,6 +104,7 @@ class ModelRefDict(TypedDict, total=False):
     uri: str
     round: int
     accuracy: float
+    validationAccuracy: float
 
 
 class TaskStatusDict(TypedDict, total=False):
@@ -110,7 +113,9 @@ class TaskStatusDict(TypedDict, total=False):
     phase: str  # phases.PHASES
     round: int
     stage: str  # phases.STAGES
-    accuracy: float
+    accuracy: float  # the test split's
+    validationAccuracy: float
+    evaluation: str  # which split each accuracy is measured on
     observedGeneration: int
     shardCount: int
     message: str

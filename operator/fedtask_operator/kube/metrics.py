@@ -22,8 +22,12 @@ ROUND_DURATION_SECONDS = Histogram(
     "fedtask_round_duration_seconds", "Wall time of a round and of its stages (stage=train|aggregate|adjust|round).",
     TASK_LABELS + ("stage",), buckets=DURATION_BUCKETS)
 TASK_ROUND = Gauge("fedtask_task_round", "The task's current round.", TASK_LABELS)
-TASK_ACCURACY = Gauge("fedtask_task_accuracy", "Accuracy of the latest round's global model (after adjustment).",
+TASK_ACCURACY = Gauge("fedtask_task_accuracy", "Accuracy of the latest round's global model (after adjustment) on "
+                      "the test split.",
                       TASK_LABELS)
+TASK_VALIDATION_ACCURACY = Gauge("fedtask_task_validation_accuracy", "Accuracy of the latest round's global "
+                                 "model on the validation split (what targetAccuracy, patience and best go by).",
+                                 TASK_LABELS)
 TASK_LOSS = Gauge("fedtask_task_loss", "Loss of the latest round's global model.", TASK_LABELS)
 TASK_FAIRNESS = Gauge("fedtask_task_fairness", "Jain's index of the devices' participation in the task (1: even).",
                       TASK_LABELS)
@@ -44,8 +48,8 @@ DEVICE_TRAIN_SECONDS = Gauge("fedtask_device_train_seconds", "A device's last tr
                              TASK_LABELS + ("device", "node"))
 
 PER_TASK_METRICS = (ROUNDS_TOTAL, ROUND_DURATION_SECONDS, TASK_ROUND, TASK_ACCURACY, TASK_LOSS, TASK_FAIRNESS,
-                    DEVICES_SELECTED, DEVICES_RETURNED, STRAGGLERS_TOTAL, UPDATES_REJECTED_TOTAL, POD_FAILURES_TOTAL,
-                    UPDATE_BYTES_TOTAL, DEVICE_TRAIN_SECONDS)
+                    TASK_VALIDATION_ACCURACY, DEVICES_SELECTED, DEVICES_RETURNED, STRAGGLERS_TOTAL,
+                    UPDATES_REJECTED_TOTAL, POD_FAILURES_TOTAL, UPDATE_BYTES_TOTAL, DEVICE_TRAIN_SECONDS)
 
 
 def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
@@ -78,6 +82,8 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         UPDATES_REJECTED_TOTAL.labels(*labels).inc(len(record.get("rejected") or []))
         if record.get("accuracy") is not None:
             TASK_ACCURACY.labels(*labels).set(float(record["accuracy"]))
+        if record.get("validationAccuracy") is not None:
+            TASK_VALIDATION_ACCURACY.labels(*labels).set(float(record["validationAccuracy"]))
         if record.get("loss") is not None:
             TASK_LOSS.labels(*labels).set(float(record["loss"]))
 

@@ -107,9 +107,12 @@ def summary_table(tasks: dict[str, dict], elapsed: dict[str, float], models: dic
 
 
 def plot_accuracy(task_name: str, history: list[dict], path: Path) -> Path | None:
-    """accuracy.png: the global model's accuracy per round. None when there is nothing to plot."""
+    """accuracy.png: the global model's test accuracy per round, its validation accuracy beside it. None when there is
+    nothing to plot."""
     points = [(entry["round"], entry["accuracy"]) for entry in history
               if isinstance(entry.get("accuracy"), (int, float))]
+    validation = [(entry["round"], entry["validationAccuracy"]) for entry in history
+                  if isinstance(entry.get("validationAccuracy"), (int, float))]
     if not points:
         return None
     import matplotlib
@@ -119,7 +122,10 @@ def plot_accuracy(task_name: str, history: list[dict], path: Path) -> Path | Non
 
     rounds, accuracies = zip(*points)
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
-    axes.plot(rounds, accuracies, marker="o", markersize=3)
+    axes.plot(rounds, accuracies, marker="o", markersize=3, label="test split (status.accuracy)")
+    if validation:
+        axes.plot(*zip(*validation), linestyle="--", linewidth=1, label="validation split (decisions)")
+        axes.legend(loc="lower right")
     axes.set_xlabel("round")
     axes.set_ylabel("accuracy (global model after adjustment)")
     axes.set_title(task_name)

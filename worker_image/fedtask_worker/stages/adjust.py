@@ -1,9 +1,11 @@
 """adjust: fine-tune the aggregated model on the globally shared dataset (the server-side adjustment), evaluate it on
-the validation split and write it as the next global model, with what rebuilds it and its score in the metadata.
-With --no-adjust: evaluate and pass through.
+the validation and the test split and write it as the next global model, with what rebuilds it and its scores in the
+metadata. With --no-adjust: evaluate and pass through.
 
-The result's `accuracy` is the score (the evaluation function's, else the classification accuracy): the planner
-compares it for rounds.targetAccuracy, rounds.patience and status.best."""
+Scores are the evaluation function's, else the classification accuracy. The result's `validation_accuracy` (and
+`validation_loss`) is the validation split's score: the planner compares it for rounds.targetAccuracy,
+rounds.patience and status.best. `accuracy`, `loss` and `metrics` are the test split's: reported, never decided on.
+`test_split` says which split that was ("test", or "validation" when the dataset has no test split of its own)."""
 from __future__ import annotations
 
 import argparse
@@ -92,16 +94,27 @@ def run(args: argparse.Namespace) -> dict:
                                                    seed=args.seed * 100003 + args.round, step=step), 6)
         result["shared_samples"] = int(len(y))
         arrays = model_state(model)
-    metrics = score_model(model, dataset.x_val, dataset.y_val, step=step, function=function)
+    validation = score_model(model, dataset.x_val, dataset.y_val, step=step, function=function)
+    if dataset.test_is_validation:
+        metrics = dict(validation)
+    else:
+        metrics = score_model(model, dataset.x_test, dataset.y_test, step=step, function=function)
     score, loss = metrics.pop("score"), metrics.pop("loss", None)
     metric = args.eval_function or "accuracy"
+    test_split = "validation" if dataset.test_is_validation else "test"
     meta = metadata(args, "adjust", adjusted=str(not args.no_adjust).lower(), **model_metadata(args, dataset),
-                    metric=metric, score=repr(score))
+                    metric=metric, score=repr(score), score_split=test_split,
+                    validation_score=repr(validation["score"]))
     size = write_model(args.output, arrays, meta)
     result["accuracy"] = round(score, 6)
     if loss is not None:
         result["loss"] = round(loss, 6)
     if metrics:
         result["metrics"] = {name: round(value, 6) for name, value in metrics.items()}
+    result["validation_accuracy"] = round(validation["score"], 6)
+    if validation.get("loss") is not None:
+        result["validation_loss"] = round(validation["loss"], 6)
+    result.update({"test_split": test_split, "test_samples": int(len(dataset.y_test)),
+                   "validation_samples": int(len(dataset.y_val))})
     result.update({"bytes": size, "seconds": round(time.perf_counter() - started, 4)})
     return result

@@ -33,7 +33,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        "torch.nn.Module (called with input_shape=, num_classes=, **model-args) (default: mlp)")
     group.add_argument("--model-args", type=json_object, default={}, help="JSON object of model keyword arguments")
     group.add_argument("--dataset", default="mnist", help="mnist, digits, synthetic, or module:callable returning "
-                       "{x_train, y_train, x_val, y_val} arrays or {train, val} torch Datasets (default: mnist)")
+                       "{x_train, y_train, x_val, y_val[, x_test, y_test]} arrays or {train, val[, test]} torch "
+                       "Datasets (default: mnist)")
     group.add_argument("--dataset-args", type=json_object, default={},
                        help="JSON object of dataset keyword arguments (synthetic: num_samples, num_classes, shape...)")
     group.add_argument("--seed", type=int, default=0, help="seed for model initialisation and shuffling (default: 0)")
@@ -46,8 +47,8 @@ def add_plugin_arguments(parser: argparse.ArgumentParser, evaluation: bool = Fal
                        "cross-entropy over class labels)")
     if evaluation:
         group.add_argument("--eval-function", metavar="MODULE:CALLABLE",
-                           help="function(model, inputs, targets) on the whole validation split -> a score or "
-                           "{score, loss, ...}; higher scores are better (default: accuracy)")
+                           help="function(model, inputs, targets) on the whole validation (then test) split -> a "
+                           "score or {score, loss, ...}; higher scores are better (default: accuracy)")
 
 
 def model_metadata(args: argparse.Namespace, dataset) -> dict[str, str]:
