@@ -302,6 +302,9 @@ BAD_VALUES = {
     "podSecurityContext.runAsNonRoot=false": "runAsNonRoot",
     "image.pullPolicy=Sometimes": "pullPolicy",
     "minio.rootPassword=short": "rootPassword",
+    "operator.confinement.allowedHostPathPrefixes={relative}": "allowedHostPathPrefixes",
+    "operator.confinement.allowedHostPathPrefixes={/srv/../etc}": "allowedHostPathPrefixes",
+    "operator.confinement.allowedTolerations={x}": "allowedTolerations",
     "dashboard.labels.grafana_dashboard=1": "grafana_dashboard",  # --set makes 1 a number; labels are strings
 }
 
@@ -344,6 +347,29 @@ def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list
         assert config.namespaces == ("team-a", "team-b")
     else:
         assert config.clusterwide
+
+
+def test_confinement_values_reach_the_operator(tools: Tools, monkeypatch: pytest.MonkeyPatch) -> None:
+    """operator.confinement (issue 12): the defaults are the operator's safe defaults, set values become its
+    allowlists, and an empty prefix list disables hostPath instead of falling back to the default."""
+    from fedtask_operator.core.confinement import Confinement
+    from fedtask_operator.kube.cli import parse_config
+
+    for name in [name for name in os.environ if name.startswith("FEDTASK_")]:
+        monkeypatch.delenv(name)
+
+    def confinement(*values: str) -> Confinement:
+        container = the(helm_template(tools, *values), "Deployment", "fedtask")["spec"]["template"]["spec"][
+            "containers"][0]
+        return parse_config(container["args"][1:]).confinement
+
+    assert confinement() == Confinement()
+    assert confinement("operator.confinement.allowedHostPathPrefixes={/srv/fl,/data}",
+                       "operator.confinement.allowedTolerationKeys={dedicated,*}",
+                       "operator.confinement.allowedPriorityClasses={batch}",
+                       "operator.confinement.allowedServiceAccounts={fl-worker}") == Confinement(
+        ("/srv/fl", "/data"), ("dedicated", "*"), ("batch",), ("fl-worker",))
+    assert confinement("operator.confinement.allowedHostPathPrefixes=null").allowed_host_path_prefixes == ()
 
 
 def leaf_paths(values: dict, prefix: str = "") -> list[str]:

@@ -162,7 +162,7 @@ def test_train_pod_host_path_data():
          "--local-epochs", "1", "--batch-size", "32", "--learning-rate", "0.05", "--optimizer", "sgd",
          "--momentum", "0.0", "--weight-decay", "0.0", "--proximal-mu", "0.0", *MODEL_DATA],
         extra_spec=pinned("edge-3"),
-        volumes=[{"name": "data", "hostPath": {"path": "/srv/fl-data", "type": "Directory"}}],
+        volumes=[{"name": "data", "hostPath": {"path": "/srv/fl-data/team-a/mnist", "type": "Directory"}}],
         mounts=[{"name": "data", "mountPath": "/data", "readOnly": True}])
     assert_valid(pod)
 
@@ -267,9 +267,9 @@ def test_publish_pod_writes_to_the_node_host_path():
     assert pod == expected_pod(
         "mnist-publish-edge-1", labels("publish", device="edge-1"),
         ["publish", "--task", "mnist", "--round", "20", "--result-file", "/dev/termination-log",
-         "--input", f"{BASE}/round-0020/global.safetensors", "--output", "/models/team-a/mnist/model.safetensors"],
+         "--input", f"{BASE}/round-0020/global.safetensors", "--output", "/models/model.safetensors"],
         extra_spec=pinned("edge-1"),
-        volumes=[{"name": "models", "hostPath": {"path": "/opt/models", "type": "DirectoryOrCreate"}}],
+        volumes=[{"name": "models", "hostPath": {"path": "/opt/models/team-a/mnist", "type": "DirectoryOrCreate"}}],
         mounts=[{"name": "models", "mountPath": "/models"}])
     assert_valid(pod)
 
@@ -427,8 +427,8 @@ def test_train_and_publish_pods_get_the_template_but_not_spec_server():
     assert publish == with_template(expected_pod(
         "mnist-publish-n1", labels("publish", device="n1"), publish["spec"]["containers"][0]["args"],
         env_extra=TEMPLATE_ENV, extra_spec={**pinned("n1"), "tolerations": edge},
-        volumes=[{"name": "models", "hostPath": {"path": "/var/lib/fedtask/models", "type": "DirectoryOrCreate"}},
-                 *TEMPLATE_VOLUMES],
+        volumes=[{"name": "models", "hostPath": {"path": "/var/lib/fedtask/models/team-a/mnist",
+                                                "type": "DirectoryOrCreate"}}, *TEMPLATE_VOLUMES],
         mounts=[{"name": "models", "mountPath": "/models"}, *TEMPLATE_MOUNTS]))
     assert_valid(train)
     assert_valid(publish)

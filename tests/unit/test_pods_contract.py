@@ -72,7 +72,7 @@ def test_init_adjust_publish_flags(enabled):
     assert (adjust.no_adjust, adjust.epochs, adjust.shared_fraction, adjust.shared_uri) == (
         not enabled, 2, 0.05, "s3://b/shared.npz")
     publish = parse(build_publish_pod(task, CONFIG, "edge-1", "s3://b/final.safetensors"))
-    assert (publish.input, publish.output) == ("s3://b/final.safetensors", "/models/ns/t/model.safetensors")
+    assert (publish.input, publish.output) == ("s3://b/final.safetensors", "/models/model.safetensors")
 
 
 @pytest.mark.parametrize("step, function", [("", ""), ("losses:mse_step", ""), ("losses:mse_step", "metrics:r2")])

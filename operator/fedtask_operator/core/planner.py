@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from fedtask_operator.core import conditions, naming, pods
+from fedtask_operator.core.confinement import confinement_errors
 from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.phases import (
     ADJUSTING,
@@ -384,6 +385,9 @@ def plan_task(task: KubeObject, observed: Observed, config: RuntimeConfig,
         parsed = parse_task({key: value for key, value in task.items() if key != "status"})
     except SpecError as error:
         return _plan_invalid_spec(task, observed, error)
+    confined = confinement_errors(parsed.spec, config.confinement)  # host paths, tolerations, ... the operator allows
+    if confined:
+        return _plan_invalid_spec(task, observed, SpecError(confined))
     store_errors = store_uri_errors(parsed, config)  # the runtime's store decides what a task may name in it
     if store_errors:
         return _plan_invalid_spec(task, observed, SpecError(store_errors))

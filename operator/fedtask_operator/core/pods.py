@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedtask_operator.core import naming
+from fedtask_operator.core.confinement import Confinement, confined_host_path
 from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.scheduling.types import DeviceSlot
 from fedtask_operator.core.schema import encode
@@ -47,6 +48,7 @@ class RuntimeConfig:
     run_as_user: int = 10001
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # e.g. (("OMP_NUM_THREADS", "1"),)
     keep_finished_pods: bool = False  # cleanPodPolicy None: finished pods stay (for inspection) until the task goes
+    confinement: Confinement = field(default_factory=Confinement)  # host paths, tolerations, ... (core/confinement.py)
     # Store access (core/store_access.py): prefixes besides the task's own namespace that initialUri/shared.uri may
     # name, and whether the operator issues per-namespace credentials (then `credentials_secret` is their Secret).
     allowed_uri_prefixes: tuple[str, ...] = ()
@@ -328,7 +330,9 @@ def shard_count(task: FederatedTask) -> int | None:
 def _data_volume(task: FederatedTask, node: str) -> KubeObject:
     data = task.spec.data
     if data.source == "hostPath":
-        return {"name": "data", "hostPath": {"path": data.host_path, "type": "Directory"}}
+        # only the task's own subdirectory: <hostPath>/<namespace>/<task> (issue 12), never the directory itself
+        path = confined_host_path(data.host_path, task.namespace, task.name)
+        return {"name": "data", "hostPath": {"path": path, "type": "Directory"}}
     return {"name": "data", "persistentVolumeClaim": {"claimName": data.claim_name.replace("{node}", node),
                                                       "readOnly": True}}
 
@@ -427,8 +431,10 @@ def build_publish_pod(task: FederatedTask, config: RuntimeConfig, node: str, mod
     round_ = task.status.round or 0
     args = _common_flags(task, naming.STAGE_PUBLISH, round_)
     args += ["--input", model_uri,
-             "--output", naming.published_model_path(MODELS_MOUNT, task.namespace, task.name)]
-    volumes = [{"name": "models", "hostPath": {"path": task.spec.publish.host_path, "type": "DirectoryOrCreate"}}]
+             "--output", f"{MODELS_MOUNT}/{naming.MODEL_FILENAME}"]
+    # only the task's own subdirectory (naming.published_model_path on the node), not every tenant's models
+    host_dir = confined_host_path(task.spec.publish.host_path, task.namespace, task.name)
+    volumes = [{"name": "models", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}}]
     mounts = [{"name": "models", "mountPath": MODELS_MOUNT}]
     return build_pod(task, config, name=naming.publish_pod_name(task.name, node, attempt),
                      labels=naming.pod_labels(task.name, naming.STAGE_PUBLISH, device=node), args=args,

@@ -12,6 +12,7 @@ import random
 import socket
 import sys
 
+from fedtask_operator.core.confinement import DEFAULT_HOST_PATH_PREFIXES, Confinement, ConfinementSettingError
 from fedtask_operator.core.scheduling.collection import DEFAULT_COLLECTION_WINDOW_SECONDS, SchedulingConfig
 from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
 
@@ -52,6 +53,8 @@ class OperatorConfig:
     request_timeout: float = 30.0
     watch_server_timeout: int = 300
     verbose: bool = False
+    # what tasks may ask of nodes: host path prefixes, tolerations, priority classes, service accounts (issue 12)
+    confinement: Confinement = dataclasses.field(default_factory=Confinement)
 
     @property
     def clusterwide(self) -> bool:
@@ -165,6 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--watch-timeout", type=int, default=int(_env("FEDTASK_WATCH_TIMEOUT", "300")),
                         help="server-side watch timeout; the client gives up 60 s later and reconnects "
                              "(env FEDTASK_WATCH_TIMEOUT)")
+    confinement = parser.add_argument_group("confinement: what tasks may ask of the nodes their pods run on")
+    confinement.add_argument("--allowed-host-path-prefix", action="append", dest="host_path_prefixes",
+                             metavar="PATH", default=None,
+                             help="a directory under which spec.data.hostPath and spec.publish.hostPath must lie "
+                                  "(repeat; default /var/lib/fedtask; env FEDTASK_ALLOWED_HOST_PATH_PREFIXES, "
+                                  "comma-separated; 'none' disables hostPath); pods mount only "
+                                  "<hostPath>/<namespace>/<task>")
+    confinement.add_argument("--allowed-toleration-key", action="append", dest="toleration_keys", metavar="KEY",
+                             default=None,
+                             help="a taint key tasks may tolerate (repeat; env FEDTASK_ALLOWED_TOLERATION_KEYS); "
+                                  "'*' allows every toleration, the key-less `operator: Exists` that tolerates "
+                                  "every taint too; unset: every key but the control-plane ones, no key-less one")
+    confinement.add_argument("--allowed-priority-class", action="append", dest="priority_classes",
+                             metavar="NAME", default=None,
+                             help="a priorityClassName tasks may use (repeat; env FEDTASK_ALLOWED_PRIORITY_CLASSES); "
+                                  "unset: none")
+    confinement.add_argument("--allowed-service-account", action="append", dest="service_accounts",
+                             metavar="NAME", default=None,
+                             help="a serviceAccountName tasks may use in their namespace (repeat; env "
+                                  "FEDTASK_ALLOWED_SERVICE_ACCOUNTS); unset: none")
     parser.add_argument("-v", "--verbose", action="store_true", default=_env_bool("FEDTASK_VERBOSE", False))
     parser.set_defaults(env_namespaces=env_namespaces)
     return parser
@@ -193,6 +216,10 @@ def parse_config(argv: list[str]) -> OperatorConfig:
             parser.error(f"--store-uri-allow {prefix!r}: an s3://bucket[/prefix] without '..'")
     if args.namespace_credentials and args.store_secret:
         parser.error("--namespace-credentials issues the pods' store keys itself: leave out --store-secret")
+    try:
+        confinement = _confinement(args)
+    except ConfinementSettingError as error:
+        parser.error(str(error))
     priority = args.priority if args.priority >= 0 else random.SystemRandom().randrange(1, 2**31)
     return OperatorConfig(
         namespaces=namespaces, metrics_port=args.metrics_port, liveness=args.liveness,
@@ -206,7 +233,27 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         namespace_credentials=args.namespace_credentials, store_uri_allow=uri_allow,
         resync_seconds=args.resync_seconds, collection_window=args.collection_window,
         fairness_weight=args.fairness_weight, request_timeout=args.request_timeout,
-        watch_server_timeout=args.watch_timeout, verbose=args.verbose)
+        watch_server_timeout=args.watch_timeout, verbose=args.verbose, confinement=confinement)
+
+
+def _listed(flag: list[str] | None, env: str) -> list[str] | None:
+    """A repeated flag's values, else the comma-separated environment variable's; None when neither is set."""
+    if flag is not None:
+        return [value.strip() for value in flag if value.strip()]
+    value = os.environ.get(env)
+    return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _confinement(args: argparse.Namespace) -> Confinement:
+    prefixes = _listed(args.host_path_prefixes, "FEDTASK_ALLOWED_HOST_PATH_PREFIXES")
+    if prefixes is not None and prefixes == ["none"]:
+        prefixes = []
+    tolerations = _listed(args.toleration_keys, "FEDTASK_ALLOWED_TOLERATION_KEYS")
+    return Confinement(
+        allowed_host_path_prefixes=tuple(prefixes) if prefixes is not None else DEFAULT_HOST_PATH_PREFIXES,
+        allowed_toleration_keys=tuple(tolerations) if tolerations else None,
+        allowed_priority_classes=tuple(_listed(args.priority_classes, "FEDTASK_ALLOWED_PRIORITY_CLASSES") or ()),
+        allowed_service_accounts=tuple(_listed(args.service_accounts, "FEDTASK_ALLOWED_SERVICE_ACCOUNTS") or ()))
 
 
 def build_settings(config: OperatorConfig):

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from fedtask_operator.core.apply import Applied, apply_plan
+from fedtask_operator.core.confinement import Confinement
 from fedtask_operator.core.naming import TASK_LABEL
 from fedtask_operator.core.phases import FINISHED_PHASES, SCHEDULING, SUSPENDED
 from fedtask_operator.core.planner import CreationRefusal, Event, Observed, Plan, plan_task
@@ -107,7 +108,8 @@ def build_runtime_config(config) -> RuntimeConfig:
                          credentials_secret=NAMESPACE_SECRET if config.namespace_credentials else config.store_secret,
                          namespace_credentials=config.namespace_credentials,
                          allowed_uri_prefixes=tuple(p if p.endswith("/") else p + "/" for p in config.store_uri_allow),
-                         keep_finished_pods=config.clean_pod_policy == "None")
+                         keep_finished_pods=config.clean_pod_policy == "None",
+                         confinement=getattr(config, "confinement", None) or Confinement())
 
 
 class NotLeader(Exception):
