@@ -288,6 +288,44 @@ def test_network_policies_allow_only_api_store_and_dns(rendered: dict[str, list[
     assert store_rule["to"][0]["podSelector"]["matchLabels"].items() <= minio_labels.items()
 
 
+def admits(policy: dict, pod_namespace: str, namespace_labels: dict, pod_labels: dict) -> bool:
+    """Whether a NetworkPolicy's ingress admits a pod, by the NetworkPolicyPeer rules: a podSelector alone selects
+    pods of the policy's own namespace, a namespaceSelector selects namespaces, both together select pods of those."""
+    from fedtask_operator.core.scheduling.matching import matches_selector
+
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule.get("from") or [{}]:
+            if "namespaceSelector" in peer:
+                in_namespace = matches_selector(namespace_labels, peer["namespaceSelector"])
+            else:
+                in_namespace = pod_namespace == policy["metadata"]["namespace"]
+            if in_namespace and matches_selector(pod_labels, peer.get("podSelector") or {}):
+                return True
+    return False
+
+
+def test_the_store_admits_no_pod_on_a_label_its_tenant_can_set(rendered: dict[str, list[dict]], tools: Tools) -> None:
+    """Issue 12: the MinIO policy admitted any pod of any namespace carrying fedtask.io/task, which every tenant can
+    set on its own pods. Now a namespace must be the release namespace or carry the admin's label."""
+    objects = rendered["minio"]
+    minio = the(objects, "NetworkPolicy", "-minio")
+    operator = the(objects, "Deployment", "fedtask")["spec"]["template"]["metadata"]["labels"]
+    task_pod = {"fedtask.io/task": "t", "fedtask.io/stage": "train"}
+    ns = lambda name, **labels: {"kubernetes.io/metadata.name": name, **labels}  # noqa: E731
+    admitted = "fedtask.io/store-access"
+    assert admits(minio, "fedtask", ns("fedtask"), task_pod)  # the release namespace
+    assert admits(minio, "team-a", ns("team-a", **{admitted: "true"}), task_pod)  # a namespace the admin labelled
+    assert admits(minio, "fedtask", ns("fedtask"), operator)  # the operator
+    assert not admits(minio, "team-x", ns("team-x"), task_pod)  # any tenant's own pod with the label
+    assert not admits(minio, "team-x", ns("team-x"), {**task_pod, **operator})  # or with the operator's labels too
+    assert not admits(minio, "team-a", ns("team-a", **{admitted: "yes"}), task_pod)
+    assert not admits(minio, "team-a", ns("team-a", **{admitted: "true"}), {"app": "other"})  # not a task pod
+    custom = the(helm_template(tools, "minio.enabled=true", "networkPolicy.storeNamespaceLabel=example.com/fl"),
+                 "NetworkPolicy", "-minio")
+    assert admits(custom, "team-a", ns("team-a", **{"example.com/fl": "true"}), task_pod)
+    assert not admits(custom, "team-a", ns("team-a", **{admitted: "true"}), task_pod)
+
+
 BAD_VALUES = {
     "bogusTopLevel=1": "bogusTopLevel",
     "rbac.scope=everywhere": "scope",
@@ -305,6 +343,7 @@ BAD_VALUES = {
     "operator.confinement.allowedHostPathPrefixes={relative}": "allowedHostPathPrefixes",
     "operator.confinement.allowedHostPathPrefixes={/srv/../etc}": "allowedHostPathPrefixes",
     "operator.confinement.allowedTolerations={x}": "allowedTolerations",
+    "networkPolicy.storeNamespaceLabel=not a label": "storeNamespaceLabel",
     "dashboard.labels.grafana_dashboard=1": "grafana_dashboard",  # --set makes 1 a number; labels are strings
 }
 
