@@ -26,13 +26,14 @@ def minio_root(tmp_path_factory):
         yield server
 
 
-def issue(server, namespace: str, secret_key: str | None = None):
+def issue(server, namespace: str, secret_key: str | None = None, readable: tuple[str, ...] = ()):
     """Issue `namespace`'s user as the operator does; returns (access key, secret key, a client with them)."""
     import minio
 
     secret_key = secret_key or credentials.new_secret_key()
     access_key = credentials.ensure_store_user(server.endpoint, server.access_key, server.secret_key, False,
-                                               server.region, BUCKET, PREFIX, namespace, secret_key)
+                                               server.region, BUCKET, PREFIX, namespace, secret_key,
+                                               readable=readable)
     client = minio.Minio(server.endpoint, access_key=access_key, secret_key=secret_key, secure=False,
                          region=server.region)
     return access_key, secret_key, client
@@ -91,6 +92,23 @@ def test_a_namespace_reads_and_writes_its_own_prefix_and_is_refused_everything_e
     errors = list(a.remove_objects(BUCKET, [DeleteObject(other)]))
     assert [error.code for error in errors] == ["AccessDenied"]
     assert get(b, other) == b"theirs"
+
+
+def test_the_operators_allowlist_is_readable_by_every_namespace_and_writable_by_none(minio_root):
+    root = minio_root.client()
+    if not root.bucket_exists("models"):
+        root.make_bucket("models")
+    root.put_object("models", "public/base.safetensors", io.BytesIO(b"base"), 4)
+    root.put_object("models", "private/secret.safetensors", io.BytesIO(b"secret"), 6)
+    _, _, reader = issue(minio_root, "readers", readable=("s3://models/public/",))
+    response = reader.get_object("models", "public/base.safetensors")
+    assert response.read() == b"base"
+    response.close()
+    response.release_conn()
+    assert refused(lambda: reader.get_object("models", "private/secret.safetensors")) == "AccessDenied"
+    assert refused(lambda: reader.put_object("models", "public/base.safetensors", io.BytesIO(b"x"), 1)) \
+        == "AccessDenied"
+    assert refused(lambda: list(reader.list_objects("models", prefix="public/"))) == "AccessDenied"
 
 
 def test_the_namespace_keys_cannot_use_the_admin_api(minio_root):

@@ -42,12 +42,14 @@ def namespace_prefix(prefix: str, namespace: str) -> str:
     return f"{prefix}/{namespace}" if prefix else namespace
 
 
-def namespace_policy(bucket: str, prefix: str, namespace: str) -> dict:
-    """The IAM policy of a namespace's user: its own keys only (see the module docstring)."""
+def namespace_policy(bucket: str, prefix: str, namespace: str, readable: tuple[str, ...] = ()) -> dict:
+    """The IAM policy of a namespace's user: its own keys only (see the module docstring), plus GetObject under the
+    operator's allowlisted `s3://bucket/prefix/` URIs (`--store-uri-allow`: shared base models and datasets)."""
     keys = namespace_prefix(prefix, namespace)
+    shared = [f"arn:aws:s3:::{uri[len('s3://'):].rstrip('/')}/*" for uri in readable]
     return {
         "Version": "2012-10-17",
-        "Statement": [
+        "Statement": [*([{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": shared}] if shared else []),
             {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
              "Resource": [f"arn:aws:s3:::{bucket}/{keys}/*"]},
             {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{bucket}"],
@@ -63,7 +65,8 @@ def new_secret_key() -> str:
 
 
 def ensure_store_user(endpoint: str, root_access_key: str, root_secret_key: str, secure: bool, region: str,
-                      bucket: str, prefix: str, namespace: str, secret_key: str, timeout: float = 30.0) -> str:
+                      bucket: str, prefix: str, namespace: str, secret_key: str, timeout: float = 30.0,
+                      readable: tuple[str, ...] = ()) -> str:
     """Create or update (idempotent) the namespace's MinIO policy and user with `secret_key`, make sure the bucket
     exists (the namespace's user may not create it), and return the user's access key."""
     import minio
@@ -85,7 +88,7 @@ def ensure_store_user(endpoint: str, root_access_key: str, root_secret_key: str,
             client.make_bucket(bucket, location=region or None)
         admin = minio.MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_access_key, root_secret_key),
                                  region=region or "", secure=secure, http_client=http)
-        admin.policy_add(name, policy=namespace_policy(bucket, prefix, namespace))
+        admin.policy_add(name, policy=namespace_policy(bucket, prefix, namespace, readable))
         admin.user_add(name, secret_key)
         admin.policy_set(name, user=name)
     except CredentialsError:
@@ -181,10 +184,11 @@ class StoreAdmin:
     """The operator's root access to the store (its flags and environment), for `ensure_store_user`."""
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool, region: str, bucket: str,
-                 prefix: str):
+                 prefix: str, readable: tuple[str, ...] = ()):
         self.endpoint, self.access_key, self.secret_key = endpoint, access_key, secret_key
         self.secure, self.region, self.bucket, self.prefix = secure, region, bucket, prefix
+        self.readable = readable  # --store-uri-allow: prefixes every namespace may read
 
     def ensure_user(self, namespace: str, secret_key: str) -> str:
         return ensure_store_user(self.endpoint, self.access_key, self.secret_key, self.secure, self.region,
-                                 self.bucket, self.prefix, namespace, secret_key)
+                                 self.bucket, self.prefix, namespace, secret_key, readable=self.readable)

@@ -77,7 +77,8 @@ async def startup(memo, settings, **_):
     if memo.config.namespace_credentials:  # per-namespace store keys before each namespace's first pod
         root = credentials.StoreAdmin(memo.config.store_endpoint, os.environ.get("AWS_ACCESS_KEY_ID", ""),
                                       os.environ.get("AWS_SECRET_ACCESS_KEY", ""), memo.config.store_secure,
-                                      memo.config.store_region, memo.config.store_bucket, memo.config.store_prefix)
+                                      memo.config.store_region, memo.config.store_bucket, memo.config.store_prefix,
+                                      readable=memo.config.store_uri_allow)
         memo.reconciler.store_credentials = credentials.NamespaceCredentials(
             api.api_client, root, request_timeout=memo.config.request_timeout)
     memo.lease_loop = None
