@@ -44,10 +44,11 @@ class NodeCandidates:
     def timed(self) -> bool:
         return self.request.policy in TIME_POLICIES
 
-    def options(self, index: dict[int, int] | None = None) -> TaskOptions:
-        """The task as the joint solver sees it (device indices mapped through `index` when given)."""
+    def options(self, nodes: np.ndarray | None = None) -> TaskOptions:
+        """The task as the joint solver sees it (device indices: positions in `nodes`, sorted and holding every
+        candidate, when given)."""
         cand = self.candidates
-        devices = cand if index is None else np.array([index[int(n)] for n in cand], dtype=np.int64)
+        devices = cand if nodes is None else np.searchsorted(nodes, cand).astype(np.int64)
         return TaskOptions(key=self.key, need=self.request.per_round, candidates=devices, est=self.est[cand],
                            price=self.price[cand], tau=self.tau, timed=self.timed)
 

@@ -99,8 +99,7 @@ def _choose(group: list[NodeCandidates]) -> tuple[dict[str, list[int]], str, boo
     """The group's devices per task, how they were found, and whether that is proved optimal."""
     if len(group) <= JOINT_TASKS and sum(len(t.candidates) for t in group) <= JOINT_DEVICES:
         nodes = np.unique(np.concatenate([t.candidates for t in group]))
-        index = {int(n): i for i, n in enumerate(nodes)}
-        solution = solve_group([task.options(index) for task in group])
+        solution = solve_group([task.options(nodes) for task in group])
         if solution is not None:
             picks = {key: [int(nodes[i]) for i in devices] for key, devices in solution.chosen.items()}
             return picks, solution.method, solution.optimal
