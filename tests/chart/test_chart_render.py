@@ -227,14 +227,38 @@ def test_operator_gets_the_in_chart_store_and_its_generated_credentials(rendered
     port = service["spec"]["ports"][0]["port"]
     assert env["FEDTASK_S3_ENDPOINT"] == f"{service['metadata']['name']}.fedtask.svc:{port}"
     secret = the(objects, "Secret", "-minio")
-    assert env["FEDTASK_S3_SECRET"] == secret["metadata"]["name"]
+    # the root keys stay with the operator: task pods get per-namespace keys (FEDTASK_S3_NAMESPACE_CREDENTIALS)
+    assert env["FEDTASK_S3_NAMESPACE_CREDENTIALS"] == "true" and "FEDTASK_S3_SECRET" not in env
+    assert root_keys_from(the(objects, "Deployment", "fedtask")) == {secret["metadata"]["name"]}
     keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
     assert keys <= set(secret["data"])
     assert len(secret["data"]["AWS_SECRET_ACCESS_KEY"]) >= 40  # generated, base64 of 40 characters
     external = {e["name"]: e.get("value") for e in the(rendered["external-store"], "Deployment")["spec"]["template"][
         "spec"]["containers"][0]["env"]}
-    assert external["FEDTASK_S3_ENDPOINT"] == "s3.example.com:443" and external["FEDTASK_S3_SECRET"] == "s3-creds"
-    assert external["FEDTASK_S3_SECURE"] == "true"
+    assert external["FEDTASK_S3_ENDPOINT"] == "s3.example.com:443" and "FEDTASK_S3_SECRET" not in external
+    assert external["FEDTASK_S3_SECURE"] == "true" and external["FEDTASK_S3_NAMESPACE_CREDENTIALS"] == "true"
+    assert root_keys_from(the(rendered["external-store"], "Deployment")) == {"s3-creds"}
+
+
+def root_keys_from(deployment: dict) -> set[str]:
+    """The Secrets the operator container reads AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from."""
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    return {e["valueFrom"]["secretKeyRef"]["name"] for e in env
+            if e["name"].startswith("AWS_") and "valueFrom" in e}
+
+
+def test_without_namespace_credentials_pods_read_the_shared_secret_and_uris_may_be_allowed(tools: Tools) -> None:
+    """storage.namespaceCredentials=false (an S3 store without MinIO's admin API): the old shared Secret, which the
+    operator itself reads only for cleanupStore; storage.uriAllow reaches the operator."""
+    objects = helm_template(tools, "storage.endpoint=s3.example.com:443", "storage.credentialsSecret=s3-creds",
+                            "storage.namespaceCredentials=false", "storage.uriAllow={s3://models/public,s3://base}")
+    deployment = the(objects, "Deployment", "fedtask")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["FEDTASK_S3_SECRET"] == "s3-creds" and "FEDTASK_S3_NAMESPACE_CREDENTIALS" not in env
+    assert root_keys_from(deployment) == set()
+    assert env["FEDTASK_S3_URI_ALLOW"] == "s3://models/public,s3://base"
+    with pytest.raises(HelmError, match="uriAllow"):
+        helm_template(tools, "storage.uriAllow={https://example.com/x}")
 
 
 def test_given_minio_credentials_are_used(tools: Tools) -> None:
@@ -378,6 +402,7 @@ def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list
     assert config.store_secure is (env["FEDTASK_S3_SECURE"] == "true")
     assert config.store_endpoint == env.get("FEDTASK_S3_ENDPOINT", "")
     assert config.store_secret == env.get("FEDTASK_S3_SECRET", "")
+    assert config.namespace_credentials is (env.get("FEDTASK_S3_NAMESPACE_CREDENTIALS") == "true")
     assert config.store_bucket == "fedtask" and config.store_prefix == "tasks"
     replicas = the(rendered[combination], "Deployment", "fedtask")["spec"]["replicas"]
     assert config.leader_election and config.lease_name == "ft-fedtask" and replicas >= 1
