@@ -3,6 +3,7 @@ the environment its pods start from."""
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -12,8 +13,14 @@ LOCAL_IMAGE = "fedtask-worker:local"  # not pulled: the process kubelet runs the
 
 
 def local_runtime_config(workdir: Path) -> RuntimeConfig:
-    return RuntimeConfig(image=LOCAL_IMAGE, image_pull_policy="Never", store_base_uri=f"file://{workdir}/store",
+    return RuntimeConfig(image=LOCAL_IMAGE, image_pull_policy="Never", store_base_uri=workdir_store_uri(workdir),
                          worker_command=("python", "-m", "fedtask_worker"))
+
+
+def workdir_store_uri(workdir: Path) -> str:
+    """The store's file:// URI, percent-encoded: a workdir with `#`, `?` or `%` in its name would otherwise end every
+    URI's path there (the worker reads file URIs with urlparse + unquote; runtime.local_path does the same)."""
+    return f"file://{urllib.parse.quote(str(workdir))}/store"
 
 
 def pod_environment(manifest_paths: Iterable[str | os.PathLike],

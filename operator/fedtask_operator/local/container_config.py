@@ -106,6 +106,10 @@ def expand_vars(value: str, env: dict) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------- volumes
+# A PersistentVolumeClaim's name (a DNS subdomain): never absolute, never `.` or `..`.
+CLAIM_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
 @dataclass(frozen=True)
 class VolumePlaces:
     """Where volumes live on this machine."""
@@ -143,9 +147,17 @@ def resolve_mount(mount: dict, volumes: dict[str, dict], pod: dict, places: Volu
     if volume is None:
         raise PodConfigError("CreateContainerConfigError", f'volume "{mount["name"]}" is not defined')
     name = volume["name"]
-    common = {"path": mount["mountPath"].rstrip("/") or "/", "volume": name, "sub_path": mount.get("subPath") or ""}
+    sub_path = mount.get("subPath") or ""
+    if sub_path.startswith("/") or ".." in sub_path.split("/"):
+        raise PodConfigError("CreateContainerConfigError",
+                             f'volume "{name}": subPath {sub_path!r} must be relative and without ".." segments')
+    common = {"path": mount["mountPath"].rstrip("/") or "/", "volume": name, "sub_path": sub_path}
     if "hostPath" in volume:
-        path = Path(volume["hostPath"]["path"])
+        raw = str(volume["hostPath"].get("path") or "")
+        if not raw.startswith("/") or ".." in raw.split("/"):  # Kubernetes refuses these too; `/x/../..` left the root
+            raise PodConfigError("FailedMount", f'volume "{name}": hostPath {raw!r} must be an absolute path without '
+                                                '".." segments')
+        path = Path(raw)
         folder = places.host_path_root / path.relative_to(path.anchor) if places.host_path_root else path
         kind = volume["hostPath"].get("type", "")
         return Mount(folder=folder, create=kind in ("", "DirectoryOrCreate"), must_exist=kind in ("Directory", "File"),
@@ -153,7 +165,11 @@ def resolve_mount(mount: dict, volumes: dict[str, dict], pod: dict, places: Volu
     if "emptyDir" in volume:
         return Mount(folder=places.pod_dir / "volumes" / name, **common)
     if "persistentVolumeClaim" in volume:
-        return Mount(folder=places.claims_root / volume["persistentVolumeClaim"]["claimName"], **common)
+        claim = str(volume["persistentVolumeClaim"].get("claimName") or "")
+        if not CLAIM_NAME.fullmatch(claim) or len(claim) > 253:  # an absolute or `..` name left the claims folder
+            raise PodConfigError("FailedMount", f'volume "{name}": claimName {claim!r} is not a claim name (lower-case '
+                                                "letters, digits, '-' and '.', at most 253 characters)")
+        return Mount(folder=places.claims_root / claim, **common)
     for kind, store, what in (("secret", secrets, "secret"), ("configMap", config_maps, "configmap")):
         if kind in volume:
             ref_name = volume[kind].get("secretName") or volume[kind].get("name")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,8 +247,8 @@ class _LocalSink:
 
 
 def local_path(uri: str) -> Path | None:
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):])
+    if uri.startswith("file://"):  # percent-encoded (config.workdir_store_uri): `#` or `?` in a folder name
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
     if uri.startswith("/"):
         return Path(uri)
     return None
