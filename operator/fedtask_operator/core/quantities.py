@@ -23,7 +23,7 @@ _QUANTITY = re.compile(
 # Resources whose quantities read best with binary suffixes when they divide evenly.
 _BYTE_RESOURCES = ("memory", "ephemeral-storage", "storage")
 MAX_MILLI = 2**62  # integer milli-units are capped here (about 4.6 PB or 4.6e15 cores): far beyond any node
-MAX_QUANTITY_LENGTH = 100  # characters of a quantity string (the CRD pattern allows at most 67): 5000 digits are refused
+MAX_QUANTITY_LENGTH = 100  # characters of a quantity string (the CRD pattern admits at most 67); 5000 digits: refused
 
 
 class QuantityError(ValueError):
