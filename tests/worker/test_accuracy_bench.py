@@ -1,0 +1,93 @@
+"""benchmarks/accuracy.py (issue 14): its manifests are valid tasks, its shared-only baseline is the adjust stage's
+training alone, and (slow) a reduced grid through `fedtask run` prints one JSON line with the peers' ratios."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedtask_operator.core.spec import parse_task
+from fedtask_worker.partition import shared_indices
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("accuracy_bench", BENCHMARKS / "accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy_bench"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("accuracy_bench", None)
+
+
+@pytest.fixture(autouse=True)
+def dataset_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FEDTASK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "dataset-cache"))
+
+
+def test_every_cell_of_the_grid_is_a_valid_task_differing_only_where_the_cell_says(bench):
+    seen = set()
+    for partition in bench.PARTITIONS:
+        for strategy in bench.STRATEGIES:
+            for adjustment in bench.ADJUSTMENTS:
+                document = bench.manifest("mnist", partition, strategy, adjustment, 2, 20, 10, 5)
+                task = parse_task(document).spec
+                assert task.rounds.max == 20 and task.model.seed == task.data.partition.seed == 2
+                assert task.adjustment.enabled == (adjustment != "off")
+                if adjustment != "off":
+                    assert task.data.shared.fraction == float(adjustment)
+                assert (task.training.proximal_mu > 0) == (strategy == "fedprox")
+                assert task.aggregation.strategy == {"fedprox": "fedavg"}.get(strategy, strategy)
+                scheme = task.data.partition
+                assert (scheme.scheme, scheme.classes_per_device if scheme.scheme == "classes" else None,
+                        scheme.alpha if scheme.scheme == "dirichlet" else None) == {
+                    "iid": ("iid", None, None), "dirichlet": ("dirichlet", None, 0.3),
+                    "classes2": ("classes", 2, None), "classes1": ("classes", 1, None)}[partition]
+                seen.add(document["metadata"]["name"])
+    assert len(seen) == 4 * 4 * 4  # one run's name per cell and seed
+
+
+def test_the_shared_only_baseline_trains_on_the_shared_set_alone(bench):
+    first = bench.shared_only("digits", 0.2, 0, 12)
+    again = bench.shared_only("digits", 0.2, 0, 12)
+    from fedtask_worker.datasets import load_dataset
+
+    assert first["shared_samples"] == len(shared_indices(load_dataset("digits").y_train, 0.2))
+    assert first["curve"] == again["curve"] and len(first["curve"]) == 12  # deterministic, one point per round
+    assert first["final"] > first["curve"][0] + 0.1 and first["final"] > 0.3  # it learns (chance is 0.1)
+    assert first["best"] == first["curve"][first["best_round"] - 1]
+    assert first["best_round"] - 1 == int(np.argmax(first["validation_curve"]))
+
+
+def test_an_unknown_grid_value_is_refused_in_one_line():
+    process = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--partition", "iid,pathological"],
+                             capture_output=True, text=True, timeout=60)
+    assert process.returncode != 0 and process.stdout == ""
+    assert process.stderr.strip() == "--partition: pathological not among iid, dirichlet, classes2, classes1"
+
+
+@pytest.mark.slow
+def test_a_reduced_grid_runs_through_fedtask_run(tmp_path):
+    process = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--dataset", "digits", "--partition",
+                              "classes2", "--strategy", "fedavg", "--adjustment", "off,0.05", "--seeds", "2",
+                              "--rounds", "4", "--markdown", str(tmp_path / "table.md"), "--plot-dir", str(tmp_path)],
+                             capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stderr[-2000:]
+    lines = process.stdout.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    off, adjusted = out["cells"]
+    assert [len(cell["runs"]) for cell in out["cells"]] == [2, 2]
+    assert all(run["rounds"] == 4 and len(run["curve"]) == 4 for cell in out["cells"] for run in cell["runs"])
+    assert adjusted["gain_vs_off_points"] == pytest.approx(100 * (adjusted["final_mean"] - off["final_mean"]), abs=0.01)
+    assert adjusted["vs_shared_only_points"] == pytest.approx(
+        100 * (adjusted["final_mean"] - out["shared_only"]["0.05"]["final_mean"]), abs=0.01)
+    assert "| classes2 | fedavg |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "accuracy-digits-classes2.png").read_bytes()[:4] == b"\x89PNG"
