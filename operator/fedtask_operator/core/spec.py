@@ -284,7 +284,9 @@ class DataSpec:
                             doc="builtin: simulated devices share out the dataset; hostPath/pvc: each device node "
                                 "holds its own data.")
     host_path: str = api_field("/var/lib/fedtask/data", pattern=ABSOLUTE_PATH_PATTERN, max_length=4096, immutable=True,
-                               doc="source=hostPath: the data directory on every device node.")
+                               doc="source=hostPath: on every device node, the task's data is in "
+                                   "`<hostPath>/<namespace>/<task>`, the only folder its pods mount; hostPath must lie "
+                                   "under the operator's allowed prefixes (default /var/lib/fedtask).")
     claim_name: str = api_field("fedtask-data-{node}", max_length=253, immutable=True,
                                 doc="source=pvc: the claim per device node; `{node}` is replaced by the node name.")
     partition: PartitionSpec = api_field(factory=PartitionSpec, immutable=True, doc="Partition of builtin data.")
@@ -404,7 +406,9 @@ class StorageSpec:
 class PublishSpec:
     to_devices: bool = api_field(False, doc="Copy the final model to every device node.")
     host_path: str = api_field("/var/lib/fedtask/models", pattern=ABSOLUTE_PATH_PATTERN,
-                               doc="Directory on the device nodes the model is copied to.")
+                               doc="Directory on the device nodes; the model is copied to "
+                                   "`<hostPath>/<namespace>/<task>/model.safetensors` (only that folder is mounted); "
+                                   "it must lie under the operator's allowed prefixes (default /var/lib/fedtask).")
 
 
 @dataclass
