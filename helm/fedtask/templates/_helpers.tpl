@@ -70,12 +70,23 @@ app.kubernetes.io/component: store
 {{- if .Values.storage.credentialsSecret }}
 {{- .Values.storage.credentialsSecret }}
 {{- else if .Values.minio.enabled }}
-{{- include "fedtask.minioName" . }}
+{{- include "fedtask.minioSecret" . }}
 {{- end }}
+{{- end }}
+
+{{/* The in-chart MinIO's credentials: minio.existingSecret, else the Secret the chart generates */}}
+{{- define "fedtask.minioSecret" -}}
+{{- .Values.minio.existingSecret | default (include "fedtask.minioName" .) }}
 {{- end }}
 
 {{- define "fedtask.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The worker image of task pods without spec.image: operator.workerImage, else the worker of the chart's
+appVersion (the same default as the operator's --image) */}}
+{{- define "fedtask.workerImage" -}}
+{{- .Values.operator.workerImage | default (printf "ghcr.io/fedtask/worker:%s" .Chart.AppVersion) }}
 {{- end }}
 
 {{/* NetworkPolicy egress rules shared by the operator and task pods */}}

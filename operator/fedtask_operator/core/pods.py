@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedtask_operator import __version__
 from fedtask_operator.core import naming
 from fedtask_operator.core.confinement import Confinement, confined_host_path
 from fedtask_operator.core.kube_types import KubeObject
@@ -29,13 +30,17 @@ HOME_MOUNT = "/home/fedtask"
 ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
 SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
 STATEFUL_STRATEGIES = ("fedavgm", "fedadam")
+# The worker image of this version: the operator's default (--image) and the chart's (operator.workerImage empty:
+# ghcr.io/fedtask/worker:<appVersion>; tests/chart checks they agree).
+WORKER_REPOSITORY = "ghcr.io/fedtask/worker"
+DEFAULT_WORKER_IMAGE = f"{WORKER_REPOSITORY}:{__version__}"
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     """What the runtime (operator or `fedtask run`) decides for every task's pods."""
 
-    image: str = "fedtask-worker:0.1.0"
+    image: str = DEFAULT_WORKER_IMAGE
     image_pull_policy: str = "IfNotPresent"
     store_base_uri: str = "s3://fedtask/tasks"  # or file:///DIR/store locally
     s3_endpoint: str = ""  # host:port

@@ -13,10 +13,11 @@ import socket
 import sys
 
 from fedtask_operator.core.confinement import DEFAULT_HOST_PATH_PREFIXES, Confinement, ConfinementSettingError
+from fedtask_operator.core.pods import DEFAULT_WORKER_IMAGE
 from fedtask_operator.core.scheduling.collection import DEFAULT_COLLECTION_WINDOW_SECONDS, SchedulingConfig
 from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
 
-DEFAULT_IMAGE = "ghcr.io/fedtask/worker:0.1.0"
+DEFAULT_IMAGE = DEFAULT_WORKER_IMAGE  # the chart's default too (operator.workerImage empty)
 PROGRESS_PREFIX = "fedtask.io"
 FINALIZER = "fedtask.io/cleanup-store"
 

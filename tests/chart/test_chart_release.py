@@ -1,0 +1,146 @@
+"""What a real cluster install needs from the chart: pullable default images whose tags follow appVersion (the worker
+default the same as the operator's), credentials from an existing Secret (GitOps renders), a PodDisruptionBudget
+with several replicas, the Kubernetes version the CRD's rules need, and a `helm test` hook that checks the operator."""
+from __future__ import annotations
+
+import http.server
+import re
+import subprocess
+import sys
+import threading
+
+import pytest
+import yaml
+
+import fedtask_operator
+from fedtask_operator.core.pods import DEFAULT_WORKER_IMAGE
+from fedtask_operator.kube.cli import parse_config
+from tests.support.tools import CHART, REPO, HelmError, Tools, helm_template
+
+CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
+# registry host (with a dot or a port) / path / name : tag: what a kubelet pulls without a registry mirror guessing
+PULLABLE = re.compile(r"^[a-z0-9.-]+\.[a-z]{2,}(:[0-9]+)?/([a-z0-9._-]+/)*[a-z0-9._-]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def the(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
+    [found] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+    return found
+
+
+def operator_env(objects: list[dict]) -> dict[str, dict]:
+    container = the(objects, "Deployment", "-fedtask")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_default_images_are_pullable_and_follow_app_version(tools: Tools) -> None:
+    objects = helm_template(tools)
+    version = CHART_META["appVersion"]
+    assert version == fedtask_operator.__version__, "the chart's appVersion is the package version"
+    operator_image = the(objects, "Deployment", "-fedtask")["spec"]["template"]["spec"]["containers"][0]["image"]
+    worker_image = operator_env(objects)["FEDTASK_DEFAULT_IMAGE"]["value"]
+    assert operator_image == f"ghcr.io/fedtask/operator:{version}"
+    assert worker_image == f"ghcr.io/fedtask/worker:{version}"
+    for image in (operator_image, worker_image):
+        assert PULLABLE.match(image), image
+    # the same worker default in the chart, the operator binary and the pod builder
+    assert worker_image == DEFAULT_WORKER_IMAGE == parse_config(["--all-namespaces"]).image
+    readme = (REPO / "README.md").read_text()
+    assert f"FROM {DEFAULT_WORKER_IMAGE}" in readme  # the documented Dockerfile for users' own code
+    assert operator_env(helm_template(tools, "operator.workerImage=registry.example/w:1"))[
+        "FEDTASK_DEFAULT_IMAGE"]["value"] == "registry.example/w:1"
+
+
+def test_minio_existing_secret_renders_no_credentials(tools: Tools) -> None:
+    values = ("minio.enabled=true", "minio.existingSecret=store-root")
+    first, second = helm_template(tools, *values), helm_template(tools, *values)
+
+    assert first == second, "a GitOps render must not change between two renders"
+    assert not [o for o in first if o["kind"] == "Secret"]
+    minio_env = {e["name"]: e for e in the(first, "Deployment", "-minio")["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        assert minio_env[key]["valueFrom"]["secretKeyRef"] == {"name": "store-root", "key": key}
+    env = operator_env(first)
+    named = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
+    if "FEDTASK_S3_SECRET" in env:  # the Secret task pods get (without per-namespace credentials)
+        named.add(env["FEDTASK_S3_SECRET"]["value"])
+    assert named == {"store-root"}
+    # the control: without it every render generates new credentials
+    generated = [the(helm_template(tools, "minio.enabled=true"), "Secret", "-minio")["data"] for _ in range(2)]
+    assert generated[0]["AWS_SECRET_ACCESS_KEY"] != generated[1]["AWS_SECRET_ACCESS_KEY"]
+    with pytest.raises(HelmError, match="minio.existingSecret: leave minio.rootUser"):
+        helm_template(tools, *values, "minio.rootUser=alice")
+
+
+@pytest.mark.parametrize("values, expected", [
+    ((), True), (("replicaCount=3",), True), (("replicaCount=1",), False),
+    (("podDisruptionBudget.enabled=false",), False)])
+def test_pod_disruption_budget_with_several_replicas(tools: Tools, values: tuple[str, ...], expected: bool) -> None:
+    objects = helm_template(tools, *values)
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert bool(budgets) == expected
+    if budgets:
+        pod_labels = the(objects, "Deployment", "-fedtask")["spec"]["template"]["metadata"]["labels"]
+        assert budgets[0]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        assert budgets[0]["spec"]["maxUnavailable"] == 1
+
+
+def render_for(tools: Tools, kube_version: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(tools.helm(3)), "template", "ft", str(CHART), "--kube-version", kube_version],
+                          capture_output=True, text=True, env=tools.helm_env(), timeout=60)
+
+
+def test_kube_version_is_what_the_crd_rules_need(tools: Tools) -> None:
+    crd = yaml.safe_load((REPO / "crds" / "federatedtask.yaml").read_text())
+    text = yaml.safe_dump(crd)
+    assert "fieldPath:" in text and "reason:" in text  # CEL rule fields of Kubernetes 1.28
+    assert CHART_META["kubeVersion"] == ">=1.28.0-0"
+    old = render_for(tools, "1.27.9")
+    assert old.returncode != 0 and "kubeVersion" in old.stderr + old.stdout
+    assert render_for(tools, "1.28.0").returncode == 0
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def serve(body: bytes) -> http.server.ThreadingHTTPServer:
+    handler = type("Handler", (_Metrics,), {"body": body})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_helm_test_hook_checks_the_operator_metrics(tools: Tools) -> None:
+    objects = helm_template(tools, "helmTest.timeoutSeconds=1")
+    pod = the(objects, "Pod", "-test-metrics")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    service = the(objects, "Service", "-metrics")
+    container = pod["spec"]["containers"][0]
+    script, url = container["args"]
+    assert url == (f"http://{service['metadata']['name']}.fedtask.svc:{service['spec']['ports'][0]['port']}"
+                   "/metrics")
+    assert container["image"] == the(objects, "Deployment", "-fedtask")["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert container["command"] == ["python", "-c"]
+    # the hook's own script, run here against a server that is the operator's metrics and one that is not
+    for body, ok in ((b"# TYPE fedtask_tasks gauge\nfedtask_tasks{namespace=\"a\",phase=\"Running\"} 1\n", True),
+                     (b"some_other_exporter 1\n", False)):
+        server = serve(body)
+        try:
+            local = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+            result = subprocess.run([sys.executable, "-c", script, local], capture_output=True, text=True, timeout=30)
+        finally:
+            server.shutdown()
+        assert (result.returncode == 0) == ok, result.stderr
+        assert ("metrics are served" in result.stdout) == ok
+    assert not [o for o in helm_template(tools, "metrics.service.enabled=false") if o["kind"] == "Pod"]
