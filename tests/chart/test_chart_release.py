@@ -19,7 +19,8 @@ from tests.support.tools import CHART, REPO, HelmError, Tools, helm_template
 
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
 # registry host (with a dot or a port) / path / name : tag: what a kubelet pulls without a registry mirror guessing
-PULLABLE = re.compile(r"^[a-z0-9.-]+\.[a-z]{2,}(:[0-9]+)?/([a-z0-9._-]+/)*[a-z0-9._-]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+PULLABLE = re.compile(r"^[a-z0-9.-]+\.[a-z]{2,}(:[0-9]+)?/([a-z0-9._-]+/)*[a-z0-9._-]+"
+                      r":[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def the(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
