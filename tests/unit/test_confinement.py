@@ -129,7 +129,8 @@ def test_the_planner_fails_a_task_outside_the_confinement_with_every_field_and_n
         assert field in failed["message"]
     allowed = RuntimeConfig(confinement=Confinement(allowed_host_path_prefixes=("/",), allowed_toleration_keys=("*",),
                                                     allowed_priority_classes=("urgent",)))
-    plan = plan_task(task, Observed(pods=[], now=datetime(2026, 1, 1, tzinfo=UTC)), allowed)
+    refused = {**task, "status": plan.status}  # the admin widens the settings: the task starts (it never ran)
+    plan = plan_task(refused, Observed(pods=[], now=datetime(2026, 1, 1, tzinfo=UTC)), allowed)
     assert plan.status["phase"] != "Failed" and [p["metadata"]["name"] for p in plan.create] == ["t-init"]
 
 
@@ -163,3 +164,12 @@ def test_a_bad_prefix_setting_is_a_usage_error(clean_env, capsys):
         parse_config(["--allowed-host-path-prefix", "relative/dir"])
     assert exit_.value.code == 2
     assert "--allowed-host-path-prefix 'relative/dir': must be an absolute path" in capsys.readouterr().err
+
+
+def test_the_server_side_pods_tolerations_go_through_the_same_allowlist():
+    """spec.server.tolerations (issue 15) reach the init/aggregate/adjust pods: one policy for every pod."""
+    found = errors_of({"server": {"tolerations": [{"key": "gpu", "operator": "Exists"}, {"operator": "Exists"}]}})
+    assert list(found) == ["spec.server.tolerations[1]"] and "tolerates every taint" in found[
+        "spec.server.tolerations[1]"]
+    everything = Confinement(allowed_toleration_keys=("*",))
+    assert errors_of({"server": {"tolerations": [{"operator": "Exists"}]}}, everything) == {}
