@@ -105,8 +105,7 @@ class Instance:
         if solver == "greedy":
             return _greedy(self.options)
         nodes = np.unique(np.concatenate([o.candidates for o in self.options]))
-        index = {int(n): i for i, n in enumerate(nodes)}
-        tasks = [option.options(index) for option in self.options]
+        tasks = [option.options(nodes) for option in self.options]
         solution = _Joint(tasks).local_search([task.own_best()[1] for task in tasks])
         return {key: [int(nodes[i]) for i in devices] for key, devices in solution.chosen.items()}
 
