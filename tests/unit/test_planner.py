@@ -167,7 +167,7 @@ class Cluster:
         names = [manifest["metadata"]["name"] for manifest in plan.create]
         assert len(names) == len(set(names)), f"a pod is created twice in one plan: {names}"
         assert not set(names) & set(plan.delete)
-        awaiting = pods_awaiting_results(self.status)
+        awaiting = pods_awaiting_results(self.status, self.task["metadata"]["name"])
         for name in plan.delete:
             if self.pods[name]["status"]["phase"] in ("Succeeded", "Failed"):
                 assert name not in awaiting, f"{name} deleted before its result was in status"

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from fedtask_operator.core import conditions, naming, pods
+from fedtask_operator.core.compaction import compact, count_round, expand, participation_default, round_count
 from fedtask_operator.core.confinement import confinement_errors
 from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.phases import (
@@ -250,7 +251,7 @@ class _Planning:
         self.now = observed.now
         self.nodes = observed.nodes
         self.assignment = assignment
-        self.input_status = status
+        self.input_status = expand(status, task.name)  # a large round's devices are packed in the stored status
         self.status = copy.deepcopy(self.input_status)
         self.pods = {pod["metadata"]["name"]: pod for pod in observed.pods}
         self.create: list[KubeObject] = []
@@ -263,6 +264,7 @@ class _Planning:
         self.not_starting: list[str] = []  # "pod: why" for pending pods that will not start by themselves
         self.creation_refusals = observed.creation_refusals
         self.hold_creations: float | None = None
+        self.universe: set[str] = set()  # the task's devices, when _update_fairness worked them out
 
     @property
     def round(self) -> int:
@@ -294,9 +296,10 @@ class _Planning:
 
     def plan(self) -> Plan:
         requeue = min(self.requeue) if self.requeue else None
-        return Plan(create=self.create, delete=self._deletions(), status=self.status, events=self.events,
-                    needs_devices=self.needs_devices, requeue_after=requeue, device_request=self.device_request,
-                    delete_task=self.delete_task, hold_creations_seconds=self.hold_creations)
+        return Plan(create=self.create, delete=self._deletions(), status=compact(self.status, self.universe),
+                    events=self.events, needs_devices=self.needs_devices, requeue_after=requeue,
+                    device_request=self.device_request, delete_task=self.delete_task,
+                    hold_creations_seconds=self.hold_creations)
 
     def _deletions(self) -> list[str]:
         unrecorded = pods_awaiting_results(self.input_status)
@@ -313,14 +316,21 @@ class _Planning:
         return delete
 
 
-def pods_awaiting_results(status: TaskStatusDict) -> set[str]:
-    """Pods whose results the status does not hold yet: they must not be deleted."""
+def pods_awaiting_results(status: TaskStatusDict, task_name: str = "") -> set[str]:
+    """Pods whose results the status does not hold yet: they must not be deleted. A stored status whose devices
+    are packed (compaction.py) needs the task's name, which the pod names are made of."""
+    if status.get("deviceRows"):
+        if not task_name:
+            raise ValueError("the status holds packed device rows: pass the task's name")
+        status = expand(status, task_name)
     return {record["pod"] for record in _pod_records(status)
             if record.get("state") in UNFINISHED_STATES and record.get("pod")}
 
 
 def _pod_records(status: TaskStatusDict) -> list[PodRecord]:
     """Every pod record of the status: this round's devices, the server-side stage pod, the publish pods."""
+    if status.get("deviceRows"):
+        raise ValueError("the status holds packed device rows: compaction.expand it first")
     current = [status["current"]] if status.get("current") else []
     return [*(status.get("devices") or []), *current, *(status.get("published") or [])]
 
@@ -426,7 +436,8 @@ def _update_fairness(ctx: _Planning) -> None:
     """status.fairness: Jain's index of the participation over the task's devices (every simulated device of builtin
     data; else the device nodes matching the selector when the runtime passed nodes, and every device that trained)."""
     participation = ctx.status.get("participation") or {}
-    if not participation:
+    floor = participation_default(ctx.status)
+    if not participation and not floor:
         return
     devices = set(participation)
     if ctx.spec.data.source == "builtin" and ctx.status.get("shardCount"):
@@ -435,7 +446,8 @@ def _update_fairness(ctx: _Planning) -> None:
         selector = encode(ctx.spec.devices.selector)
         devices |= {node["metadata"]["name"] for node in ctx.nodes
                     if matches_selector(node["metadata"].get("labels") or {}, selector)}
-    ctx.status["fairness"] = round(jain_index([participation.get(device, 0) for device in devices]), 4)
+    ctx.universe = devices
+    ctx.status["fairness"] = round(jain_index([participation.get(device, floor) for device in devices]), 4)
 
 
 def _run_stages(ctx: _Planning) -> None:
@@ -813,7 +825,7 @@ def _device_request(task: FederatedTask, status: TaskStatusDict, count: int) -> 
     participation = dict(request.participation)
     for record in status.get("devices") or []:
         if record.get("state") in UNFINISHED_STATES:  # a finished device's turn is in the ledger already
-            participation[record["device"]] = participation.get(record["device"], 0) + 1
+            participation[record["device"]] = participation.get(record["device"], request.participation_default) + 1
     return dataclasses.replace(request, participation=participation,
                                replacement=status.get("stage") == TRAINING)
 
@@ -839,7 +851,7 @@ def _record_turn(ctx: _Planning, device: str, ran_for: float | None = None, stra
     device that failed returned nothing, however soon it failed: for the time model it missed the round's deadline
     (rounds.timeoutSeconds), so a device that fails fast does not look fast."""
     participation = ctx.status.setdefault("participation", {})
-    participation[device] = int(participation.get(device, 0)) + 1
+    participation[device] = int(participation.get(device, participation_default(ctx.status))) + 1
     if failed:
         ran_for, straggler = max(ran_for or 0.0, float(ctx.spec.rounds.timeout_seconds)), True
     if ran_for is None or ran_for <= 0:
@@ -964,6 +976,7 @@ def _finish_training(ctx: _Planning) -> None:
         "trainSeconds": _seconds_between(ctx.status["roundStartTime"], ctx.now),
         "samples": sum(sample_count(r.get("result")) for r in records if r["state"] == STATE_SUCCEEDED),
     })
+    count_round(current)  # the lists are capped in the stored status (compaction.py); the counts are not
     conditions_list = ctx.status.get("conditions")
     if conditions.get_condition(conditions_list, conditions.STALLED):
         ctx.status["conditions"] = conditions.remove_condition(conditions_list, conditions.STALLED)
@@ -975,7 +988,8 @@ def _finish_training(ctx: _Planning) -> None:
 
 def _plan_aggregating(ctx: _Planning) -> bool:
     base = naming.store_base(ctx.task, ctx.config)
-    returned = ctx.status["currentRound"]["returned"]
+    # this round's device records, not currentRound.returned: a large round's stored lists are capped
+    returned = sorted(r["device"] for r in ctx.status.get("devices") or [] if r["state"] == STATE_SUCCEEDED)
     update_uris = sorted(naming.update_uri(base, ctx.round, device) for device in returned)
     caps = _shard_sample_caps(ctx, returned)
     progress = _advance_stage_pod(ctx, naming.STAGE_AGGREGATE, lambda attempt: pods.build_aggregate_pod(
@@ -994,6 +1008,7 @@ def _plan_aggregating(ctx: _Planning) -> bool:
                   warning=True)
     current = ctx.status["currentRound"]
     current.update({"rejected": sorted(_device_of(str(item.get("uri", ""))) for item in rejected),
+                    "rejectedCount": len(rejected),
                     "aggregateSeconds": _seconds_between(ctx.status["current"]["startTime"], ctx.now)})
     if result.get("updates") == 0:
         _fail(ctx, conditions.REASON_ALL_UPDATES_REJECTED,
@@ -1078,7 +1093,7 @@ def _record_round(ctx: _Planning, result: dict[str, Any]) -> None:
     _record_evaluation(ctx, record, result)
     shown = "n/a" if record.get("accuracy") is None else f"{record['accuracy']:.4f}"
     ctx.event("RoundCompleted", f"round {ctx.round} completed: accuracy {shown}, "
-                                f"{len(record.get('returned', []))} of {len(record.get('devices', []))} devices "
+                                f"{round_count(record, 'returned')} of {round_count(record, 'devices')} devices "
                                 f"returned, {record['durationSeconds']:.1f}s")
 
 

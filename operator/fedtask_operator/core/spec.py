@@ -538,6 +538,11 @@ class RoundRecord:
     uri: str = api_field("", doc="The round's global model.")
     period: int | None = api_field(None, minimum=1, doc="The learning period (joint device decision over every task "
                                                         "that needed devices) that chose the round's devices.")
+    device_count: int | None = api_field(None, minimum=0, doc="How many devices were asked to train (the devices "
+                                                              "list keeps at most 100 names, old rounds none).")
+    returned_count: int | None = api_field(None, minimum=0, doc="How many updates arrived in time.")
+    excluded_count: int | None = api_field(None, minimum=0, doc="How many devices were left out of the round.")
+    rejected_count: int | None = api_field(None, minimum=0, doc="How many updates the aggregator rejected.")
 
 
 @dataclass
@@ -566,19 +571,31 @@ class TaskStatus:
                                             "when the task started.")
     message: str = api_field("", doc="A one-line summary for humans.")
     conditions: list[Condition] = api_field([], doc="Keyed by type; reasons are constants.")
-    devices: list[DeviceStatus] = api_field([], doc="This round's target devices.")
+    devices: list[DeviceStatus] = api_field([], doc="This round's target devices (rounds of up to 100 devices).")
+    device_rows: list[str] = api_field(
+        [], doc="This round's target devices when there are more than 100, one packed row each (see "
+                "docs/internals.md, bounded status).")
+    device_nodes: list[str] = api_field([], doc="The nodes deviceRows refer to by index.")
+    device_reasons: list[str] = api_field([], doc="The failure reasons deviceRows refer to by index.")
     current: StagePodStatus | None = api_field(None, doc="The current server-side pod (init, aggregate, adjust).")
     published: list[PublishStatus] = api_field([], doc="Publish pods, one per device node (publish.toDevices).")
     assignment: list[AssignedDevice] = api_field(
-        [], doc="The scheduler's choice of devices for this round, with its time estimates (replacements appended).")
+        [], doc="The scheduler's choice of devices for this round, with its time estimates (replacements appended; "
+                "the first 100).")
+    assignment_count: int | None = api_field(None, minimum=0, doc="How many devices the assignment had, when it "
+                                                                  "lists only the first 100.")
     current_round: RoundRecord | None = api_field(
         None, doc="The round in flight, filled in stage by stage; appended to history when it completes.")
     history: list[RoundRecord] = api_field([], doc=f"Finished rounds, the most recent {HISTORY_LIMIT}.")
     model: ModelRef | None = api_field(None, doc="The published final model (the last round's global).")
     best: ModelRef | None = api_field(None, doc="The global model of the round with the best validation accuracy "
                                                 "(or score).")
-    participation: dict[str, int] = api_field({}, doc="Device -> rounds it trained in (fairness).")
-    train_seconds_estimate: dict[str, float] = api_field({}, doc="Device -> observed train time (EWMA), seconds.")
+    participation: dict[str, int] = api_field({}, doc="Device -> rounds it trained in (fairness); at most 2000 "
+                                                      "devices, the ones that trained most.")
+    participation_default: int | None = api_field(None, minimum=0, doc="The rounds counted for every device "
+                                                                     "participation does not name.")
+    train_seconds_estimate: dict[str, float] = api_field({}, doc="Device -> observed train time (EWMA), seconds; "
+                                                                 "at most 2000 devices, the least typical ones.")
     waiting_since: DateTime | None = api_field(None, doc="When the task began waiting for devices.")
     period: int | None = api_field(None, minimum=1, doc="The last learning period (a joint device decision over "
                                                         "every task that needed devices) the task took part in.")

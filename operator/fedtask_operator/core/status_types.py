@@ -96,6 +96,10 @@ class RoundRecordDict(TypedDict, total=False):
     samples: int
     uri: str
     period: int
+    deviceCount: int  # the lengths of the four lists above, which compaction.py caps
+    returnedCount: int
+    excludedCount: int
+    rejectedCount: int
 
 
 class ModelRefDict(TypedDict, total=False):
@@ -121,14 +125,19 @@ class TaskStatusDict(TypedDict, total=False):
     message: str
     conditions: list[ConditionDict]
     devices: list[DeviceStatusDict]
+    deviceRows: list[str]  # a large round's devices, packed (compaction.py); then `devices` is absent
+    deviceNodes: list[str]
+    deviceReasons: list[str]
     current: StagePodStatusDict
     published: list[PublishStatusDict]
     assignment: list[AssignedDeviceDict]
+    assignmentCount: int
     currentRound: RoundRecordDict
     history: list[RoundRecordDict]
     model: ModelRefDict
     best: ModelRefDict
     participation: dict[str, int]
+    participationDefault: int
     trainSecondsEstimate: dict[str, float]
     waitingSince: str
     period: int

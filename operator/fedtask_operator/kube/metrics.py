@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from fedtask_operator.core.compaction import round_count, round_devices
 from fedtask_operator.core.phases import PHASES, STATE_FAILED, STATE_SUCCEEDED
 
 TASK_LABELS = ("namespace", "task")
@@ -64,8 +65,9 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
     _start_counting(labels)
     if new.get("round") is not None:
         TASK_ROUND.labels(*labels).set(new["round"])
-    if new.get("devices") is not None:
-        DEVICES_SELECTED.labels(*labels).set(len(new.get("devices") or []))
+    new_devices = round_devices(new, task)  # a large round's devices are packed (core/compaction.py)
+    if new.get("devices") is not None or new.get("deviceRows") is not None:
+        DEVICES_SELECTED.labels(*labels).set(len(new_devices))
     if new.get("fairness") is not None:
         TASK_FAIRNESS.labels(*labels).set(float(new["fairness"]))
 
@@ -77,9 +79,9 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         for stage, key in ROUND_STAGE_SECONDS.items():
             if record.get(key) is not None:
                 ROUND_DURATION_SECONDS.labels(*labels, stage).observe(float(record[key]))
-        DEVICES_RETURNED.labels(*labels).set(len(record.get("returned") or []))
-        STRAGGLERS_TOTAL.labels(*labels).inc(len(record.get("excluded") or []))
-        UPDATES_REJECTED_TOTAL.labels(*labels).inc(len(record.get("rejected") or []))
+        DEVICES_RETURNED.labels(*labels).set(round_count(record, "returned"))
+        STRAGGLERS_TOTAL.labels(*labels).inc(round_count(record, "excluded"))
+        UPDATES_REJECTED_TOTAL.labels(*labels).inc(round_count(record, "rejected"))
         if record.get("accuracy") is not None:
             TASK_ACCURACY.labels(*labels).set(float(record["accuracy"]))
         if record.get("validationAccuracy") is not None:
@@ -88,8 +90,8 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
             TASK_LOSS.labels(*labels).set(float(record["loss"]))
 
     same_round = old.get("round") == new.get("round")
-    old_devices = {device.get("device"): device for device in old.get("devices") or []} if same_round else {}
-    for device in new.get("devices") or []:
+    old_devices = {device.get("device"): device for device in round_devices(old, task)} if same_round else {}
+    for device in new_devices:
         before = old_devices.get(device.get("device")) or {}
         failures = _failed_attempts(before, device)
         if failures > 0:

@@ -15,6 +15,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fedtask_operator.core.compaction import round_count
 from fedtask_operator.core.conditions import parse_time
 from fedtask_operator.core.crd import PRINTER_COLUMNS
 
@@ -145,7 +146,7 @@ def build_description(task: dict, events: list[dict], now: datetime) -> str:
     history = (status.get("history") or [])[-DESCRIBE_ROUNDS:]
     lines.append(f"Rounds (last {DESCRIBE_ROUNDS}):" if history else "Rounds:")
     lines += _columns(["Round", "Devices", "Returned", "Accuracy", "Seconds"],
-                      [[str(h.get("round", "")), str(len(h.get("devices") or [])), str(len(h.get("returned") or [])),
+                      [[str(h.get("round", "")), str(round_count(h, "devices")), str(round_count(h, "returned")),
                         format_cell({"type": "number"}, h.get("accuracy"), now),
                         format_cell({"type": "number"}, h.get("durationSeconds"), now)]
                        for h in history]) if history else ["  <none>"]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from fedtask_operator.core.compaction import round_devices
 from fedtask_operator.core.phases import FINISHED_PHASES, PENDING, STATE_SUCCEEDED, SUCCEEDED, UNFINISHED_STATES
 
 BAR_WIDTH = 20
@@ -20,7 +21,7 @@ def progress_fields(name: str, task: dict) -> dict:
     done = len({entry.get("round") for entry in history})
     if status.get("phase") == SUCCEEDED:
         done = max_rounds = max(done, 1) if not max_rounds else max_rounds
-    devices = status.get("devices") or []
+    devices = round_devices(status, name)
     running = sum(1 for device in devices if device.get("state") in UNFINISHED_STATES)
     returned = sum(1 for device in devices if device.get("state") == STATE_SUCCEEDED)
     return {

@@ -112,7 +112,7 @@ def policy_prices(request: DeviceRequest, participation: np.ndarray, mean: float
 
 
 def _participation(fleet: Fleet, request: DeviceRequest) -> np.ndarray:
-    participation = np.zeros(len(fleet))
+    participation = np.full(len(fleet), float(request.participation_default))
     for device, rounds in request.participation.items():
         node = fleet.index.get(device)
         if node is not None:

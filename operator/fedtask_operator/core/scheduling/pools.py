@@ -141,7 +141,7 @@ def _pool_candidates(period: Period, task: TaskInput, busy: dict[int, str]) -> P
         index = shard_index(device)
         if index is not None and index < count and seconds:
             est[index] = float(seconds)
-    participation = np.zeros(count)
+    participation = np.full(count, float(request.participation_default))
     for device, rounds in request.participation.items():
         index = shard_index(device)
         if index is not None and index < count:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..compaction import participation_default, round_devices
 from ..conditions import parse_time
 from ..schema import encode
 from ..spec import FederatedTask
@@ -23,7 +24,7 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
     spec = task.spec
     status = encode(task.status) if status is None else status
     samples: dict[str, int] = {}
-    for record in status.get("devices") or []:
+    for record in round_devices(status, task.name):
         count = sample_count(record.get("result"))
         if count:
             samples[record["device"]] = count
@@ -41,6 +42,7 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
         policy=spec.scheduling.policy,
         waiting_since=waiting_since,
         participation=dict(status.get("participation") or {}),
+        participation_default=participation_default(status),
         train_seconds=dict(status.get("trainSecondsEstimate") or {}),
         samples=samples,
         round=max(int(status.get("round") or 1), 1),

@@ -23,6 +23,7 @@ class DeviceRequest:
     policy: str = "time-fair"  # time-fair | fastest | random | round-robin
     waiting_since: float | None = None  # epoch seconds when the task began to wait (aging)
     participation: dict[str, int] = field(default_factory=dict)  # device -> rounds it trained in
+    participation_default: int = 0  # the rounds of every device `participation` does not name (status compaction)
     train_seconds: dict[str, float] = field(default_factory=dict)  # device -> observed train time (EWMA), seconds
     samples: dict[str, int] = field(default_factory=dict)  # device -> sample count, when known
     round: int = 1  # the round being scheduled (seeds `random`, rotates `round-robin`)
