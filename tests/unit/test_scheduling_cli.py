@@ -103,3 +103,18 @@ def test_json_output_shows_the_period_and_each_task_s_cost_and_fairness(dumps):
                                            + 2.5 * speech["unfairness"], rel=1e-5)
     assert out["cost"] == pytest.approx(speech["cost"], rel=1e-5)  # vision waits: it adds nothing
     assert 0 < speech["jain"] <= 1 and "vision" not in out["tasks"]
+
+
+def test_a_task_whose_request_cannot_be_read_is_refused_and_the_others_scheduled(dumps):
+    """Issue 12: `cpu: 1e99` passes the CRD pattern (and `fedtask validate`) but no scheduler can read it; that task is
+    refused in the output, naming the field, and the other task still gets its devices (it used to be exit 2)."""
+    (dumps / "huge.yaml").write_text(VISION.replace("name: vision", "name: huge").replace("cpu: 500m", "cpu: 1e99"))
+    done = run("--nodes", "nodes.json", "--pods", "pods.yaml", "huge.yaml", "speech.yaml", "--json", cwd=dumps)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["refused"] == ["huge"] and out["assignments"]["huge"] == []
+    assert "spec.devices.resources.requests.cpu: invalid quantity '1e99': exponent out of range" in \
+        out["waiting"]["huge"]
+    assert sorted(out["assignments"]["speech"]) == ["cpu-1", "gpu-a"]
+    table = run("--nodes", "nodes.json", "--pods", "pods.yaml", "huge.yaml", "speech.yaml", cwd=dumps)
+    assert "huge (time-fair): refused: task ml/huge: spec.devices.resources.requests.cpu" in table.stdout

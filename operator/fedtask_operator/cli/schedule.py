@@ -87,6 +87,7 @@ def render_json(assignment) -> dict:
         "devices": {shown[key]: [{"device": s.device, "node": s.node, "estimatedSeconds": s.estimated_seconds}
                                  for s in task.devices] for key, task in assignment.tasks.items()},
         "waiting": {shown[key]: task.waiting_reason for key, task in assignment.tasks.items() if task.waiting_reason},
+        "refused": sorted(shown[key] for key, task in assignment.tasks.items() if task.rejected),
         "tasks": {shown[key]: {
             "period": task.period, "roundSeconds": round(task.round_seconds, 6),
             "timeScale": round(task.time_scale, 6), "fairnessWeight": task.fairness_weight,
@@ -103,7 +104,7 @@ def render_table(assignment, requests) -> str:
     for key, task in assignment.tasks.items():
         header = f"{shown[key]} ({policy_of.get(key, '')})"
         if task.waiting_reason:
-            lines.append(f"{header}: waits: {task.waiting_reason}")
+            lines.append(f"{header}: {'refused' if task.rejected else 'waits'}: {task.waiting_reason}")
             continue
         slowest = max((s.estimated_seconds or 0.0 for s in task.devices), default=0.0)
         lines.append(f"{header}: {len(task.devices)} devices, slowest {slowest:.3g} s; cost {task.cost:.3g} "
