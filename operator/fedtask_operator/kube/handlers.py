@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections import Counter
 
 import kopf
@@ -16,7 +17,7 @@ import kopf
 from fedtask_operator.core.naming import TASK_LABEL
 from fedtask_operator.core.phases import PENDING, POD_FINISHED_PHASES, SCHEDULING
 from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
-from fedtask_operator.kube import credentials, lease, metrics
+from fedtask_operator.kube import credentials, lease, metrics, pod_index
 from fedtask_operator.kube import reconciler as k8s
 
 TASKS = (GROUP, VERSION, PLURAL)
@@ -29,7 +30,7 @@ def _plain(body) -> dict:
 
 def _views(kwargs) -> k8s.ClusterView:
     return k8s.ClusterView(task_pods=kwargs["task_pods"], nodes=_values(kwargs["node_objects"]),
-                           pods=_values(kwargs["pod_objects"]), tasks=kwargs["task_objects"])
+                           pods=pod_index.PodsView(kwargs["pod_objects"]), tasks=kwargs["task_objects"])
 
 
 def _values(index) -> list[dict]:
@@ -44,14 +45,10 @@ def task_pods(body, **_):
 
 
 def pod_objects(body, spec, status, **_):
-    """What resource accounting needs of every pod: where it runs, what it requests, whether it still runs."""
-    return {None: {"metadata": {"name": body["metadata"].get("name"),
-                                "namespace": body["metadata"].get("namespace"),
-                                "labels": dict(body["metadata"].get("labels") or {})},
-                   "spec": {"nodeName": spec.get("nodeName"), "affinity": copy.deepcopy(spec.get("affinity")),
-                            "containers": copy.deepcopy(list(spec.get("containers") or [])),
-                            "initContainers": copy.deepcopy(list(spec.get("initContainers") or []))},
-                   "status": {"phase": status.get("phase")}}}
+    """What resource accounting needs of every pod, summarized (kube/pod_index.py: node, summed requests, fedtask
+    labels); nothing for a pod that holds no resources on any node."""
+    summary = pod_index.summarize(body, spec, status)
+    return {None: summary} if summary is not None else None
 
 
 def node_objects(body, **_):
@@ -107,11 +104,20 @@ async def task_changed(namespace, name, memo, **kwargs):
     await memo.reconciler.request(namespace, name, _views(kwargs))
 
 
+TASK_COUNT_SECONDS = 5.0  # the per-phase task counts (a gauge) are recounted at most this often
+_counted_at = -TASK_COUNT_SECONDS
+
+
 async def task_resync(namespace, name, memo, **kwargs):
+    global _counted_at
     await memo.reconciler.request(namespace, name, _views(kwargs))
-    counts = Counter((ns, (body.get("status") or {}).get("phase") or PENDING)
-                     for (ns, _), bodies in kwargs["task_objects"].items() for body in bodies)
-    metrics.set_task_counts(dict(counts))
+    # Every task has this timer: counting every task on each would cost O(tasks^2) per interval.
+    now = time.monotonic()
+    if now - _counted_at >= TASK_COUNT_SECONDS:
+        _counted_at = now
+        counts = Counter((ns, (body.get("status") or {}).get("phase") or PENDING)
+                         for (ns, _), bodies in kwargs["task_objects"].items() for body in bodies)
+        metrics.set_task_counts(dict(counts))
 
 
 async def task_event(type, namespace, name, memo, **_):

@@ -30,11 +30,13 @@ from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period, next_period_number
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
 from fedtask_operator.core.store_access import NAMESPACE_SECRET
-from fedtask_operator.kube import metrics
+from fedtask_operator.kube import metrics, pod_index
 
 logger = logging.getLogger("fedtask.operator")
 CONFLICT_RETRY_SECONDS = 0.5  # after a refused status write: time for the watch to deliver the newer version
 MAX_PASSES = 8  # consecutive plans without new pod events (status-only steps) before waiting for an event
+LIST_PAGE_SIZE = 500  # pods per page when listing every pod (namespaced mode)
+SUPERSEDED_KEEP = 16  # per task, the newest versions our own writes superseded (older ones the index is long past)
 
 
 @dataclasses.dataclass
@@ -222,11 +224,21 @@ class KubeApi:
         return await self._done_unless(404, lambda: self._custom.delete_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self._timeout))
 
-    async def list_all_pods(self) -> list[dict]:
-        """Every pod in the cluster (resource accounting when the watch covers only some namespaces)."""
+    async def list_all_pods(self, page_size: int = LIST_PAGE_SIZE) -> list:
+        """Every pod in the cluster that holds resources, summarized (kube/pod_index.py; resource accounting when
+        the watch covers only some namespaces), listed `page_size` at a time: one page of full pods in memory at
+        once, not the whole cluster's."""
+        from fedtask_operator.kube import pod_index
+
         def call():
-            return self._json(self._core.list_pod_for_all_namespaces(
-                _preload_content=False, _request_timeout=self._timeout)).get("items", [])
+            summaries, token = [], None
+            while True:
+                page = self._json(self._core.list_pod_for_all_namespaces(
+                    limit=page_size, _continue=token, _preload_content=False, _request_timeout=self._timeout))
+                summaries.extend(pod_index.summarize_all(page.get("items") or ()))
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    return summaries
         return await asyncio.to_thread(call)
 
 
@@ -253,7 +265,7 @@ class Reconciler:
         # Our own last status write per task, and the versions it superseded: the watch (and so the index) may not
         # have delivered our write yet, and planning from the older version would repeat a step.
         self._written: dict[tuple[str, str], dict] = {}
-        self._superseded: dict[tuple[str, str], set[str]] = {}
+        self._superseded: dict[tuple[str, str], dict[str, None]] = {}  # an ordered set, SUPERSEDED_KEEP at most
         # What became of the last creations (Observed.creation_refusals for the next plan, which records them in the
         # status) and, after refusals, until when (time.monotonic) this task creates nothing: the backoff. Memory
         # only: after a restart the first creation is tried at once; the give-up time is in the status.
@@ -392,7 +404,7 @@ class Reconciler:
         of its own) asks at once, in one decision; returns this task's plan and the other tasks' plans, which stay
         reserved (in `_running`) until `_apply_others` has applied them. Before it is due: the plan, requeued then."""
         key = f"{task['metadata']['namespace']}/{task['metadata']['name']}"
-        pods = list(views.pods) if self.clusterwide else await self.api.list_all_pods()
+        pods = list(views.pods if self.clusterwide else pod_index.PodsView(await self.api.list_all_pods()))
         requests = [plan.device_request] if plan.device_request is not None else []
         members: dict[str, tuple[dict, Observed]] = {}
         statuses, active = [task.get("status") or {}], [key]
@@ -474,11 +486,13 @@ class Reconciler:
             self._superseded.pop(key, None)
             raise
         metrics.record_status_change(namespace, name, task.get("status") or {}, new_status)
-        superseded = self._superseded.setdefault(key, set())
-        superseded.add(task.get("metadata", {}).get("resourceVersion"))
+        superseded = self._superseded.setdefault(key, {})
+        superseded[task.get("metadata", {}).get("resourceVersion")] = None
         if key in self._written:
-            superseded.add(self._written[key].get("metadata", {}).get("resourceVersion"))
-        superseded.discard(stored.get("metadata", {}).get("resourceVersion"))
+            superseded[self._written[key].get("metadata", {}).get("resourceVersion")] = None
+        superseded.pop(stored.get("metadata", {}).get("resourceVersion"), None)
+        while len(superseded) > SUPERSEDED_KEEP:  # trimmed: a task written for days must not grow without bound
+            del superseded[next(iter(superseded))]
         self._written[key] = stored
         return True
 
