@@ -66,6 +66,7 @@ class Period:
         self._selector_cache: dict[tuple[tuple[str, str, tuple[str, ...]], ...], np.ndarray] = {}
         self._toleration_cache: dict[str, tuple[np.ndarray, bool]] = {}
         self._has_key_cache: dict[str, np.ndarray] = {}
+        self._speed_cache: dict[bool, np.ndarray] = {}
         n = len(fleet)
         self.training_any = np.zeros(n, dtype=bool)
         self.training_only: dict[str, list[int]] = {}  # task -> nodes where only it trains
@@ -159,9 +160,15 @@ class Period:
         return fits
 
     def speed(self, task: TaskInput) -> np.ndarray:
-        fleet = self.fleet
-        speed = np.where(fleet.gpu_speed > 0, fleet.gpu_speed, fleet.cpu_speed) if task.gpu else fleet.cpu_speed
-        return np.maximum(speed, 1e-3)
+        """Per node: the task's training speed (GPU tasks: the GPU's where there is one); read-only, computed once
+        per period for each kind."""
+        if task.gpu not in self._speed_cache:
+            fleet = self.fleet
+            speed = np.where(fleet.gpu_speed > 0, fleet.gpu_speed, fleet.cpu_speed) if task.gpu else fleet.cpu_speed
+            speed = np.maximum(speed, 1e-3)
+            speed.flags.writeable = False
+            self._speed_cache[task.gpu] = speed
+        return self._speed_cache[task.gpu]
 
     # --- bookings ----------------------------------------------------------------------------------------------
     def book_node_devices(self, chosen: list[tuple[TaskInput, list[int]]]) -> None:
