@@ -45,6 +45,17 @@ def test_pod_runs_to_success_with_result_file_and_log(tmp_path):
     assert "hello" in kubelet.log("ok")
 
 
+def test_thread_counts_from_a_large_cpu_request_are_capped_at_this_machines_cores(tmp_path):
+    # the pod builder sets them from the CPU request (cpu: 64 -> 64 threads); pods here share one machine
+    kubelet = ProcessKubelet(tmp_path / "k")
+    env = [{"name": "OMP_NUM_THREADS", "value": "64"}, {"name": "FEDTASK_TORCH_THREADS", "value": "64"}]
+    kubelet.run_pod(make_pod("threads", 'echo "threads=$OMP_NUM_THREADS/$FEDTASK_TORCH_THREADS"', env=env))
+
+    assert kubelet.wait("threads", timeout=30)["phase"] == "Succeeded"
+    cores = min(64, os.cpu_count() or 1)
+    assert f"threads={cores}/{cores}" in kubelet.log("threads")
+
+
 def test_failed_pod_reports_exit_code_and_falls_back_to_logs(tmp_path):
     kubelet = ProcessKubelet(tmp_path / "k")
     kubelet.run_pod(make_pod("bad", "echo boom-happened >&2; exit 3", policy="FallbackToLogsOnError"))

@@ -135,6 +135,7 @@ def test_train_pod_builtin_data_on_a_chosen_node():
          "--seed", "4"],
         resources={"requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "1"},
                    "limits": {"nvidia.com/gpu": "1"}},
+        env_extra=[{"name": "OMP_NUM_THREADS", "value": "1"}, {"name": "FEDTASK_TORCH_THREADS", "value": "1"}],
         extra_spec={**pinned("gpu-1"),
                     "tolerations": [{"operator": "Exists", "key": "nvidia.com/gpu", "effect": "NoSchedule"}]})
     assert_valid(pod)
@@ -247,6 +248,7 @@ def test_adjust_pod_with_resources_and_pod_options():
          "--epochs", "2", "--batch-size", "32", "--learning-rate", "0.01", "--shared-fraction", "0.01",
          "--shared-uri", "s3://shared/data.safetensors", *MODEL_DATA],
         resources={"requests": {"cpu": "1", "memory": "2Gi"}},
+        env_extra=[{"name": "OMP_NUM_THREADS", "value": "1"}, {"name": "FEDTASK_TORCH_THREADS", "value": "1"}],
         extra_spec={"serviceAccountName": "fl-worker", "priorityClassName": "batch",
                     "imagePullSecrets": [{"name": "regcred"}]})
     expected["spec"]["containers"][0]["image"] = "registry.example/worker:dev"
@@ -406,7 +408,9 @@ def test_server_pods_get_the_template_and_spec_server():
         assert args[0] == stage and set(common) <= set(args)
         expected = with_template(expected_pod(
             name, labels(stage, round_), args, resources={"requests": {"cpu": "2", "memory": "4Gi"}},
-            env_extra=TEMPLATE_ENV, extra_spec=server_spec, volumes=TEMPLATE_VOLUMES, mounts=TEMPLATE_MOUNTS))
+            # cpu: 2 gives 2 OpenMP threads; the template's own FEDTASK_TORCH_THREADS is left alone
+            env_extra=[{"name": "OMP_NUM_THREADS", "value": "2"}, *TEMPLATE_ENV], extra_spec=server_spec,
+            volumes=TEMPLATE_VOLUMES, mounts=TEMPLATE_MOUNTS))
         assert pod == expected, stage
         assert_valid(pod)
 
@@ -432,6 +436,26 @@ def test_train_and_publish_pods_get_the_template_but_not_spec_server():
         mounts=[{"name": "models", "mountPath": "/models"}, *TEMPLATE_MOUNTS]))
     assert_valid(train)
     assert_valid(publish)
+
+
+@pytest.mark.parametrize("resources, threads", [
+    ({"requests": {"cpu": 4}}, "4"), ({"requests": {"cpu": "2500m"}, "limits": {"cpu": 8}}, "3"),
+    ({"limits": {"cpu": "1.5"}}, "2"), ({"requests": {"cpu": "100m"}}, "1"), ({"requests": {"memory": "1Gi"}}, None),
+    ({}, None)])
+def test_worker_threads_follow_the_cpu_request(resources, threads):
+    task = make_task({"devices": {"count": 5, "resources": resources}, "server": {"resources": resources}})
+    for pod in (build_train_pod(task, CLUSTER, 1, DeviceSlot("d000", "n1")), build_adjust_pod(task, CLUSTER, 1)):
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+        assert env.get("OMP_NUM_THREADS") == threads and env.get("FEDTASK_TORCH_THREADS") == threads
+
+
+def test_worker_threads_from_the_runtime_or_the_template_win():
+    task = make_task({"devices": {"count": 5, "resources": {"requests": {"cpu": 4}}},
+                      "podTemplate": {"env": [{"name": "OMP_NUM_THREADS", "value": "8"}]}})
+    config = RuntimeConfig(store_base_uri="file:///s", extra_env=(("FEDTASK_TORCH_THREADS", "2"),))
+    env = build_train_pod(task, config, 1, DeviceSlot("d000", "n1"))["spec"]["containers"][0]["env"]
+    assert [(e["name"], e["value"]) for e in env if e["name"] in ("OMP_NUM_THREADS", "FEDTASK_TORCH_THREADS")] == [
+        ("FEDTASK_TORCH_THREADS", "2"), ("OMP_NUM_THREADS", "8")]
 
 
 def test_server_resources_fall_back_to_the_deprecated_adjustment_resources():

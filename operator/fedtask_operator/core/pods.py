@@ -17,6 +17,7 @@ from fedtask_operator import __version__
 from fedtask_operator.core import naming
 from fedtask_operator.core.confinement import Confinement, confined_host_path
 from fedtask_operator.core.kube_types import KubeObject
+from fedtask_operator.core.quantities import to_milli
 from fedtask_operator.core.scheduling.types import DeviceSlot
 from fedtask_operator.core.schema import encode
 from fedtask_operator.core.spec import FederatedTask, ResourceRequirements, Toleration
@@ -172,7 +173,22 @@ def build_store_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObje
     return env
 
 
-def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObject]:
+THREAD_ENV = ("OMP_NUM_THREADS", "FEDTASK_TORCH_THREADS")  # OpenMP/BLAS threads and torch's intra-op threads
+
+
+def cpu_threads(resources: ResourceRequirements | None) -> int | None:
+    """The threads a worker should use: its CPU request (else its limit) rounded up, at least 1; None without
+    either (the worker's default, 1 thread, applies)."""
+    if resources is None:
+        return None
+    value = resources.requests.get("cpu", resources.limits.get("cpu"))
+    if value is None:
+        return None
+    return max(1, -(-to_milli(value) // 1000))
+
+
+def _base_env(task: FederatedTask, config: RuntimeConfig,
+              resources: ResourceRequirements | None = None) -> list[KubeObject]:
     env: list[KubeObject] = [
         {"name": "HOME", "value": HOME_MOUNT},
         {"name": "TMPDIR", "value": TMP_MOUNT},
@@ -180,6 +196,10 @@ def _base_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObject]:
     ]
     env += build_store_env(task, config)
     env += [{"name": name, "value": value} for name, value in config.extra_env]
+    threads = cpu_threads(resources)
+    if threads is not None:  # a pod that requests cpu: 4 trains on 4 threads (unless the runtime or template says)
+        given = {name for name, _ in config.extra_env} | {var.name for var in task.spec.pod_template.env}
+        env += [{"name": name, "value": str(threads)} for name in THREAD_ENV if name not in given]
     for var in task.spec.pod_template.env:  # after fedtask's own: validation keeps it off the names those use
         item: KubeObject = {"name": var.name}
         if var.value_from is not None:
@@ -255,7 +275,7 @@ def build_pod(task: FederatedTask, config: RuntimeConfig, *, name: str, labels: 
         "imagePullPolicy": config.image_pull_policy,
         "command": list(config.worker_command),
         "args": args,
-        "env": _base_env(task, config),
+        "env": _base_env(task, config, resources),
         "resources": _resources(resources) if resources is not None else {},
         "volumeMounts": [{"name": "tmp", "mountPath": TMP_MOUNT}, {"name": "home", "mountPath": HOME_MOUNT},
                          *mounts, *template_mounts],

@@ -279,6 +279,7 @@ class ProcessKubelet:
             full_env[NOTIFY_ENV] = str(self.root / NOTIFY_SOCKET_NAME)
         if "OMP_NUM_THREADS" not in command.env:
             full_env["OMP_NUM_THREADS"] = str(cpu_threads(container.get("resources") or {}))
+        full_env.update(capped_threads(full_env))
         proc.result_path.touch()
         started_at = utc_timestamp()
         if self.launcher is not None and self.launcher.handles(argv):
@@ -422,6 +423,14 @@ class ProcessKubelet:
                 proc.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+
+
+def capped_threads(env: dict[str, str], cores: int | None = None) -> dict[str, str]:
+    """The pod's thread counts (OMP_NUM_THREADS, FEDTASK_TORCH_THREADS, set from its CPU request by the pod builder)
+    capped at this machine's cores: pods here share one machine, whatever they request."""
+    cores = cores or os.cpu_count() or 1
+    return {name: str(cores) for name in ("OMP_NUM_THREADS", "FEDTASK_TORCH_THREADS")
+            if env.get(name, "").isdigit() and int(env[name]) > cores}
 
 
 def cpu_threads(resources: dict) -> int:
