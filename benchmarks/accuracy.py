@@ -55,22 +55,29 @@ OFF_SHARED_FRACTION = 0.01  # the spec default; with the adjustment off the devi
 
 
 def manifest(dataset: str, partition: str, strategy: str, adjustment: str, seed: int, rounds: int,
-             devices: int, per_round: int) -> dict:
+             devices: int, per_round: int, design: dict | None = None) -> dict:
+    """The task of one run; `design` changes the adjustment's defaults (adjust_epochs, adjust_lr) or sends a share
+    of the shared set to every device (shared_to_devices), for the design study."""
+    design = design or {}
     aggregation, training = STRATEGIES[strategy]
     enabled = adjustment != "off"
     fraction = float(adjustment) if enabled else OFF_SHARED_FRACTION
+    shared: dict = {"fraction": fraction}
+    if design.get("shared_to_devices"):
+        shared["toDevices"] = design["shared_to_devices"]
     return {
         "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": f"acc-{partition}-{strategy}-{adjustment.replace('.', 'p')}-s{seed}"},
         "spec": {
             "model": {"name": "mlp", "seed": seed},
             "data": {"dataset": dataset, "source": "builtin",
-                     "partition": {**PARTITIONS[partition], "seed": seed}, "shared": {"fraction": fraction}},
+                     "partition": {**PARTITIONS[partition], "seed": seed}, "shared": shared},
             "devices": {"count": devices, "perRound": per_round,
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}},
             "training": {"localEpochs": 1, "batchSize": 32, "learningRate": 0.05, **training},
             "aggregation": aggregation,
-            "adjustment": {"enabled": enabled, "epochs": 1, "batchSize": 32, "learningRate": 0.01},
+            "adjustment": {"enabled": enabled, "epochs": design.get("adjust_epochs", 1), "batchSize": 32,
+                           "learningRate": design.get("adjust_lr", 0.01)},
             "rounds": {"max": rounds},
         },
     }
@@ -97,7 +104,8 @@ def fedtask_run(document: dict, folder: Path) -> dict:
             "validation_curve": [entry.get("validationAccuracy") for entry in history]}
 
 
-def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int) -> dict:
+def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int, epochs: int = 1,
+                learning_rate: float = 0.01) -> dict:
     """The server alone: the adjust stage's fine-tuning, round after round, with no devices in between."""
     from fedtask_worker.datasets import load_dataset
     from fedtask_worker.models import build_model
@@ -111,7 +119,8 @@ def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int) -> d
     x, y = dataset.x_train[rows], dataset.y_train[rows]
     curve, validation = [], []
     for round_ in range(1, rounds + 1):
-        adjust_model(model, x, y, epochs=1, batch_size=32, learning_rate=0.01, seed=seed * 100003 + round_)
+        adjust_model(model, x, y, epochs=epochs, batch_size=32, learning_rate=learning_rate,
+                     seed=seed * 100003 + round_)
         curve.append(evaluate(model, dataset.x_test, dataset.y_test)[0])
         validation.append(evaluate(model, dataset.x_val, dataset.y_val)[0])
     best = max(range(rounds), key=lambda index: validation[index])
@@ -255,6 +264,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--no-baseline", action="store_true", help="skip the shared-only baseline")
+    design = parser.add_argument_group("design study (defaults: the spec's)")
+    design.add_argument("--adjust-epochs", type=int, help="spec.adjustment.epochs (default 1)")
+    design.add_argument("--adjust-lr", type=float, help="spec.adjustment.learningRate (default 0.01)")
+    design.add_argument("--shared-to-devices", type=float,
+                        help="spec.data.shared.toDevices: the share of the shared set every device trains on")
     parser.add_argument("--plot-dir", type=Path, help="write accuracy-<dataset>-<partition>.png there")
     parser.add_argument("--markdown", type=Path, help="write the table there")
     parser.add_argument("--save", type=Path, help="also write the JSON line to this file")
@@ -271,16 +285,20 @@ def main(argv: list[str]) -> int:
     if not FEDTASK.exists():
         raise SystemExit(f"{FEDTASK} is missing: make venv first")
     seeds = list(range(args.seeds))
+    changes = {"adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
+               "shared_to_devices": args.shared_to_devices}
+    changes = {key: value for key, value in changes.items() if value is not None}
     out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "rounds": args.rounds, "devices": args.devices,
                  "per_round": args.per_round, "seeds": args.seeds, "partitions": partitions,
-                 "strategies": strategies, "adjustments": adjustments, "cells": []}
+                 "strategies": strategies, "adjustments": adjustments, "design": changes, "cells": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         for partition in partitions:
             for strategy in strategies:
                 for adjustment in adjustments:
                     runs = [fedtask_run(manifest(args.dataset, partition, strategy, adjustment, seed, args.rounds,
-                                                 args.devices, args.per_round), Path(tmp)) for seed in seeds]
+                                                 args.devices, args.per_round, changes), Path(tmp))
+                            for seed in seeds]
                     out["cells"].append({"partition": partition, "strategy": strategy, "adjustment": adjustment,
                                          **summary(runs), "runs": runs})
                     print(f"{partition} {strategy} {adjustment}: {cell_text(out['cells'][-1])}", file=sys.stderr)
@@ -289,7 +307,8 @@ def main(argv: list[str]) -> int:
         out["shared_only"] = {}
         for adjustment in adjustments:
             if adjustment != "off":
-                runs = [shared_only(args.dataset, float(adjustment), seed, args.rounds) for seed in seeds]
+                runs = [shared_only(args.dataset, float(adjustment), seed, args.rounds,
+                                    changes.get("adjust_epochs", 1), changes.get("adjust_lr", 0.01)) for seed in seeds]
                 out["shared_only"][adjustment] = {**summary(runs), "runs": runs}
     compare(out)
     out["seconds"] = round(time.perf_counter() - started, 1)

@@ -57,6 +57,18 @@ def _shared(key: _Labels, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
+def shared_slice(labels: np.ndarray, fraction: float, share: float, seed: int, device_index: int) -> np.ndarray:
+    """The slice of the shared set (shared_indices(labels, fraction)) one device also trains on: round(share * size)
+    samples chosen by (seed, device index), so devices get different slices."""
+    if not 0 < share <= 1:
+        raise BadInput(f"--shared-to-devices {share} must be in (0, 1]")
+    if fraction <= 0:
+        raise BadInput("--shared-to-devices needs a shared set: --shared-fraction > 0 (spec.data.shared.fraction)")
+    shared = shared_indices(labels, fraction)
+    rng = np.random.default_rng([seed, device_index, 0x51A7])
+    return np.sort(rng.permutation(shared)[:int(round(share * len(shared)))]).astype(np.int64)
+
+
 def device_indices(labels: np.ndarray, scheme: str, device_index: int, device_count: int, seed: int = 0,
                    alpha: float = 0.5, classes_per_device: int = 2, shared_fraction: float = 0.0) -> np.ndarray:
     """Indices (into the train split) of one device's shard; shards of one device_count are disjoint."""

@@ -273,6 +273,10 @@ class SharedDataSpec:
                                 doc="Fraction of the training set held by the server as the globally shared dataset.")
     uri: str = api_field("", max_length=2048,
                          doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
+    to_devices: float = api_field(0.0, minimum=0, maximum=1,
+                                  doc="Builtin data: the share of the shared set (fraction) every simulated device "
+                                      "also trains on, a different random slice per device (Zhao et al. 2018); 0 "
+                                      "keeps the shared set on the server.")
 
 
 @dataclass

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--shared-fraction", type=fraction, default=0.0,
                       help="fraction of the train split held by the server as the shared set, excluded from every "
                       "shard (default: 0)")
+    data.add_argument("--shared-to-devices", type=float, default=0.0,
+                      help="builtin data: this share of the shared set (a random slice per device) joins the device's "
+                      "shard, as in Zhao et al. 2018 (default: 0)")
     optimisation = parser.add_argument_group("local training")
     optimisation.add_argument("--local-epochs", type=int, default=1, help="epochs over the local data (default: 1)")
     optimisation.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
@@ -48,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def device_data(args: argparse.Namespace, dataset):
+    import numpy as np
+
     from ..datasets import load_device_folder
-    from ..partition import device_indices
+    from ..partition import device_indices, shared_slice
 
     if args.data_source == "dir":
         if not args.data_dir:
@@ -58,6 +63,9 @@ def device_data(args: argparse.Namespace, dataset):
     indices = device_indices(dataset.y_train, args.partition, args.device_index, args.device_count,
                              seed=args.partition_seed, alpha=args.alpha, classes_per_device=args.classes_per_device,
                              shared_fraction=args.shared_fraction)
+    if args.shared_to_devices > 0:
+        indices = np.concatenate([indices, shared_slice(dataset.y_train, args.shared_fraction, args.shared_to_devices,
+                                                        args.partition_seed, args.device_index)])
     return dataset.x_train[indices], dataset.y_train[indices]
 
 
