@@ -361,6 +361,8 @@ EOF
       --root "$DIR/nodes/$name" --hosts-file "$DIR/nodes/$name/hosts" --node-ip "$NODE_IP" \
       --image-dockerfile "fedtask-operator=$ROOT/operator/Dockerfile" \
       --image-dockerfile "fedtask-worker=$ROOT/worker_image/Dockerfile" \
+      --image-dockerfile "ghcr.io/fedtask/operator=$ROOT/operator/Dockerfile" \
+      --image-dockerfile "ghcr.io/fedtask/worker=$ROOT/worker_image/Dockerfile" \
       --image-entrypoint "quay.io/minio/minio=$bin/minio"
   done
   wait_until 60 minio curl -fs "http://127.0.0.1:$MINIO_PORT/minio/health/ready"
