@@ -538,6 +538,30 @@ def test_server_stage_failing_after_retries_fails_the_task(stage_pod):
     assert "store unreachable" in failed["message"] and "backoffLimit 1 reached" in failed["message"]
 
 
+def test_backoff_limit_counts_retries_per_pod_not_per_task_unlike_a_job():
+    # A Job's backoffLimit counts every failed pod of the Job; spec.backoffLimit counts the retries of one pod (one
+    # device's train pod in a round, one server-side stage pod, one publish pod): three pods failing once each stay
+    # within backoffLimit 1, and the task succeeds.
+    cluster = Cluster(make_task(backoffLimit=1))
+    failed = []
+    for pod in ("mnist-r0001-train-d001", "mnist-r0001-aggregate", "mnist-r0002-train-d004"):
+        for _ in range(20):
+            cluster.reconcile()
+            if pod in cluster.pods:
+                break
+            cluster.finish_all()
+        cluster.fail(pod)
+        failed.append(pod)
+        cluster.reconcile()
+        assert cluster.status["phase"] == "Running", pod
+    cluster.run_to_end()
+
+    assert cluster.status["phase"] == "Succeeded"
+    assert len([e for e in cluster.events if e.reason == "PodFailed"]) == len(failed) == 3
+    assert {f"{pod}-a1" for pod in failed} <= set(cluster.created)
+    assert cluster.status["history"][0]["returned"] == ["d000", "d001", "d002"]
+
+
 def test_server_stage_with_bad_input_fails_at_once():
     cluster = Cluster(make_task(backoffLimit=3))
     cluster.reconcile()

@@ -454,7 +454,13 @@ class TaskSpec:
                                    doc="The server-side pods (init, aggregate, adjust): resources, nodeSelector, "
                                        "tolerations.")
     suspend: bool = api_field(False, doc="Stop launching pods; resume at the same round when set back to false.")
-    backoff_limit: int = api_field(3, minimum=0, maximum=100, doc="Retries of a failed pod.")
+    backoff_limit: int = api_field(3, minimum=0, maximum=100,
+                                   doc="Retries of each failed pod: a device's train pod in a round, a server-side "
+                                       "stage pod, a publish pod. Unlike a Job's backoffLimit it counts per pod, not "
+                                       "per task: failures of different pods do not add up. A device whose pod used "
+                                       "them up is left out of the round (and replaced when a device is free); a "
+                                       "server-side stage that did fails the task (BackoffLimitExceeded). Bad input "
+                                       "(exit 2) is never retried.")
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
     ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
                                                        doc="Delete the finished task after this many seconds.")
