@@ -22,6 +22,20 @@ def test_a_progress_line_shows_round_stage_devices_accuracy_and_a_bar():
     assert "[####----------------]  20%" in line
 
 
+def test_a_custom_evaluation_function_is_shown_by_its_own_name():
+    custom = task(accuracy=0.93)
+    custom["spec"]["evaluation"] = {"function": "friedman:r2"}
+    line = progress_line(progress_fields("reg", custom), elapsed=1.0)
+    assert "r2 0.9300" in line and " acc " not in line
+    assert "acc 0.8000" in progress_line(progress_fields("mnist", task()), elapsed=1.0)
+
+    header = summary_table({"reg": custom}, {}, {}).splitlines()[0]
+    assert "FINAL R2" in header and "BEST R2 (ROUND)" in header and "ACC" not in header
+    mixed = summary_table({"reg": custom, "mnist": task()}, {}, {}).splitlines()[0]
+    assert "FINAL SCORE" in mixed
+    assert "FINAL ACC" in summary_table({"mnist": task()}, {}, {}).splitlines()[0]
+
+
 def test_plain_output_prints_a_line_per_change_only():
     out = io.StringIO()
     progress = Progress(out, live=False)

@@ -13,6 +13,12 @@ from fedtask_operator.core.phases import FINISHED_PHASES, PENDING, STATE_SUCCEED
 BAR_WIDTH = 20
 
 
+def metric_name(spec: dict) -> str:
+    """What the score is called: `acc`, or the name of spec.evaluation.function's callable (`friedman:r2` -> `r2`)."""
+    function = str((spec.get("evaluation") or {}).get("function") or "")
+    return function.rsplit(":", 1)[1].rsplit(".", 1)[-1] if ":" in function else "acc"
+
+
 def progress_fields(name: str, task: dict) -> dict:
     status = task.get("status") or {}
     spec = task.get("spec") or {}
@@ -31,7 +37,7 @@ def progress_fields(name: str, task: dict) -> dict:
         "max_rounds": max_rounds,
         "stage": status.get("stage") or "",
         "devices": len(devices), "running": running, "returned": returned,
-        "accuracy": status.get("accuracy"),
+        "accuracy": status.get("accuracy"), "metric": metric_name(spec),
         "fraction": min(1.0, done / max_rounds) if max_rounds else 0.0,
     }
 
@@ -43,7 +49,7 @@ def progress_line(fields: dict, elapsed: float, width: int = 120) -> str:
     stage = fields["stage"] if fields["phase"] not in FINISHED_PHASES else fields["phase"]
     devices = f"{fields['returned']}/{fields['devices']} devices" if fields["devices"] else ""
     line = (f"{fields['name']:<24.24} round {fields['round']:>3}/{fields['max_rounds']:<3} {stage:<12} "
-            f"{devices:<12} acc {accuracy} [{bar}] {fields['fraction'] * 100:3.0f}% {elapsed:6.1f}s")
+            f"{devices:<12} {fields['metric']} {accuracy} [{bar}] {fields['fraction'] * 100:3.0f}% {elapsed:6.1f}s")
     return line[:width]
 
 
@@ -91,7 +97,9 @@ class Progress:
 
 
 def summary_table(tasks: dict[str, dict], elapsed: dict[str, float], models: dict[str, str]) -> str:
-    header = ("TASK", "PHASE", "ROUNDS", "FINAL ACC", "BEST ACC (ROUND)", "WALL", "MODEL")
+    metrics = {metric_name(task.get("spec") or {}) for task in tasks.values()}
+    metric = metrics.pop().upper() if len(metrics) == 1 else "SCORE"  # tasks with different metrics: SCORE
+    header = ("TASK", "PHASE", "ROUNDS", f"FINAL {metric}", f"BEST {metric} (ROUND)", "WALL", "MODEL")
     rows = [header]
     for name, task in tasks.items():
         status = task.get("status") or {}
