@@ -108,6 +108,36 @@ def test_every_example_task_is_valid():
     assert main(["-q", *tasks]) == 0
 
 
+def test_module_callable_references_are_imported_from_the_manifests_folder(tmp_path, capsys):
+    package = f"usercode_{tmp_path.name.replace('-', '_')}"  # a fresh module name: nothing cached in sys.modules
+    (tmp_path / f"{package}.py").write_text("def build(**kw):\n    return None\nNOT_CALLABLE = 3\n")
+    (tmp_path / f"{package}_broken.py").write_text("raise RuntimeError('needs a GPU driver')\n")
+    spec = ("  model: {name: 'PKG:build'}\n  data: {dataset: 'PKG:missing'}\n"
+            "  training: {step: 'PKG:NOT_CALLABLE'}\n  evaluation: {function: 'PKG_broken:score'}\n")
+    path = write(tmp_path, "task.yaml", GOOD + spec.replace("PKG", package))
+
+    code, out, err = run(capsys, path)
+
+    assert code == 2 and out == []
+    assert err == [f"{path}:1: spec.data.dataset: module {package!r} ({tmp_path / package}.py) has no 'missing'",
+                   f"{path}:1: spec.training.step: {package}:NOT_CALLABLE is a int, not a callable",
+                   f"{path}:1: spec.evaluation.function: importing '{package}_broken' ({tmp_path / package}_broken.py)"
+                   " failed: RuntimeError: needs a GPU driver"]
+    assert run(capsys, "--no-import", path)[0] == 0
+
+
+def test_references_to_modules_not_here_are_noted_not_refused(tmp_path, capsys):
+    path = write(tmp_path, "task.yaml", GOOD + "  model: {name: 'not_installed_pkg.models:build'}\n")
+
+    code, out, err = run(capsys, path)
+
+    assert code == 0 and err == []
+    assert out == [f"{path}:1: spec.model.name: not_installed_pkg.models:build not checked: no module "
+                   f"'not_installed_pkg.models' here (looked in {tmp_path} and the installed packages); the worker "
+                   "image must provide it",
+                   f"{path}:1: FederatedTask default/mnist: valid"]
+
+
 def test_standard_input_and_non_mapping_documents(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fedtask_operator.cli.validate", "-"], capture_output=True,
                             text=True, input=GOOD + "---\n- just\n- a list\n", timeout=60)

@@ -3,7 +3,12 @@ fields, the CRD's CEL rules), one line per problem with file, line and field pat
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import yaml
@@ -88,6 +93,63 @@ def load_tasks(paths: list[str]) -> tuple[list[tuple[Document, FederatedTask]], 
     return tasks, errors
 
 
+# The spec fields that may name the user's own code as `module:callable` (run from the manifest's folder).
+USER_CODE_FIELDS = (
+    ("spec.model.name", lambda spec: spec.model.name),
+    ("spec.data.dataset", lambda spec: spec.data.dataset),
+    ("spec.training.step", lambda spec: spec.training.step),
+    ("spec.evaluation.function", lambda spec: spec.evaluation.function),
+)
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: str) -> Iterator[None]:
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(folder)
+
+
+def user_code_problems(task: FederatedTask, folder: str) -> tuple[list[str], list[str]]:
+    """(errors, notes) for the task's `module:callable` references, imported as `fedtask run` would (the manifest's
+    folder first on the path): a module that fails to import, a missing name, a name that is not callable are errors;
+    a module that is not importable here is a note (it may live in the worker image only)."""
+    errors: list[str] = []
+    notes: list[str] = []
+    for field, get in USER_CODE_FIELDS:
+        reference = get(task.spec)
+        if ":" not in reference:
+            continue  # a registered name (mlp, mnist) or empty
+        module_name, attribute = reference.split(":", 1)
+        with _first_on_path(folder):
+            try:
+                found = importlib.util.find_spec(module_name)
+            except (ImportError, ValueError):
+                found = None  # its parent package is missing
+            if found is None:
+                notes.append(f"{field}: {reference} not checked: no module {module_name!r} here (looked in {folder} "
+                             "and the installed packages); the worker image must provide it")
+                continue
+            try:
+                module = importlib.import_module(module_name)
+            except (Exception, SystemExit) as error:  # the user's module failing on import: report, don't crash
+                errors.append(f"{field}: importing {module_name!r} ({found.origin}) failed: "
+                              f"{type(error).__name__}: {error}")
+                continue
+        target: object = module
+        for part in attribute.split("."):
+            if not hasattr(target, part):
+                errors.append(f"{field}: module {module_name!r} ({found.origin}) has no {attribute!r}")
+                break
+            target = getattr(target, part)
+        else:
+            if not callable(target):
+                errors.append(f"{field}: {reference} is a {type(target).__name__}, not a callable")
+    return errors, notes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedtask validate",
@@ -98,17 +160,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--show-defaults", action="store_true",
                         help="print every valid task with all defaults filled in (YAML)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    parser.add_argument("--no-import", action="store_true",
+                        help="do not import the module:callable references (spec.model.name, data.dataset, "
+                             "training.step, evaluation.function) to check them; by default the ones importable here "
+                             "(from the manifest's folder, as `fedtask run` would) are imported and must be callable")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     tasks, errors = load_tasks(args.manifests)
+    notes: list[str] = []
+    if not args.no_import:
+        checked = []
+        for document, task in tasks:
+            path = document.where.rsplit(":", 1)[0]
+            folder = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
+            code_errors, code_notes = user_code_problems(task, folder)
+            errors += [f"{document.where}: {line}" for line in code_errors]
+            notes += [f"{document.where}: {line}" for line in code_notes]
+            if not code_errors:
+                checked.append((document, task))
+        tasks = checked
     for line in errors:
         print(line, file=sys.stderr)
     if args.show_defaults and tasks:
         sys.stdout.write(yaml.safe_dump_all([with_defaults(doc.content) for doc, _ in tasks], sort_keys=False))
     elif not args.quiet:
+        for line in notes:
+            print(line)
         for document, task in tasks:
             print(f"{document.where}: FederatedTask {task.key}: valid")
     return EXIT_INVALID if errors else EXIT_OK
