@@ -72,6 +72,65 @@ def read_from_an_unreachable_store(monkeypatch) -> float:
     return time.monotonic() - started
 
 
+class _Clock:
+    """time.monotonic and time.sleep for the retry loop: sleeping moves the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 1000.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_retries_back_off_exponentially_with_jitter_up_to_the_configured_cap(monkeypatch):
+    monkeypatch.setenv("FEDTASK_STORE_RETRY_SECONDS", "120")
+    monkeypatch.setenv("FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS", "3")
+    clock = _Clock()
+    monkeypatch.setattr(store.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(store.time, "sleep", clock.sleep)
+    calls = []
+
+    def refused() -> None:
+        calls.append(clock.now)
+        raise ConnectionRefusedError("store down")
+
+    with pytest.raises(TransientFailure, match="still failing after 120 s"):
+        store.with_retries("s3://b/k", "read", refused)
+    nominal = [min(0.2 * 2 ** i, 3.0) for i in range(len(clock.sleeps))]
+    for index, (slept, base) in enumerate(zip(clock.sleeps[:-1], nominal, strict=False)):
+        assert 0.5 * base <= slept <= 1.5 * base, (index, slept, base)  # the last one is cut to the budget
+    assert len(set(clock.sleeps)) > len(clock.sleeps) // 2, "jittered, not one fixed delay"
+    assert sum(clock.sleeps) == pytest.approx(120.0)  # the whole budget, not a second more
+    assert 40 <= len(calls) <= 90  # ~120 s / 3 s at the cap, plus the ramp (with 5 s it would be 24-48)
+
+
+def test_an_outage_shorter_than_the_budget_is_survived(monkeypatch):
+    monkeypatch.setenv("FEDTASK_STORE_RETRY_SECONDS", "30")
+    clock = _Clock()
+    monkeypatch.setattr(store.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(store.time, "sleep", clock.sleep)
+    heals_at = clock.now + 25.0
+
+    def flaky() -> str:
+        if clock.now < heals_at:
+            raise TimeoutError("store down")
+        return "ok"
+
+    assert store.with_retries("s3://b/k", "read", flaky) == "ok"
+    assert 25.0 <= clock.now - 1000.0 <= 25.0 + 1.5 * 5.0  # found it back within one (capped, jittered) wait
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_bad_retry_setting_is_bad_input(monkeypatch, value):
+    monkeypatch.setenv("FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS", value)
+    with pytest.raises(BadInput, match="FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS"):
+        store.with_retries("s3://b/k", "read", lambda: None)
+
+
 def test_unreachable_store_is_a_transient_failure_after_the_budget(monkeypatch):
     assert read_from_an_unreachable_store(monkeypatch) > 1.4  # the whole budget was used (load only adds to it)
 

@@ -1,7 +1,9 @@
 """Object store access: `s3://bucket/key` (official minio client), `file:///abs/path` and plain paths.
 
 Writes are atomic (temp file + rename on disk; one PUT or a completed multipart upload on S3). Transient S3 errors
-are retried with exponential backoff and jitter for FEDTASK_STORE_RETRY_SECONDS (default 60); permanent ones fail
+are retried with exponential backoff (from 0.2 s, doubling up to FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS, default 5)
+and jitter (each wait 0.5-1.5x) for FEDTASK_STORE_RETRY_SECONDS (default 60); then the stage exits 3, which the
+planner treats as a store outage (retried on its own budget, not counted against backoffLimit). Permanent errors fail
 fast with the URI in the message.
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ T = TypeVar("T")
 PART_SIZE = 16 * 1024 * 1024
 DOWNLOAD_CHUNK = 1024 * 1024  # larger reads make urllib3 join many socket reads into one buffer: slower, no gain
 DEFAULT_RETRY_SECONDS = 60.0
+DEFAULT_RETRY_MAX_DELAY_SECONDS = 5.0
+FIRST_RETRY_DELAY_SECONDS = 0.2
 _TRANSIENT_S3_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
                        "OperationAborted"}
 
@@ -61,11 +65,22 @@ def parse_uri(uri: str) -> Location:
 
 
 def retry_seconds() -> float:
-    raw = os.environ.get("FEDTASK_STORE_RETRY_SECONDS", "")
+    return _seconds_setting("FEDTASK_STORE_RETRY_SECONDS", DEFAULT_RETRY_SECONDS)
+
+
+def retry_max_delay() -> float:
+    return _seconds_setting("FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS", DEFAULT_RETRY_MAX_DELAY_SECONDS)
+
+
+def _seconds_setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
     try:
-        return float(raw) if raw else DEFAULT_RETRY_SECONDS
+        value = float(raw) if raw else default
     except ValueError:
-        raise BadInput(f"FEDTASK_STORE_RETRY_SECONDS={raw!r} is not a number") from None
+        raise BadInput(f"{name}={raw!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise BadInput(f"{name}={raw!r} must be a finite number of seconds >= 0")
+    return value
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -127,8 +142,9 @@ def _describe(error: Exception) -> str:
 def with_retries(uri: str, action: str, operation: Callable[[], T], budget: float | None = None) -> T:
     """Run an S3 operation, retrying transient failures with exponential backoff + jitter for `budget` seconds."""
     budget = retry_seconds() if budget is None else budget
+    max_delay = retry_max_delay()
     deadline = time.monotonic() + budget
-    delay = 0.2
+    delay = min(FIRST_RETRY_DELAY_SECONDS, max_delay)
     while True:
         try:
             return operation()
@@ -142,7 +158,7 @@ def with_retries(uri: str, action: str, operation: Callable[[], T], budget: floa
                 raise TransientFailure(f"{uri}: {action} still failing after {budget:g} s of retries: "
                                        f"{_describe(error)}") from None
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, max_delay)
 
 
 def _ensure_bucket(client, bucket: str, uri: str) -> None:

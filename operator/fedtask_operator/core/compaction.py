@@ -5,7 +5,8 @@ The planner works on the full records (`expand`) and stores the compact form (`c
 
 - **This round's devices.** Up to PACK_DEVICES_ABOVE devices keep their full records in `status.devices`. A larger
   round keeps one short row per device in `status.deviceRows` ("<device> <node index> <state><attempts>" and, when
-  they apply, "n<samples>", "t<seconds after roundStartTime the current pod started>", "e<reason index>") with the
+  they apply, "n<samples>", "t<seconds after roundStartTime the current pod started>", "e<reason index>", and for a
+  store outage "o<outages>", "s<outageSince>", "w<retryAfter>" as offsets like "t") with the
   node names in `status.deviceNodes` and the distinct failure reasons in `status.deviceReasons` (at most
   REASON_LIMIT; later ones read "see the DeviceFailed events"). A row drops what the planner does not read again:
   the pod name (derived: naming.train_pod_name), finishTime, and every result field but num_samples.
@@ -205,6 +206,12 @@ def _pack_devices(status: TaskStatusDict, devices: list[DeviceStatusDict]) -> No
         offset = _offset(start, record.get("startTime"))
         if offset:
             row += f" t{offset}"
+        if record.get("outages"):
+            row += f" o{int(record['outages'])}"
+        if record.get("outageSince"):
+            row += f" s{_offset(start, record.get('outageSince')) or 0}"
+        if record.get("retryAfter"):
+            row += f" w{_offset(start, record.get('retryAfter')) or 0}"
         reason = record.get("reason")
         if reason:
             reason = reason[:REASON_LENGTH]
@@ -242,8 +249,13 @@ def _unpack_row(row: str, nodes: list[str], reasons: list[str], task_name: str, 
             if kind == "n":
                 record["result"] = {"num_samples": int(value)}
             elif kind == "t" and start:
-                moment = (parse_time(start) + timedelta(seconds=float(value))).astimezone(UTC).isoformat(
-                    timespec="milliseconds").replace("+00:00", "Z")
+                moment = _after(start, value)
+            elif kind == "o":
+                record["outages"] = int(value)
+            elif kind == "s" and start:
+                record["outageSince"] = _after(start, value)
+            elif kind == "w" and start:
+                record["retryAfter"] = _after(start, value)
             elif kind == "e":
                 record["reason"] = reasons[int(value)]
             else:
@@ -253,6 +265,11 @@ def _unpack_row(row: str, nodes: list[str], reasons: list[str], task_name: str, 
     if moment:
         record["startTime"] = moment
     return record
+
+
+def _after(start: str, seconds: str) -> str:
+    moment = parse_time(start) + timedelta(seconds=float(seconds))
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def serialized_size(status: Any) -> int:

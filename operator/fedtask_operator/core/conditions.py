@@ -40,6 +40,7 @@ REASON_POD_FAILED = "PodFailed"
 REASON_POD_NOT_STARTING = "PodNotStarting"  # a pod stays Pending: image pull, container config or kube-scheduler
 REASON_POD_CREATION_FAILED = "PodCreationFailed"  # the API server refused a pod (403, 422, ...)
 REASON_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+REASON_STORE_UNAVAILABLE = "StoreUnavailable"  # pods kept exiting 3 (store outage) beyond spec.storeOutageSeconds
 REASON_QUORUM_NOT_REACHED = "QuorumNotReached"  # the round deadline passed with fewer than minReturned updates
 REASON_ALL_UPDATES_REJECTED = "AllUpdatesRejected"
 REASON_DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.activeDeadlineSeconds

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from fedtask_operator.core import conditions, naming, pods
@@ -76,6 +76,11 @@ PodRecord: TypeAlias = DeviceStatusDict | StagePodStatusDict | PublishStatusDict
 """A record of one pod in the status: a device's train pod, the server-side stage pod, or a publish pod."""
 
 EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
+EXIT_STORE_UNAVAILABLE = 3  # the worker's exit code when the store stayed down through its own retries
+# A pod that exits EXIT_STORE_UNAVAILABLE is retried after a backoff that doubles within these bounds (jittered
+# 0.5-1.5x by the pod's name), not counted against spec.backoffLimit, until spec.storeOutageSeconds have passed since
+# the record's first such exit.
+STORE_OUTAGE_RETRY_SECONDS = (5.0, 60.0)
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
 TERMINATING_RETRY_SECONDS = 1.0
 # A pod creation the API server refuses (403: Pod Security, quota, a missing PriorityClass; 400/422: invalid) is
@@ -138,6 +143,7 @@ class PodOutcome:
     result: dict[str, Any] | None = None
     reason: str = ""
     retryable: bool = True
+    store_outage: bool = False  # exited EXIT_STORE_UNAVAILABLE
 
 
 def observe_pod(pod: KubeObject | None) -> PodOutcome:
@@ -157,7 +163,7 @@ def observe_pod(pod: KubeObject | None) -> PodOutcome:
     if phase == POD_FAILED:
         exit_code = terminated.get("exitCode")
         return PodOutcome(STATE_FAILED, reason=_failure_reason(status, terminated),
-                          retryable=exit_code != EXIT_BAD_INPUT)
+                          retryable=exit_code != EXIT_BAD_INPUT, store_outage=exit_code == EXIT_STORE_UNAVAILABLE)
     if phase == POD_RUNNING:
         return PodOutcome(STATE_RUNNING)
     return PodOutcome(STATE_PENDING, reason=_not_starting_reason(status))
@@ -341,10 +347,13 @@ class _Progress:
     result: dict[str, Any] | None = None
     reason: str = ""
     bad_input: bool = False  # failed with the worker's bad-input exit code (not retried)
+    store_outage: bool = False  # the store stayed down beyond spec.storeOutageSeconds
 
     @property
     def failure_reason(self) -> str:
         """The condition reason of a stage that failed for good."""
+        if self.store_outage:
+            return conditions.REASON_STORE_UNAVAILABLE
         return conditions.REASON_STAGE_FAILED if self.bad_input else conditions.REASON_BACKOFF_LIMIT_EXCEEDED
 
 
@@ -357,6 +366,11 @@ def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeO
     ctx.keep.add(record["pod"])
     outcome = observe_pod(ctx.pods.get(record["pod"]))
     if outcome.state == "Missing":
+        wait = -_seconds_until_passed(record.get("retryAfter"), ctx.now)
+        if wait > 0:  # the store-outage backoff
+            ctx.requeue.append(wait)
+            return _Progress(STATE_PENDING)
+        record.pop("retryAfter", None)
         ctx.create.append(build(int(record.get("attempts") or 0)))
         return _Progress(STATE_PENDING)
     if outcome.state == "Terminating":  # a pod of the same name is going away; create it again once it is gone
@@ -367,20 +381,58 @@ def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeO
     if outcome.state in (STATE_PENDING, STATE_RUNNING, STATE_SUCCEEDED):
         return _Progress(outcome.state, outcome.result)
     attempts = int(record.get("attempts") or 0)
+    if outcome.store_outage:
+        return _retry_after_store_outage(ctx, record, build, what, outcome)
     limit = ctx.spec.backoff_limit
-    if not outcome.retryable or attempts >= limit:
+    if not outcome.retryable or attempts - int(record.get("outages") or 0) >= limit:
         why = "bad input, not retried" if not outcome.retryable else f"backoffLimit {limit} reached"
         return _Progress(STATE_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}",
                          bad_input=not outcome.retryable)
     manifest = build(attempts + 1)
     ctx.event(conditions.REASON_POD_FAILED,
               f"{what}: pod {record['pod']} failed ({outcome.reason}); retrying as {manifest['metadata']['name']} "
-              f"(retry {attempts + 1} of {limit})", warning=True)
+              f"(retry {attempts + 1 - int(record.get('outages') or 0)} of {limit})", warning=True)
     record["attempts"] = attempts + 1
     record["pod"] = manifest["metadata"]["name"]
     ctx.keep.add(record["pod"])
     ctx.create.append(manifest)
     return _Progress(STATE_PENDING)
+
+
+def _retry_after_store_outage(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str,
+                              outcome: PodOutcome) -> _Progress:
+    """The pod exited 3: the store stayed down through the worker's retries. The next attempt waits for a backoff
+    and is not counted against backoffLimit, until spec.storeOutageSeconds have passed since the first such exit."""
+    attempts, outages = int(record.get("attempts") or 0), int(record.get("outages") or 0)
+    since = record.get("outageSince") or ctx.stamp
+    elapsed = _seconds_between(since, ctx.now)
+    budget = ctx.spec.store_outage_seconds
+    if elapsed >= budget:
+        return _Progress(STATE_FAILED, store_outage=True,
+                         reason=f"pod {record['pod']} failed: the store was unreachable for {elapsed:.0f}s "
+                                f"({outages + 1} attempts), beyond spec.storeOutageSeconds={budget}: "
+                                f"{outcome.reason}; check the store (its endpoint, its health) and raise "
+                                "spec.storeOutageSeconds to wait longer")
+    low, high = STORE_OUTAGE_RETRY_SECONDS
+    jitter = 0.5 + int(naming.short_hash(record["pod"]), 16) / 16 ** naming.HASH_LENGTH
+    delay = round(min(low * 2 ** outages, high) * jitter, 3)
+    manifest = build(attempts + 1)
+    ctx.event(conditions.REASON_STORE_UNAVAILABLE,
+              f"{what}: pod {record['pod']} could not reach the store ({outcome.reason}); retrying as "
+              f"{manifest['metadata']['name']} in {delay:.0f}s (not counted against backoffLimit; the outage began "
+              f"{elapsed:.0f}s ago, the task gives up after spec.storeOutageSeconds={budget})", warning=True)
+    record.update({"attempts": attempts + 1, "outages": outages + 1, "outageSince": since,
+                   "retryAfter": timestamp(ctx.now + timedelta(seconds=delay)), "pod": manifest["metadata"]["name"]})
+    ctx.keep.add(record["pod"])
+    ctx.requeue.append(delay)
+    return _Progress(STATE_PENDING)
+
+
+def _seconds_until_passed(moment: str | None, now: datetime) -> float:
+    """Seconds since `moment` (negative before it; 0 when there is none)."""
+    if not moment:
+        return 0.0
+    return (now - conditions.parse_time(moment)).total_seconds()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -461,6 +461,11 @@ class TaskSpec:
                                        "them up is left out of the round (and replaced when a device is free); a "
                                        "server-side stage that did fails the task (BackoffLimitExceeded). Bad input "
                                        "(exit 2) is never retried.")
+    store_outage_seconds: int = api_field(
+        900, minimum=0, maximum=86400,
+        doc="A pod that exits 3 (the store stayed unreachable through the worker's own retries) is retried after a "
+            "backoff (5 s doubling to 60 s, jittered) without counting against backoffLimit, for this long from "
+            "its first such exit; then it fails as usual (condition reason StoreUnavailable).")
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
     ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
                                                        doc="Delete the finished task after this many seconds.")
@@ -490,6 +495,10 @@ class DeviceStatus:
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far (retries used).")
     start_time: DateTime | None = api_field(None, doc="When the current pod was created.")
     finish_time: DateTime | None = api_field(None, doc="When the update arrived or the device gave up.")
+    outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
+                                                 "against backoffLimit.")
+    outage_since: DateTime | None = api_field(None, doc="When the first of those ended.")
+    retry_after: DateTime | None = api_field(None, doc="The next pod is created no earlier (the outage backoff).")
     result: FreeForm | None = api_field(None, doc="The train stage's result (num_samples, loss, seconds, bytes).")
 
 
@@ -504,6 +513,10 @@ class StagePodStatus:
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
     start_time: DateTime | None = api_field(None, doc="When the stage began.")
     finish_time: DateTime | None = api_field(None, doc="When the stage finished.")
+    outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
+                                                 "against backoffLimit.")
+    outage_since: DateTime | None = api_field(None, doc="When the first of those ended.")
+    retry_after: DateTime | None = api_field(None, doc="The next pod is created no earlier (the outage backoff).")
     result: FreeForm | None = api_field(None, doc="The stage's result, once it succeeded.")
 
 
@@ -515,6 +528,10 @@ class PublishStatus:
     reason: str = api_field("", doc="Why it failed.")
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
     result: FreeForm | None = api_field(None, doc="The publish stage's result.")
+    outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
+                                                 "against backoffLimit.")
+    outage_since: DateTime | None = api_field(None, doc="When the first of those ended.")
+    retry_after: DateTime | None = api_field(None, doc="The next pod is created no earlier (the outage backoff).")
 
 
 @dataclass

@@ -40,6 +40,9 @@ class DeviceStatusDict(TypedDict, total=False):
     startTime: str
     finishTime: str
     result: dict[str, Any]  # the train stage's result (num_samples, loss, seconds, bytes), free-form
+    outages: int  # attempts that ended in a store outage (exit 3), within attempts
+    outageSince: str
+    retryAfter: str
 
 
 @final
@@ -54,6 +57,9 @@ class StagePodStatusDict(TypedDict, total=False):
     startTime: str
     finishTime: str
     result: dict[str, Any]
+    outages: int  # attempts that ended in a store outage (exit 3), within attempts
+    outageSince: str
+    retryAfter: str
 
 
 @final
@@ -66,6 +72,9 @@ class PublishStatusDict(TypedDict, total=False):
     reason: str
     attempts: int
     result: dict[str, Any]
+    outages: int  # attempts that ended in a store outage (exit 3), within attempts
+    outageSince: str
+    retryAfter: str
 
 
 class AssignedDeviceDict(TypedDict, total=False):
