@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from fedtask_operator.core.confinement import Confinement
 from fedtask_operator.core.documents import DocumentError, load_documents
 from fedtask_operator.core.scheduling.collection import DEFAULT_COLLECTION_WINDOW_SECONDS, SchedulingConfig
 from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--collection-window", type=float, default=DEFAULT_COLLECTION_WINDOW_SECONDS, metavar="S",
                         help="seconds a learning period waits for more tasks to need devices before it assigns them "
                              f"jointly (default {DEFAULT_COLLECTION_WINDOW_SECONDS:g})")
+    parser.add_argument("--allowed-host-path-prefix", action="append", dest="host_path_prefixes", metavar="PATH",
+                        help="a directory under which spec.data.hostPath and spec.publish.hostPath must lie, as the "
+                             "operator's flag of that name (repeat; default /var/lib/fedtask)")
     parser.add_argument("--fairness-weight", type=float, default=DEFAULT_FAIRNESS_WEIGHT, metavar="W",
                         help="time-fair's weight of unfairness for tasks that set no spec.scheduling.fairnessWeight "
                              f"(default {DEFAULT_FAIRNESS_WEIGHT:g}; 0: the fastest devices)")
@@ -175,7 +179,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         scheduling = SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
-    except ValueError as error:
+        confinement = Confinement(allowed_host_path_prefixes=tuple(args.host_path_prefixes)) \
+            if args.host_path_prefixes else Confinement()
+    except ValueError as error:  # ConfinementSettingError names the flag
         parser.error(str(error))
     try:
         manifests = load_manifests(args.manifests, args.overrides)
@@ -207,7 +213,7 @@ def main(argv: list[str]) -> int:
     kubelet = ProcessKubelet(workdir / "pods", secrets=secrets, config_maps=config_maps, launcher=fork_server,
                              claims_root=workdir / "claims", base_env=env)
     progress = Progress(stream=sys.stderr if args.output else None)
-    runtime = LocalRuntime(store, kubelet, nodes, local_runtime_config(workdir),
+    runtime = LocalRuntime(store, kubelet, nodes, local_runtime_config(workdir, confinement),
                            [item["name"] for item in manifests], progress, scheduling)
     progress.message(f"fedtask run: {len(manifests)} task(s) on {len(nodes)} node(s), workdir {workdir}")
     try:

@@ -7,14 +7,15 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from fedtask_operator.core.confinement import Confinement
 from fedtask_operator.core.pods import RuntimeConfig
 
 LOCAL_IMAGE = "fedtask-worker:local"  # not pulled: the process kubelet runs the command with this machine's Python
 
 
-def local_runtime_config(workdir: Path) -> RuntimeConfig:
+def local_runtime_config(workdir: Path, confinement: Confinement | None = None) -> RuntimeConfig:
     return RuntimeConfig(image=LOCAL_IMAGE, image_pull_policy="Never", store_base_uri=workdir_store_uri(workdir),
-                         worker_command=("python", "-m", "fedtask_worker"))
+                         worker_command=("python", "-m", "fedtask_worker"), confinement=confinement or Confinement())
 
 
 def workdir_store_uri(workdir: Path) -> str:
