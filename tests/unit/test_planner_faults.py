@@ -1,11 +1,13 @@
 """Faults the planner rides out: a store outage (the worker's exit 3) is retried on its own backoff and budget, not
-against spec.backoffLimit."""
+against spec.backoffLimit; server-side stages and rounds below quorum have deadlines; pods on lost nodes are given
+up after a grace period."""
 from __future__ import annotations
 
 from datetime import timedelta
 
 from fedtask_operator.core.compaction import compact, round_devices
-from tests.unit.test_planner import T0, Cluster, make_task, train_pods
+from fedtask_operator.core.planner import NODE_LOST_GRACE_SECONDS
+from tests.unit.test_planner import T0, Cluster, make_task, node, train_pods
 
 STORE_DOWN = "s3://fedtask/x: read still failing after 60 s of retries: ConnectionRefusedError"
 
@@ -83,3 +85,88 @@ def test_outage_fields_survive_packing():
                for i in range(150)]
     status = compact({"round": 2, "roundStartTime": start, "devices": [dict(d) for d in devices]})
     assert "deviceRows" in status and round_devices(status, "t") == devices
+
+
+# ---- deadlines and lost nodes
+
+
+def test_a_server_stage_past_its_deadline_is_replaced_then_fails_with_stage_deadline_exceeded():
+    cluster = in_training(backoffLimit=1, stageTimeoutSeconds=300)
+    cluster.finish_all("train")
+    cluster.reconcile()
+    cluster.start("mnist-r0001-aggregate")
+    cluster.tick(299)
+    assert not cluster.reconcile().create, "not before the deadline"
+    cluster.tick(1)
+    plan = cluster.reconcile()
+    assert [m["metadata"]["name"] for m in plan.create] == ["mnist-r0001-aggregate-a1"]
+    assert cluster.status["current"]["attempts"] == 1
+    cluster.reconcile()
+    assert "mnist-r0001-aggregate" in cluster.deleted, "the overdue pod is deleted once it is replaced"
+    cluster.start("mnist-r0001-aggregate-a1")
+    cluster.tick(300)
+    cluster.reconcile()
+    failed = condition(cluster, "Failed")
+    assert failed["reason"] == "StageDeadlineExceeded" and "stageTimeoutSeconds=300" in failed["message"], failed
+
+
+def test_a_round_below_quorum_waits_for_running_devices_one_more_timeout_then_fails():
+    cluster = in_training(rounds={"max": 3, "timeoutSeconds": 60})
+    first, *others = cluster.active("train")
+    cluster.succeed(first)
+    for name in others:
+        cluster.start(name)
+    cluster.tick(61)
+    plan = cluster.reconcile()
+    assert condition(cluster, "Stalled")["reason"] == "QuorumNotReached" and cluster.status["phase"] == "Running"
+    assert plan.requeue_after is not None and plan.requeue_after <= 59
+    cluster.tick(plan.requeue_after)
+    cluster.reconcile()
+    failed = condition(cluster, "Failed")
+    assert failed["reason"] == "QuorumNotReached" and "twice rounds.timeoutSeconds=60" in failed["message"]
+
+
+def not_ready(name: str, since) -> dict:
+    node_object = node(name)
+    node_object["status"] = {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                                             "lastTransitionTime": since.strftime("%Y-%m-%dT%H:%M:%SZ")}]}
+    return node_object
+
+
+def test_a_train_pod_on_a_node_notready_past_the_grace_period_fails_its_device_which_is_replaced():
+    names = [f"n{i}" for i in range(4)]
+    task = make_task(data={"dataset": "digits", "source": "hostPath", "hostPath": "/var/lib/fedtask"},
+                     devices={"perRound": 2, "minReturned": 2}, rounds={"max": 1, "timeoutSeconds": 3600})
+    del task["spec"]["devices"]["count"]  # node devices: every matching node is one
+    cluster = Cluster(task, devices=names, nodes=[node(n) for n in names])
+    cluster.free_devices = names[:2]
+    cluster.reconcile()
+    cluster.succeed("mnist-init")
+    cluster.reconcile()
+    lost_device = cluster.status["devices"][0]
+    pod = lost_device["pod"]
+    cluster.start(pod)
+    cluster.nodes = [not_ready(n, cluster.now) if n == lost_device["node"] else node(n) for n in names]
+    cluster.tick(NODE_LOST_GRACE_SECONDS - 1)
+    plan = cluster.reconcile()
+    assert not plan.create and plan.requeue_after is not None and plan.requeue_after <= 1.001, "within the grace"
+    cluster.free_devices = names[2:]
+    cluster.tick(1)
+    cluster.reconcile()
+    record = next(d for d in cluster.status["devices"] if d["pod"] == pod)
+    assert record["state"] == "Failed" and "NotReady" in record["reason"] and "not retried" in record["reason"]
+    assert "NodeLost" in cluster.event_reasons() and "DeviceReplaced" in cluster.event_reasons()
+    assert len(cluster.status["devices"]) == 3 and cluster.status["devices"][-1]["node"] in names[2:]
+
+
+def test_a_stage_pod_on_a_deleted_node_is_replaced_even_while_terminating():
+    cluster = in_training(backoffLimit=2)
+    cluster.nodes = [node("node-0"), node("node-1")]
+    cluster.finish_all("train")
+    cluster.reconcile()
+    pod = cluster.pods["mnist-r0001-aggregate"]
+    pod["spec"]["nodeName"] = "gone"
+    pod["metadata"]["deletionTimestamp"] = "2026-11-28T05:00:00Z"  # stuck Terminating: its kubelet is gone
+    plan = cluster.reconcile()
+    assert [m["metadata"]["name"] for m in plan.create] == ["mnist-r0001-aggregate-a1"]
+    assert any(e.reason == "NodeLost" and "gone was deleted" in e.message for e in cluster.events)

@@ -81,6 +81,10 @@ EXIT_STORE_UNAVAILABLE = 3  # the worker's exit code when the store stayed down 
 # 0.5-1.5x by the pod's name), not counted against spec.backoffLimit, until spec.storeOutageSeconds have passed since
 # the record's first such exit.
 STORE_OUTAGE_RETRY_SECONDS = (5.0, 60.0)
+# A pod whose node is NotReady (Ready False or Unknown) this long, or whose node is gone, is given up: a train pod's
+# device fails (and is replaced), a server-side stage pod is replaced by its next attempt (counted against
+# backoffLimit). Kubernetes itself evicts such pods only after 300 s, and a deleted node's pods stay Terminating.
+NODE_LOST_GRACE_SECONDS = 120.0
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
 TERMINATING_RETRY_SECONDS = 1.0
 # A pod creation the API server refuses (403: Pod Security, quota, a missing PriorityClass; 400/422: invalid) is
@@ -271,6 +275,7 @@ class _Planning:
         self.creation_refusals = observed.creation_refusals
         self.hold_creations: float | None = None
         self.universe: set[str] = set()  # the task's devices, when _update_fairness worked them out
+        self.node_by_name = {node["metadata"]["name"]: node for node in observed.nodes or []}
 
     @property
     def round(self) -> int:
@@ -348,16 +353,20 @@ class _Progress:
     reason: str = ""
     bad_input: bool = False  # failed with the worker's bad-input exit code (not retried)
     store_outage: bool = False  # the store stayed down beyond spec.storeOutageSeconds
+    overdue: bool = False  # the last attempt outlived spec.stageTimeoutSeconds
 
     @property
     def failure_reason(self) -> str:
         """The condition reason of a stage that failed for good."""
         if self.store_outage:
             return conditions.REASON_STORE_UNAVAILABLE
+        if self.overdue:
+            return conditions.REASON_STAGE_DEADLINE_EXCEEDED
         return conditions.REASON_STAGE_FAILED if self.bad_input else conditions.REASON_BACKOFF_LIMIT_EXCEEDED
 
 
-def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str) -> _Progress:
+def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str,
+                 deadline: float | None = None) -> _Progress:
     """Move one pod record on: create its pod when missing, retry a failed pod, report a result.
 
     `record` holds `pod` (the current attempt's name) and `attempts` (failed attempts so far); `build(attempt)`
@@ -373,6 +382,16 @@ def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeO
         record.pop("retryAfter", None)
         ctx.create.append(build(int(record.get("attempts") or 0)))
         return _Progress(STATE_PENDING)
+    overdue, lost = False, ""
+    if outcome.state in ("Terminating", STATE_PENDING, STATE_RUNNING):
+        lost = _lost_node(ctx, ctx.pods.get(record["pod"]))
+        late = _overdue(ctx, record, deadline)
+        if lost:
+            ctx.event(conditions.REASON_NODE_LOST, f"{what}: pod {record['pod']}: {lost}", warning=True)
+            # a train pod is pinned to its device's node: its device gives up and is replaced
+            outcome = PodOutcome(STATE_FAILED, reason=lost, retryable="device" not in record)
+        elif late:
+            outcome, overdue = PodOutcome(STATE_FAILED, reason=late), True
     if outcome.state == "Terminating":  # a pod of the same name is going away; create it again once it is gone
         ctx.requeue.append(TERMINATING_RETRY_SECONDS)
         return _Progress(STATE_PENDING)
@@ -385,9 +404,11 @@ def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeO
         return _retry_after_store_outage(ctx, record, build, what, outcome)
     limit = ctx.spec.backoff_limit
     if not outcome.retryable or attempts - int(record.get("outages") or 0) >= limit:
-        why = "bad input, not retried" if not outcome.retryable else f"backoffLimit {limit} reached"
+        why = f"backoffLimit {limit} reached"
+        if not outcome.retryable:
+            why = "its node is lost, not retried" if lost else "bad input, not retried"
         return _Progress(STATE_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}",
-                         bad_input=not outcome.retryable)
+                         bad_input=not outcome.retryable and not lost, overdue=overdue)
     manifest = build(attempts + 1)
     ctx.event(conditions.REASON_POD_FAILED,
               f"{what}: pod {record['pod']} failed ({outcome.reason}); retrying as {manifest['metadata']['name']} "
@@ -426,6 +447,39 @@ def _retry_after_store_outage(ctx: _Planning, record: PodRecord, build: Callable
     ctx.keep.add(record["pod"])
     ctx.requeue.append(delay)
     return _Progress(STATE_PENDING)
+
+
+def _lost_node(ctx: _Planning, pod: KubeObject | None) -> str:
+    """Why the pod's node is lost (deleted, or NotReady for NODE_LOST_GRACE_SECONDS), else "" (and a requeue for
+    when the grace period ends). Only when the runtime passed the nodes."""
+    node_name = naming.pinned_node(pod) if pod else None  # bound, or pinned by pods.py before binding
+    if ctx.nodes is None or not node_name:
+        return ""
+    node = ctx.node_by_name.get(node_name)
+    if node is None:
+        return f"its node {node_name} was deleted"
+    ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None or ready.get("status") == conditions.TRUE:
+        return ""
+    since = ready.get("lastTransitionTime")
+    down_for = _seconds_between(since, ctx.now) if since else NODE_LOST_GRACE_SECONDS
+    if down_for < NODE_LOST_GRACE_SECONDS:
+        ctx.requeue.append(round(NODE_LOST_GRACE_SECONDS - down_for, 3))
+        return ""
+    return (f"its node {node_name} has been NotReady ({ready.get('reason') or ready.get('status')}) for "
+            f"{down_for:.0f}s, beyond the {NODE_LOST_GRACE_SECONDS:.0f}s grace period")
+
+
+def _overdue(ctx: _Planning, record: PodRecord, deadline: float | None) -> str:
+    """Why the record's current attempt is past `deadline` seconds from its start, else "" (and a requeue)."""
+    start = record.get("startTime") if "startTime" in record else None
+    if deadline is None or not isinstance(start, str):
+        return ""
+    elapsed = _seconds_between(start, ctx.now)
+    if elapsed < deadline:
+        ctx.requeue.append(round(deadline - elapsed, 3))
+        return ""
+    return f"no result {elapsed:.0f}s after the pod was created, beyond spec.stageTimeoutSeconds={deadline:.0f}"
 
 
 def _seconds_until_passed(moment: str | None, now: datetime) -> float:
@@ -721,14 +775,15 @@ def _stage_pod(ctx: _Planning, stage: str, build: Callable[[int], KubeObject]) -
     return record
 
 
-def _advance_record(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str) -> _Progress:
+def _advance_record(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str,
+                    deadline: float | None = None) -> _Progress:
     """Advance one pod record and store what happened in it (state, reason, result, times)."""
     if record.get("state") not in UNFINISHED_STATES:
         if record.get("state") != STATE_EXCLUDED:
             ctx.keep.add(record["pod"])  # a finished pod of the running stage stays until the stage ends
         return _Progress(record["state"], record.get("result"), record.get("reason", ""))
     attempts_before = int(record.get("attempts") or 0)
-    progress = _advance_pod(ctx, record, build, what)
+    progress = _advance_pod(ctx, record, build, what, deadline)
     if int(record.get("attempts") or 0) != attempts_before and "startTime" in record:
         record["startTime"] = ctx.stamp
     if progress.state == STATE_SUCCEEDED:
@@ -748,7 +803,8 @@ def _stamp_finish(ctx: _Planning, record: PodRecord) -> None:
 
 def _advance_stage_pod(ctx: _Planning, stage: str, build: Callable[[int], KubeObject]) -> _Progress:
     record = _stage_pod(ctx, stage, build)
-    return _advance_record(ctx, record, build, f"round {ctx.round} {stage}" if ctx.round else stage)
+    return _advance_record(ctx, record, build, f"round {ctx.round} {stage}" if ctx.round else stage,
+                           deadline=float(ctx.spec.stage_timeout_seconds))
 
 
 def _plan_initializing(ctx: _Planning) -> bool:
@@ -960,10 +1016,17 @@ def _plan_training(ctx: _Planning) -> bool:
         _exclude_stragglers(ctx, active, timeout)
         active = []
     if active:
-        if timed_out:
+        if timed_out and elapsed >= 2 * timeout:  # below quorum: the running devices had another timeout to return
+            _fail(ctx, conditions.REASON_QUORUM_NOT_REACHED,
+                  f"round {ctx.round}: {len(returned)} of {quorum} needed updates after {elapsed:.0f}s, twice "
+                  f"rounds.timeoutSeconds={timeout}, with {len(active)} devices still running; raise "
+                  "rounds.timeoutSeconds or lower spec.devices.minReturned")
+        elif timed_out:
             _mark_stalled(ctx, conditions.REASON_QUORUM_NOT_REACHED,
                           f"round {ctx.round}: past rounds.timeoutSeconds={timeout} with {len(returned)} of "
-                          f"{quorum} needed updates; waiting for {len(active)} running devices")
+                          f"{quorum} needed updates; waiting for {len(active)} running devices until "
+                          f"{2 * timeout}s, then the task fails")
+            ctx.requeue.append(round(2 * timeout - elapsed, 3))
         else:
             ctx.requeue.append(round(timeout - elapsed, 3))
         return False

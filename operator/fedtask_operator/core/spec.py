@@ -466,6 +466,11 @@ class TaskSpec:
         doc="A pod that exits 3 (the store stayed unreachable through the worker's own retries) is retried after a "
             "backoff (5 s doubling to 60 s, jittered) without counting against backoffLimit, for this long from "
             "its first such exit; then it fails as usual (condition reason StoreUnavailable).")
+    stage_timeout_seconds: int = api_field(
+        3600, minimum=1, maximum=604800,
+        doc="A server-side stage pod (init, aggregate, adjust) that has no result this long after it was created is "
+            "replaced (a failed attempt, counted against backoffLimit); when none is left the task fails "
+            "(StageDeadlineExceeded).")
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
     ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
                                                        doc="Delete the finished task after this many seconds.")
