@@ -170,3 +170,15 @@ def test_a_stage_pod_on_a_deleted_node_is_replaced_even_while_terminating():
     plan = cluster.reconcile()
     assert [m["metadata"]["name"] for m in plan.create] == ["mnist-r0001-aggregate-a1"]
     assert any(e.reason == "NodeLost" and "gone was deleted" in e.message for e in cluster.events)
+
+
+def test_unreadable_device_rows_fail_the_task_with_a_clear_message_and_stop_its_pods():
+    cluster = in_training(devices={"count": 200, "perRound": 150})
+    assert "deviceRows" in cluster.status
+    running = cluster.active("train")
+    cluster.task["status"]["deviceRows"][3] = "d003 0 Q9 garbage"
+    cluster.apply(cluster.plan())  # not reconcile(): its checks read the stored rows themselves
+    failed = condition(cluster, "Failed")
+    assert failed["reason"] == "StatusUnreadable" and "status.deviceRows" in failed["message"]
+    assert "d003 0 Q9 garbage" in failed["message"] and "recreate the task" in failed["message"]
+    assert set(running) <= set(cluster.deleted)

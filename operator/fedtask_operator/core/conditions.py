@@ -43,6 +43,7 @@ REASON_BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 REASON_STORE_UNAVAILABLE = "StoreUnavailable"  # pods kept exiting 3 (store outage) beyond spec.storeOutageSeconds
 REASON_STAGE_DEADLINE_EXCEEDED = "StageDeadlineExceeded"  # a server-side stage pod outlived spec.stageTimeoutSeconds
 REASON_NODE_LOST = "NodeLost"  # an event: a pod's node was deleted or NotReady beyond the grace period
+REASON_STATUS_UNREADABLE = "StatusUnreadable"  # status.deviceRows written by something else than the operator
 REASON_QUORUM_NOT_REACHED = "QuorumNotReached"  # the round deadline passed with fewer than minReturned updates
 REASON_ALL_UPDATES_REJECTED = "AllUpdatesRejected"
 REASON_DEADLINE_EXCEEDED = "DeadlineExceeded"  # spec.activeDeadlineSeconds

@@ -27,7 +27,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 from fedtask_operator.core import conditions, naming, pods
-from fedtask_operator.core.compaction import compact, count_round, expand, participation_default, round_count
+from fedtask_operator.core.compaction import (
+    CompactionError,
+    compact,
+    count_round,
+    expand,
+    participation_default,
+    round_count,
+)
 from fedtask_operator.core.confinement import confinement_errors
 from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.phases import (
@@ -507,9 +514,31 @@ def plan_task(task: KubeObject, observed: Observed, config: RuntimeConfig,
     store_errors = store_uri_errors(parsed, config)  # the runtime's store decides what a task may name in it
     if store_errors:
         return _plan_invalid_spec(task, observed, SpecError(store_errors))
-    ctx = _Planning(parsed, task.get("status") or {}, observed, config, assignment)
+    try:
+        ctx = _Planning(parsed, task.get("status") or {}, observed, config, assignment)
+    except CompactionError as error:
+        return _plan_unreadable_status(task, observed, error)
     _plan(ctx)
     return ctx.plan()
+
+
+def _plan_unreadable_status(task: KubeObject, observed: Observed, error: CompactionError) -> Plan:
+    """The stored status holds device rows the planner cannot read (something else wrote them): the task fails and
+    says so, its running pods are stopped (its round cannot be finished without knowing its devices)."""
+    status: TaskStatusDict = copy.deepcopy(task.get("status") or TaskStatusDict())
+    for key in ("deviceRows", "deviceNodes", "deviceReasons"):
+        status.pop(key, None)  # type: ignore[misc]
+    message = (f"{error}; the status was changed by something other than the operator: recreate the task (its "
+               "models so far are in the store)")
+    status.update({"phase": FAILED, "message": message, "completionTime": conditions.format_time(observed.now)})
+    for type_, value in ((conditions.FAILED, True), (conditions.READY, False), (conditions.PROGRESSING, False)):
+        status["conditions"] = conditions.set_condition(status.get("conditions"), type_, value,
+                                                        conditions.REASON_STATUS_UNREADABLE, message, observed.now,
+                                                        (task.get("metadata") or {}).get("generation"))
+    running = sorted(pod["metadata"]["name"] for pod in observed.pods
+                     if observe_pod(pod).state in (STATE_PENDING, STATE_RUNNING))
+    return Plan(delete=running, status=status,
+                events=[Event("Warning", conditions.REASON_STATUS_UNREADABLE, message)])
 
 
 def _plan(ctx: _Planning) -> None:
