@@ -14,7 +14,7 @@ from collections import Counter
 
 import kopf
 
-from fedtask_operator.core.naming import TASK_LABEL
+from fedtask_operator.core.naming import TASK_LABEL, pinned_node
 from fedtask_operator.core.phases import PENDING, POD_FINISHED_PHASES, SCHEDULING
 from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
 from fedtask_operator.kube import credentials, lease, metrics, pod_index
@@ -134,12 +134,26 @@ async def pod_changed(type, body, namespace, memo, **kwargs):
         await memo.reconciler.request(namespace, task, _views(kwargs))
 
 
-async def node_changed(memo, **kwargs):
-    """A node appeared or changed: tasks waiting for devices may fit now."""
+async def node_changed(memo, body=None, **kwargs):
+    """A node appeared, changed or went away: tasks waiting for devices may fit now, and tasks with a pod on it
+    learn that it turned NotReady or was deleted (the planner replaces such pods after a grace period)."""
     views = _views(kwargs)
+    node_name = ((body or {}).get("metadata") or {}).get("name")
+    for namespace, name in tasks_to_wake_for_node(views, node_name):
+        await memo.reconciler.request(namespace, name, views)
+
+
+def tasks_to_wake_for_node(views: k8s.ClusterView, node_name: str | None) -> list[tuple[str, str]]:
+    """The tasks a change of node `node_name` concerns: those waiting for devices, and those with a pod bound or
+    pinned to it."""
+    wake = []
     for (namespace, name), bodies in list(views.tasks.items()):
-        if any((body.get("status") or {}).get("stage") == SCHEDULING for body in bodies):
-            await memo.reconciler.request(namespace, name, views)
+        waiting = any((body.get("status") or {}).get("stage") == SCHEDULING for body in bodies)
+        on_node = bool(node_name) and any(pinned_node(pod) == node_name
+                                          for pod in views.task_pods.get((namespace, name), ()))
+        if waiting or on_node:
+            wake.append((namespace, name))
+    return wake
 
 
 CLEANUP_RETRIES = 8  # attempts of one task's store cleanup; then kopf gives up and lets the deletion finish
