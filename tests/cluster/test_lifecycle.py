@@ -4,6 +4,7 @@ it), and an operator killed mid-round (SIGKILL; the node agent restarts its cont
 round exactly once."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -226,3 +227,115 @@ def test_operator_killed_mid_round_finishes_every_round_exactly_once(cluster: Lo
         assert len(trains) == 3, (number, trains)
         assert len(stages.get((number, "aggregate"), [])) == 1, (number, stages)
     print(f"operator killed; task done {time.monotonic() - killed_at:.1f}s later")
+
+
+def operator_runtime_config(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch):
+    """The RuntimeConfig the installed operator builds its pods with: its Deployment's arguments and environment
+    through the operator's own kube.cli.parse_config and reconciler.build_runtime_config."""
+    from fedtask_operator.kube.cli import parse_config
+    from fedtask_operator.kube.reconciler import build_runtime_config
+
+    container = operator_deployment(cluster)["spec"]["template"]["spec"]["containers"][0]
+    for variable in container.get("env") or []:
+        if "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    args = container.get("args") or []
+    assert args[:1] == ["operator"], args
+    return build_runtime_config(parse_config(args[1:]))
+
+
+def test_every_pod_and_status_write_the_planner_makes_is_accepted_by_the_api_server(cluster: LocalCluster,
+                                                                                     monkeypatch: pytest.MonkeyPatch):
+    """The sweep (tests/cluster/planner_sweep.py): every distinct pod the planner builds (init, train, aggregate,
+    adjust, publish; builtin data and node mode; a GPU request; retries), with the operator's own configuration too,
+    passes the API server's validation and admission (server-side dry run: nothing is created); every distinct status
+    write is applied as the operator applies it (KubeApi.patch_task_status: a merge patch guarded by the
+    resourceVersion) to a real FederatedTask, and the server stores exactly the planned status (nothing pruned,
+    nothing refused)."""
+    import asyncio
+
+    import kubernetes
+
+    from fedtask_operator.kube.reconciler import KubeApi, build_status_patch
+    from tests.cluster.planner_sweep import harvest, variant
+    from tests.unit.test_planner import make_task
+
+    started = time.monotonic()
+    found = harvest(operator_runtime_config(cluster, monkeypatch), NAMESPACE)
+    harvested = time.monotonic() - started
+    stages = {pod["metadata"]["labels"].get("fedtask.io/stage") for pod in found.pods}
+    assert stages == {"init", "train", "aggregate", "adjust", "publish"}, stages
+    assert any("nvidia.com/gpu" in (pod["spec"]["containers"][0]["resources"].get("limits") or {})
+               for pod in found.pods), "no pod with a GPU"
+    assert any(volume.get("hostPath") for pod in found.pods for volume in pod["spec"].get("volumes") or []), \
+        "no node-mode pod"
+
+    core = kubernetes.client.CoreV1Api(cluster.api_client())
+    unique_pods = {variant(pod): pod for pod in found.pods}
+
+    def refusal(pod: dict) -> str:
+        try:
+            core.create_namespaced_pod(pod["metadata"].get("namespace") or "default", pod, dry_run="All",
+                                       _preload_content=False)
+        except kubernetes.client.ApiException as error:
+            return f"{pod['metadata']['name']}: {error.status} {error.body}"
+        return ""
+
+    refused = [problem for pod in unique_pods.values() if (problem := refusal(pod))]
+    assert not refused, f"{len(refused)} of {len(unique_pods)} pods refused, e.g.:\n" + "\n".join(refused[:5])
+    # The control: the dry run does validate. A GPU pod without its limit (the defect a real server found) is refused.
+    gpu_pod = copy.deepcopy(next(pod for pod in found.pods
+                                 if "nvidia.com/gpu" in pod["spec"]["containers"][0]["resources"].get("limits", {})))
+    del gpu_pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert "Limit must be set" in refusal(gpu_pod)
+    pods_done = time.monotonic()
+
+    # KubeApi loads the default kubeconfig (KUBECONFIG, read when the kubernetes package is imported): this cluster's
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", cluster.env["KUBECONFIG"])
+    name = "api-sweep"
+    task = make_task(name)
+    task["metadata"] = {"name": name, "namespace": NAMESPACE}
+    scale_operator(cluster, 0)  # the statuses written here are the sweep's alone
+    try:
+        cluster.kubectl("create", "-f", "-", input=json.dumps(task))
+        api = KubeApi()
+
+        async def sweep() -> tuple[int, list[str]]:
+            stored = cluster.get_json("ft", name, "-n", NAMESPACE)
+            problems, seen = [], set()
+            for before, after in found.writes:
+                patch = build_status_patch(before, after)
+                if variant(patch) in seen:
+                    continue
+                seen.add(variant(patch))
+                if (stored.get("status") or {}) != before:  # start from the status this write was planned from
+                    stored = await api.patch_task_status(NAMESPACE, name,
+                                                         build_status_patch(stored.get("status") or {}, before),
+                                                         stored["metadata"]["resourceVersion"])
+                    if (stored.get("status") or {}) != before:
+                        problems.append(f"stored differs from the written status {json.dumps(before)[:400]}")
+                        continue
+                try:
+                    stored = await api.patch_task_status(NAMESPACE, name, patch,
+                                                         stored["metadata"]["resourceVersion"])
+                except kubernetes.client.ApiException as error:
+                    problems.append(f"refused {json.dumps(patch)[:400]}: {error.status} {error.body[:400]}")
+                    stored = cluster.get_json("ft", name, "-n", NAMESPACE)
+                    continue
+                if (stored.get("status") or {}) != after:
+                    problems.append(f"the server stored something else for {json.dumps(patch)[:400]}:\n"
+                                    f"{json.dumps(stored.get('status'))[:400]}")
+            # The control: a field the CRD does not know is pruned, and the comparison above would see it.
+            bogus = await api.patch_task_status(NAMESPACE, name, {"notAStatusField": 1})
+            assert "notAStatusField" not in bogus["status"], bogus["status"]
+            return len(seen), problems
+
+        count, problems = asyncio.run(sweep())
+        assert not problems, f"{len(problems)} of {count} status writes not stored as planned, e.g.:\n" \
+            + "\n".join(problems[:5])
+    finally:
+        cluster.kubectl("delete", "ft", name, "-n", NAMESPACE, "--ignore-not-found", check=False)
+        scale_operator(cluster, 1)
+    print(f"{len(found.scenarios)} scenarios ({harvested:.1f}s): {len(unique_pods)} distinct pods accepted "
+          f"(dry run, {pods_done - started - harvested:.1f}s), {count} distinct status writes stored as planned "
+          f"({time.monotonic() - pods_done:.1f}s)")
