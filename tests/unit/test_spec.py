@@ -45,7 +45,7 @@ def test_empty_spec_gets_every_default():
             "dataset": "mnist", "args": {}, "source": "builtin", "hostPath": "/var/lib/fedtask/data",
             "claimName": "fedtask-data-{node}",
             "partition": {"scheme": "iid", "alpha": 0.5, "classesPerDevice": 2, "seed": 0},
-            "shared": {"fraction": 0.01, "uri": ""},
+            "shared": {"fraction": 0.01, "uri": "", "toDevices": 0.0},
         },
         "devices": {
             "selector": {"matchLabels": {"fedtask.io/device": "true"}, "matchExpressions": []},
@@ -66,7 +66,7 @@ def test_empty_spec_gets_every_default():
         "podTemplate": {"metadata": {"labels": {}, "annotations": {}}, "runtimeClassName": "", "schedulerName": "",
                         "env": [], "volumes": [], "volumeMounts": []},
         "server": {"resources": {"requests": {}, "limits": {}}, "nodeSelector": {}, "tolerations": []},
-        "suspend": False, "backoffLimit": 3,
+        "suspend": False, "backoffLimit": 3, "storeOutageSeconds": 900, "stageTimeoutSeconds": 3600,
     }
     assert task.spec.devices.quorum == 5
 
@@ -193,8 +193,9 @@ def test_status_round_trip_and_unknown_status_fields_ignored():
     assert status_from_dict(encoded) == parsed
     assert encoded["best"] == status["best"]
     assert "unknownThing" not in encoded
-    assert status_to_dict(TaskStatus()) == {"message": "", "conditions": [], "devices": [], "published": [],
-                                            "assignment": [], "history": [], "participation": {},
+    assert status_to_dict(TaskStatus()) == {"evaluation": "", "message": "", "conditions": [], "devices": [],
+                                            "deviceRows": [], "deviceNodes": [], "deviceReasons": [],
+                                            "published": [], "assignment": [], "history": [], "participation": {},
                                             "trainSecondsEstimate": {}}
 
 
