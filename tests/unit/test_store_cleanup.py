@@ -95,7 +95,7 @@ async def test_a_failed_cleanup_is_a_warning_event_and_a_retry_with_a_doubling_d
     monkeypatch.setattr("fedtask_operator.kube.reconciler.STORE_CLEANUP_DEADLINE", 1.0)
     posted = []
     memo = SimpleNamespace(reconciler=SimpleNamespace(
-        runtime_config=config(silent.endpoint),
+        runtime_config=config(silent.endpoint), may_act=lambda: True,
         post_event=lambda body, type_, reason, message: posted.append((type_, reason, message))))
     body = task_body()
 
@@ -111,10 +111,23 @@ async def test_a_failed_cleanup_is_a_warning_event_and_a_retry_with_a_doubling_d
 async def test_a_task_chosen_endpoint_is_a_warning_event_and_the_deletion_goes_on(silent):
     posted = []
     memo = SimpleNamespace(reconciler=SimpleNamespace(
-        runtime_config=config("127.0.0.1:9"),
+        runtime_config=config("127.0.0.1:9"), may_act=lambda: True,
         post_event=lambda body, type_, reason, message: posted.append((type_, reason, message))))
 
     await handlers.cleanup_store(body=task_body(endpoint=silent.endpoint), memo=memo, logger=None, retry=0)
 
     assert [(type_, reason) for type_, reason, _ in posted] == [("Warning", "StoreCleanupSkipped")]
     assert silent.connections == []
+
+
+async def test_a_replica_without_the_lease_leaves_the_store_alone_and_retries(silent):
+    posted = []
+    memo = SimpleNamespace(reconciler=SimpleNamespace(
+        runtime_config=config(silent.endpoint), may_act=lambda: False,
+        post_event=lambda body, type_, reason, message: posted.append((type_, reason, message))))
+
+    with pytest.raises(kopf.TemporaryError) as retried:
+        await handlers.cleanup_store(body=task_body(), memo=memo, logger=None, retry=0)
+
+    assert "not the leader" in str(retried.value)
+    assert silent.connections == [] and posted == []
