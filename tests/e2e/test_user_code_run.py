@@ -96,8 +96,8 @@ def test_the_readme_snippet_loads_a_model_fedtask_run_produced(tmp_path):
         "from fedtask_worker.datasets import load_dataset\n"
         "data = load_dataset('digits')\n"
         "with torch.no_grad():\n"
-        "    predictions = model(torch.from_numpy(data.x_val)).argmax(1).numpy()\n"
-        "print((predictions == data.y_val).mean())\n"
+        "    predictions = model(torch.from_numpy(data.x_test)).argmax(1).numpy()\n"
+        "print((predictions == data.y_test).mean())\n"
         "print(type(model).__name__, model.training, info.model, info.model_args, info.input_shape, "
         "info.num_classes, info.fedtask_version, info.metadata['task'], info.metadata['round'])\n"),
         cwd=tmp_path)
