@@ -4,10 +4,10 @@ tasks. Prints one JSON line.
 1. Index bytes per foreign pod, in process (tracemalloc): the pod index as it was (each pod's metadata, affinity and
    containers deep-copied) against kube/pod_index.py's summaries, for the same realistic pods (a dozen env vars,
    mounts, probes, two containers). Peer: the old index, as a ratio.
-2. The real operator process (`fedtask operator` against the API emulator, kmock; the emulator holds the pods, the
-   operator lists and watches them like any API server's): its RSS with 0 foreign pods (the peer) and with N, once
-   the RSS has settled; growth per foreign pod. Target <= 1 KB. The real API server on this 2-core machine would
-   need N pod objects stored in etcd through admission; the emulator serves the same list and watch.
+2. The real operator process (`fedtask operator` against the API emulator, kmock), started with 0 (the peer) and
+   with N foreign pods in the cluster: its RSS once it has listed and indexed them (a fedtask-labelled marker pod,
+   listed last, reaches its handler) and settled; growth per foreign pod. Target <= 1 KB. The real API server on
+   this 2-core machine would need N pods stored in etcd through admission; the emulator lists the same objects.
 3. One learning period's device selection at 10,000 nodes x 100 tasks (benchmarks/bench_sched_speed.py's fleet and
    requests) from the full pod dicts, and as the operator runs it: from the summaries, expanded per pass. Target
    <= 200 ms.
@@ -119,8 +119,11 @@ def settled_rss(pid: int, least_seconds: float = 8.0, quiet_seconds: float = 4.0
     raise RuntimeError(f"the operator's RSS did not settle within {timeout}s")
 
 
+MARKER = "zz-marker"  # a fedtask-labelled pod stored after the foreign ones: its handler runs once they are indexed
+
+
 def operator_rss(count: int, workdir: Path, tree: str = "") -> tuple[int, float]:
-    """(settled RSS of `fedtask operator` with `count` foreign pods in the emulator, seconds to settle)."""
+    """(settled RSS of `fedtask operator` started with `count` foreign pods in the emulator, seconds to settle)."""
     from tests.support.kube import EmulatedCluster
     from tests.support.operator import OperatorProcess
     from tests.support.s3 import run_s3_server
@@ -130,14 +133,26 @@ def operator_rss(count: int, workdir: Path, tree: str = "") -> tuple[int, float]
             for i in range(start, stop):
                 pod = foreign_pod(i)
                 pod["metadata"]["namespace"] = "default"  # the emulated cluster's namespace
+                del pod["metadata"]["ownerReferences"]  # the emulator's garbage collector would take them
                 cluster.emulator.objects["v1/pods", "default", pod["metadata"]["name"]] = pod
         for start in range(0, count, 5000):
-            cluster.call(load(start, min(count, start + 5000)), timeout=300)
-        operator = OperatorProcess(cluster, s3, workdir / f"operator-{count}.log", "--standalone")
+            cluster.call(load(start, min(count, start + 5000)), timeout=600)
+        marker = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": MARKER, "namespace": "default",
+                                                                  "labels": {"fedtask.io/task": MARKER}},
+                  "spec": {"containers": [{"name": "x", "image": "x"}]}, "status": {"phase": "Pending"}}
+
+        async def mark() -> None:
+            cluster.emulator.objects["v1/pods", "default", MARKER] = marker
+        cluster.call(mark())
+        operator = OperatorProcess(cluster, s3, workdir / f"operator-{count}.log", "--standalone", "--verbose")
         if tree:  # the operator from another source tree (an older commit, for a before/after)
             operator.env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
         with operator:
             started = time.monotonic()
+            while "Handler 'pod_changed'" not in operator.log():  # every pod listed and indexed
+                if time.monotonic() - started > 900 or operator.process.poll() is not None:
+                    raise RuntimeError(f"the operator did not index the pods:\n{operator.log()[-3000:]}")
+                time.sleep(0.5)
             rss = settled_rss(operator.process.pid)
             return rss, time.monotonic() - started
 
