@@ -1,0 +1,169 @@
+"""The leader Lease on the real control plane: two `fedtask operator --leader-election` processes (on this host,
+speaking to the local cluster's API server with the chart's own arguments; the chart's Deployment is scaled to zero
+meanwhile) start together. Exactly one holds the Lease and acts. The leader is paused with SIGSTOP for longer than
+the lease; the other takes the Lease over and carries the task on; the old leader is resumed with SIGCONT and writes
+nothing. No pod name is created twice, every round happens once with one aggregate pod, and the task's status (every
+version the API server stored, as a watch sees them) never goes back."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.cluster.conftest import NAMESPACE, LocalCluster
+from tests.cluster.test_end_to_end import digits_task, wait_for_phase
+from tests.cluster.test_lifecycle import CreationRecorder, operator_deployment, scale_operator, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
+
+LEASE_DURATION = 6  # the holder acts for 4 s after each renewal; the other waits 6 s of silence
+
+
+class StatusRecorder:
+    """(round, len(history), phase) of every version of one task a watch delivers, in order."""
+
+    def __init__(self, cluster: LocalCluster, name: str):
+        self.client, self.name = cluster.api_client(), name
+        self.versions: list[tuple[int, int, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> StatusRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        import kubernetes
+
+        api = kubernetes.client.CustomObjectsApi(self.client)
+        version = None
+        while not self._stop.is_set():
+            try:
+                for event in kubernetes.watch.Watch().stream(
+                        api.list_namespaced_custom_object, "fedtask.io", "v1alpha1", NAMESPACE, "federatedtasks",
+                        field_selector=f"metadata.name={self.name}", resource_version=version, timeout_seconds=5):
+                    task = event["object"]
+                    version = task["metadata"]["resourceVersion"]
+                    status = task.get("status") or {}
+                    self.versions.append((status.get("round", 0), len(status.get("history") or []),
+                                          status.get("phase", "")))
+                    if self._stop.is_set():
+                        break
+            except Exception as error:  # 410 or a dropped stream: list again
+                self.errors.append(repr(error))
+                version = None
+                time.sleep(0.2)
+
+
+def operator_command(cluster: LocalCluster) -> tuple[list[str], dict]:
+    """The chart's operator arguments and plain environment, for a process on this host."""
+    container = operator_deployment(cluster)["spec"]["template"]["spec"]["containers"][0]
+    args = [arg for arg in container["args"][1:]
+            if not arg.startswith(("--metrics-port", "--liveness", "--cleanup-store", "--lease-duration"))]
+    env = dict(cluster.env, PYTHONUNBUFFERED="1", POD_NAMESPACE=NAMESPACE)
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in (item.get("valueFrom") or {}):  # the store's keys (namespace credentials)
+            ref = item["valueFrom"]["secretKeyRef"]
+            data = cluster.get_json("secret", ref["name"], "-n", NAMESPACE).get("data") or {}
+            if ref["key"] in data:
+                env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
+    # On this host the chart's in-cluster store address does not resolve, so the operator cannot issue namespace
+    # store keys: its pods read the chart's MinIO Secret (in the tasks' namespace) instead.
+    secrets = {(item.get("valueFrom") or {}).get("secretKeyRef", {}).get("name") for item in container.get("env") or []
+               if item["name"] == "AWS_ACCESS_KEY_ID"} - {None}
+    args += ["--no-namespace-credentials", *[f"--store-secret={name}" for name in secrets]]
+    command = [sys.executable, "-m", "fedtask_operator.cli", "operator", *args, "--metrics-port=0", "--liveness=",
+               "--no-cleanup-store", "--leader-election", f"--lease-duration={LEASE_DURATION}",
+               f"--lease-namespace={NAMESPACE}", "--lease-name=lease-test", "--verbose"]
+    return command, env
+
+
+def lease_holder(cluster: LocalCluster) -> str:
+    result = cluster.kubectl("get", "lease", "lease-test", "-n", NAMESPACE, "-o", "json", check=False)
+    if result.returncode != 0:
+        return ""
+    return (json.loads(result.stdout).get("spec") or {}).get("holderIdentity") or ""
+
+
+def test_a_paused_leader_is_replaced_and_writes_nothing_when_resumed(cluster: LocalCluster, tmp_path):
+    name, rounds = "leased-task", 5
+    command, env = operator_command(cluster)
+    scale_operator(cluster, 0)
+    processes: dict[str, subprocess.Popen] = {}
+    logs = {}
+    try:
+        for replica in ("host-replica-1", "host-replica-2"):
+            logs[replica] = tmp_path / f"{replica}.log"
+            processes[replica] = subprocess.Popen(command, env=dict(env, POD_NAME=replica),
+                                                  stdout=open(logs[replica], "wb"), stderr=subprocess.STDOUT)
+        holder = wait_until(lambda: lease_holder(cluster), 60, "a leader")
+        leader = holder.rsplit("_", 1)[0]
+        other = next(replica for replica in processes if replica != leader)
+        with CreationRecorder(cluster, name) as pods, StatusRecorder(cluster, name) as statuses:
+            cluster.kubectl("apply", "-f", "-", input=digits_task(name, rounds, {
+                "count": 3, "perRound": 3, "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}))
+            wait_until(lambda: any("-r0002-train-" in pod for pod in pods.pods), 180, "round 2 training")
+            assert "acquired by" not in logs[other].read_text(), "two leaders"
+
+            os.kill(processes[leader].pid, signal.SIGSTOP)
+            paused_at = time.monotonic()
+            try:
+                new = wait_until(lambda: (lambda h: h if h and not h.startswith(leader + "_") else "")(
+                    lease_holder(cluster)), 60, "the other replica to take the Lease over", interval=0.2)
+                took_over = time.monotonic() - paused_at
+                assert new.startswith(other + "_") and took_over >= LEASE_DURATION * 0.9, (new, took_over)
+                wait_until(lambda: any("-r0003-" in pod for pod in pods.pods), 180, "round 3 under the new leader")
+            finally:
+                os.kill(processes[leader].pid, signal.SIGCONT)
+            task = wait_for_phase(cluster, name, timeout=300)
+            time.sleep(2)  # whatever the resumed replica would still write
+        status = task["status"]
+        assert status["phase"] == "Succeeded", status
+        assert [entry["round"] for entry in status["history"]] == list(range(1, rounds + 1))
+        assert not pods.errors, pods.errors
+        twice = {pod: uids for pod, uids in pods.uids.items() if len(uids) > 1}
+        assert not twice, f"pod names created twice: {twice}"
+        stages: dict[tuple[int, str], int] = {}
+        for pod in pods.pods.values():
+            labels = pod["metadata"]["labels"]
+            key = (int(labels.get("fedtask.io/round", 0)), labels.get("fedtask.io/stage"))
+            stages[key] = stages.get(key, 0) + 1
+        for number in range(1, rounds + 1):
+            assert stages.get((number, "train")) == 3 and stages.get((number, "aggregate")) == 1, (number, stages)
+        # No status regression: round and history length never go back in any stored version.
+        assert statuses.versions, statuses.errors
+        assert [v[0] for v in statuses.versions] == sorted(v[0] for v in statuses.versions), statuses.versions
+        assert [v[1] for v in statuses.versions] == sorted(v[1] for v in statuses.versions), statuses.versions
+        assert f"lost by {holder}" in logs[leader].read_text()
+        assert "acquired by" in logs[other].read_text()
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for replica, log in logs.items():  # the Lease's own requests left out: what the replica did
+            lines = [line for line in log.read_text(errors="replace").splitlines()
+                     if "leases/lease-test" not in line and "Timer 'task_resync'" not in line]
+            print(f"--- {replica}\n" + "\n".join(lines[:60] + ["..."] + lines[-120:]))
+        print(cluster.kubectl("get", "federatedtask,pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
+        print(cluster.kubectl("describe", "federatedtask", name, "-n", NAMESPACE, check=False).stdout[-3000:])
+        cluster.kubectl("delete", "federatedtask", name, "-n", NAMESPACE, "--wait=false", check=False)
+        scale_operator(cluster, 1)
