@@ -97,7 +97,7 @@ def test_an_unschedulable_task_says_why_and_starts_when_a_suitable_node_appears(
 
 def test_a_failing_training_pod_is_retried_then_replaced_and_the_round_completes(cluster, operator, kubelet):
     cluster.apply(make_node("node-a", labels=DEVICE))
-    kubelet.fail_device("flaky-r0001-train-", times=2)  # the first attempt and its one retry (backoffLimit 1)
+    kubelet.fail_device("flaky-r0001-train-", times=2)  # the first attempt and its one retry (podRetryLimit 1)
     cluster.apply(digits_task("flaky", rounds=1, devices={"count": 3, "perRound": 2}))
 
     status = wait_for(lambda: finished(cluster, "flaky"), timeout=120, message="the task to finish")

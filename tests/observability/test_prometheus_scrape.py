@@ -40,7 +40,7 @@ TASK = {
         "training": {"localEpochs": 1, "batchSize": 16},
         "adjustment": {"enabled": True, "epochs": 1},
         "rounds": {"max": 5},
-        "backoffLimit": 2,
+        "podRetryLimit": 2,
     },
 }
 

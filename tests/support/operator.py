@@ -109,7 +109,7 @@ def digits_task(name: str, rounds: int = 3, **spec_overrides) -> dict:
         "training": {"localEpochs": 1, "batchSize": 32},
         "adjustment": {"enabled": True, "epochs": 1},
         "rounds": {"max": rounds},
-        "backoffLimit": 1,
+        "podRetryLimit": 1,
     }
     for key, value in spec_overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value

@@ -297,7 +297,7 @@ BAD_SPECS = [
     ({"scheduling": {"policy": "fifo"}}, {"spec.scheduling.policy"}),
     ({"storage": {"secretRef": {}}}, {"spec.storage.secretRef.name"}),
     ({"suspend": "no"}, {"spec.suspend"}),
-    ({"backoffLimit": -1}, {"spec.backoffLimit"}),
+    ({"podRetryLimit": -1}, {"spec.podRetryLimit"}),
     ({"activeDeadlineSeconds": 0}, {"spec.activeDeadlineSeconds"}),
     ({"devices": {"perRond": 3}}, {"spec.devices.perRond"}),
     ({"devices": {"pool": "team-a/shared"}}, {"spec.devices.pool"}),  # pools do not cross namespaces

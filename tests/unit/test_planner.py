@@ -34,7 +34,7 @@ def make_task(name: str = "mnist", **spec) -> dict:
         "data": {"dataset": "digits"},
         "devices": {"count": 6, "perRound": 3},
         "rounds": {"max": 3, "timeoutSeconds": 60},
-        "backoffLimit": 1,
+        "podRetryLimit": 1,
     }
     for key, value in spec.items():
         if isinstance(value, dict) and isinstance(body.get(key), dict):
@@ -443,7 +443,7 @@ def test_round_waits_past_deadline_without_quorum_and_says_so():
 
 
 def test_failed_pod_is_retried_with_a_new_name_and_recorded_before_deletion():
-    cluster = Cluster(make_task(backoffLimit=2))
+    cluster = Cluster(make_task(podRetryLimit=2))
     cluster.reconcile()
     cluster.succeed("mnist-init")
     cluster.reconcile()
@@ -466,7 +466,7 @@ def test_failed_pod_is_retried_with_a_new_name_and_recorded_before_deletion():
 
 
 def test_bad_input_is_not_retried_and_the_device_is_replaced():
-    cluster = Cluster(make_task(backoffLimit=3))
+    cluster = Cluster(make_task(podRetryLimit=3))
     cluster.reconcile()
     cluster.succeed("mnist-init")
     cluster.reconcile()
@@ -485,7 +485,7 @@ def test_bad_input_is_not_retried_and_the_device_is_replaced():
 
 
 def test_failed_device_without_replacement_proceeds_when_quorum_is_met():
-    cluster = Cluster(make_task(devices={"minReturned": 2}, backoffLimit=0))
+    cluster = Cluster(make_task(devices={"minReturned": 2}, podRetryLimit=0))
     cluster.reconcile()
     cluster.succeed("mnist-init")
     cluster.reconcile()
@@ -501,7 +501,7 @@ def test_failed_device_without_replacement_proceeds_when_quorum_is_met():
 
 
 def test_failed_device_without_replacement_below_quorum_fails_the_task_with_a_fix():
-    cluster = Cluster(make_task(backoffLimit=0))
+    cluster = Cluster(make_task(podRetryLimit=0))
     cluster.reconcile()
     cluster.succeed("mnist-init")
     cluster.reconcile()
@@ -514,7 +514,7 @@ def test_failed_device_without_replacement_below_quorum_fails_the_task_with_a_fi
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert failed["reason"] == "QuorumNotReached"
     assert "only 2 of 3 devices returned" in failed["message"] and "out of memory" in failed["message"]
-    assert "minReturned" in failed["message"] and "backoffLimit" in failed["message"]
+    assert "minReturned" in failed["message"] and "podRetryLimit" in failed["message"]
     assert plan.create == [] and "TaskFailed" in cluster.event_reasons()
     plan = cluster.reconcile()
     assert plan.create == [] and plan.delete == [], "a failed task keeps its finished pods for inspection"
@@ -522,7 +522,7 @@ def test_failed_device_without_replacement_below_quorum_fails_the_task_with_a_fi
 
 @pytest.mark.parametrize("stage_pod", ["mnist-init", "mnist-r0001-aggregate", "mnist-r0001-adjust"])
 def test_server_stage_failing_after_retries_fails_the_task(stage_pod):
-    cluster = Cluster(make_task(backoffLimit=1))
+    cluster = Cluster(make_task(podRetryLimit=1))
     for _ in range(12):
         cluster.reconcile()
         if stage_pod in cluster.pods:
@@ -534,15 +534,15 @@ def test_server_stage_failing_after_retries_fails_the_task(stage_pod):
     cluster.fail(f"{stage_pod}-a1", message="store unreachable")
     cluster.reconcile()
     failed = next(c for c in cluster.status["conditions"] if c["type"] == "Failed")
-    assert cluster.status["phase"] == "Failed" and failed["reason"] == "BackoffLimitExceeded"
-    assert "store unreachable" in failed["message"] and "backoffLimit 1 reached" in failed["message"]
+    assert cluster.status["phase"] == "Failed" and failed["reason"] == "PodRetryLimitExceeded"
+    assert "store unreachable" in failed["message"] and "podRetryLimit 1 reached" in failed["message"]
 
 
-def test_backoff_limit_counts_retries_per_pod_not_per_task_unlike_a_job():
-    # A Job's backoffLimit counts every failed pod of the Job; spec.backoffLimit counts the retries of one pod (one
+def test_pod_retry_limit_counts_retries_per_pod_not_per_task_unlike_a_job():
+    # A Job's backoffLimit counts every failed pod of the Job; spec.podRetryLimit counts the retries of one pod (one
     # device's train pod in a round, one server-side stage pod, one publish pod): three pods failing once each stay
-    # within backoffLimit 1, and the task succeeds.
-    cluster = Cluster(make_task(backoffLimit=1))
+    # within podRetryLimit 1, and the task succeeds.
+    cluster = Cluster(make_task(podRetryLimit=1))
     failed = []
     for pod in ("mnist-r0001-train-d001", "mnist-r0001-aggregate", "mnist-r0002-train-d004"):
         for _ in range(20):
@@ -563,7 +563,7 @@ def test_backoff_limit_counts_retries_per_pod_not_per_task_unlike_a_job():
 
 
 def test_server_stage_with_bad_input_fails_at_once():
-    cluster = Cluster(make_task(backoffLimit=3))
+    cluster = Cluster(make_task(podRetryLimit=3))
     cluster.reconcile()
     cluster.fail("mnist-init", exit_code=2, message="spec.model.initialUri: not a safetensors file")
     plan = cluster.reconcile()
@@ -938,7 +938,7 @@ def test_a_pod_being_deleted_is_recreated_only_once_it_is_gone():
 
 
 def test_a_retry_and_a_replacement_in_one_pass():
-    cluster = Cluster(make_task(backoffLimit=1))
+    cluster = Cluster(make_task(podRetryLimit=1))
     cluster.reconcile()
     cluster.succeed("mnist-init")
     cluster.reconcile()
@@ -997,7 +997,7 @@ ACTIONS = st.lists(st.tuples(st.sampled_from(["succeed", "fail", "bad-input", "s
 @given(actions=ACTIONS)
 def test_random_histories_keep_the_invariants(actions):
     cluster = Cluster(make_task(devices={"count": 5, "perRound": 3, "minReturned": 2}, rounds={"max": 3},
-                                backoffLimit=1))
+                                podRetryLimit=1))
     recreatable: set[str] = set()  # pods deleted while running (suspend, stragglers) may be created again
     seen_created = 0
 
@@ -1062,7 +1062,7 @@ def test_random_histories_keep_the_invariants(actions):
         assert status["model"]["round"] == 3
     else:
         failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-        assert failed["reason"] in ("QuorumNotReached", "StageFailed", "BackoffLimitExceeded"), failed
+        assert failed["reason"] in ("QuorumNotReached", "StageFailed", "PodRetryLimitExceeded"), failed
 
 
 def restarted_keeping_log(cluster: Cluster) -> Cluster:

@@ -1,5 +1,5 @@
 """Faults the planner rides out: a store outage (the worker's exit 3) is retried on its own backoff and budget, not
-against spec.backoffLimit; server-side stages and rounds below quorum have deadlines; pods on lost nodes are given
+against spec.podRetryLimit; server-side stages and rounds below quorum have deadlines; pods on lost nodes are given
 up after a grace period."""
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ def condition(cluster: Cluster, type_: str) -> dict:
     return next(c for c in cluster.status["conditions"] if c["type"] == type_)
 
 
-def test_store_outage_exits_are_retried_after_a_backoff_not_against_backoff_limit():
-    cluster = in_training(backoffLimit=1, rounds={"max": 3, "timeoutSeconds": 3600})
+def test_store_outage_exits_are_retried_after_a_backoff_not_against_pod_retry_limit():
+    cluster = in_training(podRetryLimit=1, rounds={"max": 3, "timeoutSeconds": 3600})
     pod = train_pods(1, "d000")[0]
     created_at = []
-    for outage in range(4):  # four outages in a row: backoffLimit 1 would have failed the device at the second
+    for outage in range(4):  # four outages in a row: podRetryLimit 1 would have failed the device at the second
         current = next(d for d in cluster.status["devices"] if d["device"] == "d000")["pod"]
         cluster.fail(current, exit_code=3, message=STORE_DOWN)
         plan = cluster.reconcile()
@@ -45,7 +45,7 @@ def test_store_outage_exits_are_retried_after_a_backoff_not_against_backoff_limi
         assert record["pod"] in [m["metadata"]["name"] for m in cluster.reconcile().create]
         created_at.append(cluster.now)
     assert "StoreUnavailable" in cluster.event_reasons()
-    # a real failure after the outages still has its one retry (backoffLimit counts real failures only)
+    # a real failure after the outages still has its one retry (podRetryLimit counts real failures only)
     current = next(d for d in cluster.status["devices"] if d["device"] == "d000")["pod"]
     cluster.fail(current)
     plan = cluster.reconcile()
@@ -54,11 +54,11 @@ def test_store_outage_exits_are_retried_after_a_backoff_not_against_backoff_limi
     cluster.fail(record["pod"])
     cluster.reconcile()
     record = next(d for d in cluster.status["devices"] if d["device"] == "d000")
-    assert record["state"] == "Failed" and "backoffLimit 1 reached" in record["reason"]
+    assert record["state"] == "Failed" and "podRetryLimit 1 reached" in record["reason"]
 
 
 def test_a_store_outage_beyond_the_budget_fails_the_stage_with_store_unavailable():
-    cluster = in_training(backoffLimit=3, storeOutageSeconds=120)
+    cluster = in_training(podRetryLimit=3, storeOutageSeconds=120)
     cluster.finish_all("train")
     cluster.reconcile()  # -> aggregating: the aggregate pod
     name = "mnist-r0001-aggregate"
@@ -74,7 +74,7 @@ def test_a_store_outage_beyond_the_budget_fails_the_stage_with_store_unavailable
     assert failed["reason"] == "StoreUnavailable", failed
     assert "spec.storeOutageSeconds=120" in failed["message"] and name in failed["message"]
     outages = cluster.status["current"]["outages"]
-    assert outages >= 4, "more exits than backoffLimit 3 were survived before the budget ran out"
+    assert outages >= 4, "more exits than podRetryLimit 3 were survived before the budget ran out"
 
 
 def test_outage_fields_survive_packing():
@@ -91,7 +91,7 @@ def test_outage_fields_survive_packing():
 
 
 def test_a_server_stage_past_its_deadline_is_replaced_then_fails_with_stage_deadline_exceeded():
-    cluster = in_training(backoffLimit=1, stageTimeoutSeconds=300)
+    cluster = in_training(podRetryLimit=1, stageTimeoutSeconds=300)
     cluster.finish_all("train")
     cluster.reconcile()
     cluster.start("mnist-r0001-aggregate")
@@ -160,7 +160,7 @@ def test_a_train_pod_on_a_node_notready_past_the_grace_period_fails_its_device_w
 
 
 def test_a_stage_pod_on_a_deleted_node_is_replaced_even_while_terminating():
-    cluster = in_training(backoffLimit=2)
+    cluster = in_training(podRetryLimit=2)
     cluster.nodes = [node("node-0"), node("node-1")]
     cluster.finish_all("train")
     cluster.reconcile()

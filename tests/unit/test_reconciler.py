@@ -40,7 +40,7 @@ NODES = [make_node("node-a"), make_node("node-b")]
 
 def make_task(**spec) -> dict:
     body = {"model": {"name": "mlp"}, "data": {"dataset": "digits"}, "devices": {"count": 4, "perRound": 2},
-            "rounds": {"max": 3, "timeoutSeconds": 60}, "backoffLimit": 1, **spec}
+            "rounds": {"max": 3, "timeoutSeconds": 60}, "podRetryLimit": 1, **spec}
     return {"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
             "metadata": {"name": "mnist", "namespace": "default", "uid": "uid-1", "generation": 1,
                          "resourceVersion": "1"},

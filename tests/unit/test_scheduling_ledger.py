@@ -24,7 +24,7 @@ def task_manifest(rounds: int, **devices) -> dict:
             "metadata": {"name": "edge", "namespace": "default", "uid": "uid-1", "generation": 1},
             "spec": {"data": {"dataset": "digits", "source": "hostPath"},
                      "devices": {"perRound": 3, "minReturned": 2, **devices},
-                     "rounds": {"max": rounds, "timeoutSeconds": TIMEOUT}, "backoffLimit": 0}}
+                     "rounds": {"max": rounds, "timeoutSeconds": TIMEOUT}, "podRetryLimit": 0}}
 
 
 def finished(pod: dict, result: dict | None = None, failed: bool = False) -> None:

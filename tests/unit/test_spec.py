@@ -66,7 +66,7 @@ def test_empty_spec_gets_every_default():
         "podTemplate": {"metadata": {"labels": {}, "annotations": {}}, "runtimeClassName": "", "schedulerName": "",
                         "env": [], "volumes": [], "volumeMounts": []},
         "server": {"resources": {"requests": {}, "limits": {}}, "nodeSelector": {}, "tolerations": []},
-        "suspend": False, "backoffLimit": 3, "storeOutageSeconds": 900, "stageTimeoutSeconds": 3600,
+        "suspend": False, "podRetryLimit": 3, "storeOutageSeconds": 900, "stageTimeoutSeconds": 3600,
     }
     assert task.spec.devices.quorum == 5
 
@@ -241,3 +241,9 @@ def test_set_condition_keeps_other_types_and_order():
     assert c.is_true(conds, c.PROGRESSING) and not c.is_true(conds, c.READY) and not c.is_true(conds, c.FAILED)
     with pytest.raises(ValueError):
         c.set_condition(conds, c.READY, "Maybe", "X", "", NOW)
+
+
+def test_the_old_backoff_limit_name_says_what_replaced_it():
+    assert errors_of(manifest({"backoffLimit": 2})) == [
+        "spec.backoffLimit: unknown field: renamed spec.podRetryLimit: it counts the retries of each pod, not the "
+        "failed pods of the whole task like a Job's backoffLimit"]

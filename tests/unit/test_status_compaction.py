@@ -41,7 +41,7 @@ def mixed_round(count: int) -> list[dict]:
             record.update(state="Succeeded", finishTime=stamp(9), result={"num_samples": 100 + i, "loss": 0.5})
         elif kind == 3:
             record.update(state="Failed", attempts=1, pod=f"big-r0003-train-{device}-a1", startTime=stamp(4.5),
-                          reason=f"pod big-r0003-train-{device}-a1 failed (backoffLimit 1 reached): exit code 1")
+                          reason=f"pod big-r0003-train-{device}-a1 failed (podRetryLimit 1 reached): exit code 1")
         elif kind == 4:
             record.update(state="Excluded", reason="straggler: no update within rounds.timeoutSeconds=60")
         records.append(record)

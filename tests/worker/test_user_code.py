@@ -201,7 +201,7 @@ def test_user_code_that_raises_is_named_with_its_field_and_may_be_retried(tmp_pa
     global_0 = start(tmp_path, capsys, *REGRESSION)
     code, _, err = run_stage(["train", "--global", global_0, "--output", tmp_path / "out.st", *REGRESSION,
                               "--train-step", f"{MODULE}:broken_step"], capsys)
-    assert code == 1, err  # not bad input: the planner retries it within backoffLimit
+    assert code == 1, err  # not bad input: the planner retries it within podRetryLimit
     assert f"{MODULE}:broken_step (spec.training.step) raised RuntimeError: shapes do not match" in err
     assert "internal error" not in err and len(err.strip().splitlines()) == 1
 

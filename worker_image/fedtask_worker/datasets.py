@@ -340,7 +340,7 @@ def load_callable(reference: str, what: str):
 
 
 class UserCodeError(StageError):
-    """The user's code raised. Exit code 1, like an internal error: the pod is retried (within spec.backoffLimit),
+    """The user's code raised. Exit code 1, like an internal error: the pod is retried (within spec.podRetryLimit),
     since the cause may pass (a download, a busy GPU); the message names the code and its field."""
 
     exit_code = 1

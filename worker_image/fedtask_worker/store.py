@@ -3,7 +3,7 @@
 Writes are atomic (temp file + rename on disk; one PUT or a completed multipart upload on S3). Transient S3 errors
 are retried with exponential backoff (from 0.2 s, doubling up to FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS, default 5)
 and jitter (each wait 0.5-1.5x) for FEDTASK_STORE_RETRY_SECONDS (default 60); then the stage exits 3, which the
-planner treats as a store outage (retried on its own budget, not counted against backoffLimit). Permanent errors fail
+planner treats as a store outage (retried on its own budget, not counted against podRetryLimit). Permanent errors fail
 fast with the URI in the message.
 """
 from __future__ import annotations

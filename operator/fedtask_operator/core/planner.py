@@ -85,12 +85,12 @@ PodRecord: TypeAlias = DeviceStatusDict | StagePodStatusDict | PublishStatusDict
 EXIT_BAD_INPUT = 2  # the worker's exit code for bad input: retrying cannot help
 EXIT_STORE_UNAVAILABLE = 3  # the worker's exit code when the store stayed down through its own retries
 # A pod that exits EXIT_STORE_UNAVAILABLE is retried after a backoff that doubles within these bounds (jittered
-# 0.5-1.5x by the pod's name), not counted against spec.backoffLimit, until spec.storeOutageSeconds have passed since
+# 0.5-1.5x by the pod's name), not counted against spec.podRetryLimit, until spec.storeOutageSeconds have passed since
 # the record's first such exit.
 STORE_OUTAGE_RETRY_SECONDS = (5.0, 60.0)
 # A pod whose node is NotReady (Ready False or Unknown) this long, or whose node is gone, is given up: a train pod's
 # device fails (and is replaced), a server-side stage pod is replaced by its next attempt (counted against
-# backoffLimit). Kubernetes itself evicts such pods only after 300 s, and a deleted node's pods stay Terminating.
+# podRetryLimit). Kubernetes itself evicts such pods only after 300 s, and a deleted node's pods stay Terminating.
 NODE_LOST_GRACE_SECONDS = 120.0
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
 TERMINATING_RETRY_SECONDS = 1.0
@@ -369,7 +369,7 @@ class _Progress:
             return conditions.REASON_STORE_UNAVAILABLE
         if self.overdue:
             return conditions.REASON_STAGE_DEADLINE_EXCEEDED
-        return conditions.REASON_STAGE_FAILED if self.bad_input else conditions.REASON_BACKOFF_LIMIT_EXCEEDED
+        return conditions.REASON_STAGE_FAILED if self.bad_input else conditions.REASON_POD_RETRY_LIMIT_EXCEEDED
 
 
 def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str,
@@ -409,9 +409,9 @@ def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeO
     attempts = int(record.get("attempts") or 0)
     if outcome.store_outage:
         return _retry_after_store_outage(ctx, record, build, what, outcome)
-    limit = ctx.spec.backoff_limit
+    limit = ctx.spec.pod_retry_limit
     if not outcome.retryable or attempts - int(record.get("outages") or 0) >= limit:
-        why = f"backoffLimit {limit} reached"
+        why = f"podRetryLimit {limit} reached"
         if not outcome.retryable:
             why = "its node is lost, not retried" if lost else "bad input, not retried"
         return _Progress(STATE_FAILED, reason=f"pod {record['pod']} failed ({why}): {outcome.reason}",
@@ -430,7 +430,7 @@ def _advance_pod(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeO
 def _retry_after_store_outage(ctx: _Planning, record: PodRecord, build: Callable[[int], KubeObject], what: str,
                               outcome: PodOutcome) -> _Progress:
     """The pod exited 3: the store stayed down through the worker's retries. The next attempt waits for a backoff
-    and is not counted against backoffLimit, until spec.storeOutageSeconds have passed since the first such exit."""
+    and is not counted against podRetryLimit, until spec.storeOutageSeconds have passed since the first such exit."""
     attempts, outages = int(record.get("attempts") or 0), int(record.get("outages") or 0)
     since = record.get("outageSince") or ctx.stamp
     elapsed = _seconds_between(since, ctx.now)
@@ -447,7 +447,7 @@ def _retry_after_store_outage(ctx: _Planning, record: PodRecord, build: Callable
     manifest = build(attempts + 1)
     ctx.event(conditions.REASON_STORE_UNAVAILABLE,
               f"{what}: pod {record['pod']} could not reach the store ({outcome.reason}); retrying as "
-              f"{manifest['metadata']['name']} in {delay:.0f}s (not counted against backoffLimit; the outage began "
+              f"{manifest['metadata']['name']} in {delay:.0f}s (not counted against podRetryLimit; the outage began "
               f"{elapsed:.0f}s ago, the task gives up after spec.storeOutageSeconds={budget})", warning=True)
     record.update({"attempts": attempts + 1, "outages": outages + 1, "outageSince": since,
                    "retryAfter": timestamp(ctx.now + timedelta(seconds=delay)), "pod": manifest["metadata"]["name"]})
@@ -1107,7 +1107,7 @@ def _quorum_message(ctx: _Planning, records: list[DeviceStatusDict], returned: l
     return (f"round {ctx.round}: only {len(returned)} of {len(records)} devices returned updates, "
             f"spec.devices.minReturned={quorum} needed, and no free device could replace the failed ones "
             f"({failures}); fix the failing devices, add device nodes matching spec.devices.selector, raise "
-            "spec.backoffLimit or lower spec.devices.minReturned")
+            "spec.podRetryLimit or lower spec.devices.minReturned")
 
 
 def _finish_training(ctx: _Planning) -> None:

@@ -454,22 +454,22 @@ class TaskSpec:
                                    doc="The server-side pods (init, aggregate, adjust): resources, nodeSelector, "
                                        "tolerations.")
     suspend: bool = api_field(False, doc="Stop launching pods; resume at the same round when set back to false.")
-    backoff_limit: int = api_field(3, minimum=0, maximum=100,
-                                   doc="Retries of each failed pod: a device's train pod in a round, a server-side "
-                                       "stage pod, a publish pod. Unlike a Job's backoffLimit it counts per pod, not "
-                                       "per task: failures of different pods do not add up. A device whose pod used "
-                                       "them up is left out of the round (and replaced when a device is free); a "
-                                       "server-side stage that did fails the task (BackoffLimitExceeded). Bad input "
-                                       "(exit 2) is never retried.")
+    pod_retry_limit: int = api_field(3, minimum=0, maximum=100,
+                                     doc="Retries of each failed pod: a device's train pod in a round, a server-side "
+                                         "stage pod, a publish pod. Unlike a Job's backoffLimit it counts per pod, "
+                                         "not per task: failures of different pods do not add up. A device whose pod "
+                                         "used them up is left out of the round (and replaced when a device is "
+                                         "free); a server-side stage that did fails the task "
+                                         "(PodRetryLimitExceeded). Bad input (exit 2) is never retried.")
     store_outage_seconds: int = api_field(
         900, minimum=0, maximum=86400,
         doc="A pod that exits 3 (the store stayed unreachable through the worker's own retries) is retried after a "
-            "backoff (5 s doubling to 60 s, jittered) without counting against backoffLimit, for this long from "
+            "backoff (5 s doubling to 60 s, jittered) without counting against podRetryLimit, for this long from "
             "its first such exit; then it fails as usual (condition reason StoreUnavailable).")
     stage_timeout_seconds: int = api_field(
         3600, minimum=1, maximum=604800,
         doc="A server-side stage pod (init, aggregate, adjust) that has no result this long after it was created is "
-            "replaced (a failed attempt, counted against backoffLimit); when none is left the task fails "
+            "replaced (a failed attempt, counted against podRetryLimit); when none is left the task fails "
             "(StageDeadlineExceeded).")
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
     ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
@@ -501,7 +501,7 @@ class DeviceStatus:
     start_time: DateTime | None = api_field(None, doc="When the current pod was created.")
     finish_time: DateTime | None = api_field(None, doc="When the update arrived or the device gave up.")
     outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
-                                                 "against backoffLimit.")
+                                                 "against podRetryLimit.")
     outage_since: DateTime | None = api_field(None, doc="When the first of those ended.")
     retry_after: DateTime | None = api_field(None, doc="The next pod is created no earlier (the outage backoff).")
     result: FreeForm | None = api_field(None, doc="The train stage's result (num_samples, loss, seconds, bytes).")
@@ -519,7 +519,7 @@ class StagePodStatus:
     start_time: DateTime | None = api_field(None, doc="When the stage began.")
     finish_time: DateTime | None = api_field(None, doc="When the stage finished.")
     outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
-                                                 "against backoffLimit.")
+                                                 "against podRetryLimit.")
     outage_since: DateTime | None = api_field(None, doc="When the first of those ended.")
     retry_after: DateTime | None = api_field(None, doc="The next pod is created no earlier (the outage backoff).")
     result: FreeForm | None = api_field(None, doc="The stage's result, once it succeeded.")
@@ -534,7 +534,7 @@ class PublishStatus:
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
     result: FreeForm | None = api_field(None, doc="The publish stage's result.")
     outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
-                                                 "against backoffLimit.")
+                                                 "against podRetryLimit.")
     outage_since: DateTime | None = api_field(None, doc="When the first of those ended.")
     retry_after: DateTime | None = api_field(None, doc="The next pod is created no earlier (the outage backoff).")
 
@@ -780,8 +780,11 @@ PATTERN_HINTS = {
     SUB_PATH_PATTERN: "a relative path without '.' or '..'",
 }
 _HARDENED = "fedtask sets it on every pod (hardening) and a template may not change it"
-# Pod fields a template may not set, with why (the CRD has no such fields: an API server reports them unknown).
+# Fields the API does not have, with why and what to use instead: pod fields a template may not set, and renamed
+# fields (the CRD has none of them: an API server reports them unknown).
 FORBIDDEN_FIELDS: dict[type, dict[str, str]] = {
+    TaskSpec: {"backoffLimit": "renamed spec.podRetryLimit: it counts the retries of each pod, not the failed pods of "
+                               "the whole task like a Job's backoffLimit"},
     PodTemplate: {
         "securityContext": _HARDENED, "command": _HARDENED, "args": "fedtask sets the worker's arguments",
         "image": "set spec.image", "containers": "fedtask builds the worker container",
@@ -793,7 +796,7 @@ FORBIDDEN_FIELDS: dict[type, dict[str, str]] = {
         "tolerations": "set spec.devices.tolerations (train and publish pods) or spec.server.tolerations",
         "nodeSelector": "set spec.devices.selector (train pods) or spec.server.nodeSelector",
         "affinity": "fedtask pins train pods to their devices' nodes; set spec.server.nodeSelector for the others",
-        "restartPolicy": "fedtask retries failed pods itself (spec.backoffLimit)",
+        "restartPolicy": "fedtask retries failed pods itself (spec.podRetryLimit)",
     },
     Volume: {"hostPath": "host folders are not allowed in task pods (Pod Security baseline); use a "
                          "persistentVolumeClaim"},
