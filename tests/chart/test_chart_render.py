@@ -431,8 +431,10 @@ def test_confinement_values_reach_the_operator(tools: Tools, monkeypatch: pytest
     assert confinement("operator.confinement.allowedHostPathPrefixes={/srv/fl,/data}",
                        "operator.confinement.allowedTolerationKeys={dedicated,*}",
                        "operator.confinement.allowedPriorityClasses={batch}",
-                       "operator.confinement.allowedServiceAccounts={fl-worker}") == Confinement(
-        ("/srv/fl", "/data"), ("dedicated", "*"), ("batch",), ("fl-worker",))
+                       "operator.confinement.allowedServiceAccounts={fl-worker}",
+                       "operator.confinement.allowedRuntimeClasses={nvidia,kata}",
+                       "operator.confinement.allowedSchedulerNames={volcano}") == Confinement(
+        ("/srv/fl", "/data"), ("dedicated", "*"), ("batch",), ("fl-worker",), ("nvidia", "kata"), ("volcano",))
     assert confinement("operator.confinement.allowedHostPathPrefixes=null").allowed_host_path_prefixes == ()
 
 

@@ -1,5 +1,6 @@
 """Issue 12, confinement: what a task may ask of the nodes its pods run on (host paths, tolerations, priority classes,
-service accounts), the operator's settings for it, and the planner refusing a task outside them."""
+service accounts, runtime classes, schedulers), the operator's settings for it, and the planner refusing a task
+outside them."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -116,6 +117,42 @@ def test_priority_classes_and_service_accounts_are_refused_unless_listed():
     assert errors_of({}) == {}  # the defaults ask for nothing
 
 
+def test_runtime_classes_and_schedulers_are_refused_unless_listed():
+    """podTemplate.runtimeClassName picks the node's runtime handler (and its RuntimeClass's tolerations);
+    podTemplate.schedulerName hands the pods to a scheduler that may ignore taints and quotas."""
+    spec = {"podTemplate": {"runtimeClassName": "runc-unconfined", "schedulerName": "bind-anywhere"}}
+    found = errors_of(spec)
+    assert list(found) == ["spec.podTemplate.runtimeClassName", "spec.podTemplate.schedulerName"]
+    assert "'runc-unconfined' is not among the operator's allowed runtime classes (none)" in found[
+        "spec.podTemplate.runtimeClassName"] and "--allowed-runtime-class" in found["spec.podTemplate.runtimeClassName"]
+    assert "'bind-anywhere' is not among the operator's allowed scheduler names (default-scheduler)" in found[
+        "spec.podTemplate.schedulerName"] and "--allowed-scheduler-name" in found["spec.podTemplate.schedulerName"]
+    listed = Confinement(allowed_runtime_classes=("nvidia",), allowed_scheduler_names=("volcano",))
+    assert list(errors_of(spec, listed)) == ["spec.podTemplate.runtimeClassName", "spec.podTemplate.schedulerName"]
+    assert "(nvidia)" in errors_of(spec, listed)["spec.podTemplate.runtimeClassName"]
+    assert "(default-scheduler, volcano)" in errors_of(spec, listed)["spec.podTemplate.schedulerName"]
+    assert errors_of({"podTemplate": {"runtimeClassName": "nvidia", "schedulerName": "volcano"}}, listed) == {}
+    # the cluster's default scheduler and no runtime class need no listing
+    assert errors_of({"podTemplate": {"runtimeClassName": "", "schedulerName": "default-scheduler"}}) == {}
+    assert errors_of({"podTemplate": {"schedulerName": ""}}) == {}
+
+
+def test_the_planner_fails_a_task_with_an_unlisted_scheduler_before_any_pod():
+    task = task_object({"podTemplate": {"runtimeClassName": "kata", "schedulerName": "volcano"}})
+    plan = plan_task(task, Observed(pods=[], now=datetime(2026, 1, 1, tzinfo=UTC)), RuntimeConfig())
+    assert plan.create == [] and plan.status["phase"] == "Failed"
+    failed = next(c for c in plan.status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec"
+    assert "spec.podTemplate.runtimeClassName" in failed["message"]
+    assert "spec.podTemplate.schedulerName" in failed["message"]
+    allowed = RuntimeConfig(confinement=Confinement(allowed_runtime_classes=("kata",),
+                                                    allowed_scheduler_names=("volcano",)))
+    plan = plan_task(task, Observed(pods=[], now=datetime(2026, 1, 1, tzinfo=UTC)), allowed)
+    assert plan.status["phase"] != "Failed" and [p["metadata"]["name"] for p in plan.create] == ["t-init"]
+    pod = plan.create[0]["spec"]
+    assert pod["runtimeClassName"] == "kata" and pod["schedulerName"] == "volcano"
+
+
 # --- the planner refuses the task ------------------------------------------------------------------------------------
 
 def test_the_planner_fails_a_task_outside_the_confinement_with_every_field_and_no_pods():
@@ -139,7 +176,8 @@ def test_the_planner_fails_a_task_outside_the_confinement_with_every_field_and_n
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in ("FEDTASK_ALLOWED_HOST_PATH_PREFIXES", "FEDTASK_ALLOWED_TOLERATION_KEYS",
-                 "FEDTASK_ALLOWED_PRIORITY_CLASSES", "FEDTASK_ALLOWED_SERVICE_ACCOUNTS"):
+                 "FEDTASK_ALLOWED_PRIORITY_CLASSES", "FEDTASK_ALLOWED_SERVICE_ACCOUNTS",
+                 "FEDTASK_ALLOWED_RUNTIME_CLASSES", "FEDTASK_ALLOWED_SCHEDULER_NAMES"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -148,14 +186,19 @@ def test_operator_flags_and_environment_set_the_confinement(clean_env):
     assert parse_config([]).confinement == Confinement()
     config = parse_config(["--allowed-host-path-prefix", "/srv/a", "--allowed-host-path-prefix=/srv/b",
                            "--allowed-toleration-key", "gpu", "--allowed-priority-class", "batch",
-                           "--allowed-service-account", "fl"])
-    assert config.confinement == Confinement(("/srv/a", "/srv/b"), ("gpu",), ("batch",), ("fl",))
+                           "--allowed-service-account", "fl", "--allowed-runtime-class", "nvidia",
+                           "--allowed-runtime-class=kata", "--allowed-scheduler-name", "volcano"])
+    assert config.confinement == Confinement(("/srv/a", "/srv/b"), ("gpu",), ("batch",), ("fl",), ("nvidia", "kata"),
+                                             ("volcano",))
     assert build_runtime_config(config).confinement == config.confinement
     clean_env.setenv("FEDTASK_ALLOWED_HOST_PATH_PREFIXES", "/x, /y")
     clean_env.setenv("FEDTASK_ALLOWED_TOLERATION_KEYS", "*")
     clean_env.setenv("FEDTASK_ALLOWED_PRIORITY_CLASSES", "low,high")
     clean_env.setenv("FEDTASK_ALLOWED_SERVICE_ACCOUNTS", "")
-    assert parse_config([]).confinement == Confinement(("/x", "/y"), ("*",), ("low", "high"), ())
+    clean_env.setenv("FEDTASK_ALLOWED_RUNTIME_CLASSES", "gvisor")
+    clean_env.setenv("FEDTASK_ALLOWED_SCHEDULER_NAMES", "volcano, kueue-sched")
+    assert parse_config([]).confinement == Confinement(("/x", "/y"), ("*",), ("low", "high"), (), ("gvisor",),
+                                                       ("volcano", "kueue-sched"))
     assert parse_config(["--allowed-host-path-prefix", "none"]).confinement.allowed_host_path_prefixes == ()
 
 

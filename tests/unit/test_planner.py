@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedtask_operator.core.apply import apply_plan, run_sync
+from fedtask_operator.core.confinement import Confinement
 from fedtask_operator.core.crd import unknown_status_fields
 from fedtask_operator.core.planner import Observed, Plan, observe_pod, plan_task, pods_awaiting_results
 from fedtask_operator.core.pods import RuntimeConfig
@@ -123,8 +125,10 @@ class _SimulatedSink:
 class Cluster:
     """One task, its pods and events; time moves only when the test says so."""
 
-    def __init__(self, task: dict, devices: list[str] | None = None, nodes: list[dict] | None = None):
+    def __init__(self, task: dict, devices: list[str] | None = None, nodes: list[dict] | None = None,
+                 config: RuntimeConfig = CONFIG):
         self.task = copy.deepcopy(task)
+        self.config = config
         self.pods: dict[str, dict] = {}
         self.events = []
         self.now = T0
@@ -143,7 +147,7 @@ class Cluster:
     # ---- the planner, applied like a runtime
     def plan(self, assignment: TaskAssignment | None = None) -> Plan:
         observed = Observed(pods=copy.deepcopy(list(self.pods.values())), now=self.now, nodes=self.nodes)
-        return plan_task(copy.deepcopy(self.task), observed, CONFIG, assignment)
+        return plan_task(copy.deepcopy(self.task), observed, self.config, assignment)
 
     def reconcile(self) -> Plan:
         plan = self.next_plan()
@@ -1202,7 +1206,8 @@ def test_every_pod_of_a_whole_task_carries_the_pod_template_and_server_pods_spec
                 "volumeMounts": [{"name": "code", "mountPath": "/code"}]}
     server = {"resources": {"requests": {"cpu": "2"}}, "nodeSelector": {"role": "server"},
               "tolerations": [{"key": "server", "operator": "Exists"}]}
-    cluster = Cluster(make_task(podTemplate=template, server=server, publish={"toDevices": True}))
+    volcano = replace(CONFIG, confinement=Confinement(allowed_scheduler_names=("volcano",)))  # issue 12: listed
+    cluster = Cluster(make_task(podTemplate=template, server=server, publish={"toDevices": True}), config=volcano)
     cluster.run_to_end()
     assert cluster.status["phase"] == "Succeeded"
 

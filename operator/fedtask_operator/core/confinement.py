@@ -1,11 +1,16 @@
-"""What a task may ask of the nodes it runs on (pure): host paths, tolerations, priority classes, service accounts.
+"""What a task may ask of the nodes it runs on (pure): host paths, tolerations, priority classes, service accounts,
+runtime classes and schedulers.
 
 The operator builds pods on a task author's behalf, so every field that reaches a node through those pods is a
 confused-deputy risk (issue 12): a `hostPath` of `/` mounts the node's root, a toleration `{operator: Exists}` with
 no key tolerates every taint (control-plane and dedicated nodes included), `priorityClassName:
-system-node-critical` evicts other tenants' pods, and a `serviceAccountName` gives the task's code that account's
-token. The operator's settings (`Confinement`, from `--allowed-host-path-prefix`, `--allowed-toleration-key`,
-`--allowed-priority-class`, `--allowed-service-account`, or the chart's `operator.confinement` values) say what is
+system-node-critical` evicts other tenants' pods, a `serviceAccountName` gives the task's code that account's
+token, a `runtimeClassName` picks the node's container runtime handler (a weaker sandbox, device access such as
+nvidia's, and the RuntimeClass's own scheduling tolerations, which admission adds to the pod past the toleration
+allowlist), and a `schedulerName` hands the pods to another scheduler, which may ignore taints and quotas (the kubelet
+does not enforce NoSchedule taints). The operator's settings (`Confinement`, from `--allowed-host-path-prefix`,
+`--allowed-toleration-key`, `--allowed-priority-class`, `--allowed-service-account`, `--allowed-runtime-class`,
+`--allowed-scheduler-name`, or the chart's `operator.confinement` values) say what is
 allowed; `confinement_errors` lists every field of a task outside them, and the planner fails that task with
 InvalidSpec naming each field. Host paths are also confined by construction: pods mount only
 `<hostPath>/<namespace>/<task>` (`confined_host_path`), never the directory itself.
@@ -25,6 +30,8 @@ DEFAULT_HOST_PATH_PREFIXES = ("/var/lib/fedtask",)
 ANY = "*"  # in allowed_toleration_keys: every toleration, the key-less wildcard too
 # Toleration keys refused while no allowlist is set: tolerating them puts a tenant's pod on the control plane.
 CONTROL_PLANE_KEYS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+# The cluster's own scheduler: what a pod without schedulerName gets, so naming it is always allowed.
+DEFAULT_SCHEDULER = "default-scheduler"
 
 
 class ConfinementSettingError(ValueError):
@@ -44,6 +51,10 @@ class Confinement:
     allowed_priority_classes: tuple[str, ...] = ()
     # serviceAccountName values a task may use (in its own namespace); empty: none (the namespace's default).
     allowed_service_accounts: tuple[str, ...] = ()
+    # podTemplate.runtimeClassName values a task may use; empty: none (the node's default runtime handler).
+    allowed_runtime_classes: tuple[str, ...] = ()
+    # podTemplate.schedulerName values a task may use besides the cluster's default-scheduler, always allowed.
+    allowed_scheduler_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for prefix in self.allowed_host_path_prefixes:
@@ -118,6 +129,22 @@ def service_account_errors(name: str, field_path: str, confinement: Confinement)
                                    "ask the cluster admin (operator flag --allowed-service-account)")]
 
 
+def runtime_class_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
+    if not name or name in confinement.allowed_runtime_classes:
+        return []
+    allowed = ", ".join(confinement.allowed_runtime_classes) or "none"
+    return [FieldError(field_path, f"{name!r} is not among the operator's allowed runtime classes ({allowed}); "
+                                   "ask the cluster admin (operator flag --allowed-runtime-class)")]
+
+
+def scheduler_name_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
+    if not name or name == DEFAULT_SCHEDULER or name in confinement.allowed_scheduler_names:
+        return []
+    allowed = ", ".join((DEFAULT_SCHEDULER, *confinement.allowed_scheduler_names))
+    return [FieldError(field_path, f"{name!r} is not among the operator's allowed scheduler names ({allowed}); "
+                                   "ask the cluster admin (operator flag --allowed-scheduler-name)")]
+
+
 def _encoded_tolerations(tolerations: Iterable[Any]) -> list[Mapping[str, Any]]:
     return [t if isinstance(t, Mapping) else {"key": getattr(t, "key", ""), "operator": getattr(t, "operator", "")}
             for t in tolerations]
@@ -138,4 +165,7 @@ def confinement_errors(spec: Any, confinement: Confinement) -> list[FieldError]:
                                     "spec.server.tolerations", confinement)
     errors += priority_class_errors(spec.priority_class_name, "spec.priorityClassName", confinement)
     errors += service_account_errors(spec.service_account_name, "spec.serviceAccountName", confinement)
+    template = spec.pod_template
+    errors += runtime_class_errors(template.runtime_class_name, "spec.podTemplate.runtimeClassName", confinement)
+    errors += scheduler_name_errors(template.scheduler_name, "spec.podTemplate.schedulerName", confinement)
     return errors

@@ -189,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
                              metavar="NAME", default=None,
                              help="a serviceAccountName tasks may use in their namespace (repeat; env "
                                   "FEDTASK_ALLOWED_SERVICE_ACCOUNTS); unset: none")
+    confinement.add_argument("--allowed-runtime-class", action="append", dest="runtime_classes",
+                             metavar="NAME", default=None,
+                             help="a spec.podTemplate.runtimeClassName tasks may use (repeat; env "
+                                  "FEDTASK_ALLOWED_RUNTIME_CLASSES); unset: none (the node's default runtime)")
+    confinement.add_argument("--allowed-scheduler-name", action="append", dest="scheduler_names",
+                             metavar="NAME", default=None,
+                             help="a spec.podTemplate.schedulerName tasks may use (repeat; env "
+                                  "FEDTASK_ALLOWED_SCHEDULER_NAMES); default-scheduler is always allowed")
     parser.add_argument("-v", "--verbose", action="store_true", default=_env_bool("FEDTASK_VERBOSE", False))
     parser.set_defaults(env_namespaces=env_namespaces)
     return parser
@@ -254,7 +262,9 @@ def _confinement(args: argparse.Namespace) -> Confinement:
         allowed_host_path_prefixes=tuple(prefixes) if prefixes is not None else DEFAULT_HOST_PATH_PREFIXES,
         allowed_toleration_keys=tuple(tolerations) if tolerations else None,
         allowed_priority_classes=tuple(_listed(args.priority_classes, "FEDTASK_ALLOWED_PRIORITY_CLASSES") or ()),
-        allowed_service_accounts=tuple(_listed(args.service_accounts, "FEDTASK_ALLOWED_SERVICE_ACCOUNTS") or ()))
+        allowed_service_accounts=tuple(_listed(args.service_accounts, "FEDTASK_ALLOWED_SERVICE_ACCOUNTS") or ()),
+        allowed_runtime_classes=tuple(_listed(args.runtime_classes, "FEDTASK_ALLOWED_RUNTIME_CLASSES") or ()),
+        allowed_scheduler_names=tuple(_listed(args.scheduler_names, "FEDTASK_ALLOWED_SCHEDULER_NAMES") or ()))
 
 
 def build_settings(config: OperatorConfig):
