@@ -202,6 +202,19 @@ def test_operator_flags_and_environment_set_the_confinement(clean_env):
     assert parse_config(["--allowed-host-path-prefix", "none"]).confinement.allowed_host_path_prefixes == ()
 
 
+def test_fedtask_run_takes_the_runtime_class_and_scheduler_flags_of_the_operator():
+    """`fedtask run` checks a manifest as the operator would: the same defaults, the same flags."""
+    from fedtask_operator.local.cli import build_parser, local_confinement
+
+    parser = build_parser()
+    assert local_confinement(parser.parse_args(["task.yaml"])) == Confinement()
+    listed = local_confinement(parser.parse_args(["task.yaml", "--allowed-runtime-class", "nvidia",
+                                                  "--allowed-scheduler-name=volcano", "--allowed-scheduler-name", "yk",
+                                                  "--allowed-host-path-prefix", "/srv"]))
+    assert listed == Confinement(("/srv",), None, (), (), ("nvidia",), ("volcano", "yk"))
+    assert errors_of({"podTemplate": {"runtimeClassName": "nvidia", "schedulerName": "yk"}}, listed) == {}
+
+
 def test_a_bad_prefix_setting_is_a_usage_error(clean_env, capsys):
     with pytest.raises(SystemExit) as exit_:
         parse_config(["--allowed-host-path-prefix", "relative/dir"])

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from fedtask_operator.core.confinement import Confinement
+from fedtask_operator.core.confinement import DEFAULT_HOST_PATH_PREFIXES, Confinement
 from fedtask_operator.core.documents import DocumentError, load_documents
 from fedtask_operator.core.scheduling.collection import DEFAULT_COLLECTION_WINDOW_SECONDS, SchedulingConfig
 from fedtask_operator.core.scheduling.objective import DEFAULT_FAIRNESS_WEIGHT
@@ -53,10 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allowed-host-path-prefix", action="append", dest="host_path_prefixes", metavar="PATH",
                         help="a directory under which spec.data.hostPath and spec.publish.hostPath must lie, as the "
                              "operator's flag of that name (repeat; default /var/lib/fedtask)")
+    parser.add_argument("--allowed-runtime-class", action="append", dest="runtime_classes", metavar="NAME",
+                        help="a spec.podTemplate.runtimeClassName tasks may use, as the operator's flag of that name "
+                             "(repeat; default none)")
+    parser.add_argument("--allowed-scheduler-name", action="append", dest="scheduler_names", metavar="NAME",
+                        help="a spec.podTemplate.schedulerName tasks may use, as the operator's flag of that name "
+                             "(repeat; default-scheduler is always allowed)")
     parser.add_argument("--fairness-weight", type=float, default=DEFAULT_FAIRNESS_WEIGHT, metavar="W",
                         help="time-fair's weight of unfairness for tasks that set no spec.scheduling.fairnessWeight "
                              f"(default {DEFAULT_FAIRNESS_WEIGHT:g}; 0: the fastest devices)")
     return parser
+
+
+def local_confinement(args: argparse.Namespace) -> Confinement:
+    """The operator's confinement as `fedtask run`'s flags set it (ConfinementSettingError names a bad flag)."""
+    return Confinement(
+        allowed_host_path_prefixes=tuple(args.host_path_prefixes or DEFAULT_HOST_PATH_PREFIXES),
+        allowed_runtime_classes=tuple(args.runtime_classes or ()),
+        allowed_scheduler_names=tuple(args.scheduler_names or ()))
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -179,8 +193,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         scheduling = SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
-        confinement = Confinement(allowed_host_path_prefixes=tuple(args.host_path_prefixes)) \
-            if args.host_path_prefixes else Confinement()
+        confinement = local_confinement(args)
     except ValueError as error:  # ConfinementSettingError names the flag
         parser.error(str(error))
     try:
