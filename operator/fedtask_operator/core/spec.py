@@ -222,9 +222,12 @@ class PodTemplate:
 
     metadata: PodMetadata = api_field(factory=PodMetadata, doc="Labels and annotations of every pod.")
     runtime_class_name: str = api_field("", pattern=OPTIONAL_DNS_SUBDOMAIN_PATTERN, max_length=253,
-                                        doc="RuntimeClass of every pod (e.g. nvidia).")
+                                        doc="RuntimeClass of every pod (e.g. nvidia); it must be listed by the "
+                                            "operator (--allowed-runtime-class).")
     scheduler_name: str = api_field("", pattern=OPTIONAL_DNS_SUBDOMAIN_PATTERN, max_length=253,
-                                    doc="The scheduler of every pod (e.g. volcano); default the cluster's.")
+                                    doc="The scheduler of every pod (e.g. volcano); default the cluster's. Any "
+                                        "other than default-scheduler must be listed by the operator "
+                                        "(--allowed-scheduler-name).")
     env: list[EnvVar] = api_field([], max_items=64, doc="Variables added to the worker container.")
     volumes: list[Volume] = api_field([], max_items=16, doc="Volumes added to every pod (e.g. your code).")
     volume_mounts: list[VolumeMount] = api_field([], max_items=16,
