@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 
 import celpy
@@ -207,6 +208,10 @@ def test_rules_with_lists_have_bounded_cost():
         for rule in node.get("x-kubernetes-validations", []):
             assert set(rule) <= {"rule", "message", "fieldPath", "reason", "messageExpression"}, path
             cel_program(rule["rule"])  # compiles
+            # A list or map a rule iterates over (`self.x.all(...)`, `.exists(`, `.exists_one(`) needs a bound.
+            for name in re.findall(r"self\.(\w+)\.(?:all|exists|exists_one)\(", rule["rule"]):
+                inner = node["properties"][name]
+                assert "maxItems" in inner or "maxProperties" in inner, f"{path}.{name}"
             if rule["rule"] == "self == oldSelf":  # equality over the whole value: every part of it must be bounded
                 for inner_path, inner in walk(node, path):
                     assert not inner.get("x-kubernetes-preserve-unknown-fields"), inner_path
@@ -243,6 +248,13 @@ GOOD_SPECS = [
      "storage": {"secretRef": {"name": "creds"}}, "imagePullSecrets": [{"name": "r"}], "suspend": True,
      "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 0, "scheduling": {"priority": -5, "policy": "random"}},
     {"devices": {"perRound": 3.0, "count": None}, "publish": {"toDevices": True}},
+    # Extended resources: a limit equal to the request (1 and "1" are written differently but equal), or only one of
+    # them; ordinary resources (cpu, memory, kubernetes.io/*) may differ.
+    {"devices": {"resources": {"requests": {"nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi", "cpu": 1},
+                               "limits": {"nvidia.com/gpu": "1", "hugepages-2Mi": "64Mi", "cpu": 2,
+                                          "example.kubernetes.io/x": 2}}},
+     "server": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+    {"adjustment": {"resources": {"requests": {"amd.com/gpu": 2, "memory": "1Gi"}, "limits": {"memory": "2Gi"}}}},
     {"podTemplate": {"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "q", "fedtask.example/x": "y"},
                                   "annotations": {"sidecar.istio.io/inject": "false"}},
                      "runtimeClassName": "nvidia", "schedulerName": "volcano",
@@ -347,6 +359,16 @@ BAD_SPECS = [
     ({"server": {"resources": {"requests": {"cpu": 1}}}, "adjustment": {"resources": {"limits": {"cpu": 1}}}},
      {"spec.server.resources"}),
     ({"server": {"tolerations": [{"operator": "Exists", "value": "v"}]}}, {"spec.server.tolerations[0].value"}),
+    ({"devices": {"resources": {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}}},
+     {"spec.devices.resources.limits"}),
+    ({"devices": {"resources": {"requests": {"hugepages-1Gi": "1Gi"}, "limits": {"hugepages-1Gi": "2Gi"}}}},
+     {"spec.devices.resources.limits"}),
+    ({"server": {"resources": {"requests": {"example.com/fpga": "1"}, "limits": {"example.com/fpga": "1000m"}}}},
+     {"spec.server.resources.limits"}),
+    ({"adjustment": {"resources": {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": 1}}}},
+     {"spec.adjustment.resources.limits"}),
+    ({"devices": {"resources": {"requests": {f"example.com/r{i}": 1 for i in range(17)}}}},
+     {"spec.devices.resources.requests"}),
 ]
 
 

@@ -582,6 +582,25 @@ def test_build_device_request_reads_spec_and_status():
     assert "1 of 1 nodes qualify" in result.tasks["ml/vision"].waiting_reason  # perRound 3 > 1 node
 
 
+def test_a_limit_only_gpu_is_requested_and_pins_the_task_to_gpu_nodes():
+    # Kubernetes defaults a missing request to the limit (and fedtask writes the request out for extended resources),
+    # so the scheduler counts it: a task asking `limits: {nvidia.com/gpu: 1}` never lands on a CPU node.
+    from fedtask_operator.core.scheduling import build_device_request
+    from fedtask_operator.core.spec import parse_task
+
+    task = parse_task({
+        "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask", "metadata": {"name": "gpu", "namespace": "ml"},
+        "spec": {"data": {"source": "hostPath"},
+                 "devices": {"perRound": 1, "resources": {"requests": {"cpu": "500m"},
+                                                          "limits": {"nvidia.com/gpu": 1, "cpu": "2"}}}}})
+    request = build_device_request(task, now=5.0)
+    assert request.requests == {"cpu": "500m", "nvidia.com/gpu": 1}  # the request wins over the limit when given
+    nodes = [make_node("cpu-only", cpu="64"), make_node("gpu", gpus=1)]
+    assert nodes_of(select_devices([request], nodes, []), "ml/gpu") == ["gpu"]
+    nodes = [make_node("cpu-only", cpu="64")]
+    assert "short of nvidia.com/gpu" in select_devices([request], nodes, []).tasks["ml/gpu"].waiting_reason
+
+
 def test_shards_of_competing_tasks_spread_over_equal_nodes():
     nodes = [make_node("n0", cpu="8"), make_node("n1", cpu="8")]
     result = select_devices([shard_task("ns/s1"), shard_task("ns/s2")], nodes, [])

@@ -20,7 +20,7 @@ from fedtask_operator.core.kube_types import KubeObject
 from fedtask_operator.core.quantities import to_milli
 from fedtask_operator.core.scheduling.types import DeviceSlot
 from fedtask_operator.core.schema import encode
-from fedtask_operator.core.spec import FederatedTask, ResourceRequirements, Toleration
+from fedtask_operator.core.spec import FederatedTask, ResourceRequirements, Toleration, is_overcommit_forbidden
 
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 CONTAINER_NAME = "worker"
@@ -122,18 +122,6 @@ def _user_code_flags(task: FederatedTask, evaluation: bool = False) -> list[str]
 
 def _quantities(values: Mapping[str, object]) -> dict[str, str]:
     return {key: str(value) for key, value in values.items()}
-
-
-def is_overcommit_forbidden(resource: str) -> bool:
-    """Kubernetes' non-overcommitable resources: extended resources (a domain outside kubernetes.io, such as
-    `nvidia.com/gpu`) and `hugepages-*`. The API server refuses a container that requests one without a limit
-    ("Limit must be set for non overcommitable resources") or with a request different from its limit."""
-    if resource.startswith("hugepages-"):
-        return True
-    if "/" not in resource or resource.startswith("requests."):
-        return False
-    domain = resource.split("/", 1)[0]
-    return domain != "kubernetes.io" and not domain.endswith(".kubernetes.io")
 
 
 def _resources(resources: ResourceRequirements) -> KubeObject:

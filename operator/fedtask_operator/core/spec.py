@@ -96,11 +96,28 @@ class Toleration:
     toleration_seconds: int | None = api_field(None, doc="How long a NoExecute taint is tolerated.")
 
 
+# Resources per requests/limits map: bounds the CEL cost of the rule comparing them (a real pod names a handful).
+MAX_RESOURCES = 16
+
+
+def is_overcommit_forbidden(resource: str) -> bool:
+    """Kubernetes' non-overcommitable resources: `hugepages-*` and extended resources (a domain-qualified name that
+    is not native, i.e. not containing `kubernetes.io/`, such as `nvidia.com/gpu`; `requests.*` are quota names).
+    The API server refuses a container with such a request and no limit, or with a request other than its limit."""
+    if resource.startswith("hugepages-"):
+        return True
+    return "/" in resource and not resource.startswith("requests.") and "kubernetes.io/" not in resource
+
+
 @dataclass
 class ResourceRequirements:
     requests: dict[str, IntOrString] = api_field(
-        {}, pattern=QUANTITY_PATTERN, doc="Per-pod requests, Kubernetes quantities (`cpu: 500m`, `nvidia.com/gpu: 1`).")
-    limits: dict[str, IntOrString] = api_field({}, pattern=QUANTITY_PATTERN, doc="Per-pod limits.")
+        {}, pattern=QUANTITY_PATTERN, max_items=MAX_RESOURCES,
+        doc="Per-pod requests, Kubernetes quantities (`cpu: 500m`, `nvidia.com/gpu: 1`). An extended resource "
+            "(`nvidia.com/gpu`, `hugepages-2Mi`) given only here gets the same limit.")
+    limits: dict[str, IntOrString] = api_field(
+        {}, pattern=QUANTITY_PATTERN, max_items=MAX_RESOURCES,
+        doc="Per-pod limits. An extended resource given only here gets the same request (and the scheduler counts it).")
 
 
 @dataclass
@@ -696,6 +713,17 @@ CROSS_FIELD_RULES += [
 
 # Per-item rules on shared types, keyed by the dataclass they are attached to.
 TYPE_RULES: dict[type, list[CrossFieldRule]] = {
+    ResourceRequirements: [
+        CrossFieldRule((), "self.limits.all(k, !(k in self.requests) || !(k.startsWith('hugepages-') || "
+                           "(k.contains('/') && !k.startsWith('requests.') && !k.contains('kubernetes.io/'))) || "
+                           "string(self.requests[k]) == string(self.limits[k]))",
+                       "an extended resource (hugepages-*, or a domain-qualified name such as nvidia.com/gpu) must "
+                       "have its limit equal to its request (the API server refuses the pods otherwise): write both "
+                       "the same way (they are compared as written: 1 and \"1\" match, 1 and \"1000m\" do not) or give "
+                       "only one (the other defaults to it)", ".limits",
+                       lambda r: all(str(r.requests[k]) == str(v) for k, v in r.limits.items()
+                                     if k in r.requests and is_overcommit_forbidden(k))),
+    ],
     LabelSelectorRequirement: [
         CrossFieldRule((), "self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 "
                            ": size(self.values) > 0",

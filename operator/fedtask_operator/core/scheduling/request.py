@@ -7,7 +7,7 @@ from typing import Any
 from ..compaction import participation_default, round_devices
 from ..conditions import parse_time
 from ..schema import encode
-from ..spec import FederatedTask
+from ..spec import FederatedTask, ResourceRequirements
 from ..status_types import TaskStatusDict
 from .types import DeviceRequest
 
@@ -33,7 +33,7 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
     return DeviceRequest(
         task=task.key,
         per_round=spec.devices.per_round if per_round is None else per_round,
-        requests=dict(spec.devices.resources.requests),
+        requests=effective_requests(spec.devices.resources),
         selector=encode(spec.devices.selector),
         tolerations=tuple(encode(toleration) for toleration in spec.devices.tolerations),
         node_devices=spec.data.source != "builtin",
@@ -50,6 +50,12 @@ def build_device_request(task: FederatedTask, now: float | None = None, *, statu
         pool=spec.devices.pool,
         ready_since=_later(waiting_since, period_time),
     )
+
+
+def effective_requests(resources: ResourceRequirements) -> dict[str, Any]:
+    """What a train pod requests once the API server has defaulted it: a resource given only as a limit requests its
+    limit (Kubernetes' rule for every resource; fedtask also writes it out for extended ones such as nvidia.com/gpu)."""
+    return {**resources.limits, **resources.requests}
 
 
 def _later(first: float | None, second: float | None) -> float | None:
