@@ -367,7 +367,7 @@ BAD_SPECS = [
      {"spec.server.resources.limits"}),
     ({"adjustment": {"resources": {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": 1}}}},
      {"spec.adjustment.resources.limits"}),
-    ({"devices": {"resources": {"requests": {f"example.com/r{i}": 1 for i in range(17)}}}},
+    ({"devices": {"resources": {"requests": {f"example.com/r{i}": 1 for i in range(9)}}}},
      {"spec.devices.resources.requests"}),
 ]
 
