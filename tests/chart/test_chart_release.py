@@ -4,6 +4,7 @@ with several replicas, the Kubernetes version the CRD's rules need, and a `helm 
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import subprocess
 import sys
@@ -144,4 +145,31 @@ def test_helm_test_hook_checks_the_operator_metrics(tools: Tools) -> None:
             server.shutdown()
         assert (result.returncode == 0) == ok, result.stderr
         assert ("metrics are served" in result.stdout) == ok
-    assert not [o for o in helm_template(tools, "metrics.service.enabled=false") if o["kind"] == "Pod"]
+    assert not [o for o in helm_template(tools, "metrics.service.enabled=false")
+                if o["kind"] == "Pod" and o["metadata"]["name"].endswith("-test-metrics")]
+
+
+def test_helm_test_hook_runs_a_tiny_task_with_rights_to_federated_tasks_only(tools: Tools) -> None:
+    objects = helm_template(tools, "helmTest.task.timeoutSeconds=60")
+    hooks = [o for o in objects if o["metadata"]["name"].endswith("-test-task")]
+    assert sorted(o["kind"] for o in hooks) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert all(o["metadata"]["annotations"]["helm.sh/hook"] == "test" for o in hooks)
+    assert all(o["metadata"]["namespace"] == "fedtask" for o in hooks)
+    role = the(hooks, "Role", "-test-task")
+    assert role["rules"] == [{"apiGroups": ["fedtask.io"], "resources": ["federatedtasks"],
+                              "verbs": ["get", "create", "delete"]}]
+    binding = the(hooks, "RoleBinding", "-test-task")
+    account = the(hooks, "ServiceAccount", "-test-task")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
+                                    "namespace": "fedtask"}]
+    pod = the(hooks, "Pod", "-test-task")
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    # the hook objects are created before the Pod (lower weight), so the Pod's token has its rights from the start
+    assert all(int(o["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0 for o in hooks if o["kind"] != "Pod")
+    script, namespace, name, timeout, selector = pod["spec"]["containers"][0]["args"]
+    compile(script, "helm-test-task", "exec")
+    assert (namespace, timeout, json.loads(selector)) == ("fedtask", "60", {"fedtask.io/device": "true"})
+    assert len(name) <= 50 and name.endswith("-helm-test")
+    assert not [o for o in helm_template(tools, "helmTest.task.enabled=false")
+                if o["metadata"]["name"].endswith("-test-task")]

@@ -59,6 +59,11 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
     return [obj for obj in objects if obj["kind"] == kind]
 
 
+def installed(objects: list[dict]) -> list[dict]:
+    """What `helm install` creates: without the `helm test` hooks, which exist only while `helm test` runs."""
+    return [obj for obj in objects if (obj["metadata"].get("annotations") or {}).get("helm.sh/hook") != "test"]
+
+
 def the(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
     matches = [obj for obj in by_kind(objects, kind) if obj["metadata"]["name"].endswith(name_suffix)]
     names = [match["metadata"]["name"] for match in matches]
@@ -129,9 +134,10 @@ def test_values_switch_the_objects_they_name(rendered: dict[str, list[dict]]) ->
 
 def test_namespace_scope_grants_task_rights_only_in_watched_namespaces(rendered: dict[str, list[dict]]) -> None:
     objects = rendered["namespace-scoped"]
-    roles = by_kind(objects, "Role")
+    roles = by_kind(installed(objects), "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in by_kind(objects, "RoleBinding")) == ["team-a", "team-b"]
+    bindings = by_kind(installed(objects), "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     cluster_rules = [rule for role in by_kind(objects, "ClusterRole") for rule in role["rules"]]
     assert not any(set(rule["verbs"]) - {"get", "list", "watch"} for rule in cluster_rules
                    if {"pods", "nodes"} & set(rule["resources"])), "namespace scope must not create pods cluster-wide"
@@ -139,12 +145,12 @@ def test_namespace_scope_grants_task_rights_only_in_watched_namespaces(rendered:
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
     # Without explicit namespaces the release namespace is the one watched.
     default_namespaced = rendered["everything-on"]
-    assert [r["metadata"]["namespace"] for r in by_kind(default_namespaced, "Role")] == ["fedtask"]
+    assert [r["metadata"]["namespace"] for r in by_kind(installed(default_namespaced), "Role")] == ["fedtask"]
 
 
 def test_cluster_scope_watches_all_namespaces(rendered: dict[str, list[dict]]) -> None:
     objects = rendered["defaults"]
-    assert not by_kind(objects, "Role")
+    assert not by_kind(installed(objects), "Role")
     args = the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--all-namespaces" in args
 
@@ -154,7 +160,7 @@ def test_rbac_has_no_wildcards_and_reads_no_secret_but_its_own(rendered: dict[st
                                                                 combination: str) -> None:
     """Secrets: only `get` of the operator's own fedtask-store-credentials and `create` (per-namespace store keys,
     --namespace-credentials); never list, watch, update or another Secret's name."""
-    for role in by_kind(rendered[combination], "ClusterRole") + by_kind(rendered[combination], "Role"):
+    for role in by_kind(rendered[combination], "ClusterRole") + by_kind(installed(rendered[combination]), "Role"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(field, []), f"{role['metadata']['name']}: wildcard in {field}: {rule}"
@@ -486,6 +492,6 @@ def test_chart_rbac_rules_are_the_operators_rules(rendered: dict[str, list[dict]
     rules = yaml.safe_load((REPO / "deploy" / "rbac" / "rules.yaml").read_text())
     objects = rendered[combination]
     assert the(objects, "ClusterRole", "-cluster")["rules"] == rules["cluster"]
-    task_roles = (by_kind(objects, "Role") if combination == "namespace-scoped"
+    task_roles = (by_kind(installed(objects), "Role") if combination == "namespace-scoped"
                   else [the(objects, "ClusterRole", "-tasks")])
     assert task_roles and all(role["rules"] == rules["tasks"] for role in task_roles)

@@ -3,6 +3,7 @@ tasks applied with kubectl, pods bound by kube-scheduler, the CRD enforced by ku
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -159,3 +160,16 @@ def test_gpu_task_trains_only_on_the_gpu_node(cluster: LocalCluster):
     for pod in pods.values():
         resources = pod["spec"]["containers"][0]["resources"]
         assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == "1", resources
+
+
+def test_helm_test_runs_a_tiny_task_with_the_hooks_own_rights(cluster: LocalCluster):
+    # The chart's `helm test` hooks: the metrics check, and a one-round digits task applied by a Pod whose
+    # ServiceAccount may only get/create/delete FederatedTasks in the release namespace.
+    result = subprocess.run(["helm", "test", "fedtask", "-n", NAMESPACE, "--timeout", "6m"], capture_output=True,
+                            text=True, env=cluster.env, timeout=420)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test-task" in result.stdout, result.stdout
+    # the hook deleted its task, and (hook-succeeded) its Pod, ServiceAccount, Role and RoleBinding
+    listed = cluster.get_json("federatedtasks", "-n", NAMESPACE)["items"]
+    assert not [t for t in listed if t["metadata"]["name"].endswith("-helm-test")]
+    assert not cluster.get_json("roles", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=test")["items"]
