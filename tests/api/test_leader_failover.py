@@ -65,7 +65,7 @@ def test_a_leader_paused_past_its_lease_is_replaced_and_writes_nothing_when_resu
 
         assert status["phase"] == "Succeeded", status.get("message")
         assert [record["round"] for record in status["history"]] == [1, 2, 3, 4]
-        assert len(kubelet.started) == len(set(kubelet.started)), kubelet.started
+        assert len(kubelet.started) == len(set(kubelet.started)), str(kubelet.started)
         assert f"lost by {holder}" in leader.log(), leader.log()[-3000:]
         assert "acquired by" in other.log()
         # Every stored version of the status: rounds and history never go back.

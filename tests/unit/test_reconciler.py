@@ -317,7 +317,8 @@ async def test_our_own_write_is_planned_from_while_the_index_lags_behind_it():
     await reconciler.request(*KEY, stale)
 
     # Planning from the stale task would start it again: a second status write and a second "Started" event.
-    assert api.verbs().count("patch_task_status") == 1
+    status_writes = [call for call in api.calls if call[0] == "patch_task_status"]
+    assert [patch != {} for _, _, patch in status_writes] == [True, False]  # then the creation's version check
     assert events.reasons() == ["Started"]
     assert api.verbs().count("create_pod") == 2  # the init pod is not in the stale index: created again, exists
 
@@ -635,3 +636,22 @@ def test_applying_the_patch_to_the_old_status_gives_the_new_one(old, new):
     assert json.loads(json.dumps(patch)) == patch  # what is sent over the wire
     if old == new:
         assert patch == {}
+
+
+
+async def test_creations_planned_from_an_older_version_without_a_status_change_are_refused():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())  # started: the init pod exists
+    planned_from = copy.deepcopy(api.tasks[KEY])
+    init_pod = api.pods.pop(("default", "mnist-init"))  # finished and deleted by a newer pass...
+    await api.patch_task_status(*KEY, {"message": "a newer status"})  # ...which moved the task on
+
+    # A plan from the older version changes no status, so only the version check guards its creation.
+    plan = Plan(create=[init_pod], status=planned_from["status"])
+    with pytest.raises(StatusConflict):
+        await reconciler.apply(planned_from, plan)
+    assert ("default", "mnist-init") not in api.pods
+
+    applied = await reconciler.apply(copy.deepcopy(api.tasks[KEY]), plan)  # from the current version: created
+    assert applied.created == 1

@@ -486,6 +486,12 @@ class Reconciler:
             self._superseded.pop(key, None)
             raise
         metrics.record_status_change(namespace, name, task.get("status") or {}, new_status)
+        self._remember_write(task, stored)
+        return True
+
+    def _remember_write(self, task: dict, stored: dict) -> None:
+        """Plan from `stored` (our write) until the watch delivers it; the versions it replaced are superseded."""
+        key = (task["metadata"]["namespace"], task["metadata"]["name"])
         superseded = self._superseded.setdefault(key, {})
         superseded[task.get("metadata", {}).get("resourceVersion")] = None
         if key in self._written:
@@ -494,7 +500,24 @@ class Reconciler:
         while len(superseded) > SUPERSEDED_KEEP:  # trimmed: a task written for days must not grow without bound
             del superseded[next(iter(superseded))]
         self._written[key] = stored
-        return True
+
+    async def confirm_current(self, task: dict) -> None:
+        """Raise StatusConflict unless `task` is the version the API server holds. Creations planned without a status
+        change carry no version guard of their own: planned from an older version (a lagging index, a replica taking
+        over) they would recreate pods the task is already past. A status patch that changes nothing, guarded by the
+        planned resourceVersion, lets the API server decide."""
+        version = task.get("metadata", {}).get("resourceVersion")
+        if not version:
+            return
+        namespace, name = task["metadata"]["namespace"], task["metadata"]["name"]
+        try:
+            stored = await self.api.patch_task_status(namespace, name, {}, version)
+        except StatusConflict:
+            self._written.pop((namespace, name), None)
+            self._superseded.pop((namespace, name), None)
+            raise
+        if stored.get("metadata", {}).get("resourceVersion") != version:  # an API that counts even an empty patch
+            self._remember_write(task, stored)
 
 
 class _TaskSink:
@@ -508,14 +531,18 @@ class _TaskSink:
         self.reconciler, self.task, self.views = reconciler, task, views
         self.namespace, self.name = task["metadata"]["namespace"], task["metadata"]["name"]
         self.refused: list[CreationRefusal] = []
+        self.status_written = False
 
     # Each write batch starts with the fencing check (Reconciler.fence): a replica that lost the lease stops here.
     async def write_status(self, status: dict) -> bool:
         self.reconciler.fence()
-        return await self.reconciler.write_status(self.task, status)
+        self.status_written = await self.reconciler.write_status(self.task, status)
+        return self.status_written
 
     async def create_pods(self, manifests: list[dict]) -> int:
         self.reconciler.fence()
+        if not self.status_written:
+            await self.reconciler.confirm_current(self.task)
         problem = await self._store_credentials()
         if problem:  # the pods would not reach the store: refused like the API server's refusals (condition, event)
             logger.warning("%s/%s: no pods created: %s", self.namespace, self.name, problem)
