@@ -113,36 +113,34 @@ def toleration_errors(tolerations: Sequence[Mapping[str, Any]], field_path: str,
     return errors
 
 
-def priority_class_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
-    if not name or name in confinement.allowed_priority_classes:
+def _listed_name_errors(name: str, field_path: str, allowed: tuple[str, ...], what: str, flag: str,
+                        always_allowed: tuple[str, ...] = ()) -> list[FieldError]:
+    """A name the task may use only when the operator lists it (or it is one of `always_allowed`)."""
+    if not name or name in always_allowed or name in allowed:
         return []
-    allowed = ", ".join(confinement.allowed_priority_classes) or "none"
-    return [FieldError(field_path, f"{name!r} is not among the operator's allowed priority classes ({allowed}); "
-                                   "ask the cluster admin (operator flag --allowed-priority-class)")]
+    listed = ", ".join((*always_allowed, *allowed)) or "none"
+    return [FieldError(field_path, f"{name!r} is not among the operator's allowed {what} ({listed}); "
+                                   f"ask the cluster admin (operator flag {flag})")]
+
+
+def priority_class_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
+    return _listed_name_errors(name, field_path, confinement.allowed_priority_classes, "priority classes",
+                               "--allowed-priority-class")
 
 
 def service_account_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
-    if not name or name in confinement.allowed_service_accounts:
-        return []
-    allowed = ", ".join(confinement.allowed_service_accounts) or "none"
-    return [FieldError(field_path, f"{name!r} is not among the operator's allowed service accounts ({allowed}); "
-                                   "ask the cluster admin (operator flag --allowed-service-account)")]
+    return _listed_name_errors(name, field_path, confinement.allowed_service_accounts, "service accounts",
+                               "--allowed-service-account")
 
 
 def runtime_class_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
-    if not name or name in confinement.allowed_runtime_classes:
-        return []
-    allowed = ", ".join(confinement.allowed_runtime_classes) or "none"
-    return [FieldError(field_path, f"{name!r} is not among the operator's allowed runtime classes ({allowed}); "
-                                   "ask the cluster admin (operator flag --allowed-runtime-class)")]
+    return _listed_name_errors(name, field_path, confinement.allowed_runtime_classes, "runtime classes",
+                               "--allowed-runtime-class")
 
 
 def scheduler_name_errors(name: str, field_path: str, confinement: Confinement) -> list[FieldError]:
-    if not name or name == DEFAULT_SCHEDULER or name in confinement.allowed_scheduler_names:
-        return []
-    allowed = ", ".join((DEFAULT_SCHEDULER, *confinement.allowed_scheduler_names))
-    return [FieldError(field_path, f"{name!r} is not among the operator's allowed scheduler names ({allowed}); "
-                                   "ask the cluster admin (operator flag --allowed-scheduler-name)")]
+    return _listed_name_errors(name, field_path, confinement.allowed_scheduler_names, "scheduler names",
+                               "--allowed-scheduler-name", always_allowed=(DEFAULT_SCHEDULER,))
 
 
 def _encoded_tolerations(tolerations: Iterable[Any]) -> list[Mapping[str, Any]]:
