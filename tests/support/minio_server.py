@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port, stop_process
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,12 +72,7 @@ def run_minio_server(data_dir: Path, timeout: float = 60.0) -> Iterator[S3Server
         wait_for(ready, timeout=timeout, interval=0.1, message=f"minio server ready at {server.url}")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def reset_minio_server(server: S3Server) -> None:
