@@ -549,6 +549,7 @@ class _TaskSink:
             if manifests:  # one refusal carries the reason; none of the pods is created
                 self.refused.append(CreationRefusal(pod=manifests[0]["metadata"]["name"], code=503, message=problem))
             return 0
+        self.reconciler.fence()  # again: the version check and the store keys awaited the API since the first check
         stale = self._stale_pods()
         return sum(await asyncio.gather(*(self._create(manifest, stale) for manifest in manifests)))
 
