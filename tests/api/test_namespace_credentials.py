@@ -13,7 +13,7 @@ import io
 import pytest
 
 from fedtask_operator.kube import credentials
-from tests.support.minio_server import run_minio_server
+from tests.support.minio_server import refused, run_minio_server
 
 pytestmark = pytest.mark.cluster
 
@@ -50,17 +50,6 @@ def get(client, key: str) -> bytes:
     finally:
         response.close()
         response.release_conn()
-
-
-def refused(action) -> str:
-    """The S3 error code of an action that must be refused (the test fails when it succeeds)."""
-    from minio.error import S3Error
-
-    try:
-        action()
-    except S3Error as error:
-        return error.code
-    raise AssertionError("the store allowed it")
 
 
 def test_a_namespace_reads_and_writes_its_own_prefix_and_is_refused_everything_else(minio_root):

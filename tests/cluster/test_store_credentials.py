@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import NAMESPACE, ROOT, LocalCluster, PodRecorder
+from tests.support.minio_server import refused
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -64,16 +65,6 @@ def client(access: str, secret: str):
 
     # pods share the machine's network: the chart's MinIO is on this machine's :9000
     return minio.Minio("127.0.0.1:9000", access_key=access, secret_key=secret, secure=False)
-
-
-def refused(action) -> str:
-    from minio.error import S3Error
-
-    try:
-        action()
-    except S3Error as error:
-        return error.code
-    raise AssertionError("the store allowed it")
 
 
 def test_a_task_runs_with_its_namespace_s_own_keys_and_no_root_secret_enters_the_namespace(cluster: LocalCluster):

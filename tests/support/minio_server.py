@@ -85,3 +85,14 @@ def reset_minio_server(server: S3Server) -> None:
         errors = list(client.remove_objects(bucket.name, objects))
         assert not errors, errors
         client.remove_bucket(bucket.name)
+
+
+def refused(action) -> str:
+    """The S3 error code of an action that must be refused (the test fails when it succeeds)."""
+    from minio.error import S3Error
+
+    try:
+        action()
+    except S3Error as error:
+        return error.code
+    raise AssertionError("the store allowed it")
