@@ -36,11 +36,12 @@ from fedtask_operator.agent.status import (
     build_pod_status,
     container_state,
 )
+from fedtask_operator.core.phases import POD_FAILED, POD_FINISHED_PHASES, POD_RUNNING
 from fedtask_operator.local.kubelet import NOTIFY_SOCKET_NAME, ProcessKubelet, pod_key
 
 log = logging.getLogger("fedtask.agent")
 
-TERMINAL = ("Succeeded", "Failed")
+TERMINAL = POD_FINISHED_PHASES
 MAX_BACKOFF_SECONDS = 300.0
 RETRY_START_SECONDS = 5.0  # a pod waiting for a Secret, a claim or a token is tried again this often
 FIRST_RETRY_SECONDS = 0.05  # after an API error preparing a pod; doubling up to RETRY_START_SECONDS
@@ -238,7 +239,7 @@ class NodeAgent:
         status = self.kubelet.run_pod(entry.local)
         entry.local_status = status
         container = entry.pod["spec"]["containers"][0]
-        if status.get("phase") == "Running":
+        if status.get("phase") == POD_RUNNING:
             entry.probes = new_probes(container)
             entry.record.ready = "readiness" not in entry.probes
             self._event(entry, "Normal", "Started", f"Started container {container['name']}")
@@ -317,7 +318,7 @@ class NodeAgent:
         if running:
             self.kubelet.delete_pod(entry.key)  # SIGKILL to the process group
             started = (container_state(status).get("running") or {}).get("startedAt") or now_time()
-            status = {"phase": "Failed", "containerStatuses": [{"name": entry.pod["spec"]["containers"][0]["name"],
+            status = {"phase": POD_FAILED, "containerStatuses": [{"name": entry.pod["spec"]["containers"][0]["name"],
                       "state": {"terminated": {"exitCode": 137, "reason": "Error", "signal": 9,
                                                "startedAt": started, "finishedAt": now_time()}}}]}
         else:

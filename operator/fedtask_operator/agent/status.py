@@ -10,6 +10,9 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 
+from fedtask_operator.core.naming import HOSTNAME_LABEL
+from fedtask_operator.core.phases import POD_FINISHED_PHASES, POD_PENDING, POD_RUNNING
+
 CONDITION_TYPES = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")  # the kubelet's own
 
 
@@ -70,7 +73,7 @@ def build_pod_status(pod: dict, local_status: dict | None, record: ContainerReco
         "containerStatuses": [status_entry],
     }
     message = (state.get("waiting") or {}).get("message")
-    if phase == "Pending" and message:
+    if phase == POD_PENDING and message:
         status["message"] = message
         status["reason"] = state["waiting"]["reason"]
     return status
@@ -78,10 +81,10 @@ def build_pod_status(pod: dict, local_status: dict | None, record: ContainerReco
 
 def _phase(local_status: dict | None, record: ContainerRecord, restarting: bool) -> str:
     if local_status is None:
-        return "Running" if record.restart_count else "Pending"
+        return POD_RUNNING if record.restart_count else POD_PENDING
     if restarting:
-        return "Running"
-    phase = local_status.get("phase", "Pending")
+        return POD_RUNNING
+    phase = local_status.get("phase", POD_PENDING)
     return phase
 
 
@@ -93,7 +96,7 @@ def _condition(kind: str, value: bool, record: ContainerRecord, now: str, phase:
     condition = {"type": kind, "status": text, "lastProbeTime": None,
                  "lastTransitionTime": record.transitions[kind][1]}
     if not value and kind in ("Ready", "ContainersReady"):
-        condition["reason"] = "PodCompleted" if phase in ("Succeeded", "Failed") else "ContainersNotReady"
+        condition["reason"] = "PodCompleted" if phase in POD_FINISHED_PHASES else "ContainersNotReady"
     return condition
 
 
@@ -102,7 +105,7 @@ def build_node(template: dict) -> dict:
     annotations, taints, unschedulable; the kubelet's own labels added."""
     meta = template.get("metadata") or {}
     name = meta["name"]
-    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+    labels = {HOSTNAME_LABEL: name, "kubernetes.io/os": "linux",
               "kubernetes.io/arch": _arch(), **(meta.get("labels") or {})}
     spec = {key: value for key, value in (template.get("spec") or {}).items() if key in ("taints", "unschedulable")}
     return {"apiVersion": "v1", "kind": "Node",

@@ -8,13 +8,14 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from fedtask_operator.core.compaction import round_count, round_devices
+from fedtask_operator.core.naming import STAGE_ADJUST, STAGE_AGGREGATE, STAGE_TRAIN, STAGES
 from fedtask_operator.core.phases import PHASES, STATE_FAILED, STATE_SUCCEEDED
 
 TASK_LABELS = ("namespace", "task")
 # stage label of fedtask_round_duration_seconds -> the history record's field
-ROUND_STAGE_SECONDS = {"round": "durationSeconds", "train": "trainSeconds", "aggregate": "aggregateSeconds",
-                       "adjust": "adjustSeconds"}
-POD_STAGES = ("init", "train", "aggregate", "adjust", "publish")
+ROUND_STAGE_SECONDS = {"round": "durationSeconds", STAGE_TRAIN: "trainSeconds", STAGE_AGGREGATE: "aggregateSeconds",
+                       STAGE_ADJUST: "adjustSeconds"}
+POD_STAGES = STAGES  # the stage label of fedtask_pod_failures_total: the pods' fedtask.io/stage values
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 SCHEDULING_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -95,7 +96,7 @@ def record_status_change(namespace: str, task: str, old: dict | None, new: dict)
         before = old_devices.get(device.get("device")) or {}
         failures = _failed_attempts(before, device)
         if failures > 0:
-            POD_FAILURES_TOTAL.labels(*labels, "train").inc(failures)
+            POD_FAILURES_TOTAL.labels(*labels, STAGE_TRAIN).inc(failures)
         if device.get("state") == STATE_SUCCEEDED and before.get("state") != STATE_SUCCEEDED:
             result = device.get("result") or {}
             if result.get("bytes"):

@@ -18,6 +18,7 @@ from pathlib import Path
 from fedtask_operator.core.compaction import round_count
 from fedtask_operator.core.conditions import parse_time
 from fedtask_operator.core.crd import PRINTER_COLUMNS
+from fedtask_operator.core.phases import PENDING
 
 DEFAULT_WORKDIR = "./fedtask-runs"
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE = 0, 1, 2
@@ -130,7 +131,7 @@ def build_description(task: dict, events: list[dict], now: datetime) -> str:
         f"  Rounds:     max {rounds.get('max', '')}",
         f"  Strategy:   {aggregation.get('strategy', '')}",
         "Status:",
-        f"  Phase:      {status.get('phase') or 'Pending'}",
+        f"  Phase:      {status.get('phase') or PENDING}",
         f"  Round:      {status.get('round', 0)}",
         f"  Stage:      {status.get('stage', '')}",
         f"  Accuracy:   {format_cell({'type': 'number'}, status.get('accuracy'), now) or '<none>'}",

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 from fedtask_operator.core.documents import DocumentError, load_documents
+from fedtask_operator.core.naming import DEVICE_LABEL, HOSTNAME_LABEL
 
 BUILTIN_NODE_COUNT = 3
-DEVICE_LABEL = "fedtask.io/device"
 
 
 class NodesFileError(DocumentError):
@@ -27,7 +27,7 @@ def build_node(name: str, cpu: str, memory: str, labels: dict | None = None) -> 
     capacity = {"cpu": cpu, "memory": memory, "pods": "110"}
     return {
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+        "metadata": {"name": name, "labels": {HOSTNAME_LABEL: name, "kubernetes.io/os": "linux",
                                               DEVICE_LABEL: "true", **(labels or {})}},
         "spec": {},
         "status": {"capacity": capacity, "allocatable": dict(capacity),

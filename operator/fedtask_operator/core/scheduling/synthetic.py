@@ -4,9 +4,9 @@ from __future__ import annotations
 import random
 
 from ..kube_types import KubeObject
-from ..naming import STAGE_LABEL, TASK_LABEL
+from ..naming import DEVICE_LABEL, HOSTNAME_LABEL, STAGE_LABEL, STAGE_TRAIN, TASK_LABEL
+from ..phases import POD_RUNNING
 
-DEVICE_LABEL = "fedtask.io/device"
 POOL_LABEL = "fedtask.io/pool"
 GPU_PRODUCTS = ("NVIDIA-A100-SXM4-40GB", "Tesla-T4", "NVIDIA-L4", "NVIDIA-H100-80GB-HBM3")
 
@@ -16,7 +16,7 @@ def make_node(name: str, cpu: str | int = "4", memory: str | int = "16Gi", gpus:
               taints: list[KubeObject] | None = None, labels: dict[str, str] | None = None,
               extra: dict[str, str | int] | None = None, pods: str | int = "110") -> KubeObject:
     allocatable: dict[str, str | int] = {"cpu": cpu, "memory": memory, "pods": pods, **(extra or {})}
-    node_labels = {"kubernetes.io/hostname": name, DEVICE_LABEL: "true", **(labels or {})}
+    node_labels = {HOSTNAME_LABEL: name, DEVICE_LABEL: "true", **(labels or {})}
     if gpus:
         allocatable["nvidia.com/gpu"] = str(gpus)
         if gpu_product:
@@ -36,7 +36,7 @@ def make_node(name: str, cpu: str | int = "4", memory: str | int = "16Gi", gpus:
 
 
 def make_pod(name: str, node: str, requests: dict[str, str | int] | None = None, namespace: str = "default",
-             phase: str = "Running", labels: dict[str, str] | None = None,
+             phase: str = POD_RUNNING, labels: dict[str, str] | None = None,
              init_requests: dict[str, str | int] | None = None) -> KubeObject:
     spec: KubeObject = {"nodeName": node,
                         "containers": [{"name": "main", "resources": {"requests": dict(requests or {})}}]}
@@ -47,12 +47,12 @@ def make_pod(name: str, node: str, requests: dict[str, str | int] | None = None,
             "spec": spec, "status": {"phase": phase}}
 
 
-def make_train_pod(task: str, node: str, device: str | None = None, phase: str = "Running",
+def make_train_pod(task: str, node: str, device: str | None = None, phase: str = POD_RUNNING,
                    requests: dict[str, str | int] | None = None) -> KubeObject:
     """A running train pod of `task` ("namespace/name") on `node`."""
     namespace, name = task.split("/", 1)
     return make_pod(f"{name}-r0001-train-{device or node}", node, requests or {"cpu": "500m"}, namespace, phase,
-                    labels={TASK_LABEL: name, STAGE_LABEL: "train"})
+                    labels={TASK_LABEL: name, STAGE_LABEL: STAGE_TRAIN})
 
 
 def make_fleet(count: int, seed: int = 0, pools: int = 10, gpu_share: float = 0.2, not_ready_share: float = 0.02,
