@@ -23,8 +23,10 @@ exit codes: {EXIT_OK} success; {EXIT_BAD_INPUT} bad input (invalid flag, update,
 permission denied); {EXIT_TRANSIENT} transient store failure that outlasted the retries; {EXIT_INTERNAL} internal error.
 
 environment: FEDTASK_S3_ENDPOINT (host:port), FEDTASK_S3_SECURE (true/false), FEDTASK_S3_REGION,
-AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, FEDTASK_STORE_RETRY_SECONDS (default 60), FEDTASK_CACHE_DIR (dataset
-cache, default ~/.cache/fedtask), FEDTASK_TORCH_THREADS (default 1), FEDTASK_AGGREGATE_THREADS (default: CPUs).
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or instead of all these FEDTASK_STORE_ACCESS (JSON of presigned URLs per
+object) or FEDTASK_STORE_ACCESS_URL (a presigned URL of that JSON), FEDTASK_STORE_RETRY_SECONDS (default 60),
+FEDTASK_CACHE_DIR (dataset cache, default ~/.cache/fedtask), FEDTASK_TORCH_THREADS (default 1),
+FEDTASK_AGGREGATE_THREADS (default: CPUs).
 """
 
 STAGE_HELP = {

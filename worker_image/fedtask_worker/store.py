@@ -1,5 +1,8 @@
 """Object store access: `s3://bucket/key` (official minio client), `file:///abs/path` and plain paths.
 
+With FEDTASK_STORE_ACCESS or FEDTASK_STORE_ACCESS_URL set (the operator's per-pod presigned URLs), every `s3://`
+object goes through presigned.py instead: plain HTTP GET/PUT on the URLs granted for it, no credentials.
+
 Writes are atomic (temp file + rename on disk; one PUT or a completed multipart upload on S3). Transient S3 errors
 are retried with exponential backoff (from 0.2 s, doubling up to FEDTASK_STORE_RETRY_MAX_DELAY_SECONDS, default 5)
 and jitter (each wait 0.5-1.5x) for FEDTASK_STORE_RETRY_SECONDS (default 60); then the stage exits 3, which the
@@ -20,6 +23,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from . import presigned
 from .errors import BadInput, TransientFailure
 
 T = TypeVar("T")
@@ -122,6 +126,8 @@ def _is_transient(error: Exception) -> bool:
     import urllib3.exceptions
     from minio.error import S3Error, ServerError
 
+    if isinstance(error, presigned.HTTPStatusError):
+        return error.transient
     if isinstance(error, ServerError):
         return error.status_code >= 500
     if isinstance(error, S3Error):
@@ -136,6 +142,8 @@ def _describe(error: Exception) -> str:
 
     if isinstance(error, S3Error):
         return f"{error.code}: {error.message}" if error.message else error.code
+    if isinstance(error, presigned.HTTPStatusError):
+        return str(error)
     return f"{type(error).__name__}: {error}".splitlines()[0][:300]
 
 
@@ -190,6 +198,9 @@ def write_file(uri: str, source_path: str) -> int:
         with _atomic_local_file(location) as temporary:
             shutil.copyfile(source_path, temporary)
         return size
+    if presigned.enabled():
+        presigned.put_file(uri, source_path, size)
+        return size
 
     def put() -> None:
         client = s3_client()
@@ -207,6 +218,9 @@ def write_bytes(uri: str, data: bytes | memoryview) -> int:
         with _atomic_local_file(location) as temporary:
             with open(temporary, "wb") as stream:
                 stream.write(data)
+        return len(data)
+    if presigned.enabled():
+        presigned.put_bytes(uri, data)
         return len(data)
 
     import io
@@ -260,6 +274,8 @@ def read_bytes(uri: str) -> bytes:
                 return stream.read()
         except OSError as error:
             raise BadInput(f"{uri}: cannot read: {error.strerror}") from None
+    if presigned.enabled():
+        return presigned.get_bytes(uri)
 
     def get() -> bytes:
         response = s3_client().get_object(location.bucket, location.key)
@@ -306,6 +322,8 @@ def probe(uri: str, count: int = 8) -> tuple[int, bytes]:
             raise NotFound(f"{uri}: no such file") from None
         except OSError as error:
             raise BadInput(f"{uri}: cannot read: {error.strerror}") from None
+    if presigned.enabled():
+        return presigned.probe(uri, count)
     from minio.error import S3Error
 
     def get() -> tuple[int, bytes]:
@@ -340,6 +358,8 @@ def download(uri: str, path: str, max_bytes: int | None = None) -> int:
             raise BadInput(f"{uri}: more than {max_bytes} bytes")
         shutil.copyfile(location.key, path)
         return os.path.getsize(path)
+    if presigned.enabled():
+        return presigned.download(uri, path, max_bytes, DOWNLOAD_CHUNK)
 
     def get() -> int:
         response = s3_client().get_object(location.bucket, location.key)
@@ -369,6 +389,8 @@ def exists(uri: str) -> bool:
     location = parse_uri(uri)
     if location.is_local:
         return os.path.isfile(location.key)
+    if presigned.enabled():
+        return presigned.exists(uri)
 
     def stat() -> bool:
         try:
@@ -391,6 +413,9 @@ def list_objects(prefix_uri: str) -> list[str]:
         base = prefix_uri.rstrip("/")
         return sorted(f"{base}/{name}" for name in os.listdir(location.key)
                       if not name.startswith(".tmp-") and os.path.isfile(os.path.join(location.key, name)))
+    if presigned.enabled():
+        raise BadInput(f"{prefix_uri}: listing is not possible with presigned store access (a pod gets URLs for "
+                       "named objects only): give the update URIs themselves")
     prefix = location.key if not location.key or location.key.endswith("/") else location.key + "/"
 
     def listing() -> list[str]:
