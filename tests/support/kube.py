@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import datetime
 import itertools
 import json
 import pathlib
@@ -34,6 +33,7 @@ import yaml
 from kmock._internal import parsing as kmock_parsing
 
 from fedtask_operator.core.scheduling import synthetic
+from fedtask_operator.local.files import utc_timestamp
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = REPO_ROOT / "crds" / "federatedtask.yaml"
@@ -54,10 +54,6 @@ def _parse_path(path: str, _original=kmock_parsing.parse_path) -> kmock_parsing.
 
 
 kmock_parsing.parse_path = _parse_path
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FedtaskEmulator(kmock.KubernetesEmulator):
@@ -86,7 +82,7 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
                 if request.namespace and not meta.get("namespace"):
                     meta["namespace"] = request.namespace
                 meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", _now())
+                meta.setdefault("creationTimestamp", utc_timestamp())
                 meta["resourceVersion"] = str(next(self._versions))
                 meta.setdefault("generation", 1)
             elif request.action == kmock.action.UPDATE:

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedtask_operator.agent.node_api import ApiError, NodeApi, now_time
+from fedtask_operator.agent.node_api import ApiError, NodeApi
 from fedtask_operator.agent.podspec import PodPreparer, PrepareError
 from fedtask_operator.agent.probes import ProbeState, new_probes, run_probe
 from fedtask_operator.agent.status import (
@@ -37,6 +37,7 @@ from fedtask_operator.agent.status import (
     container_state,
 )
 from fedtask_operator.core.phases import POD_FAILED, POD_FINISHED_PHASES, POD_RUNNING
+from fedtask_operator.local.files import utc_timestamp
 from fedtask_operator.local.kubelet import NOTIFY_SOCKET_NAME, ProcessKubelet, pod_key
 
 log = logging.getLogger("fedtask.agent")
@@ -96,7 +97,7 @@ class NodeAgent:
         self.probe_changes: queue.Queue = queue.Queue()
         self.outbox: queue.Queue = queue.Queue()  # events to post
         self.stopping = threading.Event()
-        self.ready_since = now_time()
+        self.ready_since = utc_timestamp()
         self._threads: list[threading.Thread] = []
 
     # -------------------------------------------------------------------------------------------------- lifecycle
@@ -116,7 +117,7 @@ class NodeAgent:
         return node
 
     def post_node_status(self) -> None:
-        self.api.patch_node_status(self.name, build_node_status(self.template, now_time(), self.ready_since,
+        self.api.patch_node_status(self.name, build_node_status(self.template, utc_timestamp(), self.ready_since,
                                                                 self.version, self.node_ip))
 
     def start_threads(self) -> None:
@@ -208,7 +209,7 @@ class NodeAgent:
                 return
             if (pod.get("status") or {}).get("phase") in TERMINAL:
                 return  # finished before this agent started; it stays as it is until someone deletes it
-            self.entries[key] = Entry(pod=pod, record=ContainerRecord(acknowledged=now_time()))
+            self.entries[key] = Entry(pod=pod, record=ContainerRecord(acknowledged=utc_timestamp()))
             return
         entry.pod = pod
         if deleting and entry.terminating_until is None:
@@ -280,7 +281,7 @@ class NodeAgent:
             entry.done = True
 
     def _report(self, entry: Entry) -> None:
-        status = build_pod_status(entry.pod, entry.local_status, entry.record, now_time(), self.node_ip,
+        status = build_pod_status(entry.pod, entry.local_status, entry.record, utc_timestamp(), self.node_ip,
                                   restarting=entry.restarting, container_id=self._container_id(entry))
         serialised = json.dumps(status, sort_keys=True)
         if serialised == entry.written:
@@ -317,10 +318,10 @@ class NodeAgent:
             return
         if running:
             self.kubelet.delete_pod(entry.key)  # SIGKILL to the process group
-            started = (container_state(status).get("running") or {}).get("startedAt") or now_time()
+            started = (container_state(status).get("running") or {}).get("startedAt") or utc_timestamp()
             status = {"phase": POD_FAILED, "containerStatuses": [{"name": entry.pod["spec"]["containers"][0]["name"],
                       "state": {"terminated": {"exitCode": 137, "reason": "Error", "signal": 9,
-                                               "startedAt": started, "finishedAt": now_time()}}}]}
+                                               "startedAt": started, "finishedAt": utc_timestamp()}}}]}
         else:
             self.kubelet.delete_pod(entry.key)
         if status is not None and entry.local is not None:

@@ -10,6 +10,9 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
+from fedtask_operator.core.conditions import format_micro_time
+from fedtask_operator.local.files import utc_timestamp
+
 log = logging.getLogger("fedtask.agent")
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -21,14 +24,6 @@ class ApiError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
-
-
-def micro_time(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def now_time() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class NodeApi:
@@ -83,7 +78,8 @@ class NodeApi:
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": name, "namespace": NODE_LEASE_NAMESPACE, "ownerReferences": [
                 {"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}]},
-            "spec": {"holderIdentity": name, "leaseDurationSeconds": duration_seconds, "renewTime": micro_time()},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": duration_seconds,
+                     "renewTime": format_micro_time(datetime.now(UTC))},
         }
         existing = self._get_or_none(self.coordination.read_namespaced_lease, name, NODE_LEASE_NAMESPACE)
         if existing is None:
@@ -124,7 +120,7 @@ class NodeApi:
 
     def create_event(self, pod: dict, node_name: str, type_: str, reason: str, message: str) -> None:
         meta = pod["metadata"]
-        moment = now_time()
+        moment = utc_timestamp()
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},

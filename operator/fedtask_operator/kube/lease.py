@@ -30,12 +30,9 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from fedtask_operator.core.conditions import format_micro_time
+
 logger = logging.getLogger("fedtask.operator.lease")
-
-
-def micro_time(moment: datetime | None = None) -> str:
-    """A Kubernetes MicroTime (what Lease.spec.renewTime holds)."""
-    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_identity() -> str:
@@ -140,10 +137,10 @@ class LeaderLease:
 
     def _spec(self, lease: dict | None, now: datetime, taking: bool) -> dict:
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": max(1, round(self.config.duration)),
-                "renewTime": micro_time(now)}
+                "renewTime": format_micro_time(now)}
         old = (lease or {}).get("spec") or {}
         if taking:
-            spec["acquireTime"] = micro_time(now)
+            spec["acquireTime"] = format_micro_time(now)
             spec["leaseTransitions"] = int(old.get("leaseTransitions") or 0) + (1 if lease else 0)
         return spec
 
