@@ -59,3 +59,7 @@ def test_resources_rule_would_exceed_the_cost_budget_with_16_resources(crdcheck,
     refused = [line for line in result.stdout.splitlines() if "estimated rule cost exceeds budget" in line]
     assert sorted(line.split("properties[")[2].split("]")[0] for line in refused) == [
         "adjustment", "devices", "server"], result.stdout
+    # the messageExpression naming the conflicting resource (issue 15) costs about as much and is priced too
+    refused = [line for line in result.stdout.splitlines() if "estimated messageExpression cost exceeds budget" in line]
+    assert sorted(line.split("properties[")[2].split("]")[0] for line in refused) == [
+        "adjustment", "devices", "server"], result.stdout

@@ -35,3 +35,16 @@ def test_the_api_server_takes_ordinary_quantities(cluster: LocalCluster, value: 
     result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=task_with("ok-quantity", {"cpu": value}),
                              check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("where", ["devices", "server"])
+def test_the_api_server_names_the_extended_resource_whose_limit_differs(cluster: LocalCluster, where: str):
+    """Issue 15: the CRD's messageExpression names the resource (the API server evaluates it, not the Python copy)."""
+    task = json.loads(task_with("gpu-conflict", {"cpu": 1}))
+    task["spec"][where] = {**task["spec"].get(where, {}), "resources": {
+        "requests": {"nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi", "cpu": 1},
+        "limits": {"nvidia.com/gpu": 2, "hugepages-2Mi": "64Mi", "cpu": 2}}}
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(task), check=False)
+    assert result.returncode != 0, result.stdout
+    [line] = [line for line in result.stderr.splitlines() if f"spec.{where}.resources.limits" in line]
+    assert "the limit of nvidia.com/gpu differs from its request: an extended resource" in line, result.stderr

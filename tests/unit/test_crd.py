@@ -83,7 +83,9 @@ def cel_errors(value, schema, path, old=MISSING):
                 continue
             activation["oldSelf"] = to_cel(old, schema)
         if not bool(cel_program(rule["rule"]).evaluate(activation)):
-            errors.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")
+            message = (str(cel_program(rule["messageExpression"]).evaluate(activation))
+                       if "messageExpression" in rule else rule["message"])
+            errors.append(f"{path}{rule.get('fieldPath', '')}: {message}")
     if isinstance(value, dict):
         for key, item in value.items():
             prop = (schema.get("properties") or {}).get(key)
@@ -393,6 +395,23 @@ def test_python_messages_for_cel_rules_are_the_crds():
                                                                           "unknown field", "anyOf"))]
         for error in server:
             assert error in python_errors(spec)
+
+
+@pytest.mark.parametrize("where", ["devices", "server", "adjustment"])
+def test_an_extended_resource_conflict_names_the_resource_in_both(where):
+    spec = {where: {"resources": {"requests": {"nvidia.com/gpu": 1, "hugepages-2Mi": "64Mi", "cpu": 1},
+                                  "limits": {"nvidia.com/gpu": 2, "hugepages-2Mi": "64Mi", "cpu": 2}}}}
+    expected = f"spec.{where}.resources.limits: the limit of nvidia.com/gpu differs from its request: an extended"
+    [server] = api_server_errors(spec)
+    assert server.startswith(expected), server
+    assert python_errors(spec) == [server]
+    # Two conflicts: Python names both; CEL names one (its map order is not defined)
+    spec[where]["resources"]["limits"]["hugepages-2Mi"] = "128Mi"
+    [server] = api_server_errors(spec)
+    assert "the limit of nvidia.com/gpu differs" in server or "the limit of hugepages-2Mi differs" in server, server
+    [python] = python_errors(spec)
+    assert python.startswith(f"spec.{where}.resources.limits: the limits of nvidia.com/gpu, hugepages-2Mi differ "
+                             "from their requests: an extended resource"), python
 
 
 def leaf_paths(schema, prefix=()):

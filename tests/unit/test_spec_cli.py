@@ -144,3 +144,33 @@ def test_standard_input_and_non_mapping_documents(tmp_path):
     assert result.returncode == 2
     assert result.stdout == "-:1: FederatedTask default/mnist: valid\n"
     assert result.stderr == "-:8: <document>: must be an object, not list\n"
+
+
+GPU_CONFLICT = GOOD.replace("  devices: {perRound: 2, count: 4}\n", """\
+  devices:
+    perRound: 2
+    count: 4
+    resources:
+      requests: {nvidia.com/gpu: 1, cpu: 1}
+      limits: {nvidia.com/gpu: 2, cpu: 2}
+""")
+
+
+def test_validate_names_the_extended_resource_whose_limit_differs(tmp_path, capsys):
+    path = write(tmp_path, "gpu.yaml", GPU_CONFLICT)
+    code, out, err = run(capsys, path)
+    assert code == 2 and out == []
+    [line] = err
+    assert line.startswith(f"{path}:1: spec.devices.resources.limits: the limit of nvidia.com/gpu differs from its "
+                           "request: an extended resource"), line
+
+
+def test_run_refuses_the_manifest_naming_the_extended_resource(tmp_path, capsys):
+    from fedtask_operator.local.cli import main as run_main
+
+    path = write(tmp_path, "gpu.yaml", GPU_CONFLICT)
+    code = run_main([path, "--workdir", str(tmp_path / "work")])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert f"{path}: spec.devices.resources.limits: the limit of nvidia.com/gpu differs from its request" in err, err
+    assert not (tmp_path / "work").exists()

@@ -130,6 +130,8 @@ def _validations(rules: list[CrossFieldRule]) -> list[dict[str, Any]]:
     out = []
     for rule in rules:
         item = {"rule": rule.cel, "message": rule.message}
+        if rule.message_expression:
+            item["messageExpression"] = rule.message_expression
         if rule.field_path:
             item["fieldPath"] = rule.field_path
         item["reason"] = "FieldValueForbidden" if rule.transition else "FieldValueInvalid"

@@ -89,6 +89,14 @@ class CrossFieldRule:
     field_path: str  # JSON path (from the object) of the field the error is reported on, e.g. ".minReturned"
     check: Callable[..., bool]  # check(obj) -> ok; transition rules: check(old, new) -> ok
     transition: bool = False  # a rule on updates (CEL `oldSelf`): only checked when the object changes
+    # A CEL `messageExpression` (the CRD keeps `message` as the API server's fallback) and the Python message for a
+    # failing object, naming what failed (e.g. which resource); both empty: `message` everywhere.
+    message_expression: str = ""
+    describe: Callable[[Any], str] | None = None
+
+    def message_for(self, obj: Any) -> str:
+        """The message for `obj`, which failed this (non-transition) rule."""
+        return self.describe(obj) if self.describe is not None else self.message
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ class Decoder:
         if len(errors) == errors_before:
             for rule in self.type_rules.get(cls, []):
                 if not rule.check(obj):
-                    errors.append(FieldError(path + rule.field_path, rule.message))
+                    errors.append(FieldError(path + rule.field_path, rule.message_for(obj)))
         return obj
 
     def _value(self, value: Any, tp: Any, info: FieldInfo, path: str, errors: list[FieldError], strict: bool) -> Any:

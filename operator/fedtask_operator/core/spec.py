@@ -713,18 +713,38 @@ CROSS_FIELD_RULES += [
                    lambda old, new: old.count == new.count, True),
 ]
 
+# An extended resource (hugepages-* or a non-native domain-qualified name) whose limit and request are both given
+# but written differently (is_overcommit_forbidden in CEL; quantities are compared as written).
+_LIMIT_CONFLICT_CEL = ("k in self.requests && (k.startsWith('hugepages-') || (k.contains('/') && "
+                       "!k.startsWith('requests.') && !k.contains('kubernetes.io/'))) && "
+                       "string(self.requests[k]) != string(self.limits[k])")
+_LIMIT_CONFLICT_MESSAGE = ("an extended resource (hugepages-*, or a domain-qualified name such as nvidia.com/gpu) must "
+                           "have its limit equal to its request (the API server refuses the pods otherwise): write "
+                           "both the same way (they are compared as written: 1 and \"1\" match, 1 and \"1000m\" do "
+                           "not) or give only one (the other defaults to it)")
+_LIMIT_CONFLICT_MESSAGE_CEL = _LIMIT_CONFLICT_MESSAGE.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _limit_conflicts(resources: ResourceRequirements) -> list[str]:
+    return [k for k, v in resources.limits.items()
+            if k in resources.requests and is_overcommit_forbidden(k) and str(resources.requests[k]) != str(v)]
+
+
+def _limit_conflict_message(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"the limit of {names[0]} differs from its request: {_LIMIT_CONFLICT_MESSAGE}"
+    return f"the limits of {', '.join(names)} differ from their requests: {_LIMIT_CONFLICT_MESSAGE}"
+
+
 # Per-item rules on shared types, keyed by the dataclass they are attached to.
 TYPE_RULES: dict[type, list[CrossFieldRule]] = {
     ResourceRequirements: [
-        CrossFieldRule((), "self.limits.all(k, !(k in self.requests) || !(k.startsWith('hugepages-') || "
-                           "(k.contains('/') && !k.startsWith('requests.') && !k.contains('kubernetes.io/'))) || "
-                           "string(self.requests[k]) == string(self.limits[k]))",
-                       "an extended resource (hugepages-*, or a domain-qualified name such as nvidia.com/gpu) must "
-                       "have its limit equal to its request (the API server refuses the pods otherwise): write both "
-                       "the same way (they are compared as written: 1 and \"1\" match, 1 and \"1000m\" do not) or give "
-                       "only one (the other defaults to it)", ".limits",
-                       lambda r: all(str(r.requests[k]) == str(v) for k, v in r.limits.items()
-                                     if k in r.requests and is_overcommit_forbidden(k))),
+        CrossFieldRule((), f"self.limits.all(k, !({_LIMIT_CONFLICT_CEL}))", _LIMIT_CONFLICT_MESSAGE, ".limits",
+                       lambda r: not _limit_conflicts(r),
+                       # names one conflicting resource (a map's order is not defined in CEL); Python names all
+                       message_expression=f"'the limit of ' + self.limits.filter(k, {_LIMIT_CONFLICT_CEL})[0] + "
+                                          f"' differs from its request: {_LIMIT_CONFLICT_MESSAGE_CEL}'",
+                       describe=lambda r: _limit_conflict_message(_limit_conflicts(r))),
     ],
     LabelSelectorRequirement: [
         CrossFieldRule((), "self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 "
@@ -841,7 +861,7 @@ def validate_spec_rules(spec: TaskSpec) -> list[FieldError]:
     errors = []
     for rule in CROSS_FIELD_RULES:
         if not rule.transition and not rule.check(value_at(spec, rule.at)):
-            errors.append(FieldError(_rule_path(rule), rule.message))
+            errors.append(FieldError(_rule_path(rule), rule.message_for(value_at(spec, rule.at))))
     return errors
 
 
