@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from fedtask_operator.core.compaction import compact, round_devices
-from fedtask_operator.core.planner import NODE_LOST_GRACE_SECONDS
+from fedtask_operator.core.spec import SpecError, parse_task
 from tests.unit.test_planner import T0, Cluster, make_task, node, train_pods
 
 STORE_DOWN = "s3://fedtask/x: read still failing after 60 s of retries: ConnectionRefusedError"
@@ -110,8 +112,13 @@ def test_a_server_stage_past_its_deadline_is_replaced_then_fails_with_stage_dead
     assert failed["reason"] == "StageDeadlineExceeded" and "stageTimeoutSeconds=300" in failed["message"], failed
 
 
-def test_a_round_below_quorum_waits_for_running_devices_one_more_timeout_then_fails():
-    cluster = in_training(rounds={"max": 3, "timeoutSeconds": 60})
+@pytest.mark.parametrize("quorum_timeout, gives_up_at", [(None, 120), (75, 75), (600, 600)])
+def test_a_round_below_quorum_waits_for_running_devices_until_the_quorum_timeout_then_fails(quorum_timeout,
+                                                                                           gives_up_at):
+    rounds = {"max": 3, "timeoutSeconds": 60}
+    if quorum_timeout is not None:
+        rounds["quorumTimeoutSeconds"] = quorum_timeout
+    cluster = in_training(rounds=rounds)
     first, *others = cluster.active("train")
     cluster.succeed(first)
     for name in others:
@@ -119,11 +126,42 @@ def test_a_round_below_quorum_waits_for_running_devices_one_more_timeout_then_fa
     cluster.tick(61)
     plan = cluster.reconcile()
     assert condition(cluster, "Stalled")["reason"] == "QuorumNotReached" and cluster.status["phase"] == "Running"
-    assert plan.requeue_after is not None and plan.requeue_after <= 59
-    cluster.tick(plan.requeue_after)
+    assert plan.requeue_after == pytest.approx(gives_up_at - 61, abs=0.01), "woken when the quorum wait ends"
+    cluster.tick(gives_up_at - 61 - 1)
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Running", "not before rounds.quorumTimeoutSeconds"
+    cluster.tick(1)
     cluster.reconcile()
     failed = condition(cluster, "Failed")
-    assert failed["reason"] == "QuorumNotReached" and "twice rounds.timeoutSeconds=60" in failed["message"]
+    assert failed["reason"] == "QuorumNotReached" and cluster.status["phase"] == "Failed"
+    named = ("rounds.quorumTimeoutSeconds (default: twice rounds.timeoutSeconds=60)" if quorum_timeout is None
+             else f"rounds.quorumTimeoutSeconds={quorum_timeout}")
+    assert named in failed["message"], failed["message"]
+
+
+@pytest.mark.parametrize("spec, path, words", [
+    ({"rounds": {"timeoutSeconds": 60, "quorumTimeoutSeconds": 59}}, "spec.rounds.quorumTimeoutSeconds",
+     "must be >= rounds.timeoutSeconds"),
+    ({"rounds": {"quorumTimeoutSeconds": 0}}, "spec.rounds.quorumTimeoutSeconds", ">= 1"),
+    ({"nodeLostGraceSeconds": -1}, "spec.nodeLostGraceSeconds", ">= 0"),
+    ({"nodeLostGraceSeconds": 86401}, "spec.nodeLostGraceSeconds", "<= 86400"),
+    ({"nodeLostGraceSeconds": "2m"}, "spec.nodeLostGraceSeconds", "integer"),
+])
+def test_fault_times_out_of_bounds_are_refused_naming_the_field(spec, path, words):
+    with pytest.raises(SpecError) as raised:
+        parse_task(make_task(**spec))
+    errors = [e for e in raised.value.errors if e.path == path]
+    assert errors and words in errors[0].message, raised.value.errors
+    cluster = Cluster(make_task(**spec))
+    cluster.reconcile()
+    failed = condition(cluster, "Failed")
+    assert failed["reason"] == "InvalidSpec" and path in failed["message"] and not cluster.pods
+
+
+def test_fault_times_default_to_the_documented_values():
+    spec = parse_task(make_task()).spec
+    assert spec.node_lost_grace_seconds == 120 and spec.rounds.quorum_timeout_seconds is None
+    assert spec.rounds.quorum_timeout == 2 * spec.rounds.timeout_seconds
 
 
 def not_ready(name: str, since) -> dict:
@@ -133,10 +171,13 @@ def not_ready(name: str, since) -> dict:
     return node_object
 
 
-def test_a_train_pod_on_a_node_notready_past_the_grace_period_fails_its_device_which_is_replaced():
+@pytest.mark.parametrize("grace", [None, 30, 0])
+def test_a_train_pod_on_a_node_notready_past_the_grace_period_fails_its_device_which_is_replaced(grace):
     names = [f"n{i}" for i in range(4)]
     task = make_task(data={"dataset": "digits", "source": "hostPath", "hostPath": "/var/lib/fedtask"},
-                     devices={"perRound": 2, "minReturned": 2}, rounds={"max": 1, "timeoutSeconds": 3600})
+                     devices={"perRound": 2, "minReturned": 2}, rounds={"max": 1, "timeoutSeconds": 3600},
+                     **({} if grace is None else {"nodeLostGraceSeconds": grace}))
+    grace_seconds = 120 if grace is None else grace
     del task["spec"]["devices"]["count"]  # node devices: every matching node is one
     cluster = Cluster(task, devices=names, nodes=[node(n) for n in names])
     cluster.free_devices = names[:2]
@@ -147,14 +188,17 @@ def test_a_train_pod_on_a_node_notready_past_the_grace_period_fails_its_device_w
     pod = lost_device["pod"]
     cluster.start(pod)
     cluster.nodes = [not_ready(n, cluster.now) if n == lost_device["node"] else node(n) for n in names]
-    cluster.tick(NODE_LOST_GRACE_SECONDS - 1)
-    plan = cluster.reconcile()
-    assert not plan.create and plan.requeue_after is not None and plan.requeue_after <= 1.001, "within the grace"
+    if grace_seconds:
+        cluster.tick(grace_seconds - 1)
+        plan = cluster.reconcile()
+        assert not plan.create and plan.requeue_after is not None and plan.requeue_after <= 1.001, "within the grace"
+        assert next(d for d in cluster.status["devices"] if d["pod"] == pod)["state"] == "Running"
+        cluster.tick(1)
     cluster.free_devices = names[2:]
-    cluster.tick(1)
     cluster.reconcile()
     record = next(d for d in cluster.status["devices"] if d["pod"] == pod)
     assert record["state"] == "Failed" and "NotReady" in record["reason"] and "not retried" in record["reason"]
+    assert f"spec.nodeLostGraceSeconds={grace_seconds}" in record["reason"]
     assert "NodeLost" in cluster.event_reasons() and "DeviceReplaced" in cluster.event_reasons()
     assert len(cluster.status["devices"]) == 3 and cluster.status["devices"][-1]["node"] in names[2:]
 
@@ -182,3 +226,83 @@ def test_unreadable_device_rows_fail_the_task_with_a_clear_message_and_stop_its_
     assert failed["reason"] == "StatusUnreadable" and "status.deviceRows" in failed["message"]
     assert "d003 0 Q9 garbage" in failed["message"] and "recreate the task" in failed["message"]
     assert set(running) <= set(cluster.deleted)
+
+
+# ---- publish pods have the stage deadline too
+
+
+def publishing(**spec) -> Cluster:
+    nodes = [node("edge-a"), node("edge-b"), node("server", device=False)]
+    task = make_task(data={"source": "hostPath"}, devices={"perRound": 2}, publish={"toDevices": True},
+                     rounds={"max": 1}, **spec)
+    task["spec"]["devices"].pop("count")
+    cluster = Cluster(task, devices=["edge-a", "edge-b"], nodes=nodes)
+    for _ in range(10):
+        cluster.reconcile()
+        if cluster.status.get("stage") == "Publishing":
+            return cluster
+        cluster.finish_all()
+    raise AssertionError(f"not publishing: {cluster.status.get('stage')}")
+
+
+def test_a_publish_pod_past_the_stage_deadline_is_replaced_then_fails_with_stage_deadline_exceeded():
+    cluster = publishing(podRetryLimit=1, stageTimeoutSeconds=300)
+    assert all(p["startTime"] for p in cluster.status["published"])
+    first_start = next(p for p in cluster.status["published"] if p["node"] == "edge-b")["startTime"]
+    cluster.succeed("mnist-publish-edge-a")
+    cluster.start("mnist-publish-edge-b")
+    cluster.tick(299)
+    assert not cluster.reconcile().create, "not before the deadline"
+    cluster.tick(1)
+    plan = cluster.reconcile()
+    assert [m["metadata"]["name"] for m in plan.create] == ["mnist-publish-edge-b-a1"]
+    record = next(p for p in cluster.status["published"] if p["node"] == "edge-b")
+    assert record["attempts"] == 1 and record["startTime"] > first_start
+    assert "PodFailed" in cluster.event_reasons()
+    cluster.start("mnist-publish-edge-b-a1")
+    cluster.tick(299)
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Running", "the retry has its own deadline, from its own creation"
+    cluster.tick(1)
+    cluster.reconcile()
+    failed = condition(cluster, "Failed")
+    assert failed["reason"] == "StageDeadlineExceeded", failed
+    assert "stageTimeoutSeconds=300" in failed["message"] and "edge-b" in failed["message"], failed
+    assert "PublishFailed" in cluster.event_reasons()
+
+
+def test_a_publish_pod_that_finishes_in_time_is_not_replaced():
+    cluster = publishing(podRetryLimit=1, stageTimeoutSeconds=300)
+    cluster.start("mnist-publish-edge-b")
+    cluster.succeed("mnist-publish-edge-a")
+    cluster.tick(299)
+    cluster.succeed("mnist-publish-edge-b")
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Succeeded" and "PodFailed" not in cluster.event_reasons()
+
+
+def test_a_publish_record_written_without_a_start_time_gets_its_deadline_from_the_first_pass_that_sees_it():
+    cluster = publishing(podRetryLimit=0, stageTimeoutSeconds=60)
+    for record in cluster.task["status"]["published"]:
+        del record["startTime"]  # as an operator before publish deadlines wrote it
+    cluster.tick(1000)
+    cluster.start("mnist-publish-edge-a")
+    cluster.start("mnist-publish-edge-b")
+    cluster.reconcile()
+    assert cluster.status["phase"] == "Running", "the deadline counts from when the record is first seen"
+    cluster.tick(60)
+    cluster.reconcile()
+    assert condition(cluster, "Failed")["reason"] == "StageDeadlineExceeded"
+
+
+def test_a_publish_pod_on_a_lost_node_is_replaced_after_the_grace():
+    cluster = publishing(podRetryLimit=1, nodeLostGraceSeconds=10)
+    cluster.start("mnist-publish-edge-b")
+    cluster.succeed("mnist-publish-edge-a")
+    cluster.nodes = [node("edge-a"), not_ready("edge-b", cluster.now), node("server", device=False)]
+    cluster.tick(9)
+    assert not cluster.reconcile().create, "within the grace"
+    cluster.tick(1)
+    plan = cluster.reconcile()
+    assert [m["metadata"]["name"] for m in plan.create] == ["mnist-publish-edge-b-a1"]
+    assert any(e.reason == "NodeLost" and "nodeLostGraceSeconds=10" in e.message for e in cluster.events)

@@ -67,6 +67,7 @@ def test_empty_spec_gets_every_default():
                         "env": [], "volumes": [], "volumeMounts": []},
         "server": {"resources": {"requests": {}, "limits": {}}, "nodeSelector": {}, "tolerations": []},
         "suspend": False, "podRetryLimit": 3, "storeOutageSeconds": 900, "stageTimeoutSeconds": 3600,
+        "nodeLostGraceSeconds": 120,
     }
     assert task.spec.devices.quorum == 5
 

@@ -67,7 +67,7 @@ from fedtask_operator.core.scheduling.matching import matches_selector
 from fedtask_operator.core.scheduling.request import build_device_request, sample_count
 from fedtask_operator.core.scheduling.types import DeviceRequest, DeviceSlot, TaskAssignment
 from fedtask_operator.core.schema import encode
-from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, parse_task
+from fedtask_operator.core.spec import HISTORY_LIMIT, FederatedTask, SpecError, TaskSpec, parse_task
 from fedtask_operator.core.status_types import (
     AssignedDeviceDict,
     DeviceStatusDict,
@@ -88,10 +88,10 @@ EXIT_STORE_UNAVAILABLE = 3  # the worker's exit code when the store stayed down 
 # 0.5-1.5x by the pod's name), not counted against spec.podRetryLimit, until spec.storeOutageSeconds have passed since
 # the record's first such exit.
 STORE_OUTAGE_RETRY_SECONDS = (5.0, 60.0)
-# A pod whose node is NotReady (Ready False or Unknown) this long, or whose node is gone, is given up: a train pod's
-# device fails (and is replaced), a server-side stage pod is replaced by its next attempt (counted against
-# podRetryLimit). Kubernetes itself evicts such pods only after 300 s, and a deleted node's pods stay Terminating.
-NODE_LOST_GRACE_SECONDS = 120.0
+# A pod whose node is NotReady (Ready False or Unknown) spec.nodeLostGraceSeconds long, or whose node is gone, is given
+# up: a train pod's device fails (and is replaced), a server-side stage or publish pod is replaced by its next attempt
+# (counted against podRetryLimit). Kubernetes itself evicts such pods only after 300 s, and a deleted node's pods stay
+# Terminating.
 UNSCHEDULABLE_RETRY_SECONDS = 10.0
 TERMINATING_RETRY_SECONDS = 1.0
 # A pod creation the API server refuses (403: Pod Security, quota, a missing PriorityClass; 400/422: invalid) is
@@ -457,7 +457,7 @@ def _retry_after_store_outage(ctx: _Planning, record: PodRecord, build: Callable
 
 
 def _lost_node(ctx: _Planning, pod: KubeObject | None) -> str:
-    """Why the pod's node is lost (deleted, or NotReady for NODE_LOST_GRACE_SECONDS), else "" (and a requeue for
+    """Why the pod's node is lost (deleted, or NotReady for spec.nodeLostGraceSeconds), else "" (and a requeue for
     when the grace period ends). Only when the runtime passed the nodes."""
     node_name = naming.pinned_node(pod) if pod else None  # bound, or pinned by pods.py before binding
     if ctx.nodes is None or not node_name:
@@ -469,12 +469,13 @@ def _lost_node(ctx: _Planning, pod: KubeObject | None) -> str:
     if ready is None or ready.get("status") == conditions.TRUE:
         return ""
     since = ready.get("lastTransitionTime")
-    down_for = _seconds_between(since, ctx.now) if since else NODE_LOST_GRACE_SECONDS
-    if down_for < NODE_LOST_GRACE_SECONDS:
-        ctx.requeue.append(round(NODE_LOST_GRACE_SECONDS - down_for, 3))
+    grace = float(ctx.spec.node_lost_grace_seconds)
+    down_for = _seconds_between(since, ctx.now) if since else grace
+    if down_for < grace:
+        ctx.requeue.append(round(grace - down_for, 3))
         return ""
     return (f"its node {node_name} has been NotReady ({ready.get('reason') or ready.get('status')}) for "
-            f"{down_for:.0f}s, beyond the {NODE_LOST_GRACE_SECONDS:.0f}s grace period")
+            f"{down_for:.0f}s, beyond spec.nodeLostGraceSeconds={grace:.0f}")
 
 
 def _overdue(ctx: _Planning, record: PodRecord, deadline: float | None) -> str:
@@ -486,7 +487,10 @@ def _overdue(ctx: _Planning, record: PodRecord, deadline: float | None) -> str:
     if elapsed < deadline:
         ctx.requeue.append(round(deadline - elapsed, 3))
         return ""
-    return f"no result {elapsed:.0f}s after the pod was created, beyond spec.stageTimeoutSeconds={deadline:.0f}"
+    return f"no result {elapsed:.0f}s after the pod was created, {_DEADLINE_PHRASE}{deadline:.0f}"
+
+
+_DEADLINE_PHRASE = "beyond spec.stageTimeoutSeconds="  # in the reason of an attempt that outlived its deadline
 
 
 def _seconds_until_passed(moment: str | None, now: datetime) -> float:
@@ -1028,6 +1032,7 @@ def _later(first: str | None, second: str | None) -> str | None:
 def _plan_training(ctx: _Planning) -> bool:
     spec = ctx.spec
     per_round, quorum, timeout = spec.devices.per_round, spec.devices.quorum, spec.rounds.timeout_seconds
+    give_up = spec.rounds.quorum_timeout  # below quorum, the round waits for running devices until then
     _advance_devices(ctx)
     records = ctx.status["devices"]
     returned = [r for r in records if r["state"] == STATE_SUCCEEDED]
@@ -1045,17 +1050,17 @@ def _plan_training(ctx: _Planning) -> bool:
         _exclude_stragglers(ctx, active, timeout)
         active = []
     if active:
-        if timed_out and elapsed >= 2 * timeout:  # below quorum: the running devices had another timeout to return
+        if timed_out and elapsed >= give_up:  # below quorum: the running devices had until give_up to return
             _fail(ctx, conditions.REASON_QUORUM_NOT_REACHED,
-                  f"round {ctx.round}: {len(returned)} of {quorum} needed updates after {elapsed:.0f}s, twice "
-                  f"rounds.timeoutSeconds={timeout}, with {len(active)} devices still running; raise "
-                  "rounds.timeoutSeconds or lower spec.devices.minReturned")
+                  f"round {ctx.round}: {len(returned)} of {quorum} needed updates after {elapsed:.0f}s, beyond "
+                  f"{_quorum_timeout_field(spec)}, with {len(active)} devices still running; raise "
+                  "rounds.quorumTimeoutSeconds or lower spec.devices.minReturned")
         elif timed_out:
             _mark_stalled(ctx, conditions.REASON_QUORUM_NOT_REACHED,
                           f"round {ctx.round}: past rounds.timeoutSeconds={timeout} with {len(returned)} of "
                           f"{quorum} needed updates; waiting for {len(active)} running devices until "
-                          f"{2 * timeout}s, then the task fails")
-            ctx.requeue.append(round(2 * timeout - elapsed, 3))
+                          f"{give_up}s ({_quorum_timeout_field(spec)}), then the task fails")
+            ctx.requeue.append(round(give_up - elapsed, 3))
         else:
             ctx.requeue.append(round(timeout - elapsed, 3))
         return False
@@ -1066,6 +1071,13 @@ def _plan_training(ctx: _Planning) -> bool:
         return False
     _finish_training(ctx)
     return True
+
+
+def _quorum_timeout_field(spec: TaskSpec) -> str:
+    """rounds.quorumTimeoutSeconds as a message names it (its default: twice rounds.timeoutSeconds)."""
+    if spec.rounds.quorum_timeout_seconds is None:
+        return f"rounds.quorumTimeoutSeconds (default: twice rounds.timeoutSeconds={spec.rounds.timeout_seconds})"
+    return f"rounds.quorumTimeoutSeconds={spec.rounds.quorum_timeout_seconds}"
 
 
 def _add_replacements(ctx: _Planning, missing: int) -> bool:
@@ -1329,7 +1341,7 @@ def _start_publishing(ctx: _Planning, reason: str, message: str) -> None:
     ctx.status.pop("current", None)
     ctx.status.pop("roundStartTime", None)
     ctx.status["published"] = [{"node": node, "pod": naming.publish_pod_name(ctx.task.name, node),
-                                "state": STATE_PENDING, "attempts": 0}
+                                "state": STATE_PENDING, "attempts": 0, "startTime": ctx.stamp}
                                for node in _publish_nodes(ctx)] if ctx.spec.publish.to_devices else []
     ctx.condition(conditions.PROGRESSING, True, reason, f"{message}; publishing the model")
     ctx.status["message"] = f"{message}; publishing the model"
@@ -1354,7 +1366,10 @@ def _plan_publishing(ctx: _Planning) -> bool:
         def build(attempt: int, node: str = record["node"]) -> KubeObject:
             return pods.build_publish_pod(ctx.build_task(), ctx.config, node, model_uri, attempt=attempt)
 
-        progress = _advance_record(ctx, record, build, f"publish to node {record['node']}")
+        if was_unfinished:
+            record.setdefault("startTime", ctx.stamp)  # a record written before publish pods had deadlines
+        progress = _advance_record(ctx, record, build, f"publish to node {record['node']}",
+                                   deadline=float(ctx.spec.stage_timeout_seconds))
         if was_unfinished and progress.state == STATE_FAILED:
             ctx.event("PublishFailed", f"publishing to node {record['node']} failed: {progress.reason}",
                       warning=True)
@@ -1362,10 +1377,12 @@ def _plan_publishing(ctx: _Planning) -> bool:
         return False
     failed = [record for record in records if record["state"] == STATE_FAILED]
     if failed:
-        _fail(ctx, conditions.REASON_STAGE_FAILED,
+        overdue = any(_DEADLINE_PHRASE in (record.get("reason") or "") for record in failed)
+        _fail(ctx, conditions.REASON_STAGE_DEADLINE_EXCEEDED if overdue else conditions.REASON_STAGE_FAILED,
               f"publishing the model to {len(failed)} of {len(records)} nodes failed "
               f"({'; '.join(r['node'] + ': ' + r['reason'] for r in failed)}); the model is at {model_uri}; "
-              "check spec.publish.hostPath on those nodes")
+              "check spec.publish.hostPath on those nodes"
+              + (" and raise spec.stageTimeoutSeconds if copying takes longer" if overdue else ""))
         return False
     progressing: Mapping[str, Any] = (conditions.get_condition(ctx.status.get("conditions"), conditions.PROGRESSING)
                                       or {})

@@ -415,6 +415,19 @@ class RoundsSpec:
                                                 "disables.")
     timeout_seconds: int = api_field(600, minimum=1,
                                      doc="Round deadline: after it, the round goes on with minReturned updates.")
+    quorum_timeout_seconds: int | None = api_field(
+        None, minimum=1, maximum=1209600,
+        doc="A round that has fewer than minReturned updates this long after it began fails (QuorumNotReached); "
+            "between timeoutSeconds and this it waits for its running devices (Stalled). Default: twice "
+            "timeoutSeconds. Must be >= timeoutSeconds.")
+
+    @property
+    def quorum_timeout(self) -> int:
+        """Seconds from a round's start after which it fails below quorum (quorumTimeoutSeconds, default twice
+        timeoutSeconds)."""
+        if self.quorum_timeout_seconds is None:
+            return 2 * self.timeout_seconds
+        return self.quorum_timeout_seconds
 
 
 @dataclass
@@ -490,9 +503,15 @@ class TaskSpec:
             "its first such exit; then it fails as usual (condition reason StoreUnavailable).")
     stage_timeout_seconds: int = api_field(
         3600, minimum=1, maximum=604800,
-        doc="A server-side stage pod (init, aggregate, adjust) that has no result this long after it was created is "
-            "replaced (a failed attempt, counted against podRetryLimit); when none is left the task fails "
-            "(StageDeadlineExceeded).")
+        doc="A server-side stage pod (init, aggregate, adjust) or a publish pod that has no result this long after "
+            "it was created is replaced (a failed attempt, counted against podRetryLimit); when none is left the task "
+            "fails (StageDeadlineExceeded).")
+    node_lost_grace_seconds: int = api_field(
+        120, minimum=0, maximum=86400,
+        doc="A pod whose node has been NotReady (Ready False or Unknown) this long is given up (a NodeLost event): "
+            "a train pod's device fails and is replaced, a server-side stage or publish pod is replaced by its next "
+            "attempt (counted against podRetryLimit). A pod on a deleted node is given up at once. (Kubernetes "
+            "itself evicts such pods only after 300 s.)")
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
     ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
                                                        doc="Delete the finished task after this many seconds.")
@@ -554,6 +573,9 @@ class PublishStatus:
     state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
     reason: str = api_field("", doc="Why it failed.")
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
+    start_time: DateTime | None = api_field(None, doc="When the current pod was created (its stageTimeoutSeconds "
+                                                      "count from here).")
+    finish_time: DateTime | None = api_field(None, doc="When the model was copied or the node gave up.")
     result: FreeForm | None = api_field(None, doc="The publish stage's result.")
     outages: int = api_field(0, minimum=0, doc="Attempts that ended in a store outage (exit 3); not counted "
                                                  "against podRetryLimit.")
@@ -675,6 +697,10 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
                    "must be <= perRound", ".minReturned",
                    lambda d: d.min_returned is None or d.min_returned <= d.per_round),
     CrossFieldRule(("devices",), "!self.pool.contains('/')", POOL_MESSAGE, ".pool", lambda d: "/" not in d.pool),
+    CrossFieldRule(("rounds",), "!has(self.quorumTimeoutSeconds) || self.quorumTimeoutSeconds >= self.timeoutSeconds",
+                   "must be >= rounds.timeoutSeconds (a round below minReturned waits at least until its deadline); "
+                   "raise it or leave it out (twice timeoutSeconds)", ".quorumTimeoutSeconds",
+                   lambda r: r.quorum_timeout_seconds is None or r.quorum_timeout_seconds >= r.timeout_seconds),
     CrossFieldRule(("devices",), "!has(self.count) || self.perRound <= self.count",
                    "must be <= count", ".perRound",
                    lambda d: d.count is None or d.per_round <= d.count),

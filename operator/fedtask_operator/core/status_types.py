@@ -71,6 +71,8 @@ class PublishStatusDict(TypedDict, total=False):
     state: str  # phases.STATES
     reason: str
     attempts: int
+    startTime: str  # when the current pod was created (spec.stageTimeoutSeconds count from here)
+    finishTime: str
     result: dict[str, Any]
     outages: int  # attempts that ended in a store outage (exit 3), within attempts
     outageSince: str
