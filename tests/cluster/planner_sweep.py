@@ -3,7 +3,7 @@ sweep): every pod manifest and every status write of
 
 - the planner scenarios of tests/unit/test_planner.py (init, train, aggregate, adjust, publish; retries, bad input,
   stragglers, quorum, suspend and resume, deadlines, restarts; all but SKIPPED_SCENARIOS), driven by its pure
-  simulator through the runtimes' own apply_plan, and
+  simulator (tests/support/planner.py) through the runtimes' own apply_plan, and
 - whole tasks planned with the operator's own RuntimeConfig (the installed chart's flags and environment, through
   kube.cli.parse_config and reconciler.build_runtime_config): a builtin-data task with a GPU request, a node-mode
   task publishing to every device node, and one whose pods fail and are retried.
@@ -23,7 +23,8 @@ import pytest
 
 from fedtask_operator.core.planner import Observed, plan_task
 from fedtask_operator.core.pods import RuntimeConfig
-from tests.unit import test_planner
+from tests.support import planner as simulator
+from tests.unit import test_planner  # its tests are the sweep's scenarios
 
 
 @dataclass
@@ -46,7 +47,8 @@ SKIPPED_SCENARIOS = ("test_a_crash_at_any_step_neither_loses_nor_repeats_a_round
 
 
 def _recording(harvest: Harvest, original):
-    """A test_planner.Cluster.apply that also puts each applied plan's pods and status change into the harvest."""
+    """A simulator.Cluster.apply (tests/support/planner.py) that also puts each applied plan's pods and status change
+    into the harvest."""
 
     def apply(cluster, plan, crash_after=None):
         before = copy.deepcopy(cluster.task.get("status") or {})
@@ -72,8 +74,8 @@ def _planner_scenarios():
             yield name, function
 
 
-class _Configured(test_planner.Cluster):
-    """test_planner's simulator planning with a given RuntimeConfig (the operator's) instead of its own."""
+class _Configured(simulator.Cluster):
+    """The planner tests' simulator planning with a given RuntimeConfig (the operator's) instead of its own."""
 
     config: RuntimeConfig
 
@@ -90,19 +92,19 @@ def _operator_scenarios(config: RuntimeConfig, namespace: str):
         return cluster
 
     def gpu_builtin():
-        task = test_planner.make_task(devices={"count": 3, "perRound": 2, "resources": {
+        task = simulator.make_task(devices={"count": 3, "perRound": 2, "resources": {
             "requests": {"cpu": "250m", "memory": "256Mi", "nvidia.com/gpu": 1}}}, rounds={"max": 2})
         cluster_for(task).run_to_end()
 
     def node_mode_publish():
-        nodes = [test_planner.node("edge-b"), test_planner.node("edge-a"), test_planner.node("server", False)]
-        task = test_planner.make_task(data={"source": "hostPath"}, devices={"count": None, "perRound": 2},
+        nodes = [simulator.node("edge-b"), simulator.node("edge-a"), simulator.node("server", False)]
+        task = simulator.make_task(data={"source": "hostPath"}, devices={"count": None, "perRound": 2},
                                       publish={"toDevices": True}, rounds={"max": 2})
         task["spec"]["devices"].pop("count")
         cluster_for(task, devices=["edge-a", "edge-b"], nodes=nodes).run_to_end()
 
     def failures_and_retries():
-        cluster = cluster_for(test_planner.make_task(rounds={"max": 2}))
+        cluster = cluster_for(simulator.make_task(rounds={"max": 2}))
         for _ in range(200):
             cluster.reconcile()
             if cluster.status.get("phase") in ("Succeeded", "Failed"):
@@ -125,7 +127,7 @@ def harvest(config: RuntimeConfig, namespace: str) -> Harvest:
     """Run every scenario, recording what its plans create and write."""
     result = Harvest()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(test_planner.Cluster, "apply", _recording(result, test_planner.Cluster.apply))
+        patch.setattr(simulator.Cluster, "apply", _recording(result, simulator.Cluster.apply))
         for name, scenario in [*_planner_scenarios(), *_operator_scenarios(config, namespace)]:
             scenario()
             result.scenarios.append(name)

@@ -18,7 +18,7 @@ from fedtask_operator.core.scheduling.request import build_device_request
 from fedtask_operator.core.scheduling.synthetic import make_node
 from fedtask_operator.core.scheduling.types import DeviceSlot, TaskAssignment
 from fedtask_operator.core.spec import parse_task
-from tests.unit.test_planner import CONFIG, T0, make_task, schema_problems
+from tests.support.planner import CONFIG, T0, make_task, schema_problems
 
 STATUS_LIMIT = 512 * 1024
 
