@@ -18,7 +18,6 @@ from tests.support.planner import (
     CONFIG,
     ROUND_LABEL,
     STAGE_LABEL,
-    T0,  # noqa: F401  (test_planner_faults.py still imports it from here)
     Cluster,
     make_task,
     node,

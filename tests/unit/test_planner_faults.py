@@ -9,7 +9,7 @@ import pytest
 
 from fedtask_operator.core.compaction import compact, round_devices
 from fedtask_operator.core.spec import SpecError, parse_task
-from tests.unit.test_planner import T0, Cluster, make_task, node, train_pods
+from tests.support.planner import T0, Cluster, make_task, node, train_pods
 
 STORE_DOWN = "s3://fedtask/x: read still failing after 60 s of retries: ConnectionRefusedError"
 
