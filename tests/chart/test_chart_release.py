@@ -16,7 +16,7 @@ import yaml
 import fedtask_operator
 from fedtask_operator.core.pods import DEFAULT_WORKER_IMAGE
 from fedtask_operator.kube.cli import parse_config
-from tests.support.tools import CHART, REPO, HelmError, Tools, helm_template
+from tests.support.tools import CHART, REPO, HelmError, Tools, helm_render, helm_template
 
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text())
 # registry host (with a dot or a port) / path / name : tag: what a kubelet pulls without a registry mirror guessing
@@ -52,22 +52,49 @@ def test_default_images_are_pullable_and_follow_app_version(tools: Tools) -> Non
         "FEDTASK_DEFAULT_IMAGE"]["value"] == "registry.example/w:1"
 
 
+def secret_refs(objects: list[dict]) -> set[str]:
+    """The Secrets the operator's environment names (secretKeyRef, and FEDTASK_S3_SECRET for task pods)."""
+    env = operator_env(objects)
+    named = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
+    if "FEDTASK_S3_SECRET" in env:
+        named.add(env["FEDTASK_S3_SECRET"]["value"])
+    return named
+
+
+@pytest.mark.parametrize("major", [3, 4])
+def test_storage_existing_secret_renders_no_credentials(tools: Tools, major: int) -> None:
+    for extra in ((), ("storage.namespaceCredentials=false",)):
+        values = ("storage.endpoint=s3.example.com:443", "storage.existingSecret=s3-creds", *extra)
+        text = helm_render(tools, *values, major=major)
+        assert text == helm_render(tools, *values, major=major), "a GitOps render must be the same every time"
+        objects = [o for o in yaml.safe_load_all(text) if o]
+        assert not [o for o in objects if o["kind"] == "Secret"]
+        assert secret_refs(objects) == {"s3-creds"}
+        # storage.credentialsSecret, its deprecated name, renders the very same bytes
+        assert helm_render(tools, *values[:1], "storage.credentialsSecret=s3-creds", *extra, major=major) == text
+    with pytest.raises(HelmError, match="credentialsSecret is the deprecated name of storage.existingSecret"):
+        helm_render(tools, "storage.existingSecret=a", "storage.credentialsSecret=b", major=major)
+    with pytest.raises(HelmError, match="for the in-chart MinIO .* set minio.existingSecret instead"):
+        helm_render(tools, "minio.enabled=true", "storage.existingSecret=s3-creds", major=major)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["storage"]["existingSecret"] == "" and "Deprecated" in (CHART / "values.yaml").read_text()
+    readme = (CHART / "README.md").read_text()
+    assert "`storage.existingSecret`" in readme and "`storage.credentialsSecret`" in readme
+
+
 def test_minio_existing_secret_renders_no_credentials(tools: Tools) -> None:
     values = ("minio.enabled=true", "minio.existingSecret=store-root")
-    first, second = helm_template(tools, *values), helm_template(tools, *values)
-
-    assert first == second, "a GitOps render must not change between two renders"
+    text = helm_render(tools, *values)
+    assert text == helm_render(tools, *values), "a GitOps render must be the same every time (byte for byte)"
+    first = [o for o in yaml.safe_load_all(text) if o]
     assert not [o for o in first if o["kind"] == "Secret"]
     minio_env = {e["name"]: e for e in the(first, "Deployment", "-minio")["spec"]["template"]["spec"][
         "containers"][0]["env"]}
     for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
         assert minio_env[key]["valueFrom"]["secretKeyRef"] == {"name": "store-root", "key": key}
-    env = operator_env(first)
-    named = {e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if "secretKeyRef" in e.get("valueFrom", {})}
-    if "FEDTASK_S3_SECRET" in env:  # the Secret task pods get (without per-namespace credentials)
-        named.add(env["FEDTASK_S3_SECRET"]["value"])
-    assert named == {"store-root"}
+    assert secret_refs(first) == {"store-root"}
     # the control: without it every render generates new credentials
+    assert helm_render(tools, "minio.enabled=true") != helm_render(tools, "minio.enabled=true")
     generated = [the(helm_template(tools, "minio.enabled=true"), "Secret", "-minio")["data"] for _ in range(2)]
     assert generated[0]["AWS_SECRET_ACCESS_KEY"] != generated[1]["AWS_SECRET_ACCESS_KEY"]
     with pytest.raises(HelmError, match="minio.existingSecret: leave minio.rootUser"):

@@ -56,16 +56,22 @@ class HelmError(Exception):
     pass
 
 
-def helm_template(tools: Tools, *values: str, major: int = 3, namespace: str = "fedtask",
-                  release: str = "ft") -> list[dict]:
-    """`helm template` with `--set` style values ("a.b=c"); returns the rendered objects (None documents dropped)."""
+def helm_render(tools: Tools, *values: str, major: int = 3, namespace: str = "fedtask", release: str = "ft") -> str:
+    """`helm template` with `--set` style values ("a.b=c"); returns the rendered text as Helm printed it."""
     args = [str(tools.helm(major)), "template", release, str(CHART), "--namespace", namespace]
     for value in values:
         args += ["--set", value]
     result = subprocess.run(args, capture_output=True, text=True, env=tools.helm_env(), timeout=60)
     if result.returncode != 0:
         raise HelmError(result.stderr.strip())
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return result.stdout
+
+
+def helm_template(tools: Tools, *values: str, major: int = 3, namespace: str = "fedtask",
+                  release: str = "ft") -> list[dict]:
+    """`helm template` with `--set` style values ("a.b=c"); returns the rendered objects (None documents dropped)."""
+    text = helm_render(tools, *values, major=major, namespace=namespace, release=release)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 

@@ -66,9 +66,19 @@ app.kubernetes.io/component: store
 {{- end }}
 {{- end }}
 
+{{/* The store's credentials Secret: storage.existingSecret (storage.credentialsSecret is its deprecated name), else
+the in-chart MinIO's */}}
 {{- define "fedtask.storeSecret" -}}
-{{- if .Values.storage.credentialsSecret }}
-{{- .Values.storage.credentialsSecret }}
+{{- $storage := .Values.storage }}
+{{- if and $storage.existingSecret $storage.credentialsSecret (ne $storage.existingSecret $storage.credentialsSecret) }}
+{{- fail "storage.credentialsSecret is the deprecated name of storage.existingSecret: set only storage.existingSecret" }}
+{{- end }}
+{{- $existing := $storage.existingSecret | default $storage.credentialsSecret }}
+{{- if and $existing .Values.minio.enabled (not $storage.endpoint) }}
+{{- fail "storage.existingSecret names an external store's credentials: for the in-chart MinIO (minio.enabled without storage.endpoint) set minio.existingSecret instead (a Secret with MINIO_ROOT_USER, MINIO_ROOT_PASSWORD, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, read by MinIO and the operator)" }}
+{{- end }}
+{{- if $existing }}
+{{- $existing }}
 {{- else if .Values.minio.enabled }}
 {{- include "fedtask.minioSecret" . }}
 {{- end }}
