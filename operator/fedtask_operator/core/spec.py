@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from fedtask_operator.core.conditions import FALSE, TRUE, UNKNOWN
 from fedtask_operator.core.kube_types import KubeObject
-from fedtask_operator.core.phases import PHASES, STAGES
+from fedtask_operator.core.naming import DEVICE_LABEL
+from fedtask_operator.core.phases import PHASES, STAGES, STATE_PENDING
 from fedtask_operator.core.phases import STATES as DEVICE_STATES
 from fedtask_operator.core.schema import (
     CrossFieldRule,
@@ -321,7 +323,7 @@ class DataSpec:
 
 
 def default_device_selector() -> LabelSelector:
-    return LabelSelector(match_labels={"fedtask.io/device": "true"})
+    return LabelSelector(match_labels={DEVICE_LABEL: "true"})
 
 
 @dataclass
@@ -524,7 +526,7 @@ class TaskSpec:
 @dataclass
 class Condition:
     type: str = api_field("", required=True, doc="Ready, Progressing, Unschedulable, Succeeded, Failed, ...")
-    status: str = api_field("Unknown", required=True, enum=["True", "False", "Unknown"], doc="True, False or Unknown.")
+    status: str = api_field(UNKNOWN, required=True, enum=[TRUE, FALSE, UNKNOWN], doc="True, False or Unknown.")
     reason: str = api_field("", doc="A CamelCase constant (see conditions.py).")
     message: str = api_field("", doc="What is wrong and what would fix it.")
     last_transition_time: DateTime | None = api_field(None, doc="When status last changed.")
@@ -536,7 +538,7 @@ class DeviceStatus:
     device: str = api_field("", doc="Node name (node devices) or shard id such as d007 (builtin data).")
     node: str = api_field("", doc="The node the train pod runs on.")
     pod: str = api_field("", doc="The current train pod.")
-    state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded, Failed or Excluded.")
+    state: str = api_field(STATE_PENDING, enum=DEVICE_STATES, doc="Pending, Running, Succeeded, Failed or Excluded.")
     reason: str = api_field("", doc="Why the device failed or was excluded.")
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far (retries used).")
     start_time: DateTime | None = api_field(None, doc="When the current pod was created.")
@@ -554,7 +556,7 @@ class StagePodStatus:
 
     stage: str = api_field("", doc="init, aggregate or adjust.")
     pod: str = api_field("", doc="Pod name.")
-    state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
+    state: str = api_field(STATE_PENDING, enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
     reason: str = api_field("", doc="Why the last attempt failed.")
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
     start_time: DateTime | None = api_field(None, doc="When the stage began.")
@@ -570,7 +572,7 @@ class StagePodStatus:
 class PublishStatus:
     node: str = api_field("", doc="The device node the model is copied to.")
     pod: str = api_field("", doc="The publish pod.")
-    state: str = api_field("Pending", enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
+    state: str = api_field(STATE_PENDING, enum=DEVICE_STATES, doc="Pending, Running, Succeeded or Failed.")
     reason: str = api_field("", doc="Why it failed.")
     attempts: int = api_field(0, minimum=0, doc="Failed attempts so far.")
     start_time: DateTime | None = api_field(None, doc="When the current pod was created (its stageTimeoutSeconds "
