@@ -8,7 +8,7 @@ import pytest
 
 from fedtask_operator.core.quantities import parse_quantity
 from fedtask_operator.core.spec import QUANTITY_PATTERN
-from tests.unit.test_crd import SPEC_SCHEMA, api_server_errors, paths, python_errors
+from tests.support.crd import SPEC_SCHEMA, api_server_errors, paths, python_errors
 
 REQUESTS = "spec.devices.resources.requests.cpu"
 LIMITS = "spec.devices.resources.limits.memory"
