@@ -1,8 +1,9 @@
 """Pod manifests for every stage of a FederatedTask (pure).
 
 Every builder returns a whole Pod dict: the worker command with its flags (docs/internals.md), store settings in the
-environment (credentials only as `secretKeyRef`), labels, owner reference, resources, node pinning through required
-node affinity (kube-scheduler still enforces resources and taints), and a hardened security context. The local
+environment (credentials only as `secretKeyRef`, or none: the operator adds presigned URLs when it creates the pod),
+labels, owner reference, resources, node pinning through required node affinity (kube-scheduler still enforces
+resources and taints), and a hardened security context. The local
 runtime runs these very manifests as processes, so everything a stage needs is in command/args/env/volumes.
 """
 from __future__ import annotations
@@ -59,6 +60,9 @@ class RuntimeConfig:
     # name, and whether the operator issues per-namespace credentials (then `credentials_secret` is their Secret).
     allowed_uri_prefixes: tuple[str, ...] = ()
     namespace_credentials: bool = False
+    # Per-pod presigned URLs (core/store_access.py, kube/presign.py): pods of tasks without spec.storage.secretRef
+    # get no store credentials at all, only URLs for the objects their stage reads and writes.
+    presigned_urls: bool = False
 
     @property
     def local_store(self) -> bool:
@@ -153,6 +157,8 @@ def build_store_env(task: FederatedTask, config: RuntimeConfig) -> list[KubeObje
         if config.s3_region:
             env.append({"name": "FEDTASK_S3_REGION", "value": config.s3_region})
         secret = storage.secret_ref.name if storage.secret_ref is not None else config.credentials_secret
+        if storage.secret_ref is None and config.presigned_urls:
+            secret = ""  # the operator adds the pod's presigned URLs when it creates the pod (kube/presign.py)
         if secret:
             for key in (ACCESS_KEY_ENV, SECRET_KEY_ENV):
                 env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})

@@ -46,6 +46,7 @@ class OperatorConfig:
     store_secret: str = ""  # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, mounted into pods
     cleanup_store: bool = False  # delete a task's objects when the task is deleted (adds a finalizer)
     namespace_credentials: bool = False  # issue per-namespace MinIO keys (kube/credentials.py) instead of store_secret
+    presigned_urls: bool = False  # per-pod presigned URLs, no store keys in pods (kube/presign.py)
     store_uri_allow: tuple[str, ...] = ()  # s3:// prefixes any task's initialUri/shared.uri may name besides its own
     clean_pod_policy: str = "All"  # All | None: delete finished pods once their result is in the status
     resync_seconds: float = 10.0  # the timer that enforces deadlines even when nothing happens
@@ -68,6 +69,9 @@ class OperatorConfig:
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+PRESIGNED_BY_DEFAULT = False  # --presigned-urls when neither it nor --no-presigned-urls is given (and keys are set)
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -142,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "in the operator-owned Secret fedtask-store-credentials; needs the store's root "
                              "credentials in the operator's environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) "
                              "and replaces --store-secret (env FEDTASK_S3_NAMESPACE_CREDENTIALS)")
+    parser.add_argument("--presigned-urls", default=_env_optional_bool("FEDTASK_S3_PRESIGNED_URLS"),
+                        action=argparse.BooleanOptionalAction,
+                        help="give each pod presigned URLs for exactly the objects its stage reads and writes, and no "
+                             "store keys; works with any S3-compatible store; needs the store's credentials in the "
+                             "operator's environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY). Default: on when "
+                             "those are set and neither --store-secret nor --namespace-credentials is given "
+                             "(env FEDTASK_S3_PRESIGNED_URLS)")
     parser.add_argument("--store-uri-allow", action="append", metavar="S3_PREFIX",
                         default=[p for p in _env("FEDTASK_S3_URI_ALLOW", "").split(",") if p.strip()],
                         help="an s3:// prefix every task's initialUri/shared.uri may name besides its own "
@@ -225,6 +236,7 @@ def parse_config(argv: list[str]) -> OperatorConfig:
             parser.error(f"--store-uri-allow {prefix!r}: an s3://bucket[/prefix] without '..'")
     if args.namespace_credentials and args.store_secret:
         parser.error("--namespace-credentials issues the pods' store keys itself: leave out --store-secret")
+    presigned_urls = _presigned_urls(parser, args)
     try:
         confinement = _confinement(args)
     except ConfinementSettingError as error:
@@ -239,10 +251,35 @@ def parse_config(argv: list[str]) -> OperatorConfig:
         store_endpoint=args.store_endpoint, store_bucket=args.store_bucket, store_prefix=args.store_prefix,
         store_secure=args.store_secure, store_region=args.store_region, store_secret=args.store_secret,
         cleanup_store=args.cleanup_store, clean_pod_policy=args.clean_pod_policy,
-        namespace_credentials=args.namespace_credentials, store_uri_allow=uri_allow,
+        namespace_credentials=args.namespace_credentials and not presigned_urls, presigned_urls=presigned_urls,
+        store_uri_allow=uri_allow,
         resync_seconds=args.resync_seconds, collection_window=args.collection_window,
         fairness_weight=args.fairness_weight, request_timeout=args.request_timeout,
         watch_server_timeout=args.watch_timeout, verbose=args.verbose, confinement=confinement)
+
+
+def _env_optional_bool(name: str) -> bool | None:
+    return _env_bool(name, False) if os.environ.get(name) else None
+
+
+def _store_keys() -> bool:
+    return bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+
+
+def _presigned_urls(parser: argparse.ArgumentParser, args: argparse.Namespace) -> bool:
+    """--presigned-urls as given, else on when the operator holds the store's keys and no other way is chosen."""
+    if args.presigned_urls is None:
+        return PRESIGNED_BY_DEFAULT and _store_keys() and bool(args.store_endpoint) and not args.store_secret \
+            and not args.namespace_credentials
+    if args.presigned_urls:
+        if args.store_secret:
+            parser.error("--presigned-urls gives pods no store keys: leave out --store-secret")
+        if not _store_keys():
+            parser.error("--presigned-urls needs the store's credentials in the operator's environment "
+                         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+        if not args.store_endpoint:
+            parser.error("--presigned-urls needs --store-endpoint (the store the pods reach)")
+    return bool(args.presigned_urls)
 
 
 def _listed(flag: list[str] | None, env: str) -> list[str] | None:

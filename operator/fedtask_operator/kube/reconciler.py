@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from fedtask_operator.core.planner import CreationRefusal, Event, Observed, Plan
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period, next_period_number
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
-from fedtask_operator.core.store_access import NAMESPACE_SECRET
+from fedtask_operator.core.store_access import NAMESPACE_SECRET, uses_presigned_urls
 from fedtask_operator.kube import metrics, pod_index
 
 logger = logging.getLogger("fedtask.operator")
@@ -109,6 +110,7 @@ def build_runtime_config(config) -> RuntimeConfig:
                          s3_region=config.store_region,
                          credentials_secret=NAMESPACE_SECRET if config.namespace_credentials else config.store_secret,
                          namespace_credentials=config.namespace_credentials,
+                         presigned_urls=getattr(config, "presigned_urls", False),
                          allowed_uri_prefixes=tuple(p if p.endswith("/") else p + "/" for p in config.store_uri_allow),
                          keep_finished_pods=config.clean_pod_policy == "None",
                          confinement=getattr(config, "confinement", None) or Confinement())
@@ -254,6 +256,7 @@ class Reconciler:
         # before its first pod (handlers.startup sets it), else None
         self.store_credentials = None
         self.runtime_config = runtime_config
+        self._presigner = None  # kube/presign.Presigner, made on first use with --presigned-urls
         self.scheduling = scheduling or SchedulingConfig()
         self._last_period = 0  # the highest period number this process gave out (statuses may lag behind it)
         self.clusterwide = clusterwide
@@ -271,6 +274,17 @@ class Reconciler:
         # only: after a restart the first creation is tried at once; the give-up time is in the status.
         self._creations: dict[tuple[str, str], tuple[CreationRefusal, ...]] = {}
         self._hold_creations: dict[tuple[str, str], float] = {}
+
+    def presigner(self):
+        """The signer of pods' presigned store URLs (the store keys from the operator's environment)."""
+        if self._presigner is None:
+            from fedtask_operator.kube.presign import Presigner
+
+            config = self.runtime_config
+            self._presigner = Presigner(config.s3_endpoint, os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                                        os.environ.get("AWS_SECRET_ACCESS_KEY", ""), config.s3_secure,
+                                        config.s3_region, timeout=getattr(self.api, "_timeout", 30.0))
+        return self._presigner
 
     async def request(self, namespace: str, name: str, views: ClusterView) -> None:
         key = (namespace, name)
@@ -549,6 +563,11 @@ class _TaskSink:
             if manifests:  # one refusal carries the reason; none of the pods is created
                 self.refused.append(CreationRefusal(pod=manifests[0]["metadata"]["name"], code=503, message=problem))
             return 0
+        manifests, problem = await self._with_store_access(manifests)
+        if problem:  # as above: the pods could not read or write their objects
+            logger.warning("%s/%s: no pods created: %s", self.namespace, self.name, problem)
+            self.refused.append(CreationRefusal(pod=manifests[0]["metadata"]["name"], code=503, message=problem))
+            return 0
         self.reconciler.fence()  # again: the version check and the store keys awaited the API since the first check
         stale = self._stale_pods()
         return sum(await asyncio.gather(*(self._create(manifest, stale) for manifest in manifests)))
@@ -561,6 +580,28 @@ class _TaskSink:
         if issuer is None or storage.get("secretRef"):
             return None
         return await issuer.ensure(self.namespace)
+
+    async def _with_store_access(self, manifests: list[dict]) -> tuple[list[dict], str | None]:
+        """With --presigned-urls, each pod with its own presigned URLs and no store keys (kube/presign.py), or the
+        manifests as they are and why not; the manifests as they are for a task with its own secretRef."""
+        config = self.reconciler.runtime_config
+        if not config.presigned_urls or not manifests:
+            return manifests, None
+        from fedtask_operator.core.spec import parse_task
+        from fedtask_operator.kube.presign import PresignError, manifest_location
+
+        task = parse_task(self.task)
+        if not uses_presigned_urls(task, config):
+            return manifests, None
+
+        def sign_all() -> list[dict]:
+            presigner = self.reconciler.presigner()
+            return [presigner.attach(pod, task, *manifest_location(task, config, pod)) for pod in manifests]
+
+        try:
+            return await asyncio.to_thread(sign_all), None
+        except PresignError as error:
+            return manifests, str(error)
 
     def _stale_pods(self) -> set[str]:
         """Pods in the index under this task's name whose owner is another incarnation of it."""
