@@ -1,12 +1,14 @@
 """kopf handlers: thin wrappers that hand every change to `reconciler.Reconciler` (the logic is in reconciler.py).
 
-Watched: FederatedTasks (create/update/resume, a resync timer, deletions for metrics), pods (a task's pod changes
-trigger its reconcile at once: this is the reaction path from "train pod succeeded" to "aggregate pod created"),
-nodes (a new or changed node wakes tasks that wait for devices). Indexes keep pods, nodes and tasks in memory, so
-no handler lists anything. Label filters run in kopf, not in the API server (which may ignore selectors).
+Watched by kopf: FederatedTasks (create/update/resume, a resync timer, deletions for metrics) and nodes (a new or
+changed node wakes tasks that wait for devices). Pods are watched by kube/pod_watch.py, not kopf: it keeps fedtask's
+pods in full and any other pod as a small summary, and a task's pod change triggers its reconcile at once (the
+reaction path from "train pod succeeded" to "aggregate pod created"). Indexes keep pods, nodes and tasks in memory,
+so no handler lists anything. Label filters run here, not in the API server (which may ignore selectors).
 """
 from __future__ import annotations
 
+import contextvars
 import copy
 import os
 import time
@@ -14,10 +16,10 @@ from collections import Counter
 
 import kopf
 
-from fedtask_operator.core.naming import TASK_LABEL, pinned_node
+from fedtask_operator.core.naming import pinned_node
 from fedtask_operator.core.phases import PENDING, POD_FINISHED_PHASES, SCHEDULING
 from fedtask_operator.core.spec import GROUP, PLURAL, VERSION
-from fedtask_operator.kube import credentials, lease, metrics, pod_index
+from fedtask_operator.kube import credentials, lease, metrics, pod_watch
 from fedtask_operator.kube import reconciler as k8s
 
 TASKS = (GROUP, VERSION, PLURAL)
@@ -28,9 +30,9 @@ def _plain(body) -> dict:
     return copy.deepcopy(dict(body))
 
 
-def _views(kwargs) -> k8s.ClusterView:
-    return k8s.ClusterView(task_pods=kwargs["task_pods"], nodes=_values(kwargs["node_objects"]),
-                           pods=pod_index.PodsView(kwargs["pod_objects"]), tasks=kwargs["task_objects"])
+def _views(memo, kwargs) -> k8s.ClusterView:
+    return k8s.ClusterView(task_pods=memo.pods.task_pods, nodes=_values(kwargs["node_objects"]),
+                           pods=memo.pods.pods, tasks=kwargs["task_objects"])
 
 
 def _values(index) -> list[dict]:
@@ -38,19 +40,6 @@ def _values(index) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------------- indexes
-def task_pods(body, **_):
-    pod = _plain(body)
-    task = k8s.owning_task(pod)
-    return {(body["metadata"].get("namespace"), task): pod} if task else None
-
-
-def pod_objects(body, spec, status, **_):
-    """What resource accounting needs of every pod, summarized (kube/pod_index.py: node, summed requests, fedtask
-    labels); nothing for a pod that holds no resources on any node."""
-    summary = pod_index.summarize(body, spec, status)
-    return {None: summary} if summary is not None else None
-
-
 def node_objects(body, **_):
     return {None: _plain(body)}
 
@@ -60,7 +49,7 @@ def task_objects(body, namespace, name, **_):
 
 
 # ------------------------------------------------------------------------------------------------------ handlers
-async def startup(memo, settings, **_):
+async def startup(memo, settings, **kwargs):
     import asyncio
 
     api = k8s.KubeApi(request_timeout=memo.config.request_timeout)
@@ -78,6 +67,11 @@ async def startup(memo, settings, **_):
                                       readable=memo.config.store_uri_allow)
         memo.reconciler.store_credentials = credentials.NamespaceCredentials(
             api.api_client, root, request_timeout=memo.config.request_timeout)
+    # kopf's indexes (live, filled once kopf has listed): a pod event's reconcile reads them too
+    memo.node_index, memo.task_index = kwargs["node_objects"], kwargs["task_objects"]
+    memo.pods = pod_watch.PodWatch(api.api_client, memo.config.namespaces, on_task_pod=_pod_changed(memo),
+                                   server_timeout=memo.config.watch_server_timeout,
+                                   request_timeout=memo.config.request_timeout).start()
     memo.lease_loop = None
     if memo.config.leader_election:  # only the Lease holder acts (kube/lease.py); the loop runs until cleanup
         config = lease.LeaseConfig.from_duration(memo.config.lease_name, memo.config.lease_namespace,
@@ -90,6 +84,9 @@ async def startup(memo, settings, **_):
 
 async def cleanup(memo, **_):
     """The operator stops: give the Lease up at once, so another replica need not wait a lease duration."""
+    pods = getattr(memo, "pods", None)
+    if pods is not None:
+        pods.stop()
     loop = getattr(memo, "lease_loop", None)
     if loop is None:
         return
@@ -101,7 +98,9 @@ async def cleanup(memo, **_):
 
 
 async def task_changed(namespace, name, memo, **kwargs):
-    await memo.reconciler.request(namespace, name, _views(kwargs))
+    memo.pods.handlers_ready(contextvars.copy_context())  # kopf runs these once its indexes are filled
+    await memo.pods.wait_ready()
+    await memo.reconciler.request(namespace, name, _views(memo, kwargs))
 
 
 TASK_COUNT_SECONDS = 5.0  # the per-phase task counts (a gauge) are recounted at most this often
@@ -110,7 +109,9 @@ _counted_at = -TASK_COUNT_SECONDS
 
 async def task_resync(namespace, name, memo, **kwargs):
     global _counted_at
-    await memo.reconciler.request(namespace, name, _views(kwargs))
+    memo.pods.handlers_ready(contextvars.copy_context())  # kopf runs these once its indexes are filled
+    await memo.pods.wait_ready()
+    await memo.reconciler.request(namespace, name, _views(memo, kwargs))
     # Every task has this timer: counting every task on each would cost O(tasks^2) per interval.
     now = time.monotonic()
     if now - _counted_at >= TASK_COUNT_SECONDS:
@@ -126,18 +127,24 @@ async def task_event(type, namespace, name, memo, **_):
         metrics.forget_task(namespace, name)
 
 
-async def pod_changed(type, body, namespace, memo, **kwargs):
-    if type == "DELETED" and (body.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
-        return  # a finished pod goes only once its result is in the status (the resync timer covers the rest)
-    task = k8s.owning_task(body)
-    if task:
-        await memo.reconciler.request(namespace, task, _views(kwargs))
+def _pod_changed(memo):
+    """What a change of one of a task's pods does (kube/pod_watch.py calls it): reconcile the task."""
+    async def pod_changed(type_: str, namespace: str, task: str, body: dict) -> None:
+        if type_ == "DELETED" and (body.get("status") or {}).get("phase") in POD_FINISHED_PHASES:
+            return  # a finished pod goes only once its result is in the status (the resync timer covers the rest)
+        k8s.logger.debug("pod %s of %s/%s: %s", (body.get("metadata") or {}).get("name"), namespace, task, type_)
+        views = k8s.ClusterView(task_pods=memo.pods.task_pods, nodes=_values(memo.node_index),
+                                pods=memo.pods.pods, tasks=memo.task_index)
+        await memo.reconciler.request(namespace, task, views)
+    return pod_changed
 
 
 async def node_changed(memo, body=None, **kwargs):
     """A node appeared, changed or went away: tasks waiting for devices may fit now, and tasks with a pod on it
     learn that it turned NotReady or was deleted (the planner replaces such pods after a grace period)."""
-    views = _views(kwargs)
+    memo.pods.handlers_ready(contextvars.copy_context())  # kopf runs these once its indexes are filled
+    await memo.pods.wait_ready()
+    views = _views(memo, kwargs)
     node_name = ((body or {}).get("metadata") or {}).get("name")
     for namespace, name in tasks_to_wake_for_node(views, node_name):
         await memo.reconciler.request(namespace, name, views)
@@ -195,8 +202,6 @@ def register(config) -> None:
     _registered = True
     kopf.on.startup()(startup)
     kopf.on.cleanup()(cleanup)
-    kopf.index("pods", labels={TASK_LABEL: kopf.PRESENT})(task_pods)
-    kopf.index("pods")(pod_objects)
     kopf.index("nodes")(node_objects)
     kopf.index(*TASKS)(task_objects)
     kopf.on.create(*TASKS)(task_changed)
@@ -204,7 +209,6 @@ def register(config) -> None:
     kopf.on.resume(*TASKS)(task_changed)
     kopf.timer(*TASKS, interval=config.resync_seconds, sharp=False)(task_resync)
     kopf.on.event(*TASKS)(task_event)
-    kopf.on.event("pods", labels={TASK_LABEL: kopf.PRESENT})(pod_changed)
     kopf.on.event("nodes")(node_changed)
     if config.cleanup_store:  # the only reason for a finalizer: without it, deletion never waits for the operator
         kopf.on.delete(*TASKS, retries=CLEANUP_RETRIES)(cleanup_store)
