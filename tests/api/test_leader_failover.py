@@ -11,9 +11,9 @@ import time
 import pytest
 import yaml
 
-from tests.api.test_rbac import RULES, VERBS
-from tests.support.kube import FEDERATEDTASKS, TEST_USER_AGENT, make_node
+from tests.support.kube import FEDERATEDTASKS, make_node
 from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished, task_status
+from tests.support.rbac import RULES, granted, recorded_calls
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.api, pytest.mark.slow]  # ~30 s: two operators, a pause longer than the lease
@@ -75,14 +75,11 @@ def test_a_leader_paused_past_its_lease_is_replaced_and_writes_nothing_when_resu
         assert rounds == sorted(rounds), rounds
         assert histories == sorted(histories), histories
         # The Lease calls the operators made are granted by the RBAC rules (tests/api/test_rbac.py runs with peering).
-        rules = yaml.safe_load(RULES.read_text())["cluster"]
-        granted = {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
-                   for resource in rule["resources"] for verb in rule["verbs"]}
-        lease_calls = {(r["resource"].group, r["resource"].plural, VERBS[r["action"]]) for r in cluster.requests()
-                       if r["resource"] is not None and r["resource"].plural == "leases"
-                       and TEST_USER_AGENT not in r["user_agent"]}
+        rules = granted(yaml.safe_load(RULES.read_text())["cluster"])
+        lease_calls = {(group, resource, verb) for group, resource, verb, _ in recorded_calls(cluster)
+                       if resource == "leases"}
         assert {verb for _, _, verb in lease_calls} == {"get", "create", "patch"}, lease_calls
-        assert lease_calls <= granted, lease_calls - granted
+        assert lease_calls <= rules, lease_calls - rules
     finally:
         for process in replicas.values():
             process.stop()

@@ -6,24 +6,20 @@ kubelet, the fixtures) carry their own user agent.
 """
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.support.kube import FEDERATEDTASKS, TEST_USER_AGENT, make_node
+from tests.support.kube import FEDERATEDTASKS, make_node
 from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished
+from tests.support.rbac import REPO, RULES, granted, recorded_calls
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.api
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-RULES = REPO / "deploy" / "rbac" / "rules.yaml"
 GENERATOR = REPO / "hack" / "generate-rbac.py"  # rules.yaml -> the deployable manifests
-VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
-         "DELETE": "delete"}
 CLUSTERWIDE_ONLY = {("kopf.dev", "clusterkopfpeerings")}  # exercised by the cluster-wide variant only
 # made with --leader-election (the chart's default), which replaces peering: tests/api/test_leader_failover.py records
 # them and checks that these rules grant them
@@ -34,23 +30,6 @@ ADMISSION_ONLY = {("fedtask.io", "federatedtasks/finalizers", "update")}
 # --namespace-credentials only (the operator's Secret of a namespace's store keys): it needs MinIO's admin API, which
 # moto does not have; tests/cluster runs it for real with the chart's RBAC and MinIO
 NAMESPACE_CREDENTIALS_ONLY = {("", "secrets", "get"), ("", "secrets", "create")}
-
-
-def granted(rules: list[dict]) -> set[tuple[str, str, str]]:
-    return {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
-            for resource in rule["resources"] for verb in rule["verbs"]}
-
-
-def recorded_calls(cluster) -> set[tuple[str, str, str, bool]]:
-    """(group, resource[/subresource], verb, cluster-wide?) of every resource call the operator made."""
-    calls = set()
-    for request in cluster.requests():
-        resource = request["resource"]
-        if TEST_USER_AGENT in request["user_agent"] or resource is None or not resource.plural:
-            continue  # the tests' own calls; API discovery (allowed to every authenticated user)
-        name = resource.plural + (f"/{request['subresource']}" if request["subresource"] else "")
-        calls.add((resource.group, name, VERBS[request["action"]], request["namespace"] is None))
-    return calls
 
 
 def test_the_role_grants_exactly_the_calls_the_operator_makes(cluster, s3_server, store_bucket, kubelet, tmp_path):
