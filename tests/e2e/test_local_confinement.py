@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.e2e.test_local_run import fedtask, read_task
+from tests.support.local_run import fedtask, read_task
 
 pytestmark = pytest.mark.e2e
 

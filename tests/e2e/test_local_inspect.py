@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,14 +10,13 @@ import pytest
 
 from fedtask_operator.local.cli import ManifestError, apply_override, parse_override
 from fedtask_operator.local.inspect import build_table, format_age
+from tests.support.local_run import fedtask as run_fedtask
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
 def fedtask(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedtask_operator.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return run_fedtask(*args, timeout=300)
 
 
 @pytest.fixture(scope="module")

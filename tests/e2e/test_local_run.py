@@ -5,36 +5,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.support.local_run import EXAMPLES, fedtask, read_task, small_digits_task, start_fedtask
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
-RUN_TIMEOUT = 240
-
-
-def fedtask(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedtask_operator.cli", *args], capture_output=True, text=True,
-                          timeout=kwargs.pop("timeout", RUN_TIMEOUT), cwd=kwargs.pop("cwd", ROOT), **kwargs)
-
-
-def start_fedtask(*args: str) -> subprocess.Popen:
-    """In its own session, so the test can kill the whole process group like a user's kill -9 or Ctrl-C."""
-    return subprocess.Popen([sys.executable, "-m", "fedtask_operator.cli", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def read_task(workdir: Path, name: str) -> dict:
-    return json.loads((workdir / name / "federatedtask.json").read_text())
-
 
 def wait_for_rounds(workdir: Path, name: str, rounds: int, proc: subprocess.Popen, timeout: float = 180) -> None:
     path = workdir / name / "federatedtask.json"
@@ -50,17 +29,6 @@ def wait_for_rounds(workdir: Path, name: str, rounds: int, proc: subprocess.Pope
         return len(history) >= rounds
 
     wait_for(reached, timeout=timeout, interval=0.02, message=f"{name} to reach round {rounds}")
-
-
-def small_digits_task(tmp_path: Path, name: str, rounds: int, **spec_changes) -> Path:
-    manifest = yaml.safe_load((EXAMPLES / "digits-quick.yaml").read_text())
-    manifest["metadata"]["name"] = name
-    manifest["spec"]["rounds"]["max"] = rounds
-    for key, value in spec_changes.items():
-        manifest["spec"][key] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
 
 
 def assert_completed_exactly_once(task: dict, rounds: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_local_run import fedtask, read_task, small_digits_task
+from tests.support.local_run import fedtask, read_task, small_digits_task
 
 pytestmark = pytest.mark.e2e
 
