@@ -114,6 +114,22 @@ def test_pod_disruption_budget_with_several_replicas(tools: Tools, values: tuple
         assert budgets[0]["spec"]["maxUnavailable"] == 1
 
 
+# The core CEL language's functions and macros (no Kubernetes library): what the CRD's rules may call.
+CORE_CEL = {"has", "size", "all", "exists", "exists_one", "filter", "map", "startsWith", "endsWith", "contains",
+            "matches", "string", "int", "double"}
+
+
+def validation_items(schema: object) -> list[dict]:
+    """Every x-kubernetes-validations entry in a CRD."""
+    if isinstance(schema, list):
+        return [item for value in schema for item in validation_items(value)]
+    if not isinstance(schema, dict):
+        return []
+    found = list(schema.get("x-kubernetes-validations", []))
+    return found + [item for key, value in schema.items() if key != "x-kubernetes-validations"
+                    for item in validation_items(value)]
+
+
 def render_for(tools: Tools, kube_version: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(tools.helm(3)), "template", "ft", str(CHART), "--kube-version", kube_version],
                           capture_output=True, text=True, env=tools.helm_env(), timeout=60)
@@ -124,6 +140,14 @@ def test_kube_version_is_what_the_crd_rules_need(tools: Tools) -> None:
     text = yaml.safe_dump(crd)
     assert "fieldPath:" in text and "reason:" in text  # CEL rule fields of Kubernetes 1.28
     assert CHART_META["kubeVersion"] == ">=1.28.0-0"
+    # Nothing newer than 1.28 (docs/api.md, "Kubernetes versions"): no optionalOldSelf (1.29), only core CEL functions
+    # (no Kubernetes CEL library, whose functions arrived version by version); messageExpression is 1.27.
+    items = validation_items(crd)
+    assert len(items) > 30 and any("messageExpression" in item for item in items)
+    assert set().union(*items) <= {"rule", "message", "messageExpression", "reason", "fieldPath"}, set().union(*items)
+    functions = {name for item in items for key in ("rule", "messageExpression")
+                 for name in re.findall(r"([A-Za-z_]+)\(", item.get(key, ""))}
+    assert functions <= CORE_CEL, functions - CORE_CEL
     old = render_for(tools, "1.27.9")
     assert old.returncode != 0 and "kubeVersion" in old.stderr + old.stdout
     assert render_for(tools, "1.28.0").returncode == 0
