@@ -8,9 +8,16 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster
-from tests.cluster.test_end_to_end import assert_bound_by_scheduler, digits_task, train_pods, wait_for_phase
-from tests.cluster.test_lifecycle import CreationRecorder, wait_until
+from tests.support.cluster import (
+    NAMESPACE,
+    CreationRecorder,
+    LocalCluster,
+    assert_bound_by_scheduler,
+    digits_task,
+    train_pods,
+    wait_for_phase,
+)
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -34,22 +41,22 @@ def test_two_competing_tasks_finish_and_the_suspended_one_resumes_its_round(clus
             cluster.kubectl("apply", "-f", "-", input=digits_task(name, ROUNDS, {
                 "count": 3, "perRound": 3, "resources": RESOURCES}))
         # Suspend the first while it trains round 2.
-        wait_until(lambda: any(pod["metadata"]["labels"].get("fedtask.io/round") == "2"
+        wait_for(lambda: any(pod["metadata"]["labels"].get("fedtask.io/round") == "2"
                                for _, pod in rec_first.created
-                               if pod["metadata"]["labels"].get("fedtask.io/stage") == "train"),
-                   240, f"{first} training round 2", interval=0.2)
+                             if pod["metadata"]["labels"].get("fedtask.io/stage") == "train"),
+                 timeout=240, interval=0.2, message=f"{first} training round 2")
         cluster.kubectl("patch", "ft", first, "-n", NAMESPACE, "--type", "merge", "-p",
                         json.dumps({"spec": {"suspend": True}}))
-        status = wait_until(lambda: (s := cluster.get_json("ft", first, "-n", NAMESPACE).get("status") or {})
-                            .get("phase") == "Suspended" and s, 60, f"{first} Suspended")
+        status = wait_for(lambda: (s := cluster.get_json("ft", first, "-n", NAMESPACE).get("status") or {})
+                          .get("phase") == "Suspended" and s, timeout=60, interval=0.5, message=f"{first} Suspended")
         suspended_round = status["round"]
-        wait_until(lambda: not live_pods(cluster, first), 60, f"{first}'s pods gone")
+        wait_for(lambda: not live_pods(cluster, first), timeout=60, interval=0.5, message=f"{first}'s pods gone")
         # While it is suspended: no pod comes back, the round stays, and the other task goes on.
         second_round = (cluster.get_json("ft", second, "-n", NAMESPACE).get("status") or {}).get("round", 0)
         def second_went_on() -> bool:
             still = cluster.get_json("ft", second, "-n", NAMESPACE).get("status") or {}
             return still.get("phase") == "Succeeded" or still.get("round", 0) > second_round
-        wait_until(second_went_on, 120, f"{second} past round {second_round}")
+        wait_for(second_went_on, timeout=120, interval=0.5, message=f"{second} past round {second_round}")
         time.sleep(3)
         assert not live_pods(cluster, first), live_pods(cluster, first)
         assert cluster.get_json("ft", first, "-n", NAMESPACE)["status"]["round"] == suspended_round

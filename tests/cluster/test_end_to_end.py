@@ -2,102 +2,25 @@
 tasks applied with kubectl, pods bound by kube-scheduler, the CRD enforced by kube-apiserver itself."""
 from __future__ import annotations
 
-import re
 import subprocess
-import time
 
 import pytest
 import yaml
 
-from fedtask_operator.core.quantities import parse_quantity
-from tests.cluster.conftest import NAMESPACE, ROOT, LocalCluster, PodRecorder
+from tests.support.cluster import (
+    NAMESPACE,
+    LocalCluster,
+    PodRecorder,
+    assert_bound_by_scheduler,
+    digits_task,
+    train_pods,
+    wait_for_phase,
+)
 
 # The first test also sets the module's cluster up (and may wait for another session's): a longer timeout.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 PRINTER_COLUMNS = ["NAME", "PHASE", "ROUND", "STAGE", "ACCURACY", "AGE"]
-SCHEDULED = re.compile(r"Successfully assigned (?P<namespace>[^/]+)/(?P<pod>\S+) to (?P<node>\S+)")
-
-
-def digits_task(name: str, rounds: int, devices: dict) -> str:
-    """A small copy of examples/digits-quick.yaml in namespace fedtask."""
-    with open(ROOT / "examples" / "digits-quick.yaml") as handle:
-        task = yaml.safe_load(handle)
-    task["metadata"] = {"name": name, "namespace": NAMESPACE}
-    task["spec"]["devices"] = devices
-    task["spec"]["rounds"] = {"max": rounds}
-    return yaml.safe_dump(task)
-
-
-def wait_for_phase(cluster: LocalCluster, name: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    task: dict = {}
-    while time.monotonic() < deadline:
-        task = cluster.get_json("federatedtask", name, "-n", NAMESPACE)
-        phase = (task.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
-            return task
-        time.sleep(1)
-    describe = cluster.kubectl("describe", "federatedtask", name, "-n", NAMESPACE, check=False).stdout
-    pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
-    raise AssertionError(f"{name} still {task.get('status', {}).get('phase')} after {timeout}s\n{describe}\n{pods}\n"
-                         f"{cluster.logs()}")
-
-
-def scheduled_events(cluster: LocalCluster) -> dict[str, dict]:
-    """pod name -> its Scheduled event (from kube-scheduler: reportingComponent default-scheduler)."""
-    events = cluster.get_json("events", "-n", NAMESPACE, "--field-selector", "reason=Scheduled")["items"]
-    return {event["involvedObject"]["name"]: event for event in events}
-
-
-def train_pods(recorder: PodRecorder) -> dict[str, dict]:
-    return {name: pod for name, pod in recorder.pods.items()
-            if pod["metadata"]["labels"].get("fedtask.io/stage") == "train"}
-
-
-def fits(pod: dict, node: dict) -> list[str]:
-    """Why the node cannot hold the pod (empty: it fits): Ready, the pod's node affinity, allocatable >= requests."""
-    problems = []
-    conditions = {c["type"]: c["status"] for c in node["status"].get("conditions") or []}
-    if conditions.get("Ready") != "True":
-        problems.append("node not Ready")
-    terms = (((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {})
-             .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
-    for term in terms:
-        for expression in term.get("matchExpressions") or []:
-            value = node["metadata"]["labels"].get(expression["key"])
-            if expression["operator"] == "In" and value not in expression["values"]:
-                problems.append(f"affinity {expression['key']} in {expression['values']}, node has {value}")
-    requests = pod["spec"]["containers"][0].get("resources", {}).get("requests") or {}
-    for resource, quantity in requests.items():
-        available = node["status"]["allocatable"].get(resource)
-        if available is None or parse_quantity(available) < parse_quantity(quantity):
-            problems.append(f"{resource}: requests {quantity}, node has {available}")
-    return problems
-
-
-def assert_bound_by_scheduler(cluster: LocalCluster, task: dict, pods: dict[str, dict]) -> dict[str, str]:
-    """Every train pod of every round was bound by default-scheduler to a node that fits; returns pod -> node."""
-    history = task["status"]["history"]
-    name = task["metadata"]["name"]
-    expected = {f"{name}-r{entry['round']:04d}-train-{device}" for entry in history for device in entry["devices"]}
-    recorded = {re.sub(r"-a\d+$", "", pod) for pod in pods}
-    assert expected <= recorded, f"train pods never seen: {sorted(expected - recorded)}"
-    events = scheduled_events(cluster)
-    nodes = {node["metadata"]["name"]: node for node in cluster.get_json("nodes")["items"]}
-    placement = {}
-    for pod_name, pod in pods.items():
-        event = events.get(pod_name)
-        assert event is not None, f"{pod_name}: no Scheduled event"
-        assert event["reportingComponent"] == "default-scheduler", event
-        match = SCHEDULED.match(event["message"])
-        assert match and match["pod"] == pod_name, event["message"]
-        assert pod["spec"]["nodeName"] == match["node"], (pod_name, pod["spec"]["nodeName"], event["message"])
-        scheduled = [c for c in pod["status"].get("conditions") or [] if c["type"] == "PodScheduled"]
-        assert scheduled and scheduled[0]["status"] == "True", (pod_name, pod["status"].get("conditions"))
-        assert fits(pod, nodes[match["node"]]) == [], (pod_name, match["node"], fits(pod, nodes[match["node"]]))
-        placement[pod_name] = match["node"]
-    return placement
 
 
 def test_a_bad_manifest_is_refused_by_the_api_server_naming_the_field(cluster: LocalCluster):

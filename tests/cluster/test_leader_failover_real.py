@@ -17,9 +17,16 @@ import time
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster
-from tests.cluster.test_end_to_end import digits_task, wait_for_phase
-from tests.cluster.test_lifecycle import CreationRecorder, operator_deployment, scale_operator, wait_until
+from tests.support.cluster import (
+    NAMESPACE,
+    CreationRecorder,
+    LocalCluster,
+    digits_task,
+    operator_deployment,
+    scale_operator,
+    wait_for_phase,
+)
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -110,23 +117,26 @@ def test_a_paused_leader_is_replaced_and_writes_nothing_when_resumed(cluster: Lo
             logs[replica] = tmp_path / f"{replica}.log"
             processes[replica] = subprocess.Popen(command, env=dict(env, POD_NAME=replica),
                                                   stdout=open(logs[replica], "wb"), stderr=subprocess.STDOUT)
-        holder = wait_until(lambda: lease_holder(cluster), 60, "a leader")
+        holder = wait_for(lambda: lease_holder(cluster), timeout=60, interval=0.5, message="a leader")
         leader = holder.rsplit("_", 1)[0]
         other = next(replica for replica in processes if replica != leader)
         with CreationRecorder(cluster, name) as pods, StatusRecorder(cluster, name) as statuses:
             cluster.kubectl("apply", "-f", "-", input=digits_task(name, rounds, {
                 "count": 3, "perRound": 3, "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}))
-            wait_until(lambda: any("-r0002-train-" in pod for pod in pods.pods), 180, "round 2 training")
+            wait_for(lambda: any("-r0002-train-" in pod for pod in pods.pods), timeout=180, interval=0.5,
+                     message="round 2 training")
             assert "acquired by" not in logs[other].read_text(), "two leaders"
 
             os.kill(processes[leader].pid, signal.SIGSTOP)
             paused_at = time.monotonic()
             try:
-                new = wait_until(lambda: (lambda h: h if h and not h.startswith(leader + "_") else "")(
-                    lease_holder(cluster)), 60, "the other replica to take the Lease over", interval=0.2)
+                new = wait_for(lambda: (lambda h: h if h and not h.startswith(leader + "_") else "")(
+                    lease_holder(cluster)), timeout=60, interval=0.2,
+                    message="the other replica to take the Lease over")
                 took_over = time.monotonic() - paused_at
                 assert new.startswith(other + "_") and took_over >= LEASE_DURATION * 0.9, (new, took_over)
-                wait_until(lambda: any("-r0003-" in pod for pod in pods.pods), 180, "round 3 under the new leader")
+                wait_for(lambda: any("-r0003-" in pod for pod in pods.pods), timeout=180, interval=0.5,
+                         message="round 3 under the new leader")
             finally:
                 os.kill(processes[leader].pid, signal.SIGCONT)
             task = wait_for_phase(cluster, name, timeout=300)

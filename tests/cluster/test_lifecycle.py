@@ -14,53 +14,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster, PodRecorder
-from tests.cluster.test_end_to_end import digits_task, wait_for_phase
+from fedtask_operator.core.naming import TASK_LABEL
+from tests.support.cluster import (
+    NAMESPACE,
+    CreationRecorder,
+    LocalCluster,
+    digits_task,
+    operator_deployment,
+    operator_pods,
+    scale_operator,
+    wait_for_phase,
+)
+from tests.support.waiting import wait_for
 
 # The first test also sets the module's cluster up (and may wait for another session's): a longer timeout.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
-
-TASK_LABEL = "fedtask.io/task"
-
-
-class CreationRecorder(PodRecorder):
-    """PodRecorder that also keeps every uid seen under each pod name: a name created twice has two uids."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.uids: dict[str, set[str]] = {}
-        self.created: list[tuple[float, dict]] = []  # (time.monotonic() when first seen, the pod), in order
-
-    def _record(self, pod: dict) -> None:
-        uids = self.uids.setdefault(pod["metadata"]["name"], set())
-        if pod["metadata"]["uid"] not in uids:
-            uids.add(pod["metadata"]["uid"])
-            self.created.append((time.monotonic(), pod))
-        super()._record(pod)
-
-
-def operator_deployment(cluster: LocalCluster) -> dict:
-    deployments = cluster.get_json("deployments", "-n", NAMESPACE)["items"]
-    operators = [d for d in deployments if "minio" not in d["metadata"]["name"]]
-    assert len(operators) == 1, [d["metadata"]["name"] for d in deployments]
-    return operators[0]
-
-
-def operator_pods(cluster: LocalCluster) -> list[dict]:
-    labels = operator_deployment(cluster)["spec"]["selector"]["matchLabels"]
-    selector = ",".join(f"{key}={value}" for key, value in labels.items())
-    return cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not {what} after {timeout}s")
-
 
 def task_pod_names(cluster: LocalCluster, name: str) -> set[str]:
     pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={name}")["items"]
@@ -69,15 +37,6 @@ def task_pod_names(cluster: LocalCluster, name: str) -> set[str]:
 
 def task_status(cluster: LocalCluster, name: str) -> dict:
     return cluster.get_json("federatedtask", name, "-n", NAMESPACE).get("status") or {}
-
-
-def scale_operator(cluster: LocalCluster, replicas: int) -> None:
-    deployment = operator_deployment(cluster)["metadata"]["name"]
-    cluster.kubectl("scale", "deployment", deployment, "-n", NAMESPACE, f"--replicas={replicas}")
-    if replicas == 0:
-        wait_until(lambda: not operator_pods(cluster), 60, "operator pod gone")
-    else:
-        cluster.kubectl("rollout", "status", "deployment", deployment, "-n", NAMESPACE, "--timeout=90s", timeout=100)
 
 
 def remove_finalizer(cluster: LocalCluster, name: str, finalizer: str) -> None:
@@ -114,7 +73,7 @@ def test_kubectl_delete_removes_the_pods_through_the_garbage_collector(cluster: 
         pods = cluster.get_json("pods", "-n", NAMESPACE, "-l", "fedtask.io/stage=train")["items"]
         rounds = {(p["metadata"]["labels"][TASK_LABEL], p["metadata"]["labels"].get("fedtask.io/round")) for p in pods}
         return all(any(task == name and int(r or 0) >= 2 for task, r in rounds) for name in (collected, orphaned))
-    wait_until(training, 180, "both tasks training round 2 or later", interval=0.2)
+    wait_for(training, timeout=180, interval=0.2, message="both tasks training round 2 or later")
     scale_operator(cluster, 0)
     try:
         before = {name: task_pod_names(cluster, name) for name in (collected, orphaned)}
@@ -129,15 +88,16 @@ def test_kubectl_delete_removes_the_pods_through_the_garbage_collector(cluster: 
         for name, cascade in ((collected, "background"), (orphaned, "orphan")):
             cluster.kubectl("delete", "ft", name, "-n", NAMESPACE, f"--cascade={cascade}", "--wait=false")
             remove_finalizer(cluster, name, "fedtask.io/cleanup-store")  # not the API server's "orphan" one
-            wait_until(lambda name=name: cluster.kubectl("get", "ft", name, "-n", NAMESPACE,
-                                                         check=False).returncode != 0, 30, f"{name} gone")
-        wait_until(lambda: not task_pod_names(cluster, collected), 90, f"{collected}'s pods gone")
+            wait_for(lambda name=name: cluster.kubectl("get", "ft", name, "-n", NAMESPACE, check=False).returncode != 0,
+                     timeout=30, interval=0.5, message=f"{name} gone")
+        wait_for(lambda: not task_pod_names(cluster, collected), timeout=90, interval=0.5,
+                 message=f"{collected}'s pods gone")
 
         # The orphan control: the garbage collector removed the owner references and left the pods.
         def orphans():
             items = cluster.get_json("pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={orphaned}")["items"]
             return items if all(not p["metadata"].get("ownerReferences") for p in items) else None
-        left = wait_until(orphans, 60, f"{orphaned}'s pods orphaned")
+        left = wait_for(orphans, timeout=60, interval=0.5, message=f"{orphaned}'s pods orphaned")
         assert {p["metadata"]["name"] for p in left} == before[orphaned]
     finally:
         cluster.kubectl("delete", "pods", "-n", NAMESPACE, "-l", f"{TASK_LABEL}={orphaned}", "--wait=true",
@@ -164,7 +124,7 @@ def test_ttl_seconds_after_finished_deletes_the_finished_task(cluster: LocalClus
         return False
 
     try:
-        wait_until(gone, 240, f"{name} deleted", interval=0.5)
+        wait_for(gone, timeout=240, interval=0.5, message=f"{name} deleted")
     except AssertionError:
         raise AssertionError(f"{name}: {seen}\n{cluster.logs()}") from None
     assert seen.get("phase") == "Succeeded", seen
@@ -202,7 +162,8 @@ def test_operator_killed_mid_round_finishes_every_round_exactly_once(cluster: Lo
     with CreationRecorder(cluster, name) as recorder:
         cluster.kubectl("apply", "-f", "-", input=manifest)
         # Mid-round: round 2's train pods exist.
-        wait_until(lambda: any("-r0002-train-" in pod for pod in recorder.pods), 180, "round 2 training")
+        wait_for(lambda: any("-r0002-train-" in pod for pod in recorder.pods), timeout=180, interval=0.5,
+                 message="round 2 training")
         os.kill(operator_process(cluster), signal.SIGKILL)
         killed_at = time.monotonic()
         task = wait_for_phase(cluster, name, timeout=300)
@@ -246,7 +207,7 @@ def operator_runtime_config(cluster: LocalCluster, monkeypatch: pytest.MonkeyPat
 
 def test_every_pod_and_status_write_the_planner_makes_is_accepted_by_the_api_server(cluster: LocalCluster,
                                                                                      monkeypatch: pytest.MonkeyPatch):
-    """The sweep (tests/cluster/planner_sweep.py): every distinct pod the planner builds (init, train, aggregate,
+    """The sweep (tests/support/planner_sweep.py): every distinct pod the planner builds (init, train, aggregate,
     adjust, publish; builtin data and node mode; a GPU request; retries), with the operator's own configuration too,
     passes the API server's validation and admission (server-side dry run: nothing is created); every distinct status
     write is applied as the operator applies it (KubeApi.patch_task_status: a merge patch guarded by the
@@ -257,7 +218,7 @@ def test_every_pod_and_status_write_the_planner_makes_is_accepted_by_the_api_ser
     import kubernetes
 
     from fedtask_operator.kube.reconciler import KubeApi, build_status_patch
-    from tests.cluster.planner_sweep import harvest, variant
+    from tests.support.planner_sweep import harvest, variant
     from tests.unit.test_planner import make_task
 
     started = time.monotonic()

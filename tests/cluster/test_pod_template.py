@@ -1,17 +1,19 @@
 """Issue 15: `spec.podTemplate` and `spec.server` end to end on a real control plane. A one-round digits task on two
-simulated devices (the `helm test` hook's task) carries a label, an annotation, an extra env var and a ConfigMap
-volume mounted into the worker, plus the server-side pods' own resources; the pods kube-apiserver stores are checked,
-and the task must still succeed (the node agents run the pods as processes: they honour ConfigMap, Secret, PVC and
-emptyDir volumes; a ConfigMap is used here because its content is fetched from the API and written for the pod)."""
+simulated devices (the `helm test` hook's task) carries a label, an annotation, extra env vars and a ConfigMap volume
+mounted into the worker, plus the server-side pods' own resources; the pods kube-apiserver stores are checked.
+
+The model is the user's own code from that ConfigMap (`spec.model.name: user_model:build`, found through the
+template's PYTHONPATH), so the task succeeds only if the volume really reached every pod that builds the model. The
+node agents run pods as processes: they honour ConfigMap, Secret, PVC and emptyDir volumes (a mount path is rewritten
+to the folder the agent wrote the ConfigMap's keys to, in the command line and in env values such as PYTHONPATH)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster, PodRecorder
+from tests.support.cluster import NAMESPACE, LocalCluster, PodRecorder, wait_for_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -21,6 +23,16 @@ ANNOTATION = ("sidecar.istio.io/inject", "false")
 ENV = ("USER_SETTING", "from-the-template")
 CONFIG_MAP = "pod-template-code"
 MOUNT = "/opt/user-code"
+USER_MODEL = """\
+import math
+
+from torch import nn
+
+
+def build(input_shape, num_classes, hidden=16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+"""
 SERVER_RESOURCES = {"requests": {"cpu": "150m", "memory": "300Mi"}, "limits": {"memory": "600Mi"}}
 DEVICE_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 
@@ -30,33 +42,19 @@ def task_manifest() -> dict:
         "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
-            "model": {"name": "mlp"},
+            "model": {"name": "user_model:build", "args": {"hidden": 12}},
             "data": {"dataset": "digits", "shared": {"fraction": 0.05}},
             "devices": {"count": 2, "perRound": 2, "resources": DEVICE_RESOURCES},
             "rounds": {"max": 1},
             "server": {"resources": SERVER_RESOURCES},
             "podTemplate": {
                 "metadata": {"labels": dict([LABEL]), "annotations": dict([ANNOTATION])},
-                "env": [{"name": ENV[0], "value": ENV[1]}],
+                "env": [{"name": ENV[0], "value": ENV[1]}, {"name": "PYTHONPATH", "value": MOUNT}],
                 "volumes": [{"name": "user-code", "configMap": {"name": CONFIG_MAP}}],
                 "volumeMounts": [{"name": "user-code", "mountPath": MOUNT, "readOnly": True}],
             },
         },
     }
-
-
-def wait_for_phase(cluster: LocalCluster, name: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    task: dict = {}
-    while time.monotonic() < deadline:
-        task = cluster.get_json("federatedtask", name, "-n", NAMESPACE)
-        if (task.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            return task
-        time.sleep(1)
-    describe = cluster.kubectl("describe", "federatedtask", name, "-n", NAMESPACE, check=False).stdout
-    pods = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout
-    raise AssertionError(f"{name} still {task.get('status', {}).get('phase')} after {timeout}s\n{describe}\n{pods}\n"
-                         f"{cluster.logs()}")
 
 
 def worker(pod: dict) -> dict:
@@ -66,11 +64,11 @@ def worker(pod: dict) -> dict:
 
 def test_pod_template_and_server_resources_reach_every_stored_pod(cluster: LocalCluster):
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE},
-                  "data": {"user_module.py": "VALUE = 42\n"}}
+                  "data": {"user_model.py": USER_MODEL}}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(config_map))
     with PodRecorder(cluster, NAME) as recorder:
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(task_manifest()))
-        task = wait_for_phase(cluster, NAME)
+        task = wait_for_phase(cluster, NAME, timeout=300)
     assert task["status"]["phase"] == "Succeeded", task["status"]
     assert not recorder.errors, recorder.errors
 

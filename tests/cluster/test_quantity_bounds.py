@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.cluster.conftest import NAMESPACE, ROOT, LocalCluster
+from tests.support.cluster import NAMESPACE, ROOT, LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 

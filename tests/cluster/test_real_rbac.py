@@ -4,12 +4,11 @@ restored, the same task goes on and succeeds (the chart's rules are enough)."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster
-from tests.cluster.test_end_to_end import digits_task, wait_for_phase
+from tests.support.cluster import NAMESPACE, LocalCluster, digits_task, operator_deployment, wait_for_phase
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -34,29 +33,31 @@ def test_without_pods_create_the_task_stalls_with_the_403_and_resumes_once_resto
         if rule.get("apiGroups") == [""] and "pods" in rule.get("resources", []):
             rule["verbs"] = [verb for verb in rule["verbs"] if verb != "create"]
     assert crippled["rules"] != original["rules"], original["rules"]
-    operator = [d for d in cluster.get_json("deployments", "-n", NAMESPACE)["items"]
-                if "minio" not in d["metadata"]["name"]]
-    sa = f"system:serviceaccount:{NAMESPACE}:" + operator[0]["spec"]["template"]["spec"]["serviceAccountName"]
+    operator = operator_deployment(cluster)
+    sa = f"system:serviceaccount:{NAMESPACE}:" + operator["spec"]["template"]["spec"]["serviceAccountName"]
     assert cluster.kubectl("auth", "can-i", "create", "pods", "-n", NAMESPACE, "--as", sa).stdout.strip() == "yes"
 
     name = "rbac-denied"
     replace(cluster, crippled)
     try:
         # The authorizer follows the role within moments.
-        deadline = time.monotonic() + 30
-        while cluster.kubectl("auth", "can-i", "create", "pods", "-n", NAMESPACE, "--as", sa,
-                              check=False).stdout.strip() != "no":
-            assert time.monotonic() < deadline, "the API server still allows pods: create"
-            time.sleep(0.5)
+        wait_for(lambda: cluster.kubectl("auth", "can-i", "create", "pods", "-n", NAMESPACE, "--as", sa,
+                                         check=False).stdout.strip() == "no",
+                 timeout=30, interval=0.5, message="the API server to refuse pods: create")
         cluster.kubectl("apply", "-f", "-", input=digits_task(name, 2, {"count": 2, "perRound": 2}))
-        deadline = time.monotonic() + 90
-        stalled: dict = {}
-        while time.monotonic() < deadline and not stalled:
-            status = cluster.get_json("federatedtask", name, "-n", NAMESPACE).get("status") or {}
-            stalled = next((c for c in status.get("conditions") or [] if c["type"] == "Stalled"
-                            and c["status"] == "True" and c.get("reason") == "PodCreationFailed"), {})
-            time.sleep(1)
-        assert stalled, f"no Stalled/PodCreationFailed condition: {status}\n{cluster.logs()}"
+        seen: dict = {}
+
+        def stalled_condition() -> dict:
+            seen["status"] = cluster.get_json("federatedtask", name, "-n", NAMESPACE).get("status") or {}
+            return next((c for c in seen["status"].get("conditions") or [] if c["type"] == "Stalled"
+                         and c["status"] == "True" and c.get("reason") == "PodCreationFailed"), {})
+
+        try:
+            stalled = wait_for(stalled_condition, timeout=90, interval=1,
+                               message="a Stalled/PodCreationFailed condition")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}: {seen.get('status')}\n{cluster.logs()}") from None
+        status = seen["status"]
         assert "forbidden" in stalled["message"] and "pods" in stalled["message"], stalled
         assert status.get("phase") not in ("Succeeded", "Failed"), status
         assert not cluster.get_json("pods", "-n", NAMESPACE, "-l", f"fedtask.io/task={name}")["items"]

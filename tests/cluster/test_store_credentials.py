@@ -1,20 +1,19 @@
 """Least privilege in the store on the real control plane (issue 12): the chart (minio.enabled, its default
-storage.namespaceCredentials) keeps the MinIO root keys in the release namespace. A task in its own namespace runs end
-to end with the keys the operator issued for that namespace: the Secret fedtask-store-credentials, which every pod of
-the task reads and which holds no root key; no Secret of the namespace holds the root keys. With those keys the
-namespace reads its own task's objects and is refused (AccessDenied) on another namespace's objects and on listing the
-bucket. A task naming another namespace's object in spec.model.initialUri fails with InvalidSpec before any pod."""
+storage.presignedUrls) keeps the MinIO root keys in the release namespace. A task in its own namespace runs end to end
+with pods that hold no store keys at all, only presigned URLs for their own objects; the store refuses those URLs
+turned to any other object. No Secret of the namespace holds a store key. A task naming another namespace's object in
+spec.model.initialUri fails with InvalidSpec before any pod. (Per-namespace MinIO users, storage.presignedUrls=false,
+are tested against the real MinIO in tests/api/test_namespace_credentials.py.)"""
 from __future__ import annotations
 
 import base64
 import io
-import time
+import json
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import NAMESPACE, ROOT, LocalCluster, PodRecorder
-from tests.support.minio_server import refused
+from tests.support.cluster import NAMESPACE, ROOT, LocalCluster, PodRecorder, minio_deployment, wait_for_phase
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -33,28 +32,13 @@ def task_manifest(name: str, namespace: str, **model) -> str:
     return yaml.safe_dump(task)
 
 
-def wait_finished(cluster: LocalCluster, name: str, namespace: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    task: dict = {}
-    while time.monotonic() < deadline:
-        task = cluster.get_json("federatedtask", name, "-n", namespace)
-        if (task.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            return task
-        time.sleep(1)
-    describe = cluster.kubectl("describe", "federatedtask", name, "-n", namespace, check=False).stdout
-    raise AssertionError(f"{namespace}/{name} still {task.get('status', {}).get('phase')} after {timeout}s\n"
-                         f"{describe}\n{cluster.logs()}")
-
-
 def decoded(secret: dict) -> dict[str, str]:
     return {key: base64.b64decode(value).decode(errors="replace") for key, value in (secret.get("data") or {}).items()}
 
 
 def root_keys(cluster: LocalCluster) -> tuple[str, str]:
     """The chart MinIO's root keys, from the Secret its Deployment reads them from (release namespace)."""
-    found = [d for d in cluster.get_json("deployments", "-n", NAMESPACE)["items"] if "minio" in d["metadata"]["name"]]
-    assert len(found) == 1, found
-    env = found[0]["spec"]["template"]["spec"]["containers"][0].get("env") or []
+    env = minio_deployment(cluster)["spec"]["template"]["spec"]["containers"][0].get("env") or []
     name = next(e["valueFrom"]["secretKeyRef"]["name"] for e in env if e.get("valueFrom"))
     values = decoded(cluster.get_json("secret", name, "-n", NAMESPACE))
     return values["MINIO_ROOT_USER"], values["MINIO_ROOT_PASSWORD"]
@@ -67,47 +51,70 @@ def client(access: str, secret: str):
     return minio.Minio("127.0.0.1:9000", access_key=access, secret_key=secret, secure=False)
 
 
-def test_a_task_runs_with_its_namespace_s_own_keys_and_no_root_secret_enters_the_namespace(cluster: LocalCluster):
-    name = "own-keys"
+def signed_call(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """A presigned URL sent to the chart's MinIO on this machine's :9000, with the Host it was signed for."""
+    import urllib.parse
+
+    import urllib3
+
+    parts = urllib.parse.urlsplit(url)
+    response = urllib3.request(method, f"http://127.0.0.1:9000{parts.path}?{parts.query}", body=body,
+                               headers={"Host": parts.netloc}, retries=False)
+    return response.status, response.data
+
+
+def test_a_task_runs_with_pods_that_hold_no_store_keys_only_their_own_urls(cluster: LocalCluster):
+    """The chart's default (storage.presignedUrls): every pod of the task gets presigned URLs for its own objects and
+    no store keys (no AWS_* variable, no Secret reference), and the task succeeds. A train pod's URLs, as recorded
+    from its spec, read its global model; turned to another device's update, the next global model or another
+    namespace's object, the store refuses them (403). No Secret of the namespace holds a store key."""
+    name = "own-urls"
     cluster.kubectl("create", "namespace", TEAM)
     with PodRecorder(cluster, name, namespace=TEAM) as recorder:
         cluster.kubectl("apply", "-f", "-", input=task_manifest(name, TEAM))
-        task = wait_finished(cluster, name, TEAM)
+        task = wait_for_phase(cluster, name, namespace=TEAM)
     assert task["status"]["phase"] == "Succeeded", task["status"]
     assert not recorder.errors, recorder.errors
 
-    # every pod of the task read its store keys from the issued Secret, nothing else
     assert recorder.pods, "no pod recorded"
+    train: dict[str, dict] = {}
     for pod_name, pod in recorder.pods.items():
-        env = pod["spec"]["containers"][0].get("env") or []
-        refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env
-                if (e.get("valueFrom") or {}).get("secretKeyRef")}
-        assert refs == {"AWS_ACCESS_KEY_ID": ISSUED, "AWS_SECRET_ACCESS_KEY": ISSUED}, (pod_name, refs)
+        env = {e["name"]: e for e in pod["spec"]["containers"][0].get("env") or []}
+        assert not [key for key in env if key.startswith("AWS_")], (pod_name, sorted(env))
+        assert not [e for e in env.values() if (e.get("valueFrom") or {}).get("secretKeyRef")], pod_name
+        assert "FEDTASK_STORE_ACCESS" in env or "FEDTASK_STORE_ACCESS_URL" in env, (pod_name, sorted(env))
+        if pod["metadata"]["labels"].get("fedtask.io/stage") == "train":
+            train[pod_name] = json.loads(env["FEDTASK_STORE_ACCESS"]["value"])["objects"]
 
     root_user, root_password = root_keys(cluster)
     secrets = cluster.get_json("secrets", "-n", TEAM)["items"]
     for secret in secrets:
         values = decoded(secret).values()
         assert root_password not in values and root_user not in values, secret["metadata"]["name"]
-    issued = next(s for s in secrets if s["metadata"]["name"] == ISSUED)
-    assert issued["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "fedtask-operator"
-    keys = decoded(issued)
-    assert keys["AWS_ACCESS_KEY_ID"] == f"fedtask-ns-{TEAM}"
+    assert ISSUED not in {secret["metadata"]["name"] for secret in secrets}  # no namespace user either
 
-    # the namespace's keys: its own task's model yes; another namespace's object and listing the bucket no
-    own = client(keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"])
-    model_key = task["status"]["model"]["uri"][len(f"s3://{BUCKET}/"):]
-    assert model_key.startswith(f"{PREFIX}/{TEAM}/{name}/")
-    response = own.get_object(BUCKET, model_key)
-    assert len(response.read()) > 0
-    response.close()
-    response.release_conn()
+    pod_name, objects = sorted(train.items())[-1]
+    (model,) = [uri for uri, methods in objects.items() if list(methods) == ["GET"]]
+    (update,) = [uri for uri, methods in objects.items() if list(methods) == ["PUT"]]
+    status, body = signed_call("GET", objects[model]["GET"])
+    assert status == 200 and body[:8], (status, body[:200])
     root = client(root_user, root_password)
     other = f"{PREFIX}/other-team/t/uid/round-0001/global.safetensors"
     root.put_object(BUCKET, other, io.BytesIO(b"theirs"), 6)
-    assert refused(lambda: own.get_object(BUCKET, other)) == "AccessDenied"
-    assert refused(lambda: own.put_object(BUCKET, other, io.BytesIO(b"poisoned"), 8)) == "AccessDenied"
-    assert refused(lambda: list(own.list_objects(BUCKET, prefix=f"{PREFIX}/", recursive=True))) == "AccessDenied"
+    update_key, model_key = update[len(f"s3://{BUCKET}/"):], model[len(f"s3://{BUCKET}/"):]
+    device = update_key.rsplit("/", 1)[-1]
+    put, get = objects[update]["PUT"], objects[model]["GET"]
+    attempts = {
+        "another device's update": ("PUT", put.replace(device, "d999.safetensors")),
+        "the next global model": ("PUT", put.replace(update_key.split("/updates/")[0] + "/updates/" + device,
+                                                     update_key.split("/updates/")[0] + "/global.safetensors")),
+        "overwriting the global model it reads": ("PUT", get),
+        "another namespace's object": ("GET", get.replace(f"/{model_key}?", f"/{other}?")),
+    }
+    for what, (method, url) in attempts.items():
+        assert url not in (put, get) or what == "overwriting the global model it reads", what
+        status, body = signed_call(method, url, b"poisoned" if method == "PUT" else None)
+        assert status == 403, (what, status, body[:300])
     body = root.get_object(BUCKET, other)
     assert body.read() == b"theirs"
     body.close()
@@ -119,7 +126,7 @@ def test_a_task_naming_another_namespace_s_object_fails_before_any_pod(cluster: 
     cluster.kubectl("create", "namespace", TEAM, check=False)  # the first test may have made it
     foreign = f"s3://{BUCKET}/{PREFIX}/{NAMESPACE}/someone/uid/round-0001/global.safetensors"
     cluster.kubectl("apply", "-f", "-", input=task_manifest(name, TEAM, initialUri=foreign))
-    task = wait_finished(cluster, name, TEAM, timeout=60)
+    task = wait_for_phase(cluster, name, timeout=60, namespace=TEAM)
     failed = next(c for c in task["status"]["conditions"] if c["type"] == "Failed")
     assert (task["status"]["phase"], failed["reason"]) == ("Failed", "InvalidSpec")
     assert "spec.model.initialUri" in failed["message"] and f"s3://{BUCKET}/{PREFIX}/{TEAM}/" in failed["message"]

@@ -5,41 +5,26 @@ is in the store. The store-cleanup finalizer (the chart's operator.cleanupStore)
 task's objects from the chart's MinIO, and only its own, before the API server lets the task go."""
 from __future__ import annotations
 
-import base64
 import time
 
 import pytest
 
-from tests.cluster.conftest import NAMESPACE, LocalCluster, run_script
-from tests.cluster.test_end_to_end import digits_task, wait_for_phase
-from tests.cluster.test_lifecycle import CreationRecorder, wait_until
+from tests.support.cluster import (
+    NAMESPACE,
+    CreationRecorder,
+    LocalCluster,
+    digits_task,
+    minio_deployment,
+    minio_pods,
+    run_script,
+    store_credentials,
+    wait_for_phase,
+)
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 OUTAGE_SECONDS = 30
-
-
-def minio_deployment(cluster: LocalCluster) -> dict:
-    found = [d for d in cluster.get_json("deployments", "-n", NAMESPACE)["items"] if "minio" in d["metadata"]["name"]]
-    assert len(found) == 1, found
-    return found[0]
-
-
-def minio_pods(cluster: LocalCluster, deployment: dict) -> list[dict]:
-    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
-    return cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
-
-
-def store_credentials(cluster: LocalCluster, deployment: dict) -> tuple[str, str]:
-    """The chart MinIO's access and secret key, from the Secret its Deployment reads them from."""
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env") or []}
-    secret_name = next(e["valueFrom"]["secretKeyRef"]["name"] for e in env.values() if e.get("valueFrom"))
-    data = cluster.get_json("secret", secret_name, "-n", NAMESPACE)["data"]
-    decoded = {k: base64.b64decode(v).decode() for k, v in data.items()}
-    access = decoded.get("AWS_ACCESS_KEY_ID") or decoded.get("MINIO_ROOT_USER") or decoded.get("rootUser")
-    secret = decoded.get("AWS_SECRET_ACCESS_KEY") or decoded.get("MINIO_ROOT_PASSWORD") or decoded.get("rootPassword")
-    assert access and secret, f"no MinIO credentials in Secret {secret_name}: {sorted(decoded)}"
-    return access, secret
 
 
 def minio_objects(cluster: LocalCluster, deployment: dict, task_uid: str) -> dict[str, str]:
@@ -62,13 +47,13 @@ def test_a_30s_store_outage_mid_round_is_survived_with_nothing_lost(cluster: Loc
                                           "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}})
     with CreationRecorder(cluster, name) as recorder:
         cluster.kubectl("apply", "-f", "-", input=manifest)
-        wait_until(lambda: any(p["metadata"]["labels"].get("fedtask.io/round") == "2"
+        wait_for(lambda: any(p["metadata"]["labels"].get("fedtask.io/round") == "2"
                                and p["metadata"]["labels"].get("fedtask.io/stage") == "train"
-                               for _, p in recorder.created), 180, "round 2 training", interval=0.2)
+                             for _, p in recorder.created), timeout=180, interval=0.2, message="round 2 training")
         minio = deployment["metadata"]["name"]
         cluster.kubectl("scale", "deployment", minio, "-n", NAMESPACE, "--replicas=0")
         try:
-            wait_until(lambda: not minio_pods(cluster, deployment), 30, "MinIO stopped", interval=0.2)
+            wait_for(lambda: not minio_pods(cluster, deployment), timeout=30, interval=0.2, message="MinIO stopped")
             down_at = time.monotonic()
             time.sleep(OUTAGE_SECONDS)
         finally:
@@ -119,8 +104,8 @@ def test_kubectl_delete_removes_the_tasks_objects_from_the_store_then_releases_t
 
         started = time.monotonic()
         cluster.kubectl("delete", "ft", deleted, "-n", NAMESPACE, "--wait=false")
-        wait_until(lambda: cluster.kubectl("get", "ft", deleted, "-n", NAMESPACE, check=False).returncode != 0, 60,
-                   f"{deleted} gone (the finalizer released)", interval=0.2)
+        wait_for(lambda: cluster.kubectl("get", "ft", deleted, "-n", NAMESPACE, check=False).returncode != 0,
+                 timeout=60, interval=0.2, message=f"{deleted} gone (the finalizer released)")
         released = time.monotonic() - started
         assert minio_objects(cluster, deployment, uids[deleted]) == {}
         assert minio_objects(cluster, deployment, uids[kept]) == before[kept], "another task's objects changed"

@@ -4,7 +4,7 @@ when the test says so, and a scheduler that hands out free devices; time moves o
 `Cluster.apply` applies plans with the runtimes' own `apply_plan` (core/apply.py) and can crash the simulated
 runtime after any step; with needs_devices it schedules and plans again with the assignment. Used by
 tests/unit/test_planner.py, test_planner_faults.py, test_status_compaction.py and the real-cluster sweep
-(tests/cluster/planner_sweep.py).
+(tests/support/planner_sweep.py).
 """
 from __future__ import annotations
 
