@@ -126,7 +126,7 @@ def test_the_aggregate_pod_runs_its_own_command_on_a_manifest_of_urls(minio_root
                                                                       capsys):
     from fedtask_worker import cli, presigned
     from fedtask_worker.errors import BadInput
-    from tests.worker.helpers import random_model, write_update
+    from tests.support.worker import random_model, write_update
 
     client, config, task = world
     write_update(tmp_path / "base", random_model(0), num_samples=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.observability.promql import DASHBOARD
+from tests.support.promql import DASHBOARD
 
 REQUIRED_PANELS = {  # title -> panel type
     "Rounds completed": "timeseries", "Current round": "timeseries", "Accuracy": "timeseries", "Loss": "timeseries",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.observability.promql import (
+from tests.support.promql import (
     GRAFANA_VARIABLES,
     dashboard_queries,
     dashboard_variable_metrics,

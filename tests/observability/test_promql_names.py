@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.observability.promql import (
+from tests.support.promql import (
     PROMETHEUS_SERIES,
     dashboard_queries,
     dashboard_variable_metrics,

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedtask_worker import cli, store
-from tests.worker import hostile
-from tests.worker.helpers import random_model, write_update
+from tests.support import hostile
+from tests.support.worker import random_model, write_update
 
 STRATEGIES = ["fedavg", "fedavgm", "fedadam", "median", "trimmed-mean", "krum"]
 PLAIN_COUNT = re.compile(r"[0-9]{1,18}")

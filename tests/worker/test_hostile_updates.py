@@ -11,8 +11,8 @@ import pytest
 
 from fedtask_worker import store
 from fedtask_worker.tensors import load_arrays
-from tests.worker import hostile
-from tests.worker.helpers import random_model, run_stage, write_update
+from tests.support import hostile
+from tests.support.worker import random_model, run_stage, write_update
 
 HOSTILE = {
     "huge-shape-dims": (hostile.huge_dims, "header"),  # 2**64 has 20 digits: not a header's integer

@@ -5,7 +5,7 @@ import pytest
 from fedtask_worker import aggregation
 from fedtask_worker.combine import aggregate_files, aggregate_states
 from fedtask_worker.errors import BadInput
-from tests.worker.helpers import random_model, write_update
+from tests.support.worker import random_model, write_update
 
 native = aggregation.native_kernel()
 

@@ -19,7 +19,7 @@ import pytest
 from fedtask_worker import presigned, store
 from fedtask_worker.errors import BadInput, TransientFailure
 from fedtask_worker.tensors import load_arrays
-from tests.worker.helpers import random_model, run_stage, write_update
+from tests.support.worker import random_model, run_stage, write_update
 
 BUCKET = "fedtask"
 

@@ -11,7 +11,7 @@ from fedtask_operator.core.spec import parse_task
 from fedtask_operator.local.config import RuntimeConfig
 from fedtask_worker.errors import BadInput
 from fedtask_worker.partition import device_indices, shared_indices, shared_slice
-from tests.worker.helpers import run_stage
+from tests.support.worker import run_stage
 
 DIGITS = ["--dataset", "digits", "--model", "mlp", "--model-args", '{"hidden": [8]}']
 

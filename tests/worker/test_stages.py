@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedtask_worker.tensors import load_arrays, read_layout
-from tests.worker.helpers import random_model, run_stage, write_update
+from tests.support.worker import random_model, run_stage, write_update
 
 DIGITS = ["--dataset", "digits", "--model", "mlp", "--model-args", '{"hidden": [64]}']
 

@@ -14,7 +14,7 @@ import pytest
 from fedtask_worker import store
 from fedtask_worker.errors import BadInput, TransientFailure
 from tests.support.s3 import free_port
-from tests.worker.helpers import random_model, run_stage, write_update
+from tests.support.worker import random_model, run_stage, write_update
 
 
 @pytest.fixture(params=["moto", pytest.param("minio", marks=pytest.mark.cluster)])

@@ -5,7 +5,7 @@ import pytest
 from fedtask_worker.combine import aggregate_files, aggregate_states
 from fedtask_worker.errors import BadInput
 from fedtask_worker.strategies import Options
-from tests.worker.helpers import random_model, write_update
+from tests.support.worker import random_model, write_update
 
 SAMPLES = [3, 1, 4, 1, 5, 9, 2]
 SHAPES = {"w": (37, 29), "b": (29,), "count": (3,)}

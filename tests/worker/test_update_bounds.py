@@ -5,7 +5,7 @@ import pytest
 
 from fedtask_worker.combine import aggregate_states
 from fedtask_worker.tensors import load_arrays
-from tests.worker.helpers import random_model, run_stage, write_update
+from tests.support.worker import random_model, run_stage, write_update
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 from fedtask_worker.errors import BadInput
 from fedtask_worker.models import load_model, read_model_info
 from fedtask_worker.partition import device_indices, shared_indices
-from tests.worker.helpers import run_stage
+from tests.support.worker import run_stage
 
 MODULE = "fedtask_user_code_probe"
 SOURCE = textwrap.dedent('''

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.worker.helpers import random_model, run_stage, write_update
+from tests.support.worker import random_model, run_stage, write_update
 
 
 @pytest.fixture

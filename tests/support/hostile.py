@@ -11,7 +11,7 @@ import struct
 
 import numpy as np
 
-from tests.worker.helpers import random_model, write_update
+from tests.support.worker import random_model, write_update
 
 
 def raw_safetensors(path, header, data: bytes = b"", header_size: int | None = None) -> str:
