@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cluster_up import local_cluster  # noqa: E402
-from tests.cluster.conftest import NAMESPACE  # noqa: E402
+from fedtask_operator.core.phases import FINISHED_PHASES  # noqa: E402
+from tests.support.cluster import NAMESPACE  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 MANIFEST = ROOT / "examples" / "digits-quick.yaml"
 
@@ -44,14 +46,16 @@ def on_cluster() -> tuple[float, dict]:
     with local_cluster() as cluster:
         started = time.monotonic()
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(task))
-        deadline = started + 1800
-        while True:
+
+        def finished() -> dict | None:
             status = cluster.get_json("federatedtask", name, "-n", NAMESPACE).get("status") or {}
-            if status.get("phase") in ("Succeeded", "Failed"):
-                return time.monotonic() - started, {"status": status}
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} still {status.get('phase')} after 1800 s")
-            time.sleep(0.25)
+            return status if status.get("phase") in FINISHED_PHASES else None
+
+        try:
+            status = wait_for(finished, timeout=1800, interval=0.25, message=f"{name} to finish")
+        except AssertionError as timed_out:
+            raise SystemExit(str(timed_out)) from None
+        return time.monotonic() - started, {"status": status}
 
 
 def summary(seconds: float, task: dict) -> dict:

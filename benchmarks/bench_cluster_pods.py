@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cluster_up import local_cluster  # noqa: E402
+from tests.support.waiting import wait_for  # noqa: E402
 
 COMMAND = ["python", "-c", "pass"]
 LABEL = "fedtask.io/bench"
@@ -97,11 +98,11 @@ def main() -> int:
         names = [f"overhead-{i:02d}" for i in range(args.pods + 1)]
         for name in names:
             cluster.kubectl("create", "-f", "-", input=json.dumps(pod_manifest(name)))
-            deadline = time.monotonic() + 120
-            while not {"Succeeded", "Failed"} & set(watcher.seen.get(name, {})):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} not finished after 120 s: {watcher.seen.get(name)}")
-                time.sleep(0.02)
+            try:
+                wait_for(lambda: {"Succeeded", "Failed"} & set(watcher.seen.get(name, {})), timeout=120, interval=0.02,
+                         message=f"{name} to finish")
+            except AssertionError as timed_out:
+                raise RuntimeError(f"{timed_out}: {watcher.seen.get(name)}") from None
             if "Failed" in watcher.seen[name]:
                 raise RuntimeError(f"{name} failed: {cluster.kubectl('describe', 'pod', name).stdout}")
         watcher.stop.set()

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.conftest import LocalCluster, machine_lock, read_env, run_script  # noqa: E402
+from tests.support.cluster import LocalCluster, machine_lock, read_env, run_script  # noqa: E402
 
 INSTALL_TOOLS = ROOT / "hack" / "install-cluster-tools.sh"
 

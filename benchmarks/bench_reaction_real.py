@@ -23,8 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.conftest import LocalCluster, PodRecorder, machine_lock, read_env, run_script  # noqa: E402
-from tests.cluster.test_end_to_end import digits_task, wait_for_phase  # noqa: E402
+from tests.support.cluster import (  # noqa: E402
+    LocalCluster,
+    PodRecorder,
+    digits_task,
+    machine_lock,
+    read_env,
+    run_script,
+    wait_for_phase,
+)
 
 
 class TimedRecorder(PodRecorder):
