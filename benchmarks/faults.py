@@ -1,5 +1,5 @@
-"""Fault injection for `fedtask run` (the local runtime): kill it at random points of a 10-round task, resume it,
-and check what the task's stored record says. Prints one JSON line.
+"""Fault injection for `fedtask run` (the local runtime) or the operator: kill it at random points of a 10-round task,
+resume it, and check what the task's stored record says. Prints one JSON line.
 
 For each seed, a fresh workdir; the run is killed 1 or 2 times (SIGKILL to its process group, like `kill -9` of a
 terminal's job, or SIGINT, like Ctrl-C) at a random time within the uninterrupted run's wall time, then started again
@@ -12,7 +12,17 @@ with the same command until it exits. Checked per seed:
   applicable).
 The peer is the uninterrupted run in the same process: the time ratio is faulted total / uninterrupted.
 
-    python benchmarks/faults.py [--seeds 20] [--rounds 10]
+`--target operator`: the same for `fedtask operator` (the real kopf process, `--standalone`) against the API emulator
+(kmock, tests/support/kube.py) whose pods the test kubelet runs (tests/support/kubelet.py). Each seed gets a fresh
+emulated cluster with one task (digits MLP, 4 devices, 2 per round, podRetryLimit 1); the operator is SIGKILLed 1-3
+times at random points within the uninterrupted run's wall time and started again after 0-2 s, and (unless
+`--no-pod-faults`) the first train pod of one random round exits 1 (a crash) and that of another exits 137 with reason
+OOMKilled. Checked per seed, from every version the API server stored: the task Succeeds; every round is in the
+history once; no pod name was created twice (two uids) or started twice; no retry beyond the injected failures; no pod
+of the task left pending or running, or owned by no live task, once it is done (orphaned); round, history and phase
+never go back; the final model (status.model.uri in the store) is bit-identical to the uninterrupted run's.
+
+    python benchmarks/faults.py [--target run|operator] [--seeds 20] [--rounds 10]
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -30,6 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.support: the API emulator and test kubelet (`--target operator`)
 MANIFEST = ROOT / "examples" / "digits-quick.yaml"
 TASK = "digits-quick"
 # Devices drawn per round from the task and round alone (time-fair follows measured train times, which differ from run
@@ -125,14 +137,241 @@ def faulted_seed(seed: int, workdir: Path, rounds: int, window: float) -> dict:
     return result
 
 
+# --- `--target operator`: the operator process killed, against the emulated API -------------------------------------
+OPERATOR_TASK = "faults"
+POD_FAULTS = {"train_pod_crash": (1, "Error"), "train_pod_oom": (137, "OOMKilled")}  # kind -> exit code, reason
+FINISHED_POD_PHASES = ("Succeeded", "Failed")
+
+
+def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=(), timeout: float = 900,
+                 tree: str = "") -> dict:
+    """One task of `rounds` rounds in a fresh emulated cluster, `fedtask operator --standalone` SIGKILLed at each of
+    `kills` ((seconds after the first start, seconds down) pairs) and started again; `pod_faults` ((kind, round)
+    pairs) make the first train pod of that round fail as `kind` says. What the API server stored is then checked."""
+    from tests.support.kube import FEDERATEDTASKS, PODS, EmulatedCluster, make_node
+    from tests.support.kubelet import ApiKubelet
+    from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished
+    from tests.support.waiting import wait_for
+
+    result: dict = {"injected": dict.fromkeys(("operator_sigkill", *POD_FAULTS), 0), "missed": 0, "failures": []}
+    workdir.mkdir(parents=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", FEDTASK_STORE_RETRY_SECONDS="5")
+    with EmulatedCluster(workdir / "cluster") as cluster, \
+            ApiKubelet(cluster, workdir / "kubelet", base_env=env, launcher=launcher) as kubelet:
+        for node in ("node-a", "node-b"):
+            cluster.apply(make_node(node, labels=DEVICE))
+        for kind, round_ in pod_faults:
+            kubelet.fail_pods(f"{OPERATOR_TASK}-r{round_:04d}-train-", 1, *POD_FAULTS[kind])
+        operator = OperatorProcess(cluster, s3, workdir / "operator.log", "--standalone")
+        if tree:  # the operator from another source tree (e.g. `git archive` of a commit)
+            operator.env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
+        started = time.monotonic()
+        operator.start()
+        cluster.apply(digits_task(OPERATOR_TASK, rounds=rounds, scheduling={"policy": POLICY}))
+        status: dict | None = None
+        try:
+            for at, down in kills:
+                while time.monotonic() - started < at and not finished(cluster, OPERATOR_TASK):
+                    time.sleep(0.05)
+                if finished(cluster, OPERATOR_TASK):
+                    result["missed"] += 1  # the task ended before the kill time
+                    continue
+                operator.kill()
+                result["injected"]["operator_sigkill"] += 1
+                time.sleep(down)
+                operator.start()
+
+            def done() -> dict | None:
+                if operator.process.poll() is not None:
+                    raise RuntimeError(f"the operator exited ({operator.process.returncode}): "
+                                       f"{operator.log()[-1500:]}")
+                return finished(cluster, OPERATOR_TASK)
+            try:
+                status = wait_for(done, timeout=timeout, interval=0.1)
+            except (AssertionError, RuntimeError) as error:
+                result["failures"].append(str(error))
+            result["seconds"] = time.monotonic() - started
+
+            def settled() -> bool:
+                """every pod of the task finished or gone"""
+                return not kubelet.processes.running() and all(
+                    (pod.get("status") or {}).get("phase") in FINISHED_POD_PHASES for pod in cluster.objects(PODS))
+            try:
+                wait_for(settled, timeout=20, interval=0.2)
+            except AssertionError:
+                pass
+        finally:
+            operator.stop()
+        time.sleep(0.5)  # the test kubelet's last status writes
+        status = status or (cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}).get("status") or {}
+        task = cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}
+        uid = task.get("metadata", {}).get("uid")
+        live = cluster.objects(PODS)
+        versions = [v for v in cluster.history(FEDERATEDTASKS) if v["metadata"]["name"] == OPERATOR_TASK]
+        pod_versions = list(cluster.history(PODS))
+        started_pods = list(kubelet.started)
+        for _name, exit_code, _reason in kubelet.failed:
+            kind = next(k for k, (code, _) in POD_FAULTS.items() if code == exit_code)
+            result["injected"][kind] += 1
+    result.update(check_operator_run(rounds, status, versions, pod_versions, started_pods, live, uid,
+                                     sum(result["injected"][kind] for kind in POD_FAULTS)))
+    result["model"] = s3_hash(s3, (status.get("model") or {}).get("uri"))
+    return result
+
+
+def check_operator_run(rounds: int, status: dict, versions: list[dict], pod_versions: list[dict],
+                       started_pods: list[str], live: list[dict], uid: str | None, pod_failures: int) -> dict:
+    """What the API server stored for one task: `status` (final), every stored version of the task and of its pods,
+    the pod names the kubelet started (in order), the pods left, the task's uid and how many pod failures were
+    injected. Returns the rounds lost and duplicated, pods created twice, retries nobody asked for, orphaned pods
+    and status regressions (each an empty list or 0 when all is well)."""
+    result: dict = {}
+    history = [entry.get("round") for entry in status.get("history") or []]
+    result["phase"] = status.get("phase")
+    result["history"] = history
+    result["lost"] = sorted(set(range(1, rounds + 1)) - set(history))
+    result["duplicated"] = sorted({r for r in history if history.count(r) > 1})
+    # Pods: one name is one pod (deterministic names); created twice = two uids under one name, or started twice.
+    uids: dict[str, set] = {}
+    for version in pod_versions:
+        uids.setdefault(version["metadata"]["name"], set()).add(version["metadata"].get("uid"))
+    result["pods"] = len(uids)
+    result["pods_duplicated"] = sorted({n for n, u in uids.items() if len(u) > 1}
+                                       | {n for n in started_pods if started_pods.count(n) > 1})
+    retries = [n for n in uids if re.search(r"-a\d+$", n)]
+    result["pod_retries"] = len(retries)
+    result["pod_retries_not_injected"] = max(0, len(retries) - pod_failures)
+    # Orphaned: still pending or running once the task is done, or owned by nothing alive.
+    result["pods_orphaned"] = sorted(
+        p["metadata"]["name"] for p in live
+        if (p.get("status") or {}).get("phase") not in FINISHED_POD_PHASES
+        or uid not in {ref.get("uid") for ref in p["metadata"].get("ownerReferences") or []})
+    # The status as stored, version after version: round, history and phase never go back.
+    regressions = []
+    final_history = [entry.get("round") for entry in status.get("history") or []]
+    last_round, done = 0, False
+    for version in versions:
+        st = version.get("status") or {}
+        seen = [entry.get("round") for entry in st.get("history") or []]
+        if final_history[:len(seen)] != seen:
+            regressions.append({"history": seen})
+        if (st.get("round") or 0) < last_round:
+            regressions.append({"round": st.get("round"), "after": last_round})
+        last_round = max(last_round, st.get("round") or 0)
+        if done and st.get("phase") not in ("Succeeded", "Failed"):
+            regressions.append({"phase": st.get("phase"), "after": "finished"})
+        done = done or st.get("phase") in ("Succeeded", "Failed")
+    result["regressions"] = regressions
+    result["status_versions"] = len(versions)
+    return result
+
+
+def s3_hash(s3, uri: str | None) -> str | None:
+    if not uri or not uri.startswith("s3://"):
+        return None
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    response = s3.client().get_object(bucket, key)
+    try:
+        return hashlib.sha256(response.read()).hexdigest()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def operator_plan(seed: int, rounds: int, window: float, pod_faults: bool) -> tuple[list, list]:
+    """The faults of one seed: 1-3 operator kills at random times within `window` (each down 0-2 s), and with
+    `pod_faults` one crashed and one OOM-killed train pod in two random rounds."""
+    rng = random.Random(seed)
+    kills = sorted((rng.uniform(1.0, window), rng.uniform(0.0, 2.0)) for _ in range(rng.choice((1, 2, 3))))
+    faults = []
+    if pod_faults:
+        chosen = rng.sample(range(1, rounds + 1), k=min(2, rounds))
+        faults = list(zip(POD_FAULTS, chosen, strict=False))
+    return kills, faults
+
+
+def operator_main(args) -> dict:
+    from fedtask_operator.local.forkserver import ForkServer
+    from tests.support.s3 import run_s3_server
+
+    base = Path(tempfile.mkdtemp(prefix="fedtask-faults-operator-"))
+    try:
+        with run_s3_server() as s3, ForkServer(preload_datasets=["digits"]) as launcher:
+            s3.client().make_bucket("fedtask")
+            os.environ.update(s3.env)  # the store settings, as the operator and pods get them in a cluster
+            peers = [operator_run(base / f"uninterrupted-{i}", args.rounds, s3, launcher, tree=args.operator_tree)
+                     for i in (1, 2)]
+            deterministic = peers[0]["model"] is not None and peers[0]["model"] == peers[1]["model"]
+            uninterrupted_seconds = min(p["seconds"] for p in peers)
+            results = []
+            for seed in range(args.seeds):
+                kills, faults = operator_plan(seed, args.rounds, uninterrupted_seconds * 0.9, not args.no_pod_faults)
+                result = operator_run(base / f"seed-{seed}", args.rounds, s3, launcher, kills, faults,
+                                      tree=args.operator_tree)
+                results.append({"seed": seed, **result})
+                print(f"seed {seed}: {result['phase']} in {result['seconds']:.1f}s, injected {result['injected']}",
+                      file=sys.stderr, flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    expected = peers[0]["model"]
+
+    def bad(r: dict) -> bool:
+        return bool(r["phase"] != "Succeeded" or r["failures"] or r["lost"] or r["duplicated"] or r["regressions"]
+                    or r["pods_duplicated"] or r["pods_orphaned"] or r["pod_retries_not_injected"]
+                    or (deterministic and r["model"] != expected))
+    faulted_mean = sum(r["seconds"] for r in results) / len(results)
+    summary = {
+        "benchmark": "faults", "target": "operator",
+        "runtime": "fedtask operator (kopf, --standalone) on the kmock API emulator, pods run by the test kubelet",
+        "task": f"digits MLP, 4 devices, 2 per round, {args.rounds} rounds, policy {POLICY}, podRetryLimit 1",
+        "seeds": args.seeds,
+        "faults_injected": {kind: sum(r["injected"][kind] for r in results) for kind in results[0]["injected"]},
+        "kills_after_the_task_ended": sum(r["missed"] for r in results),
+        "runs_completed": sum(r["phase"] == "Succeeded" for r in results),
+        "rounds_lost": sum(len(r["lost"]) for r in results),
+        "rounds_duplicated": sum(len(r["duplicated"]) for r in results),
+        "pods_duplicated": sum(len(r["pods_duplicated"]) for r in results),
+        "pod_retries_not_injected": sum(r["pod_retries_not_injected"] for r in results),
+        "pods_orphaned": sum(len(r["pods_orphaned"]) for r in results),
+        "status_regressions": sum(len(r["regressions"]) for r in results),
+        "status_versions_checked": sum(r["status_versions"] for r in results),
+        "training_deterministic": deterministic,
+        "final_model_identical": sum(r["model"] == expected for r in results) if deterministic else None,
+        "uninterrupted_seconds": round(uninterrupted_seconds, 2),
+        "faulted_mean_seconds": round(faulted_mean, 2),
+        "faulted_vs_uninterrupted": round(faulted_mean / uninterrupted_seconds, 3),
+        "failures": [{k: r[k] for k in ("seed", "phase", "history", "lost", "duplicated", "regressions",
+                                        "pods_duplicated", "pods_orphaned", "pod_retries_not_injected", "failures")}
+                     for r in results if bad(r)],
+    }
+    for i, peer in enumerate(peers, 1):
+        if peer["phase"] != "Succeeded" or peer["failures"] or peer["pods_duplicated"] or peer["pods_orphaned"]:
+            summary["failures"].append({f"uninterrupted-{i}": {k: peer[k] for k in (
+                "phase", "history", "pods_duplicated", "pods_orphaned", "failures")}})
+    if args.keep:
+        summary["workdir"] = str(base)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=("run", "operator"), default="run",
+                        help="kill `fedtask run` (default) or the operator process against the emulated API")
     parser.add_argument("--seeds", type=int, default=20, help="faulted runs, one workdir each (default 20)")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--no-pod-faults", action="store_true",
+                        help="--target operator: only kill the operator (no crashed or OOM-killed train pods)")
+    parser.add_argument("--operator-tree", default="", metavar="DIR",
+                        help="--target operator: run the operator from this source tree (e.g. `git archive HEAD`)")
     parser.add_argument("--keep", action="store_true", help="keep the workdirs and logs (printed in the JSON)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.rounds < 1:
         parser.error("--seeds and --rounds must be at least 1")
+    if args.target == "operator":
+        summary = operator_main(args)
+        print(json.dumps(summary))
+        return 0 if not summary["failures"] else 1
     base = Path(tempfile.mkdtemp(prefix="fedtask-faults-"))
     try:
         first_seconds, first_hash, first = uninterrupted(base / "uninterrupted-1", args.rounds)
@@ -148,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     identical = [r for r in results if r["model"] == first_hash]
     faulted_mean = sum(r["seconds"] for r in results) / len(results)
     summary = {
-        "benchmark": "faults", "runtime": "fedtask run (local)", "task": f"{TASK}, {args.rounds} rounds",
-        "seeds": args.seeds,
+        "benchmark": "faults", "target": "run", "runtime": "fedtask run (local)",
+        "task": f"{TASK}, {args.rounds} rounds", "seeds": args.seeds,
         "faults_injected": {kind: sum(r["injected"][kind] for r in results) for kind in ("sigkill", "sigint")},
         "kills_after_the_run_ended": sum(r["missed"] for r in results),
         "runs_completed": len(completed),

@@ -2,7 +2,8 @@
 (`fedtask_operator.local.kubelet.ProcessKubelet`) and writes phases and termination messages back through the HTTP API.
 
 It also plays kube-scheduler's binding (spec.nodeName from the pod's hostname affinity) and can inject failures:
-`fail_pods(prefix, times)` makes the next `times` pods whose name starts with `prefix` fail with exit code 1.
+`fail_pods(prefix, times)` makes the next `times` pods whose name starts with `prefix` fail with exit code 1 (or, with
+`exit_code=137, reason="OOMKilled"`, as the kubelet reports a container the kernel killed for memory).
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ def _matches(name: str, prefix: str) -> bool:
     return name.startswith(prefix) if prefix.endswith("-") else re.sub(r"-a\d+$", "", name) == prefix
 
 
-def _failed_status(pod: dict) -> dict:
+def _failed_status(pod: dict, exit_code: int = INJECTED_EXIT_CODE, reason: str = "Error") -> dict:
     name = (pod["spec"]["containers"][0] or {}).get("name", "main")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return {"phase": "Failed", "containerStatuses": [{"name": name, "ready": False, "restartCount": 0, "state": {
-        "terminated": {"exitCode": INJECTED_EXIT_CODE, "reason": "Error", "message": "injected failure",
+        "terminated": {"exitCode": exit_code, "reason": reason, "message": "injected failure",
                        "startedAt": now, "finishedAt": now}}}]}
 
 
@@ -43,6 +44,8 @@ class ApiKubelet:
         self._held: set[str] = set()  # name prefixes whose final status is withheld until released
         self._withheld: dict[str, tuple[str, dict]] = {}  # pod name -> (namespace, status) not yet written
         self._failures: dict[str, int] = {}
+        self._failure_kinds: dict[str, tuple[int, str]] = {}  # prefix -> (exit code, reason) of its injected failures
+        self.failed: list[tuple[str, int, str]] = []  # (pod name, exit code, reason) of every injected failure
         self._injected: set[str] = set()  # pods failed by injection (never run)
         self._device_failures: tuple[str, int] | None = None
         self._stop = threading.Event()
@@ -50,8 +53,9 @@ class ApiKubelet:
         self.paused = threading.Event()  # set: pods are observed but no status is written back
         self.errors: list[str] = []
 
-    def fail_pods(self, prefix: str, times: int) -> None:
+    def fail_pods(self, prefix: str, times: int, exit_code: int = INJECTED_EXIT_CODE, reason: str = "Error") -> None:
         self._failures[prefix] = times
+        self._failure_kinds[prefix] = (exit_code, reason)
 
     def fail_device(self, prefix: str, times: int) -> None:
         """The first pod started whose name starts with `prefix` picks the device: its next `times` pods fail
@@ -106,7 +110,9 @@ class ApiKubelet:
             prefix = next((p for p, n in self._failures.items() if n > 0 and _matches(name, p)), None)
             if prefix is not None:
                 self._failures[prefix] -= 1
-                self._write(namespace, name, _failed_status(pod), node)
+                exit_code, reason = self._failure_kinds.get(prefix, (INJECTED_EXIT_CODE, "Error"))
+                self._write(namespace, name, _failed_status(pod, exit_code, reason), node)
+                self.failed.append((name, exit_code, reason))
                 self._injected.add(key)
                 continue
             self.processes.run_pod(pod)
