@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from fedtask_operator.core.apply import apply_plan, run_sync
@@ -237,6 +238,16 @@ class Cluster:
 
     def event_reasons(self) -> list[str]:
         return [e.reason for e in self.events]
+
+    def advance_until(self, done: Callable[[], object], limit: int) -> None:
+        """Reconcile, then let every active pod succeed, until `done()` holds right after a reconcile; AssertionError
+        naming the phase and stage when it does not within `limit` passes."""
+        for _ in range(limit):
+            self.reconcile()
+            if done():
+                return
+            self.finish_all()
+        raise AssertionError(f"not reached in {limit} passes: {self.status.get('phase')} {self.status.get('stage')}")
 
     def run_to_end(self, limit: int = 200) -> None:
         """Every pod succeeds one second after it appears."""

@@ -293,11 +293,7 @@ def test_failed_device_without_replacement_below_quorum_fails_the_task_with_a_fi
 @pytest.mark.parametrize("stage_pod", ["mnist-init", "mnist-r0001-aggregate", "mnist-r0001-adjust"])
 def test_server_stage_failing_after_retries_fails_the_task(stage_pod):
     cluster = Cluster(make_task(podRetryLimit=1))
-    for _ in range(12):
-        cluster.reconcile()
-        if stage_pod in cluster.pods:
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: stage_pod in cluster.pods, limit=12)
     cluster.fail(stage_pod)
     cluster.reconcile()
     assert f"{stage_pod}-a1" in cluster.pods and cluster.status["current"]["attempts"] == 1
@@ -315,11 +311,7 @@ def test_pod_retry_limit_counts_retries_per_pod_not_per_task_unlike_a_job():
     cluster = Cluster(make_task(podRetryLimit=1))
     failed = []
     for pod in ("mnist-r0001-train-d001", "mnist-r0001-aggregate", "mnist-r0002-train-d004"):
-        for _ in range(20):
-            cluster.reconcile()
-            if pod in cluster.pods:
-                break
-            cluster.finish_all()
+        cluster.advance_until(lambda: pod in cluster.pods, limit=20)
         cluster.fail(pod)
         failed.append(pod)
         cluster.reconcile()
@@ -344,11 +336,7 @@ def test_server_stage_with_bad_input_fails_at_once():
 
 def test_update_rejected_events_come_from_the_aggregate_result():
     cluster = Cluster(make_task())
-    for _ in range(6):
-        cluster.reconcile()
-        if "mnist-r0001-aggregate" in cluster.pods:
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: "mnist-r0001-aggregate" in cluster.pods, limit=6)
     uri = "s3://fedtask/tasks/default/mnist/uid-1/round-0001/updates/d001.safetensors"
     cluster.succeed("mnist-r0001-aggregate",
                     {"updates": 2, "rejected": [{"uri": uri, "reason": "non-finite values in fc1.weight"}],
@@ -364,11 +352,7 @@ def test_update_rejected_events_come_from_the_aggregate_result():
 
 def test_all_updates_rejected_fails_the_task():
     cluster = Cluster(make_task())
-    for _ in range(6):
-        cluster.reconcile()
-        if "mnist-r0001-aggregate" in cluster.pods:
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: "mnist-r0001-aggregate" in cluster.pods, limit=6)
     cluster.succeed("mnist-r0001-aggregate", {"updates": 0, "rejected": [], "seconds": 0.1})
     cluster.reconcile()
     assert cluster.status["phase"] == "Failed"
@@ -456,11 +440,7 @@ def test_publish_to_devices_runs_one_pod_per_device_node():
                      publish={"toDevices": True}, rounds={"max": 1})
     task["spec"]["devices"].pop("count")
     cluster = Cluster(task, devices=["edge-a", "edge-b"], nodes=nodes)
-    for _ in range(10):
-        cluster.reconcile()
-        if cluster.status.get("stage") == "Publishing":
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: cluster.status.get("stage") == "Publishing", limit=10)
     assert "shardCount" not in cluster.status
     assert cluster.active() == ["mnist-publish-edge-a", "mnist-publish-edge-b"]
     published = cluster.status["published"]
@@ -513,11 +493,7 @@ def test_suspend_stops_pods_and_resume_continues_the_same_round():
 
 def test_suspend_records_a_result_that_arrived_and_resumes_at_the_next_stage():
     cluster = Cluster(make_task())
-    for _ in range(6):
-        cluster.reconcile()
-        if "mnist-r0001-aggregate" in cluster.pods:
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: "mnist-r0001-aggregate" in cluster.pods, limit=6)
     cluster.succeed("mnist-r0001-aggregate")
     cluster.task["spec"]["suspend"] = True
     cluster.reconcile()
@@ -571,11 +547,7 @@ def test_invalid_spec_fails_with_field_paths_and_no_pods():
 
 def test_history_is_bounded_and_keeps_the_latest_rounds():
     cluster = Cluster(make_task(rounds={"max": 1000}))
-    for _ in range(6):
-        cluster.reconcile()
-        if "mnist-r0001-adjust" in cluster.pods:
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: "mnist-r0001-adjust" in cluster.pods, limit=6)
     old = [{"round": 1000 + i, "accuracy": 0.1} for i in range(HISTORY_LIMIT)]
     cluster.task["status"]["history"] = old
     cluster.succeed("mnist-r0001-adjust")
@@ -647,11 +619,7 @@ def test_restart_during_training_adopts_the_running_pods():
 
 def test_restart_records_an_aggregate_result_that_arrived_while_down():
     cluster = Cluster(make_task())
-    for _ in range(6):
-        cluster.reconcile()
-        if "mnist-r0001-aggregate" in cluster.pods:
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: "mnist-r0001-aggregate" in cluster.pods, limit=6)
     cluster.succeed("mnist-r0001-aggregate")
     fresh = restarted(cluster)
     plan = fresh.reconcile()
@@ -665,11 +633,8 @@ def test_restart_records_an_aggregate_result_that_arrived_while_down():
 
 def test_pods_of_an_older_round_and_orphans_are_deleted_and_ignored():
     cluster = Cluster(make_task())
-    for _ in range(12):
-        cluster.reconcile()
-        if cluster.status.get("round") == 2 and cluster.status.get("stage") == "Training":
-            break
-        cluster.finish_all()
+    cluster.advance_until(lambda: (cluster.status.get("round"), cluster.status.get("stage")) == (2, "Training"),
+                          limit=12)
     cluster.reconcile()  # the clean-up of round 1's adjust pod
     history = copy.deepcopy(cluster.status["history"])
     stale = copy.deepcopy(cluster.pods["mnist-r0002-train-d003"])

@@ -237,12 +237,8 @@ def publishing(**spec) -> Cluster:
                      rounds={"max": 1}, **spec)
     task["spec"]["devices"].pop("count")
     cluster = Cluster(task, devices=["edge-a", "edge-b"], nodes=nodes)
-    for _ in range(10):
-        cluster.reconcile()
-        if cluster.status.get("stage") == "Publishing":
-            return cluster
-        cluster.finish_all()
-    raise AssertionError(f"not publishing: {cluster.status.get('stage')}")
+    cluster.advance_until(lambda: cluster.status.get("stage") == "Publishing", limit=10)
+    return cluster
 
 
 def test_a_publish_pod_past_the_stage_deadline_is_replaced_then_fails_with_stage_deadline_exceeded():
