@@ -218,8 +218,8 @@ def test_every_pod_and_status_write_the_planner_makes_is_accepted_by_the_api_ser
     import kubernetes
 
     from fedtask_operator.kube.reconciler import KubeApi, build_status_patch
+    from tests.support.planner import make_task
     from tests.support.planner_sweep import harvest, variant
-    from tests.unit.test_planner import make_task
 
     started = time.monotonic()
     found = harvest(operator_runtime_config(cluster, monkeypatch), NAMESPACE)
