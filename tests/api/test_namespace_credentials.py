@@ -146,3 +146,64 @@ def test_the_worker_store_code_runs_with_the_namespace_keys(minio_root, monkeypa
         store.write_bytes(victim, b"poisoned")
     with pytest.raises(store.BadInput, match="AccessDenied"):
         store.list_objects(f"s3://{BUCKET}/{PREFIX}/victim/task/uid/round-0001/updates")
+
+
+async def test_the_namespace_s_user_and_secret_go_with_its_last_task(minio_root, tmp_path):
+    """NamespaceCredentials.release (the reconciler calls it once the namespace's last task is deleted) deletes the
+    operator's Secret and the MinIO user: the keys stop working. While a task is there, or for a Secret that is not
+    the operator's, nothing is removed. A later task gets new keys."""
+    import base64
+
+    import kubernetes
+
+    from tests.support.kube import EmulatedCluster
+
+    def secret(cluster):
+        return cluster.get("v1/secrets", "team-x", credentials.SECRET_NAME)
+
+    def keys(cluster) -> tuple[str, str]:
+        stored = secret(cluster)
+        if "data" not in stored:  # the emulated API server keeps stringData as written
+            return stored["stringData"][credentials.ACCESS_KEY], stored["stringData"][credentials.SECRET_KEY]
+        return (base64.b64decode(stored["data"][credentials.ACCESS_KEY]).decode(),
+                base64.b64decode(stored["data"][credentials.SECRET_KEY]).decode())
+
+    def works(access: str, secret_key: str) -> bool:
+        import minio
+        from minio.error import S3Error
+
+        client = minio.Minio(minio_root.endpoint, access_key=access, secret_key=secret_key, secure=False,
+                             region=minio_root.region)
+        try:
+            put(client, f"{PREFIX}/team-x/t/u/object")
+            return True
+        except S3Error as error:
+            assert error.code == "InvalidAccessKeyId", error.code
+            return False
+
+    store = credentials.StoreAdmin(minio_root.endpoint, minio_root.access_key, minio_root.secret_key, False,
+                                   minio_root.region, BUCKET, PREFIX)
+    with EmulatedCluster(tmp_path / "cluster") as cluster:
+        api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        issuer = credentials.NamespaceCredentials(api_client, store)
+        assert await issuer.ensure("team-x") is None
+        first = keys(cluster)
+        assert works(*first)
+
+        assert await issuer.release("team-x", still_used=lambda: True) is None  # a task came meanwhile
+        assert secret(cluster) is not None and works(*first)
+
+        assert await issuer.release("team-x", still_used=lambda: False) is None
+        assert secret(cluster) is None
+        assert not works(*first)
+
+        assert await issuer.ensure("team-x") is None  # a new task in the namespace: new keys
+        second = keys(cluster)
+        assert second[1] != first[1] and works(*second)
+
+        kubernetes.client.CoreV1Api(api_client).create_namespaced_secret("team-y", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": credentials.SECRET_NAME},
+            "data": {credentials.SECRET_KEY: base64.b64encode(b"someone's").decode()}})
+        assert cluster.get("v1/secrets", "team-y", credentials.SECRET_NAME) is not None
+        assert await issuer.release("team-y", still_used=lambda: False) is None
+        assert cluster.get("v1/secrets", "team-y", credentials.SECRET_NAME) is not None  # not ours: left alone

@@ -29,7 +29,7 @@ LEADER_ELECTION_ONLY = {("coordination.k8s.io", "leases", verb) for verb in ("ge
 ADMISSION_ONLY = {("fedtask.io", "federatedtasks/finalizers", "update")}
 # --namespace-credentials only (the operator's Secret of a namespace's store keys): it needs MinIO's admin API, which
 # moto does not have; tests/cluster runs it for real with the chart's RBAC and MinIO
-NAMESPACE_CREDENTIALS_ONLY = {("", "secrets", "get"), ("", "secrets", "create")}
+NAMESPACE_CREDENTIALS_ONLY = {("", "secrets", "get"), ("", "secrets", "create"), ("", "secrets", "delete")}
 
 
 def test_the_role_grants_exactly_the_calls_the_operator_makes(cluster, s3_server, store_bucket, kubelet, tmp_path):
@@ -69,7 +69,8 @@ def test_the_deployable_manifests_carry_exactly_the_rules(manifest):
     assert {binding["roleRef"]["name"] for binding in bindings} == set(roles)
     secret_rules = [rule for doc in roles.values() for rule in doc["rules"] if "secrets" in rule["resources"]]
     assert secret_rules == [  # the operator's own Secret by name, and create; no list, watch or update
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["fedtask-store-credentials"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["fedtask-store-credentials"],
+         "verbs": ["get", "delete"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
 
 

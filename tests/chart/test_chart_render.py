@@ -158,15 +158,16 @@ def test_cluster_scope_watches_all_namespaces(rendered: dict[str, list[dict]]) -
 @pytest.mark.parametrize("combination", sorted(COMBINATIONS))
 def test_rbac_has_no_wildcards_and_reads_no_secret_but_its_own(rendered: dict[str, list[dict]],
                                                                 combination: str) -> None:
-    """Secrets: only `get` of the operator's own fedtask-store-credentials and `create` (per-namespace store keys,
-    --namespace-credentials); never list, watch, update or another Secret's name."""
+    """Secrets: only `get` and `delete` of the operator's own fedtask-store-credentials and `create` (per-namespace
+    store keys, --namespace-credentials); never list, watch, update or another Secret's name."""
     for role in by_kind(rendered[combination], "ClusterRole") + by_kind(installed(rendered[combination]), "Role"):
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(field, []), f"{role['metadata']['name']}: wildcard in {field}: {rule}"
             if "secrets" in rule["resources"]:
                 assert rule["resources"] == ["secrets"], rule
-                assert (rule["verbs"] == ["get"] and rule.get("resourceNames") == ["fedtask-store-credentials"]) \
+                assert (rule["verbs"] == ["get", "delete"]
+                        and rule.get("resourceNames") == ["fedtask-store-credentials"]) \
                     or (rule["verbs"] == ["create"] and not rule.get("resourceNames")), rule
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
@@ -233,8 +234,9 @@ def test_operator_gets_the_in_chart_store_and_its_generated_credentials(rendered
     port = service["spec"]["ports"][0]["port"]
     assert env["FEDTASK_S3_ENDPOINT"] == f"{service['metadata']['name']}.fedtask.svc:{port}"
     secret = the(objects, "Secret", "-minio")
-    # the root keys stay with the operator: task pods get per-namespace keys (FEDTASK_S3_NAMESPACE_CREDENTIALS)
-    assert env["FEDTASK_S3_NAMESPACE_CREDENTIALS"] == "true" and "FEDTASK_S3_SECRET" not in env
+    # the root keys stay with the operator: task pods get presigned URLs only (FEDTASK_S3_PRESIGNED_URLS)
+    assert env["FEDTASK_S3_PRESIGNED_URLS"] == "true" and "FEDTASK_S3_SECRET" not in env
+    assert "FEDTASK_S3_NAMESPACE_CREDENTIALS" not in env
     assert root_keys_from(the(objects, "Deployment", "fedtask")) == {secret["metadata"]["name"]}
     keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}
     assert keys <= set(secret["data"])
@@ -242,7 +244,7 @@ def test_operator_gets_the_in_chart_store_and_its_generated_credentials(rendered
     external = {e["name"]: e.get("value") for e in the(rendered["external-store"], "Deployment")["spec"]["template"][
         "spec"]["containers"][0]["env"]}
     assert external["FEDTASK_S3_ENDPOINT"] == "s3.example.com:443" and "FEDTASK_S3_SECRET" not in external
-    assert external["FEDTASK_S3_SECURE"] == "true" and external["FEDTASK_S3_NAMESPACE_CREDENTIALS"] == "true"
+    assert external["FEDTASK_S3_SECURE"] == "true" and external["FEDTASK_S3_PRESIGNED_URLS"] == "true"
     assert root_keys_from(the(rendered["external-store"], "Deployment")) == {"s3-creds"}
 
 
@@ -254,13 +256,21 @@ def root_keys_from(deployment: dict) -> set[str]:
 
 
 def test_without_namespace_credentials_pods_read_the_shared_secret_and_uris_may_be_allowed(tools: Tools) -> None:
-    """storage.namespaceCredentials=false (an S3 store without MinIO's admin API): the old shared Secret, which the
-    operator itself reads only for cleanupStore; storage.uriAllow reaches the operator."""
+    """storage.presignedUrls=false and storage.namespaceCredentials=false: the old shared Secret, which the
+    operator itself reads only for cleanupStore; storage.uriAllow reaches the operator. With presignedUrls=false
+    alone, per-namespace MinIO users."""
     objects = helm_template(tools, "storage.endpoint=s3.example.com:443", "storage.credentialsSecret=s3-creds",
-                            "storage.namespaceCredentials=false", "storage.uriAllow={s3://models/public,s3://base}")
+                            "storage.presignedUrls=false", "storage.namespaceCredentials=false",
+                            "storage.uriAllow={s3://models/public,s3://base}")
     deployment = the(objects, "Deployment", "fedtask")
     env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FEDTASK_S3_SECRET"] == "s3-creds" and "FEDTASK_S3_NAMESPACE_CREDENTIALS" not in env
+    assert "FEDTASK_S3_PRESIGNED_URLS" not in env
+    issuing = the(helm_template(tools, "storage.endpoint=s3.example.com:443", "storage.credentialsSecret=s3-creds",
+                                "storage.presignedUrls=false"), "Deployment", "fedtask")
+    issued = {e["name"]: e.get("value") for e in issuing["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert issued["FEDTASK_S3_NAMESPACE_CREDENTIALS"] == "true" and "FEDTASK_S3_PRESIGNED_URLS" not in issued
+    assert root_keys_from(issuing) == {"s3-creds"}
     assert root_keys_from(deployment) == set()
     assert env["FEDTASK_S3_URI_ALLOW"] == "s3://models/public,s3://base"
     with pytest.raises(HelmError, match="uriAllow"):
@@ -400,6 +410,10 @@ def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # from a Secret: present when the chart names it
+        monkeypatch.delenv(name, raising=False)
+        if any(e["name"] == name and "valueFrom" in e for e in container["env"]):
+            monkeypatch.setenv(name, "from-the-secret")
     config = parse_config(container["args"][1:])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert config.metrics_port == ports["metrics"]
@@ -409,6 +423,7 @@ def test_the_operator_accepts_the_rendered_args_and_env(rendered: dict[str, list
     assert config.store_endpoint == env.get("FEDTASK_S3_ENDPOINT", "")
     assert config.store_secret == env.get("FEDTASK_S3_SECRET", "")
     assert config.namespace_credentials is (env.get("FEDTASK_S3_NAMESPACE_CREDENTIALS") == "true")
+    assert config.presigned_urls is (env.get("FEDTASK_S3_PRESIGNED_URLS") == "true")
     assert config.store_bucket == "fedtask" and config.store_prefix == "tasks"
     replicas = the(rendered[combination], "Deployment", "fedtask")["spec"]["replicas"]
     assert config.leader_election and config.lease_name == "ft-fedtask" and replicas >= 1

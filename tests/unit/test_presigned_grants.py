@@ -199,6 +199,7 @@ def test_presigned_urls_need_the_keys_and_the_endpoint_and_replace_the_other_way
     config = parse_config(["--presigned-urls", "--namespace-credentials", "--store-endpoint", "minio:9000"])
     assert (config.presigned_urls, config.namespace_credentials) == (True, False)
     assert not parse_config(["--no-presigned-urls", "--store-endpoint", "minio:9000"]).presigned_urls
+    assert parse_config(["--store-endpoint", "minio:9000"]).presigned_urls  # the default with keys and a store
     assert not parse_config(["--store-endpoint", "minio:9000", "--store-secret", "s"]).presigned_urls
     assert not parse_config(["--store-endpoint", "minio:9000", "--namespace-credentials"]).presigned_urls
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -71,7 +71,7 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-PRESIGNED_BY_DEFAULT = False  # --presigned-urls when neither it nor --no-presigned-urls is given (and keys are set)
+PRESIGNED_BY_DEFAULT = True  # --presigned-urls when neither it nor --no-presigned-urls is given (and keys are set)
 
 
 def _env_bool(name: str, default: bool) -> bool:

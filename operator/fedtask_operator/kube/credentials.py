@@ -11,7 +11,8 @@ For every namespace that runs tasks, the operator (which holds the store's root 
 and writes the user's keys into the Secret `fedtask-store-credentials` of that namespace, which the task's pods read
 through `secretKeyRef`. The Secret is the operator's: its keys are reused when it exists (pods that already run keep
 working across operator restarts), and the MinIO user and policy are written again (idempotent) once per namespace
-and operator process. The MinIO admin API (`minio.MinioAdmin`) is the only admin client: no `mc`.
+and operator process. When a namespace's last task is deleted, the operator removes its Secret, MinIO user and policy
+(`NamespaceCredentials.release`). The MinIO admin API (`minio.MinioAdmin`) is the only admin client: no `mc`.
 """
 from __future__ import annotations
 
@@ -99,6 +100,28 @@ def ensure_store_user(endpoint: str, root_access_key: str, root_secret_key: str,
     return name
 
 
+def remove_store_user(endpoint: str, root_access_key: str, root_secret_key: str, secure: bool, region: str,
+                      namespace: str, timeout: float = 30.0) -> None:
+    """Remove the namespace's MinIO user and policy (idempotent: a missing one is fine)."""
+    import minio
+    import urllib3
+    from minio.credentials import StaticProvider
+
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=timeout),
+                               retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=()))
+    name = user_name(namespace)
+    admin = minio.MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_access_key, root_secret_key),
+                             region=region or "", secure=secure, http_client=http)
+    for remove in (lambda: admin.user_remove(name), lambda: admin.policy_remove(name)):
+        try:
+            remove()
+        except Exception as error:  # minio's admin errors are plain exceptions with the server's message
+            message = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            if "does not exist" in message or "NoSuch" in message or "not found" in message.lower():
+                continue
+            raise CredentialsError(f"removing store user {name} at {endpoint}: {message}") from None
+
+
 class NamespaceCredentials:
     """Issues each task namespace's store keys once per operator process, before the namespace's first pod.
 
@@ -108,7 +131,8 @@ class NamespaceCredentials:
     one of ours keeps its keys (MinIO is brought to them), a missing one is created with new keys first. A Secret of
     that name that is not ours is left alone and reported.
 
-    API calls: get (only this Secret's name) and create Secrets in task namespaces; never list, watch or update.
+    API calls: get and delete (only this Secret's name) and create Secrets in task namespaces; never list, watch or
+    update.
     """
 
     def __init__(self, api_client, store, request_timeout: float = 30.0):
@@ -140,6 +164,39 @@ class NamespaceCredentials:
                         f"{error.status} {error.reason}")
             self._ready.add(namespace)
             return None
+
+    async def release(self, namespace: str, still_used) -> str | None:
+        """The namespace's last task is gone: delete its Secret (only ours, by name), then its MinIO user and policy,
+        unless `still_used()` (asked under the namespace's lock, right before) says a task has come meanwhile.
+        Returns None when done (or not needed), else why not (the keys then stay, as before)."""
+        import asyncio
+
+        async with self._locks.setdefault(namespace, asyncio.Lock()):
+            if still_used():
+                return None
+            self._ready.discard(namespace)
+            try:
+                await asyncio.to_thread(self._remove, namespace)
+            except CredentialsError as error:
+                return f"store credentials of namespace {namespace} not removed: {error}"
+            except self._exception as error:
+                return (f"store credentials of namespace {namespace} not removed: Secret {SECRET_NAME}: "
+                        f"{error.status} {error.reason}")
+            return None
+
+    def _remove(self, namespace: str) -> None:
+        secret = self._read(namespace)
+        if secret is not None:
+            labels = secret.get("metadata", {}).get("labels") or {}
+            if labels.get(MANAGED_LABEL) != MANAGED_VALUE:
+                return  # not ours: neither the Secret nor a user of that name is the operator's to remove
+            try:
+                self._core.delete_namespaced_secret(SECRET_NAME, namespace, _preload_content=False,
+                                                    _request_timeout=self._timeout)
+            except self._exception as error:
+                if error.status != 404:
+                    raise
+        self._store.remove_user(namespace)
 
     def _read(self, namespace: str) -> dict | None:
         import json
@@ -192,3 +249,6 @@ class StoreAdmin:
     def ensure_user(self, namespace: str, secret_key: str) -> str:
         return ensure_store_user(self.endpoint, self.access_key, self.secret_key, self.secure, self.region,
                                  self.bucket, self.prefix, namespace, secret_key, readable=self.readable)
+
+    def remove_user(self, namespace: str) -> None:
+        remove_store_user(self.endpoint, self.access_key, self.secret_key, self.secure, self.region, namespace)

@@ -37,6 +37,7 @@ logger = logging.getLogger("fedtask.operator")
 CONFLICT_RETRY_SECONDS = 0.5  # after a refused status write: time for the watch to deliver the newer version
 MAX_PASSES = 8  # consecutive plans without new pod events (status-only steps) before waiting for an event
 LIST_PAGE_SIZE = 500  # pods per page when listing every pod (namespaced mode)
+RELEASE_DELAY_SECONDS = 5.0  # after a namespace's last task is deleted, before its issued store keys are removed
 SUPERSEDED_KEEP = 16  # per task, the newest versions our own writes superseded (older ones the index is long past)
 
 
@@ -257,6 +258,7 @@ class Reconciler:
         self.store_credentials = None
         self.runtime_config = runtime_config
         self._presigner = None  # kube/presign.Presigner, made on first use with --presigned-urls
+        self._releases: set[asyncio.Task] = set()  # namespaces' store keys being removed (release_namespace_keys)
         self.scheduling = scheduling or SchedulingConfig()
         self._last_period = 0  # the highest period number this process gave out (statuses may lag behind it)
         self.clusterwide = clusterwide
@@ -336,6 +338,28 @@ class Reconciler:
         timer = self._timers.pop((namespace, name), None)
         if timer is not None:
             timer.cancel()
+        if self.store_credentials is not None and not self._namespace_has_tasks(namespace):
+            release = asyncio.get_running_loop().create_task(self.release_namespace_keys(namespace))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+
+    def _namespace_has_tasks(self, namespace: str) -> bool:
+        """Whether the task index (live: kopf's) still holds a task of the namespace; True when it is unknown."""
+        if self._views is None:
+            return True
+        return any(ns == namespace and bodies for (ns, _), bodies in list(self._views.tasks.items()))
+
+    async def release_namespace_keys(self, namespace: str, delay: float | None = None) -> None:
+        """The namespace's last task was deleted: after `delay` (the index settles), remove its issued store keys
+        (kube/credentials.NamespaceCredentials.release), unless a task of it is in the index again by then."""
+        await asyncio.sleep(RELEASE_DELAY_SECONDS if delay is None else delay)
+        if not self.may_act():
+            return
+        problem = await self.store_credentials.release(namespace, lambda: self._namespace_has_tasks(namespace))
+        if problem:
+            logger.warning("%s", problem)
+        else:
+            logger.info("namespace %s has no task left: its issued store keys are removed", namespace)
 
     def _requeue(self, namespace: str, name: str, seconds: float) -> None:
         key = (namespace, name)
