@@ -10,9 +10,9 @@ from __future__ import annotations
 import pathlib
 import re
 import threading
-import time
 
 from fedtask_operator.core.naming import pinned_node
+from fedtask_operator.local.files import utc_timestamp
 from fedtask_operator.local.kubelet import ProcessKubelet
 from tests.support.kube import PODS, ApiError, EmulatedCluster
 
@@ -26,7 +26,7 @@ def _matches(name: str, prefix: str) -> bool:
 
 def _failed_status(pod: dict, exit_code: int = INJECTED_EXIT_CODE, reason: str = "Error") -> dict:
     name = (pod["spec"]["containers"][0] or {}).get("name", "main")
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = utc_timestamp()
     return {"phase": "Failed", "containerStatuses": [{"name": name, "ready": False, "restartCount": 0, "state": {
         "terminated": {"exitCode": exit_code, "reason": reason, "message": "injected failure",
                        "startedAt": now, "finishedAt": now}}}]}
