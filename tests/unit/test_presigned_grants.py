@@ -204,3 +204,25 @@ def test_presigned_urls_need_the_keys_and_the_endpoint_and_replace_the_other_way
     assert not parse_config(["--store-endpoint", "minio:9000", "--namespace-credentials"]).presigned_urls
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     assert not parse_config(["--store-endpoint", "minio:9000"]).presigned_urls
+
+
+def test_every_worker_flag_that_names_an_object_is_granted_as_a_read_or_a_write():
+    """A new worker flag naming a store object must be classified, or its pods would run without a URL for it."""
+    from fedtask_operator.core.store_access import READ_FLAGS, SWITCH_FLAGS, WRITE_FLAGS
+    from fedtask_worker.cli import build_parser
+
+    parser = build_parser()
+    stages = next(action for action in parser._actions if action.dest == "stage").choices
+    local = {"--result-file", "--data-dir", "--updates-prefix"}  # a local path; listing (the planner never uses it)
+    for stage, sub in stages.items():
+        for action in sub._actions:
+            flags = [flag for flag in action.option_strings if flag.startswith("--")]
+            if not flags:
+                continue
+            (flag,) = flags[-1:]
+            naming_object = any(word in action.dest for word in ("uri", "output", "input", "global", "base", "state"))
+            if action.nargs == 0:
+                assert flag not in READ_FLAGS | WRITE_FLAGS, (stage, flag)
+                assert not naming_object or flag in SWITCH_FLAGS, (stage, flag)
+            elif naming_object and flag not in local:
+                assert flag in READ_FLAGS | WRITE_FLAGS, (stage, flag, action.dest)
