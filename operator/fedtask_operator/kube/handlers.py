@@ -8,6 +8,7 @@ so no handler lists anything. Label filters run here, not in the API server (whi
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import copy
 import os
@@ -50,8 +51,6 @@ def task_objects(body, namespace, name, **_):
 
 # ------------------------------------------------------------------------------------------------------ handlers
 async def startup(memo, settings, **kwargs):
-    import asyncio
-
     api = k8s.KubeApi(request_timeout=memo.config.request_timeout)
     memo.reconciler = k8s.Reconciler(
         api=api,
@@ -85,8 +84,8 @@ async def startup(memo, settings, **kwargs):
 async def cleanup(memo, **_):
     """The operator stops: give the Lease up at once, so another replica need not wait a lease duration."""
     pods = getattr(memo, "pods", None)
-    if pods is not None:
-        pods.stop()
+    if pods is not None:  # its threads end (a blocked watch read is shut down) before the process does
+        await asyncio.to_thread(pods.stop, 5.0)
     loop = getattr(memo, "lease_loop", None)
     if loop is None:
         return

@@ -26,6 +26,7 @@ import fnmatch
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -101,6 +102,7 @@ class PodWatch:
         self.handler_context: contextvars.Context | None = None  # see handlers_ready
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._responses: dict[str | None, Any] = {}  # the open watch response of each scope
         self._pending: set[asyncio.Future] = set()
         self.lists = 0  # lists done (the first per scope, and one per 410 Gone): for tests and logs
 
@@ -114,8 +116,18 @@ class PodWatch:
             self._threads.append(thread)
         return self
 
-    def stop(self) -> None:
-        self._stop.set()  # the threads end after their current request (daemon threads: exit does not wait)
+    def stop(self, join_seconds: float = 0.0) -> None:
+        """End the watches: a blocked watch read is shut down, and each thread ends within its current request (a
+        list page); with `join_seconds`, wait that long for them."""
+        self._stop.set()
+        for response in list(self._responses.values()):
+            try:
+                response.shutdown()  # wakes the thread's blocked read
+            except Exception as error:  # already closed
+                logger.debug("shutting a pod watch down: %s", error)
+        deadline = time.monotonic() + join_seconds
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def handlers_ready(self, context: contextvars.Context) -> None:
         """Pod events wake tasks from now on, their reconciles running in `context`: a kopf handler's (kopf.event
@@ -291,7 +303,10 @@ class PodWatch:
             if error.status == 410:
                 raise Gone(error.reason) from error
             raise
+        self._responses[scope] = response
         try:
+            if self._stop.is_set():
+                return version
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
                     break
@@ -305,5 +320,6 @@ class PodWatch:
                 if type_ in ("ADDED", "MODIFIED", "DELETED"):
                     self._post(self._event, type_, _entry(pod))
         finally:
+            self._responses.pop(scope, None)
             response.release_conn()
         return version
