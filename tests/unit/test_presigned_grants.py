@@ -131,11 +131,15 @@ def test_an_aggregate_of_a_thousand_updates_gets_one_manifest_url(s3_server):
     assert manifest["objects"][f"{B}/round-0001/aggregate.safetensors"].keys() == {"PUT"}
 
 
-def test_no_keys_or_an_unreachable_store_is_a_presign_error():
+def test_no_keys_is_a_presign_error_and_an_unreachable_store_holds_back_only_manifests(monkeypatch):
     with pytest.raises(PresignError, match="AWS_ACCESS_KEY_ID"):
         Presigner("minio:9000", "", "", False, "us-east-1")
     task = make_task()
     unreachable = Presigner("127.0.0.1:1", "root", "secret", False, "us-east-1", timeout=1)
+    # a pod with inline URLs needs nothing from the store now: it waits out the outage itself (exit 3, retried)
+    signed = unreachable.attach(build_init_pod(task, PRESIGNED), task, B, f"{B}/access/x.json")
+    assert ACCESS_ENV in env_of(signed) and unreachable._buckets == set()  # asked again at the next pod
+    monkeypatch.setattr("fedtask_operator.kube.presign.INLINE_LIMIT", 0)  # a pod whose URLs need a manifest
     with pytest.raises(PresignError, match="presigned store access for pod mnist-init"):
         unreachable.attach(build_init_pod(task, PRESIGNED), task, B, f"{B}/access/x.json")
 

@@ -39,7 +39,8 @@ DEFAULT_REGION = "us-east-1"  # what MinIO and most S3-compatible stores answer 
 
 
 class PresignError(Exception):
-    """The pod's access could not be prepared (no keys, or the store refused the manifest or the bucket)."""
+    """The pod's access could not be prepared (no keys, the store refused the bucket, or the manifest's write
+    failed)."""
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -88,18 +89,24 @@ class Presigner:
         return {"expires": expires, "objects": objects}
 
     def _ensure_bucket(self, bucket: str) -> None:
-        """Pods may not make the bucket (their URLs name objects): the operator does, once per process."""
+        """Pods may not make the bucket (their URLs name objects): the operator does, once per process. A store
+        that does not answer (connection error, 5xx) does not hold the pod back: it is asked again at the next pod,
+        and meanwhile the pod itself waits out the outage like any store outage (exit 3, retried by the planner)."""
+        import urllib3.exceptions
+        from minio.error import S3Error, ServerError
+
         with self._lock:
             if bucket in self._buckets:
                 return
-        if not self.client.bucket_exists(bucket):
-            from minio.error import S3Error
-
-            try:
-                self.client.make_bucket(bucket, location=self.region)
-            except S3Error as error:
-                if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
+        try:
+            if not self.client.bucket_exists(bucket):
+                try:
+                    self.client.make_bucket(bucket, location=self.region)
+                except S3Error as error:
+                    if error.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+        except (ServerError, urllib3.exceptions.HTTPError, OSError):
+            return
         with self._lock:
             self._buckets.add(bucket)
 
