@@ -8,7 +8,7 @@ import asyncio
 
 from fedtask_operator.kube import reconciler as reconciler_module
 from fedtask_operator.kube.reconciler import ClusterView
-from tests.unit.test_reconciler import FakeKubeApi, make_task, reconciler_for
+from tests.support.reconciler import FakeKubeApi, make_task, reconciler_for
 
 
 class Releases:

@@ -149,8 +149,8 @@ def test_no_keys_is_a_presign_error_and_an_unreachable_store_holds_back_only_man
 
 
 async def test_the_reconciler_creates_pods_with_their_urls_and_without_keys(monkeypatch):
-    from tests.unit.test_reconciler import KEY, FakeKubeApi, reconciler_for
-    from tests.unit.test_reconciler import make_task as task_body
+    from tests.support.reconciler import KEY, FakeKubeApi, reconciler_for
+    from tests.support.reconciler import make_task as task_body
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "root")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "root-secret")
@@ -167,8 +167,8 @@ async def test_the_reconciler_creates_pods_with_their_urls_and_without_keys(monk
 
 async def test_without_the_store_keys_no_pod_is_created_and_the_task_says_why(monkeypatch):
     from fedtask_operator.core.conditions import get_condition
-    from tests.unit.test_reconciler import KEY, FakeKubeApi, reconciler_for
-    from tests.unit.test_reconciler import make_task as task_body
+    from tests.support.reconciler import KEY, FakeKubeApi, reconciler_for
+    from tests.support.reconciler import make_task as task_body
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
