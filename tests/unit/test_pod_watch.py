@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import kubernetes
 
 from fedtask_operator.kube.pod_watch import PodWatch
+from tests.support.waiting import wait_for_async
 
 CLOSE = object()  # queued: the current watch response ends (as the server's timeout ends it)
 
@@ -119,13 +120,6 @@ class FakeApi:
         self.server.server_close()
 
 
-async def until(condition, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 async def test_paged_list_wakes_tasks_on_their_pods_only_and_relists_after_410_gone():
     pods = [foreign(i) for i in range(1200)] + [foreign(9000, phase="Succeeded")]
     pods += [ours("t1-a"), ours("t1-b"), ours("t2-a", task="t2")]
@@ -149,20 +143,21 @@ async def test_paged_list_wakes_tasks_on_their_pods_only_and_relists_after_410_g
         watch.handlers_ready(contextvars.copy_context())
         api.send("ADDED", foreign(5000))
         api.send("MODIFIED", ours("t1-a", phase="Succeeded"))
-        await until(lambda: woken)
+        await wait_for_async(lambda: woken, timeout=10, interval=0.02)
         assert woken == [("MODIFIED", "ml", "t1")]
         assert [p["status"]["phase"] for p in watch.task_pods[("ml", "t1")] if p["metadata"]["name"] == "t1-a"] \
             == ["Succeeded"]
         assert ("apps", "web-05000") in watch.summaries
         api.send("DELETED", foreign(3))
         api.send("DELETED", ours("t2-a", task="t2", phase="Succeeded"))  # a finished pod: still indexed out
-        await until(lambda: ("ml", "t2") not in watch.task_pods)
+        await wait_for_async(lambda: ("ml", "t2") not in watch.task_pods, timeout=10, interval=0.02)
         assert ("apps", "web-00003") not in watch.summaries
         assert woken[-1] == ("DELETED", "ml", "t2")
 
         api.events.put({"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "150"}}})
         api.events.put(CLOSE)  # the server ends the watch: resumed from the bookmark's version
-        await until(lambda: any(r.get("resourceVersion") == "150" for r in api.requests))
+        await wait_for_async(lambda: any(r.get("resourceVersion") == "150" for r in api.requests), timeout=10,
+                             interval=0.02)
         assert all(r.get("allowWatchBookmarks") == "true" for r in api.requests if r.get("watch") == "true")
 
         # the version is gone: the watch lists again; pods that went meanwhile leave the index
@@ -174,12 +169,12 @@ async def test_paged_list_wakes_tasks_on_their_pods_only_and_relists_after_410_g
         api.version = 300
         api.gone_below = 10**9
         api.events.put(CLOSE)
-        await until(lambda: watch.lists >= 2)
+        await wait_for_async(lambda: watch.lists >= 2, timeout=10, interval=0.02)
         api.gone_below = 0
         assert len(watch.summaries) == 1101  # 1100 foreign and t3-a (t1-a has finished: it holds nothing)
         assert sorted(watch.task_pods) == [("ml", "t1"), ("ml", "t3")]
         assert [p["metadata"]["name"] for p in watch.task_pods[("ml", "t1")]] == ["t1-a"]
-        await until(lambda: len(woken) >= 2)
+        await wait_for_async(lambda: len(woken) >= 2, timeout=10, interval=0.02)
         assert sorted(task for _, _, task in woken) == ["t1", "t3"]
     finally:
         watch.stop(join_seconds=10)
