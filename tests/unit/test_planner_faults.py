@@ -8,6 +8,8 @@ from datetime import timedelta
 import pytest
 
 from fedtask_operator.core.compaction import compact, round_devices
+from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period
+from fedtask_operator.core.scheduling.types import TaskAssignment
 from fedtask_operator.core.spec import SpecError, parse_task
 from tests.support.planner import T0, Cluster, make_task, node, train_pods
 
@@ -302,3 +304,69 @@ def test_a_publish_pod_on_a_lost_node_is_replaced_after_the_grace():
     plan = cluster.reconcile()
     assert [m["metadata"]["name"] for m in plan.create] == ["mnist-publish-edge-b-a1"]
     assert any(e.reason == "NodeLost" and "nodeLostGraceSeconds=10" in e.message for e in cluster.events)
+
+
+# ---- replacements come from the real scheduler, never from the devices already in the round
+
+
+class RealScheduler(Cluster):
+    """The simulator with the operator's own scheduler (decide_period) instead of the test double, which leaves
+    this round's devices out by itself."""
+
+    def schedule(self, request) -> TaskAssignment:
+        self.requests.append(request)
+        decision = decide_period([request], self.nodes, list(self.pods.values()), self.now.timestamp() + 3600,
+                                 active=[request.task], config=SchedulingConfig(), period=len(self.requests))
+        assert decision.due
+        return decision.assignment.tasks[request.task]
+
+
+def fleet_node(name: str, ready: bool = True) -> dict:
+    allocatable = {"cpu": "2", "memory": "8Gi", "pods": "110"}
+    return {**node(name), "spec": {},
+            "status": {"allocatable": allocatable, "capacity": allocatable,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "Unknown",
+                                       "lastTransitionTime": "2026-11-28T04:00:00Z"}]}}
+
+
+def test_a_lost_shard_is_replaced_by_a_device_outside_the_round_even_when_the_other_one_finished():
+    """Round 2 trains d002 and d003; d003 finishes, then d002's node is deleted. The replacement request excludes
+    both: before, the scheduler offered the finished d003 (as fast and as fair as any), the planner dropped it (it is
+    in the round) and the round failed with QuorumNotReached although d000 and d001 were free."""
+    names = [f"dev-{i}" for i in range(4)]
+    cluster = RealScheduler(make_task(devices={"count": 4, "perRound": 2, "minReturned": 2},
+                                      rounds={"max": 3, "timeoutSeconds": 600}),
+                            nodes=[fleet_node(n) for n in names])
+    cluster.advance_until(lambda: cluster.status.get("round") == 2 and cluster.status.get("stage") == "Training", 20)
+    victim, survivor = cluster.status["devices"]
+    cluster.succeed(survivor["pod"], {"num_samples": 100, "loss": 0.5, "seconds": 0.5, "bytes": 1000})  # the fastest
+    cluster.reconcile()
+    cluster.nodes = [n for n in cluster.nodes if n["metadata"]["name"] != victim["node"]]
+    cluster.reconcile()
+    assert cluster.requests[-1].exclude == {victim["device"], survivor["device"]}
+    assert cluster.status["phase"] == "Running", cluster.status.get("message")
+    added = cluster.status["devices"][2]
+    assert added["device"] not in (victim["device"], survivor["device"]) and added["node"] != victim["node"]
+    assert "DeviceReplaced" in cluster.event_reasons()
+
+
+def test_a_lost_node_device_is_replaced_by_a_node_outside_the_round_even_when_the_other_one_finished():
+    names = [f"n{i}" for i in range(4)]
+    task = make_task(data={"dataset": "digits", "source": "hostPath", "hostPath": "/var/lib/fedtask"},
+                     devices={"perRound": 2, "minReturned": 2}, rounds={"max": 1, "timeoutSeconds": 3600},
+                     nodeLostGraceSeconds=10, scheduling={"fairnessWeight": 0})  # the fastest: the finished one
+    del task["spec"]["devices"]["count"]  # node devices: every matching node is one
+    cluster = RealScheduler(task, devices=names, nodes=[fleet_node(n) for n in names])
+    cluster.advance_until(lambda: cluster.status.get("stage") == "Training", 10)
+    victim, survivor = cluster.status["devices"]
+    cluster.succeed(survivor["pod"], {"num_samples": 100, "loss": 0.5, "seconds": 0.5, "bytes": 1000})  # the fastest
+    cluster.reconcile()
+    cluster.nodes = [fleet_node(n, ready=n != victim["node"]) for n in names]
+    for condition_ in cluster.nodes[names.index(victim["node"])]["status"]["conditions"]:
+        condition_["lastTransitionTime"] = cluster.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    cluster.tick(10)
+    cluster.reconcile()
+    assert cluster.requests[-1].exclude == {victim["device"], survivor["device"]}
+    assert cluster.status["phase"] == "Running", cluster.status.get("message")
+    added = cluster.status["devices"][2]
+    assert added["device"] not in (victim["device"], survivor["device"])

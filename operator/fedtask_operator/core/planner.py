@@ -960,15 +960,15 @@ def _build_train_pod(ctx: _Planning, device: str, node: str, attempt: int) -> Ku
 
 def _device_request(task: FederatedTask, status: TaskStatusDict, count: int) -> DeviceRequest:
     """What this task asks the scheduler for: `count` more devices for the current round; this round's devices count
-    as having participated, so replacements prefer other devices; mid-round it is a replacement (no collection
-    window)."""
+    as having participated and are excluded (a finished or failed one is no replacement, even once its pod is gone);
+    mid-round it is a replacement (no collection window)."""
     request = build_device_request(task, status=status, per_round=count)
     participation = dict(request.participation)
     for record in status.get("devices") or []:
         if record.get("state") in UNFINISHED_STATES:  # a finished device's turn is in the ledger already
             participation[record["device"]] = participation.get(record["device"], request.participation_default) + 1
-    return dataclasses.replace(request, participation=participation,
-                               replacement=status.get("stage") == TRAINING)
+    return dataclasses.replace(request, participation=participation, replacement=status.get("stage") == TRAINING,
+                               exclude=frozenset(record["device"] for record in status.get("devices") or []))
 
 
 def _store_success(ctx: _Planning, record: PodRecord, result: dict[str, Any] | None) -> None:

@@ -62,7 +62,10 @@ def node_candidates(period: Period, task: TaskInput) -> NodeCandidates:
         taken[own] = False
     taken |= period.booked  # a task placed earlier this period (either kind) booked it
     check = period.check(task, taken)
-    candidates = np.flatnonzero(task.matched & task.schedulable & task.tolerated & check.fits & ~taken)
+    in_round = [fleet.index[name] for name in request.exclude if name in fleet.index]  # already in the task's round
+    usable = task.matched & task.schedulable & task.tolerated & check.fits & ~taken
+    usable[in_round] = False
+    candidates = np.flatnonzero(usable)
     samples = _samples(fleet, request)
     est = _node_estimates(fleet, request, samples, period.speed(task))
     participation = _participation(fleet, request)

@@ -132,6 +132,10 @@ def _pool_candidates(period: Period, task: TaskInput, busy: dict[int, str]) -> P
     for shard in busy:
         if shard < count:
             free[shard] = False
+    for device in request.exclude:  # already in the task's round
+        excluded = shard_index(device)
+        if excluded is not None and excluded < count:
+            free[excluded] = False
     candidates = np.flatnonzero(free)
     check = period.check(task)
     speed = typical_speed(period, task, check)

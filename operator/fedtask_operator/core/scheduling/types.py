@@ -31,6 +31,9 @@ class DeviceRequest:
     pool: str = ""  # builtin data: the device pool it shares with tasks naming the same one ("": its own devices)
     ready_since: float | None = None  # epoch seconds since it collects for the next period (collection window)
     replacement: bool = False  # mid-round: devices to replace failed ones (decided at once, no collection window)
+    # devices the task already has in its round (a replacement's request: finished or failed, they are not free for
+    # it even when their pods are gone); never chosen
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
