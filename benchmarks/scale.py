@@ -4,15 +4,23 @@ tasks. Prints one JSON line.
 1. Index bytes per foreign pod, in process (tracemalloc): the pod index as it was (each pod's metadata, affinity and
    containers deep-copied) against kube/pod_index.py's summaries, for the same realistic pods (a dozen env vars,
    mounts, probes, two containers). Peer: the old index, as a ratio.
-2. The real operator process (`fedtask operator` against the API emulator, kmock), started with 0 (the peer) and
-   with N foreign pods in the cluster: its RSS once it has listed and indexed them (a fedtask-labelled marker pod,
-   listed last, reaches its handler) and settled; growth per foreign pod. Target <= 1 KB. The real API server on
-   this 2-core machine would need N pods stored in etcd through admission; the emulator lists the same objects.
+2. The real operator process (`fedtask operator` against the API emulator, kmock), started with 0 and with each
+   of `--foreign-pods` (e.g. 2000,20000) foreign pods in the cluster: its RSS once it has listed and indexed them
+   and settled, its CPU seconds until then; bytes per foreign pod against 0 and the slope between the two largest
+   sizes. Target: slope <= 1 KB (against 0 adds the one-off cost of the first list page). `--compare-tree DIR`
+   runs an older source tree (e.g. `git archive` of the commit before kube/pod_watch.py, when kopf watched pods) at
+   `--compare-pods` sizes: the peer, as ratios.
+4. `--real`: the same on the real control plane (hack/local-cluster.sh up: etcd, kube-apiserver, scheduler,
+   controller-manager): `--real-tasks` FederatedTasks (waiting for devices; their server pods pinned to no node)
+   and `--real-pods` foreign pods, created concurrently and bound to fake nodes (nothing runs them; they tolerate
+   the fake nodes' unreachable taints). The operator runs cluster-wide, started before the pods (tasks only) and
+   after; RSS and CPU seconds at both, and over a steady minute. Takes the machine's cluster lock.
 3. One learning period's device selection at 10,000 nodes x 100 tasks (benchmarks/bench_sched_speed.py's fleet and
    requests) from the full pod dicts, and as the operator runs it: from the summaries, expanded per pass. Target
    <= 200 ms.
 
-    python benchmarks/scale.py [--foreign-pods 20000] [--nodes 10000] [--tasks 100] [--no-process]
+    python benchmarks/scale.py [--foreign-pods 2000,20000] [--nodes 10000] [--tasks 100] [--no-process]
+                               [--compare-tree DIR] [--real [--real-pods 100000] [--real-tasks 1000]]
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import copy
 import gc
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -119,11 +128,24 @@ def settled_rss(pid: int, least_seconds: float = 8.0, quiet_seconds: float = 4.0
     raise RuntimeError(f"the operator's RSS did not settle within {timeout}s")
 
 
-MARKER = "zz-marker"  # a fedtask-labelled pod stored after the foreign ones: its handler runs once they are indexed
+MARKER = "zz-marker"  # a fedtask-labelled pod stored after the foreign ones (kopf's pod handler runs once indexed)
 
 
-def operator_rss(count: int, workdir: Path, tree: str = "") -> tuple[int, float]:
-    """(settled RSS of `fedtask operator` started with `count` foreign pods in the emulator, seconds to settle)."""
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def pods_indexed(log: str, count: int) -> bool:
+    """The operator has listed every pod: kube/pod_watch.py logs the list; an older tree's kopf handler saw the
+    marker pod (listed after the foreign ones)."""
+    return "Handler 'pod_changed'" in log or bool(re.search(rf"pods listed[^:]*: {count}\b", log))
+
+
+def operator_rss(count: int, workdir: Path, tree: str = "") -> dict:
+    """`fedtask operator` started with `count` foreign pods (and the marker) in the emulator: settled RSS, CPU
+    seconds until then, seconds to settle."""
     from tests.support.kube import EmulatedCluster
     from tests.support.operator import OperatorProcess
     from tests.support.s3 import run_s3_server
@@ -144,52 +166,260 @@ def operator_rss(count: int, workdir: Path, tree: str = "") -> tuple[int, float]
         async def mark() -> None:
             cluster.emulator.objects["v1/pods", "default", MARKER] = marker
         cluster.call(mark())
-        operator = OperatorProcess(cluster, s3, workdir / f"operator-{count}.log", "--standalone", "--verbose")
+        operator = OperatorProcess(cluster, s3, workdir / f"operator-{count}-{bool(tree)}.log", "--standalone",
+                                   "--verbose")
         if tree:  # the operator from another source tree (an older commit, for a before/after)
             operator.env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
         with operator:
             started = time.monotonic()
-            while "Handler 'pod_changed'" not in operator.log():  # every pod listed and indexed
+            while not pods_indexed(operator.log(), count + 1):  # every pod listed and indexed
                 if time.monotonic() - started > 900 or operator.process.poll() is not None:
                     raise RuntimeError(f"the operator did not index the pods:\n{operator.log()[-3000:]}")
                 time.sleep(0.5)
             rss = settled_rss(operator.process.pid)
-            return rss, time.monotonic() - started
+            return {"rss": rss, "cpu": cpu_seconds(operator.process.pid), "seconds": time.monotonic() - started}
+
+
+def process_measure(sizes: list[int], tree: str) -> dict:
+    """RSS and CPU of the operator at 0 and each size; bytes per foreign pod against 0 and between the two largest."""
+    with tempfile.TemporaryDirectory(prefix="fedtask-scale-") as tmp:
+        runs = {size: operator_rss(size, Path(tmp), tree) for size in [0, *sizes]}
+    largest = sizes[-1]
+    low = sizes[-2] if len(sizes) > 1 else 0
+    return {"rss_mb": {str(n): round(run["rss"] / 2**20, 1) for n, run in runs.items()},
+            "cpu_seconds": {str(n): round(run["cpu"], 2) for n, run in runs.items()},
+            "settle_seconds": {str(n): round(run["seconds"], 1) for n, run in runs.items()},
+            "bytes_per_foreign_pod": round((runs[largest]["rss"] - runs[0]["rss"]) / largest),
+            "slope_bytes_per_foreign_pod": round((runs[largest]["rss"] - runs[low]["rss"]) / (largest - low))}
+
+
+# ---------------------------------------------------------------------------------------------- the real control plane
+REAL_NAMESPACES = 20
+REAL_NODES = 100
+
+
+def _real_pod(i: int) -> dict:
+    pod = foreign_pod(i, nodes=REAL_NODES)
+    metadata = pod["metadata"]
+    pod["metadata"] = {key: metadata[key] for key in ("name", "labels", "annotations")}
+    pod["metadata"]["namespace"] = f"bench-{i % REAL_NAMESPACES}"
+    pod["spec"]["nodeName"] = f"bench-node-{i % REAL_NODES:03d}"
+    pod["spec"]["tolerations"] = [{"operator": "Exists"}]  # the fake nodes turn unreachable: no eviction
+    pod["spec"]["serviceAccountName"] = "default"
+    pod["spec"]["automountServiceAccountToken"] = False
+    for container in pod["spec"]["containers"]:  # no token volume without automounting
+        container["volumeMounts"] = [m for m in container.get("volumeMounts") or () if m["name"] != "kube-api-access"]
+    del pod["status"]
+    return pod
+
+
+def _real_task(i: int) -> dict:
+    from tests.support.operator import digits_task
+
+    task = digits_task(f"bench-task-{i:04d}", rounds=1)
+    task["metadata"]["namespace"] = "bench-tasks"
+    task["spec"]["server"] = {"nodeSelector": {"fedtask.io/bench": "no-such-node"}}  # its pods wait, unscheduled
+    task["spec"]["devices"]["selector"] = {"matchLabels": {"fedtask.io/bench": "no-such-device"}}  # it waits
+    return task
+
+
+def _create_all(client, make, count: int, threads: int = 24) -> float:
+    """Create `count` objects (make(i) -> (create function, body)) from `threads` threads; the seconds it took."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(i: int) -> None:
+        call, body = make(i)
+        for attempt in range(20):
+            try:
+                call(body)
+                return
+            except Exception as error:  # the API server is busy; 409: an earlier attempt landed
+                status = getattr(error, "status", None)
+                if status == 409:
+                    return
+                if attempt == 19 or (status and 400 <= status < 500 and status != 429):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    started = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(create, range(count), chunksize=64):
+            pass
+    return time.monotonic() - started
+
+
+def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, steady_seconds: float) -> dict:
+    """`fedtask operator -A` on the real API server: seconds until its pod list is in, RSS and CPU seconds then, after
+    it settles, and over `steady_seconds` more (the tasks' resync timers and scheduling passes)."""
+    import subprocess
+
+    log_path = workdir / f"operator-{label}.log"
+    args = [sys.executable, "-m", "fedtask_operator.cli", "operator", "--all-namespaces", "--standalone",
+            "--metrics-port=0", "--liveness=", f"--store-endpoint={env['FEDTASK_MINIO_ENDPOINT']}",
+            "--store-bucket=fedtask", "--no-store-secure", "--verbose"]
+    proc_env = dict(env, PYTHONUNBUFFERED="1", AWS_ACCESS_KEY_ID=env["FEDTASK_MINIO_ACCESS_KEY"],
+                    AWS_SECRET_ACCESS_KEY=env["FEDTASK_MINIO_SECRET_KEY"])
+    if tree:
+        proc_env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, env=proc_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        started = time.monotonic()
+        peak = 0
+        while True:
+            text = log_path.read_text(errors="replace")
+            peak = max(peak, rss_bytes(process.pid))
+            if ("Handler 'task_changed'" in text or "Handler 'task_resync'" in text or "Timer 'task_resync'" in text) \
+                    and (tree or re.search(r"pods listed: \d+", text)):
+                break
+            if time.monotonic() - started > 1800 or process.poll() is not None:
+                raise RuntimeError(f"the operator did not start handling tasks:\n{text[-3000:]}")
+            time.sleep(0.5)
+        ready = time.monotonic() - started
+        ready_cpu = cpu_seconds(process.pid)
+        try:
+            rss = settled_rss(process.pid, timeout=180)
+        except RuntimeError:
+            rss = rss_bytes(process.pid)
+        cpu_before, t_before = cpu_seconds(process.pid), time.monotonic()
+        while time.monotonic() - t_before < steady_seconds:
+            peak = max(peak, rss_bytes(process.pid))
+            time.sleep(1)
+        steady_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - t_before)
+        final = rss_bytes(process.pid)
+        return {"ready_seconds": round(ready, 1), "cpu_seconds_to_ready": round(ready_cpu, 1),
+                "rss_mb": round(rss / 2**20, 1), "rss_mb_after_steady": round(final / 2**20, 1),
+                "rss_mb_peak": round(max(peak, final) / 2**20, 1), "steady_cpu_cores": round(steady_cpu, 3),
+                "rss": rss, "log_errors": text.count("[ERROR")}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _kubectl(env: dict, *args: str) -> str:
+    import subprocess
+
+    result = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def real_measure(pods: int, tasks: int, tree: str, steady_seconds: float) -> dict:
+    import kubernetes
+
+    from tests.cluster.conftest import LOCK_SECONDS, machine_lock, read_env, run_script
+
+    report: dict = {"api": "real kube-apiserver (hack/local-cluster.sh)", "real_pods": pods, "real_tasks": tasks}
+    with tempfile.TemporaryDirectory(prefix="fedtask-scale-real-") as tmp, machine_lock(LOCK_SECONDS):
+        directory = Path(tmp) / "cluster"
+        run_script("up", "--dir", str(directory), timeout=900)
+        try:
+            env = read_env(directory / "env")
+            client = kubernetes.config.new_client_from_config(config_file=env["KUBECONFIG"])
+            client.configuration.connection_pool_maxsize = 32
+            core, custom = kubernetes.client.CoreV1Api(client), kubernetes.client.CustomObjectsApi(client)
+            core.create_namespace({"metadata": {"name": "bench-tasks"}})
+            for n in range(REAL_NAMESPACES):
+                core.create_namespace({"metadata": {"name": f"bench-{n}"}})
+            _kubectl(env, "apply", "--server-side", "-f", str(ROOT / "crds" / "federatedtask.yaml"))
+            deadline = time.monotonic() + 120
+            while _kubectl(env, "get", "crd", "federatedtasks.fedtask.io", "-o",
+                           "jsonpath={.status.conditions[?(@.type=='Established')].status}") != "True":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the FederatedTask CRD was not established within 120 s")
+                time.sleep(1)
+            for n in range(REAL_NODES):
+                core.create_node({"metadata": {"name": f"bench-node-{n:03d}", "labels": {"bench": "fake"}},
+                                  "status": {"capacity": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+                                             "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "2000"}}})
+            report["create_tasks_seconds"] = round(_create_all(client, lambda i: (
+                lambda body: custom.create_namespaced_custom_object("fedtask.io", "v1alpha1", "bench-tasks",
+                                                                    "federatedtasks", body,
+                                                                    _preload_content=False),
+                _real_task(i)), tasks), 1)
+            report["operator_tasks_only"] = real_operator(env, Path(tmp), "tasks", 0, tree, steady_seconds)
+            # the default service account exists before pods need it (the controller creates it)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and any(
+                    not core.list_namespaced_service_account(f"bench-{n}").items for n in range(REAL_NAMESPACES)):
+                time.sleep(1)
+            report["create_pods_seconds"] = round(_create_all(client, lambda i: (
+                lambda body: core.create_namespaced_pod(body["metadata"]["namespace"], body,
+                                                        _preload_content=False), _real_pod(i)), pods), 1)
+            report["operator_with_pods"] = real_operator(env, Path(tmp), "pods", pods, tree, steady_seconds)
+            base, full = report["operator_tasks_only"].pop("rss"), report["operator_with_pods"].pop("rss")
+            report["bytes_per_foreign_pod"] = round((full - base) / pods)
+        finally:
+            run_script("down", "--dir", str(directory), timeout=300)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--foreign-pods", type=int, default=20000, help="foreign pods for the operator (default "
-                        "20000; the in-process index measure uses the same count)")
+    parser.add_argument("--foreign-pods", default="2000,20000", help="foreign pod counts for the operator "
+                        "(comma-separated, default 2000,20000; the in-process index measure uses the largest)")
     parser.add_argument("--nodes", type=int, default=10000)
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-process", action="store_true", help="skip the operator process measure")
     parser.add_argument("--operator-tree", default="", metavar="DIR",
                         help="run the operator process from this source tree (e.g. `git archive` of an older commit)")
+    parser.add_argument("--compare-tree", default="", metavar="DIR",
+                        help="also run the operator from this source tree at the same sizes: the peer, as ratios")
+    parser.add_argument("--compare-pods", default="", metavar="N,N",
+                        help="the peer's foreign pod counts (default: --foreign-pods; kopf indexed 20,000 pods at "
+                             "~5 per second, so the peer is measured smaller)")
+    parser.add_argument("--real", action="store_true", help="measure on the real control plane instead of kmock")
+    parser.add_argument("--real-pods", type=int, default=100000)
+    parser.add_argument("--real-tasks", type=int, default=1000)
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
     args = parser.parse_args(argv)
-    if args.foreign_pods < 1000 or args.nodes < 1 or args.tasks < 1:
+    try:
+        sizes = sorted({int(size) for size in args.foreign_pods.split(",") if size.strip()})
+    except ValueError:
+        parser.error(f"--foreign-pods takes comma-separated counts, not {args.foreign_pods!r}")
+    if not sizes or sizes[0] < 1000 or args.nodes < 1 or args.tasks < 1:
         parser.error("--foreign-pods must be at least 1000, --nodes and --tasks at least 1")
+    for tree in (args.operator_tree, args.compare_tree):
+        if tree and not (Path(tree) / "operator" / "fedtask_operator").is_dir():
+            parser.error(f"{tree} has no operator/fedtask_operator: give the root of a fedtask source tree")
 
-    report: dict = {"benchmark": "scale", "foreign_pods": args.foreign_pods}
+    report: dict = {"benchmark": "scale", "foreign_pods": sizes}
+    if args.real:
+        report.update(real_measure(args.real_pods, args.real_tasks, args.operator_tree, args.steady_seconds))
+        if args.compare_tree:
+            peer = real_measure(args.real_pods, args.real_tasks, args.compare_tree, args.steady_seconds)
+            report["peer"] = peer
+            report["bytes_per_foreign_pod_ratio_vs_peer"] = round(
+                report["bytes_per_foreign_pod"] / max(peer["bytes_per_foreign_pod"], 1), 4)
+        report["target_bytes_per_pod"] = TARGET_BYTES_PER_POD
+        report["meets_rss_target"] = report["bytes_per_foreign_pod"] <= TARGET_BYTES_PER_POD
+        print(json.dumps(report))
+        return 0
+
     # 1. the index, in process
-    old = retained_bytes(old_index_value, args.foreign_pods)
-    new = retained_bytes(pod_index.summarize, args.foreign_pods)
+    old = retained_bytes(old_index_value, sizes[-1])
+    new = retained_bytes(pod_index.summarize, sizes[-1])
     report.update(index_bytes_per_pod_old=round(old), index_bytes_per_pod=round(new),
                   index_ratio_vs_old=round(new / old, 3))
 
     # 2. the operator process
     if not args.no_process:
-        with tempfile.TemporaryDirectory(prefix="fedtask-scale-") as tmp:
-            empty, empty_seconds = operator_rss(0, Path(tmp), args.operator_tree)
-            full, full_seconds = operator_rss(args.foreign_pods, Path(tmp), args.operator_tree)
-        per_pod = (full - empty) / args.foreign_pods
-        report.update(operator_rss_mb_without_foreign_pods=round(empty / 2**20, 1),
-                      operator_rss_mb_with_foreign_pods=round(full / 2**20, 1),
-                      operator_rss_bytes_per_foreign_pod=round(per_pod), target_bytes_per_pod=TARGET_BYTES_PER_POD,
-                      meets_rss_target=per_pod <= TARGET_BYTES_PER_POD,
-                      operator_settle_seconds=[round(empty_seconds, 1), round(full_seconds, 1)],
-                      api="kmock emulator", operator_tree=args.operator_tree or "this tree")
+        measured = process_measure(sizes, args.operator_tree)
+        report.update(operator=measured, api="kmock emulator", operator_tree=args.operator_tree or "this tree",
+                      operator_rss_bytes_per_foreign_pod=measured["bytes_per_foreign_pod"],
+                      operator_rss_slope_bytes_per_foreign_pod=measured["slope_bytes_per_foreign_pod"],
+                      target_bytes_per_pod=TARGET_BYTES_PER_POD,
+                      meets_rss_target=measured["slope_bytes_per_foreign_pod"] <= TARGET_BYTES_PER_POD)
+        if args.compare_tree:
+            peer_sizes = sorted({int(n) for n in args.compare_pods.split(",") if n.strip()}) or sizes
+            peer = process_measure(peer_sizes, args.compare_tree)
+            report.update(peer=peer, peer_tree=args.compare_tree,
+                          slope_ratio_vs_peer=round(measured["slope_bytes_per_foreign_pod"]
+                                                    / max(peer["slope_bytes_per_foreign_pod"], 1), 4))
 
     # 3. the scheduling pass
     nodes, pods = make_fleet(args.nodes, seed=1, pools=POOLS)

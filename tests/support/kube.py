@@ -100,6 +100,19 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
             await self._collect_garbage()
         return response
 
+    async def _serve_list(self, request: kmock.Request):
+        """Paged as the API server pages a list: at most `limit` items, and a `continue` token (here an offset into
+        the current list) while more remain. kmock answers every list in one response."""
+        payload = await super()._serve_list(request)
+        limit = int(request.params.get("limit") or 0)
+        if limit > 0 and isinstance(payload, dict):
+            start = int(request.params.get("continue") or 0)
+            items = payload["items"]
+            payload["items"] = items[start:start + limit]
+            if start + limit < len(items):
+                payload["metadata"] = {**payload["metadata"], "continue": str(start + limit)}
+        return payload
+
     async def _check_precondition(self, request: kmock.Request, expected: str | None) -> None:
         """A patch that names a resourceVersion applies only to that version (else 409, as the API server answers)."""
         if expected is None or request.name is None:
