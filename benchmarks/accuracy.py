@@ -6,8 +6,10 @@ Grid (each axis can be narrowed, so one row reproduces in minutes):
 - adjustment: off, or on with the shared set a fraction of the training data (0.005, 0.01, 0.05);
 - seeds: model, partition and shuffling seed of each run (reported as mean ± std over seeds).
 
-Every run has the defaults of examples/mnist-noniid.yaml (MLP, 10 devices, 5 per round, 1 local epoch, batch 32,
-lr 0.05; adjustment 1 epoch, batch 32, lr 0.01) except for the partition, the strategy and the adjustment.
+Every run has the spec's defaults (MLP, 5 devices per round of 10; today 1 local epoch, batch 32, lr 0.1; adjustment
+1 epoch, batch 32, lr 0.05; data.shared.toDevices 1 while the adjustment is on, 0 without) except for the partition,
+the strategy and the adjustment; the design-study flags (--lr, --adjust-lr, --shared-to-devices, ...) set a field
+explicitly instead.
 Per run it reads the task's status: `final` is the last round's test accuracy (status.accuracy), `last3` the mean
 test accuracy of the final 3 rounds, `best` the test accuracy of the round the validation split chose (status.best).
 
@@ -35,6 +37,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "operator"))
+from fedtask_operator.core.spec import AdjustmentSpec  # noqa: E402  (the spec's defaults, for the baseline)
+
+ADJUST_DEFAULTS = AdjustmentSpec()
 FEDTASK = ROOT / ".venv" / "bin" / "fedtask"
 
 PARTITIONS = {
@@ -50,6 +56,9 @@ STRATEGIES = {
     # The spec's serverLearningRate default (1.0) is FedAvgM's; Adam's normalised step needs a smaller one.
     "fedadam": ({"strategy": "fedadam", "serverLearningRate": 0.01, "serverMomentum": 0.9}, {}),
 }
+TRAINING_KNOBS = {"lr": "learningRate", "local_epochs": "localEpochs", "batch_size": "batchSize",
+                  "momentum": "momentum"}
+ADJUSTMENT_KNOBS = {"adjust_epochs": "epochs", "adjust_lr": "learningRate"}
 ADJUSTMENTS = ("off", "0.005", "0.01", "0.05")
 OFF_SHARED_FRACTION = 0.01  # the spec default; with the adjustment off the devices hold the rest all the same
 
@@ -63,8 +72,12 @@ def manifest(dataset: str, partition: str, strategy: str, adjustment: str, seed:
     enabled = adjustment != "off"
     fraction = float(adjustment) if enabled else OFF_SHARED_FRACTION
     shared: dict = {"fraction": fraction}
-    if design.get("shared_to_devices"):
+    if design.get("shared_to_devices") is not None:
         shared["toDevices"] = design["shared_to_devices"]
+    # Only what the design study changes is written: everything else is the spec's default.
+    training = {**{spec: design[key] for key, spec in TRAINING_KNOBS.items() if design.get(key) is not None},
+                **training}
+    adjusting = {spec: design[key] for key, spec in ADJUSTMENT_KNOBS.items() if design.get(key) is not None}
     return {
         "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": f"acc-{partition}-{strategy}-{adjustment.replace('.', 'p')}-s{seed}"},
@@ -74,10 +87,9 @@ def manifest(dataset: str, partition: str, strategy: str, adjustment: str, seed:
                      "partition": {**PARTITIONS[partition], "seed": seed}, "shared": shared},
             "devices": {"count": devices, "perRound": per_round,
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}},
-            "training": {"localEpochs": 1, "batchSize": 32, "learningRate": 0.05, **training},
+            "training": training,
             "aggregation": aggregation,
-            "adjustment": {"enabled": enabled, "epochs": design.get("adjust_epochs", 1), "batchSize": 32,
-                           "learningRate": design.get("adjust_lr", 0.01)},
+            "adjustment": {"enabled": enabled, **adjusting},
             "rounds": {"max": rounds},
         },
     }
@@ -265,8 +277,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--no-baseline", action="store_true", help="skip the shared-only baseline")
     design = parser.add_argument_group("design study (defaults: the spec's)")
-    design.add_argument("--adjust-epochs", type=int, help="spec.adjustment.epochs (default 1)")
-    design.add_argument("--adjust-lr", type=float, help="spec.adjustment.learningRate (default 0.01)")
+    design.add_argument("--lr", type=float, help="spec.training.learningRate")
+    design.add_argument("--local-epochs", type=int, help="spec.training.localEpochs")
+    design.add_argument("--batch-size", type=int, help="spec.training.batchSize")
+    design.add_argument("--momentum", type=float, help="spec.training.momentum (device SGD momentum)")
+    design.add_argument("--adjust-epochs", type=int, help="spec.adjustment.epochs")
+    design.add_argument("--adjust-lr", type=float, help="spec.adjustment.learningRate")
     design.add_argument("--shared-to-devices", type=float,
                         help="spec.data.shared.toDevices: the share of the shared set every device trains on")
     parser.add_argument("--plot-dir", type=Path, help="write accuracy-<dataset>-<partition>.png there")
@@ -285,7 +301,8 @@ def main(argv: list[str]) -> int:
     if not FEDTASK.exists():
         raise SystemExit(f"{FEDTASK} is missing: make venv first")
     seeds = list(range(args.seeds))
-    changes = {"adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
+    changes = {"lr": args.lr, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
+               "momentum": args.momentum, "adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
                "shared_to_devices": args.shared_to_devices}
     changes = {key: value for key, value in changes.items() if value is not None}
     out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "rounds": args.rounds, "devices": args.devices,
@@ -308,7 +325,8 @@ def main(argv: list[str]) -> int:
         for adjustment in adjustments:
             if adjustment != "off":
                 runs = [shared_only(args.dataset, float(adjustment), seed, args.rounds,
-                                    changes.get("adjust_epochs", 1), changes.get("adjust_lr", 0.01)) for seed in seeds]
+                                    changes.get("adjust_epochs", ADJUST_DEFAULTS.epochs),
+                                    changes.get("adjust_lr", ADJUST_DEFAULTS.learning_rate)) for seed in seeds]
                 out["shared_only"][adjustment] = {**summary(runs), "runs": runs}
     compare(out)
     out["seconds"] = round(time.perf_counter() - started, 1)

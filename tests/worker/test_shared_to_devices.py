@@ -54,15 +54,22 @@ def test_the_train_stage_adds_the_slice_to_the_shard(tmp_path, capsys):
     assert code == 2 and "needs a shared set" in err and len(err.strip().splitlines()) == 1
 
 
-def test_the_train_pod_carries_the_share_only_when_set():
-    def args(shared: dict) -> list[str]:
+def test_the_train_pod_carries_the_share_as_set_and_by_default_while_the_adjustment_is_on():
+    def share(shared: dict, adjustment: bool = True) -> str | None:
         task = parse_task({"apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
                            "metadata": {"name": "t", "namespace": "ns", "uid": "u"},
                            "spec": {"data": {"dataset": "digits", "shared": shared},
+                                    "adjustment": {"enabled": adjustment},
                                     "devices": {"count": 4, "perRound": 2}}})
         pod = build_train_pod(task, RuntimeConfig(store_base_uri="file:///s"), 1, DeviceSlot(device="d001", node="n"))
-        return pod["spec"]["containers"][0]["args"]
+        args = pod["spec"]["containers"][0]["args"]
+        return args[args.index("--shared-to-devices") + 1] if "--shared-to-devices" in args else None
 
-    with_share = args({"fraction": 0.05, "toDevices": 0.25})
-    assert with_share[with_share.index("--shared-to-devices") + 1] == "0.25"
-    assert "--shared-to-devices" not in args({"fraction": 0.05})
+    assert share({"fraction": 0.05, "toDevices": 0.25}) == "0.25"
+    assert share({"fraction": 0.05, "toDevices": 0.25}, adjustment=False) == "0.25"
+    assert share({"fraction": 0.05, "toDevices": 0}) is None
+    # The default (docs/results.md): the whole builtin shared set while the adjustment is on, none without it.
+    assert share({"fraction": 0.05}) == "1.0"
+    assert share({"fraction": 0.05}, adjustment=False) is None
+    assert share({"fraction": 0.0}, adjustment=False) is None
+    assert share({"fraction": 0.05, "uri": "s3://shared/data.safetensors"}) is None

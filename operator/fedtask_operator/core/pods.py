@@ -378,8 +378,8 @@ def build_train_pod(task: FederatedTask, config: RuntimeConfig, round_: int, slo
                  "--partition-seed", str(partition.seed),
                  "--device-index", str(index), "--device-count", str(count),
                  "--shared-fraction", _number(spec.data.shared.fraction)]
-        if spec.data.shared.to_devices > 0:
-            args += ["--shared-to-devices", _number(spec.data.shared.to_devices)]
+        if spec.shared_to_devices > 0:
+            args += ["--shared-to-devices", _number(spec.shared_to_devices)]
     else:
         volumes.append(_data_volume(task, slot.node))
         mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})

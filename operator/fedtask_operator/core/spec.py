@@ -297,10 +297,12 @@ class SharedDataSpec:
                                 doc="Fraction of the training set held by the server as the globally shared dataset.")
     uri: str = api_field("", max_length=2048,
                          doc="A shared dataset in the store, instead of a fraction of the builtin dataset.")
-    to_devices: float = api_field(0.0, minimum=0, maximum=1,
-                                  doc="Builtin data: the share of the shared set (fraction) every simulated device "
-                                      "also trains on, a different random slice per device (Zhao et al. 2018); 0 "
-                                      "keeps the shared set on the server.")
+    to_devices: float | None = api_field(None, minimum=0, maximum=1,
+                                         doc="Builtin data: the share of the shared set (fraction) every simulated "
+                                             "device also trains on, a different random slice per device (Zhao et "
+                                             "al. 2018); 0 keeps the shared set on the server. Default: 1 while "
+                                             "adjustment.enabled (the shared set is used on the server and on the "
+                                             "devices), 0 without it (docs/results.md).")
 
 
 @dataclass
@@ -352,7 +354,7 @@ class DevicesSpec:
 class TrainingSpec:
     local_epochs: int = api_field(1, minimum=1, maximum=1000, doc="Epochs over a device's data per round.")
     batch_size: int = api_field(32, minimum=1, maximum=1000000, doc="Local batch size.")
-    learning_rate: float = api_field(0.05, minimum=0, exclusive_minimum=True, doc="Local learning rate.")
+    learning_rate: float = api_field(0.1, minimum=0, exclusive_minimum=True, doc="Local learning rate.")
     optimizer: str = api_field("sgd", enum=OPTIMIZERS, doc="sgd or adam.")
     momentum: float = api_field(0.0, minimum=0, maximum=1, exclusive_maximum=True, doc="SGD momentum.")
     weight_decay: float = api_field(0.0, minimum=0, doc="L2 weight decay.")
@@ -401,7 +403,7 @@ class AdjustmentSpec:
     enabled: bool = api_field(True, doc="Fine-tune the aggregated model on the shared dataset every round.")
     epochs: int = api_field(1, minimum=1, maximum=1000, doc="Epochs over the shared dataset.")
     batch_size: int = api_field(32, minimum=1, maximum=1000000, doc="Batch size of the adjustment.")
-    learning_rate: float = api_field(0.01, minimum=0, exclusive_minimum=True, doc="Learning rate of the adjustment.")
+    learning_rate: float = api_field(0.05, minimum=0, exclusive_minimum=True, doc="Learning rate of the adjustment.")
     resources: ResourceRequirements = api_field(factory=ResourceRequirements,
                                                 doc="Deprecated, use server.resources (it applies when "
                                                     "server.resources is empty).")
@@ -517,6 +519,14 @@ class TaskSpec:
     active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
     ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
                                                        doc="Delete the finished task after this many seconds.")
+
+    @property
+    def shared_to_devices(self) -> float:
+        """data.shared.toDevices as set, or its default: the whole builtin shared set while the adjustment uses it."""
+        if self.data.shared.to_devices is not None:
+            return self.data.shared.to_devices
+        builtin_shared = self.data.shared.fraction > 0 and not self.data.shared.uri
+        return 1.0 if self.adjustment.enabled and builtin_shared else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
