@@ -141,10 +141,11 @@ def faulted_seed(seed: int, workdir: Path, rounds: int, window: float) -> dict:
 OPERATOR_TASK = "faults"
 POD_FAULTS = {"train_pod_crash": (1, "Error"), "train_pod_oom": (137, "OOMKilled")}  # kind -> exit code, reason
 FINISHED_POD_PHASES = ("Succeeded", "Failed")
+LEASE_SECONDS = 6  # --leader-election: the lease the operator holds (the chart's default is 15 s)
 
 
 def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=(), timeout: float = 900,
-                 tree: str = "") -> dict:
+                 tree: str = "", lease: bool = False) -> dict:
     """One task of `rounds` rounds in a fresh emulated cluster, `fedtask operator --standalone` SIGKILLed at each of
     `kills` ((seconds after the first start, seconds down) pairs) and started again; `pod_faults` ((kind, round)
     pairs) make the first train pod of that round fail as `kind` says. What the API server stored is then checked."""
@@ -153,7 +154,8 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
     from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished
     from tests.support.waiting import wait_for
 
-    result: dict = {"injected": dict.fromkeys(("operator_sigkill", *POD_FAULTS), 0), "missed": 0, "failures": []}
+    result: dict = {"injected": dict.fromkeys(("operator_sigkill", *POD_FAULTS), 0), "missed": 0, "failures": [],
+                    "kill_rounds": []}  # the task's status.round when each kill came
     workdir.mkdir(parents=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", FEDTASK_STORE_RETRY_SECONDS="5")
     with EmulatedCluster(workdir / "cluster") as cluster, \
@@ -162,7 +164,10 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
             cluster.apply(make_node(node, labels=DEVICE))
         for kind, round_ in pod_faults:
             kubelet.fail_pods(f"{OPERATOR_TASK}-r{round_:04d}-train-", 1, *POD_FAULTS[kind])
-        operator = OperatorProcess(cluster, s3, workdir / "operator.log", "--standalone")
+        mode = ("--leader-election", f"--lease-duration={LEASE_SECONDS}", "--lease-namespace=default") if lease \
+            else ("--standalone",)
+        operator = OperatorProcess(cluster, s3, workdir / "operator.log", *mode)
+        operator.env["POD_NAME"] = "fedtask-operator"  # with a lease: each start is a new holder (name_<random>)
         if tree:  # the operator from another source tree (e.g. `git archive` of a commit)
             operator.env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
         started = time.monotonic()
@@ -176,6 +181,8 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
                 if finished(cluster, OPERATOR_TASK):
                     result["missed"] += 1  # the task ended before the kill time
                     continue
+                result["kill_rounds"].append(
+                    ((cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}).get("status") or {}).get("round", 0))
                 operator.kill()
                 result["injected"]["operator_sigkill"] += 1
                 time.sleep(down)
@@ -299,15 +306,15 @@ def operator_main(args) -> dict:
         with run_s3_server() as s3, ForkServer(preload_datasets=["digits"]) as launcher:
             s3.client().make_bucket("fedtask")
             os.environ.update(s3.env)  # the store settings, as the operator and pods get them in a cluster
-            peers = [operator_run(base / f"uninterrupted-{i}", args.rounds, s3, launcher, tree=args.operator_tree)
-                     for i in (1, 2)]
+            peers = [operator_run(base / f"uninterrupted-{i}", args.rounds, s3, launcher, tree=args.operator_tree,
+                                  lease=args.leader_election) for i in (1, 2)]
             deterministic = peers[0]["model"] is not None and peers[0]["model"] == peers[1]["model"]
             uninterrupted_seconds = min(p["seconds"] for p in peers)
             results = []
             for seed in range(args.seeds):
                 kills, faults = operator_plan(seed, args.rounds, uninterrupted_seconds * 0.9, not args.no_pod_faults)
                 result = operator_run(base / f"seed-{seed}", args.rounds, s3, launcher, kills, faults,
-                                      tree=args.operator_tree)
+                                      tree=args.operator_tree, lease=args.leader_election)
                 results.append({"seed": seed, **result})
                 print(f"seed {seed}: {result['phase']} in {result['seconds']:.1f}s, injected {result['injected']}",
                       file=sys.stderr, flush=True)
@@ -323,11 +330,15 @@ def operator_main(args) -> dict:
     faulted_mean = sum(r["seconds"] for r in results) / len(results)
     summary = {
         "benchmark": "faults", "target": "operator",
-        "runtime": "fedtask operator (kopf, --standalone) on the kmock API emulator, pods run by the test kubelet",
+        "runtime": "fedtask operator (kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election
+                                                 else "--standalone") + ") on the kmock API emulator, pods run by the "
+                   "test kubelet",
         "task": f"digits MLP, 4 devices, 2 per round, {args.rounds} rounds, policy {POLICY}, podRetryLimit 1",
         "seeds": args.seeds,
         "faults_injected": {kind: sum(r["injected"][kind] for r in results) for kind in results[0]["injected"]},
         "kills_after_the_task_ended": sum(r["missed"] for r in results),
+        "operator_kills_by_status_round": {str(n): sum(r["kill_rounds"].count(n) for r in results)
+                                           for n in sorted({n for r in results for n in r["kill_rounds"]})},
         "runs_completed": sum(r["phase"] == "Succeeded" for r in results),
         "rounds_lost": sum(len(r["lost"]) for r in results),
         "rounds_duplicated": sum(len(r["duplicated"]) for r in results),
@@ -362,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--no-pod-faults", action="store_true",
                         help="--target operator: only kill the operator (no crashed or OOM-killed train pods)")
+    parser.add_argument("--leader-election", action="store_true",
+                        help=f"--target operator: run it with the lease ({LEASE_SECONDS} s), as the chart does; a "
+                             "restarted operator then waits for its killed predecessor's lease to run out")
     parser.add_argument("--operator-tree", default="", metavar="DIR",
                         help="--target operator: run the operator from this source tree (e.g. `git archive HEAD`)")
     parser.add_argument("--keep", action="store_true", help="keep the workdirs and logs (printed in the JSON)")
