@@ -32,6 +32,8 @@ def test_the_committed_crd_carries_the_bounded_pattern():
     (devices({"cpu": "1e1234"}), {REQUESTS}),
     (devices(limits={"memory": "-1Gi"}), {LIMITS}),
     (devices(limits={"memory": "9" * 31 + "Gi"}), {LIMITS}),
+    (devices({"cpu": -1}), {REQUESTS}),  # a JSON integer skips the pattern: minimum 0 and a maximum bound it
+    (devices(limits={"memory": 10 ** 19}), {LIMITS}),
 ])
 def test_unreadable_quantities_are_refused_by_both(spec, expected):
     assert paths(api_server_errors(spec)) == expected
@@ -41,6 +43,12 @@ def test_unreadable_quantities_are_refused_by_both(spec, expected):
 @pytest.mark.parametrize("value", ["1", "500m", "2Gi", "+1", "1.5", ".5", "1e3", "1E-3", "0", "9" * 30 + "Ei",
                                    "1" * 30 + "." + "1" * 30 + "e+999"])
 def test_ordinary_quantities_still_pass(value):
+    spec = devices({"cpu": value}, {"memory": value})
+    assert api_server_errors(spec) == [] and python_errors(spec) == []
+
+
+@pytest.mark.parametrize("value", [0, 2, 10 ** 18])
+def test_ordinary_integer_quantities_still_pass(value):
     spec = devices({"cpu": value}, {"memory": value})
     assert api_server_errors(spec) == [] and python_errors(spec) == []
 

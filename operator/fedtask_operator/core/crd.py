@@ -63,11 +63,11 @@ def _scalar_schema(tp: Any, info: FieldInfo) -> dict[str, Any]:
         raise TypeError(f"no schema for {tp!r}")
     if info.enum is not None:
         schema["enum"] = list(info.enum)
-    if info.minimum is not None and tp in (int, float):
+    if info.minimum is not None and tp in (int, float, IntOrString):  # an int-or-string: its integer form
         schema["minimum"] = info.minimum
         if info.exclusive_minimum:
             schema["exclusiveMinimum"] = True
-    if info.maximum is not None and tp in (int, float):
+    if info.maximum is not None and tp in (int, float, IntOrString):
         schema["maximum"] = info.maximum
         if info.exclusive_maximum:
             schema["exclusiveMaximum"] = True
@@ -96,7 +96,8 @@ def _type_schema(tp: Any, info: FieldInfo, defaults: bool) -> dict[str, Any]:
         return schema
     if origin is dict:
         _, value_tp = typing.get_args(tp)
-        value_info = FieldInfo(pattern=info.pattern, max_length=info.max_length)
+        value_info = FieldInfo(pattern=info.pattern, max_length=info.max_length, minimum=info.minimum,
+                               maximum=info.maximum)
         schema = {"type": "object", "additionalProperties": _type_schema(value_tp, value_info, defaults)}
         if info.max_items is not None:
             schema["maxProperties"] = info.max_items

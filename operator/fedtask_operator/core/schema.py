@@ -227,7 +227,8 @@ class Decoder:
             if info.max_items is not None and len(value) > info.max_items:
                 errors.append(FieldError(path, f"must have at most {info.max_items} entries"))
             key_tp, value_tp = typing.get_args(tp)
-            value_info = FieldInfo(pattern=info.pattern, max_length=info.max_length)
+            value_info = FieldInfo(pattern=info.pattern, max_length=info.max_length, minimum=info.minimum,
+                                   maximum=info.maximum)
             out = {}
             for key, item in value.items():
                 if not isinstance(key, str):
@@ -266,7 +267,7 @@ class Decoder:
         if info.enum is not None and value not in info.enum:
             shown = ", ".join(repr(e) if e == "" else str(e) for e in info.enum)
             errors.append(FieldError(path, f"must be one of {shown}, not {value!r}"))
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and tp is not IntOrString:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # an IntOrString's integer form too
             if info.minimum is not None:
                 if info.exclusive_minimum and not value > info.minimum:
                     errors.append(FieldError(path, f"must be > {format_number(info.minimum)}"))

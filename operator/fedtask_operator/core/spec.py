@@ -48,6 +48,13 @@ HISTORY_LIMIT = 200  # status.history keeps the most recent rounds; the full rec
 QUANTITY_PATTERN = (
     r"^\+?(([0-9]{1,30}(\.[0-9]{0,30})?)|(\.[0-9]{1,30}))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]{1,3}))?$"
 )
+# A quantity given as a JSON integer (`cpu: 2`) skips the pattern: it is bounded by minimum 0 and this maximum.
+MAX_QUANTITY_INTEGER = 10 ** 18
+# Every integer of the spec has a minimum and a maximum (issue 12; tests/unit/test_crd_bounds.py walks the CRD).
+MAX_SEED = 2 ** 31 - 1
+MAX_SAMPLES = 10 ** 15  # updates' num_samples have at most 18 digits
+MAX_DEADLINE_SECONDS = 366 * 24 * 3600
+MAX_TOLERATION_SECONDS = 366 * 24 * 3600
 # `mlp` (a registry name) or `package.module:callable` (the user's own code in the user's image).
 PLUGIN_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?$"
 # `package.module:callable` or empty (an optional hook into the user's own code).
@@ -95,7 +102,8 @@ class Toleration:
     value: str = api_field("", doc="Taint value for operator Equal.")
     effect: str = api_field("", enum=["", "NoSchedule", "PreferNoSchedule", "NoExecute"],
                             doc="Taint effect to tolerate; empty tolerates every effect.")
-    toleration_seconds: int | None = api_field(None, doc="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = api_field(None, minimum=0, maximum=MAX_TOLERATION_SECONDS,
+                                               doc="How long a NoExecute taint is tolerated.")
 
 
 # Resources per requests/limits map: bounds the CEL cost of the rule comparing them (a real pod names a handful: cpu,
@@ -116,11 +124,11 @@ def is_overcommit_forbidden(resource: str) -> bool:
 @dataclass
 class ResourceRequirements:
     requests: dict[str, IntOrString] = api_field(
-        {}, pattern=QUANTITY_PATTERN, max_items=MAX_RESOURCES,
+        {}, pattern=QUANTITY_PATTERN, minimum=0, maximum=MAX_QUANTITY_INTEGER, max_items=MAX_RESOURCES,
         doc="Per-pod requests, Kubernetes quantities (`cpu: 500m`, `nvidia.com/gpu: 1`). An extended resource "
             "(`nvidia.com/gpu`, `hugepages-2Mi`) given only here gets the same limit.")
     limits: dict[str, IntOrString] = api_field(
-        {}, pattern=QUANTITY_PATTERN, max_items=MAX_RESOURCES,
+        {}, pattern=QUANTITY_PATTERN, minimum=0, maximum=MAX_QUANTITY_INTEGER, max_items=MAX_RESOURCES,
         doc="Per-pod limits. An extended resource given only here gets the same request (and the scheduler counts it).")
 
 
@@ -276,7 +284,7 @@ class ModelSpec:
     name: str = api_field("mlp", pattern=PLUGIN_PATTERN, max_length=256, immutable=True,
                           doc="A registered model (`mlp`, `cnn`) or `module:callable` from the worker image.")
     args: FreeForm = api_field({}, doc="Keyword arguments for the model constructor.")
-    seed: int = api_field(0, minimum=0, immutable=True, doc="Seed of the initial weights.")
+    seed: int = api_field(0, minimum=0, maximum=MAX_SEED, immutable=True, doc="Seed of the initial weights.")
     initial_uri: str = api_field("", max_length=2048, immutable=True,
                                  doc="Warm start: a safetensors model to start from instead of random weights.")
 
@@ -287,8 +295,9 @@ class PartitionSpec:
                             doc="How builtin data is shared out to simulated devices: iid, dirichlet or classes.")
     alpha: float = api_field(0.5, minimum=0, exclusive_minimum=True,
                              doc="Dirichlet concentration; smaller is more skewed.")
-    classes_per_device: int = api_field(2, minimum=1, doc="Classes each device holds with scheme classes.")
-    seed: int = api_field(0, minimum=0, doc="Seed of the partition.")
+    classes_per_device: int = api_field(2, minimum=1, maximum=10000,
+                                        doc="Classes each device holds with scheme classes.")
+    seed: int = api_field(0, minimum=0, maximum=MAX_SEED, doc="Seed of the partition.")
 
 
 @dataclass
@@ -386,13 +395,13 @@ class AggregationSpec:
                                        doc="Server momentum (fedavgm) or first-moment decay (fedadam).")
     trim_fraction: float = api_field(0.1, minimum=0, maximum=0.5, exclusive_maximum=True,
                                      doc="Share cut from each end per coordinate (trimmed-mean).")
-    byzantine: int = api_field(0, minimum=0, doc="Number of faulty updates tolerated (krum).")
+    byzantine: int = api_field(0, minimum=0, maximum=10000, doc="Number of faulty updates tolerated (krum).")
     on_invalid: str = api_field("skip", enum=ON_INVALID,
                                 doc="skip: an invalid update is left out and recorded; fail: the round fails.")
     clip_norm: float | None = api_field(None, minimum=0, exclusive_minimum=True,
                                         doc="Norm bound: an update farther than this (L2 distance of its float "
                                             "tensors from the global model) is scaled down to it; default none.")
-    max_samples_per_update: int | None = api_field(None, minimum=1,
+    max_samples_per_update: int | None = api_field(None, minimum=1, maximum=MAX_SAMPLES,
                                                    doc="The most num_samples an update may claim (its weight); a "
                                                        "larger claim is clipped. Builtin data is also capped by the "
                                                        "shard size its train pod reported; default none.")
@@ -415,9 +424,9 @@ class RoundsSpec:
     target_accuracy: float = api_field(0.0, minimum=0, maximum=1,
                                        doc="Stop once the adjusted model reaches this accuracy (or "
                                            "evaluation.function's score) on the validation split; 0 disables.")
-    patience: int = api_field(0, minimum=0, doc="Stop after this many rounds without a better validation accuracy; 0 "
-                                                "disables.")
-    timeout_seconds: int = api_field(600, minimum=1,
+    patience: int = api_field(0, minimum=0, maximum=100000,
+                              doc="Stop after this many rounds without a better validation accuracy; 0 disables.")
+    timeout_seconds: int = api_field(600, minimum=1, maximum=604800,
                                      doc="Round deadline: after it, the round goes on with minReturned updates.")
     quorum_timeout_seconds: int | None = api_field(
         None, minimum=1, maximum=1209600,
@@ -516,8 +525,9 @@ class TaskSpec:
             "a train pod's device fails and is replaced, a server-side stage or publish pod is replaced by its next "
             "attempt (counted against podRetryLimit). A pod on a deleted node is given up at once. (Kubernetes "
             "itself evicts such pods only after 300 s.)")
-    active_deadline_seconds: int | None = api_field(None, minimum=1, doc="The task fails when running longer.")
-    ttl_seconds_after_finished: int | None = api_field(None, minimum=0,
+    active_deadline_seconds: int | None = api_field(None, minimum=1, maximum=MAX_DEADLINE_SECONDS,
+                                                    doc="The task fails when running longer.")
+    ttl_seconds_after_finished: int | None = api_field(None, minimum=0, maximum=MAX_DEADLINE_SECONDS,
                                                        doc="Delete the finished task after this many seconds.")
 
     @property
