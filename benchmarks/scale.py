@@ -255,7 +255,7 @@ def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, st
     log_path = workdir / f"operator-{label}.log"
     args = [sys.executable, "-m", "fedtask_operator.cli", "operator", "--all-namespaces", "--standalone",
             "--metrics-port=0", "--liveness=", f"--store-endpoint={env['FEDTASK_MINIO_ENDPOINT']}",
-            "--store-bucket=fedtask", "--no-store-secure", "--verbose"]
+            "--store-bucket=fedtask", "--no-store-secure"]
     proc_env = dict(env, PYTHONUNBUFFERED="1", AWS_ACCESS_KEY_ID=env["FEDTASK_MINIO_ACCESS_KEY"],
                     AWS_SECRET_ACCESS_KEY=env["FEDTASK_MINIO_SECRET_KEY"])
     if tree:
@@ -277,7 +277,7 @@ def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, st
         ready = time.monotonic() - started
         ready_cpu = cpu_seconds(process.pid)
         try:
-            rss = settled_rss(process.pid, timeout=180)
+            rss = settled_rss(process.pid, timeout=90)
         except RuntimeError:
             rss = rss_bytes(process.pid)
         cpu_before, t_before = cpu_seconds(process.pid), time.monotonic()
@@ -298,12 +298,19 @@ def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, st
             process.kill()
 
 
+def _committed_crd() -> bytes:
+    import subprocess
+
+    result = subprocess.run(["git", "-C", str(ROOT), "show", "HEAD:crds/federatedtask.yaml"], capture_output=True)
+    return result.stdout if result.returncode == 0 else (ROOT / "crds" / "federatedtask.yaml").read_bytes()
+
+
 def _kubectl(env: dict, *args: str) -> str:
     import subprocess
 
     result = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
-        raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[:2000]}")
     return result.stdout.strip()
 
 
@@ -324,10 +331,13 @@ def real_measure(pods: int, tasks: int, tree: str, steady_seconds: float) -> dic
             core.create_namespace({"metadata": {"name": "bench-tasks"}})
             for n in range(REAL_NAMESPACES):
                 core.create_namespace({"metadata": {"name": f"bench-{n}"}})
-            _kubectl(env, "apply", "--server-side", "-f", str(ROOT / "crds" / "federatedtask.yaml"))
+            crd = Path(tmp) / "crd.yaml"  # the committed CRD (the tree's copy may be mid-regeneration)
+            crd.write_bytes(_committed_crd())
+            _kubectl(env, "create", "-f", str(crd))
             deadline = time.monotonic() + 120
-            while _kubectl(env, "get", "crd", "federatedtasks.fedtask.io", "-o",
-                           "jsonpath={.status.conditions[?(@.type=='Established')].status}") != "True":
+            while not any(c.get("type") == "Established" and c.get("status") == "True" for c in json.loads(
+                    _kubectl(env, "get", "crd", "federatedtasks.fedtask.io", "-o", "json")).get("status", {}).get(
+                    "conditions") or ()):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the FederatedTask CRD was not established within 120 s")
                 time.sleep(1)
@@ -340,7 +350,9 @@ def real_measure(pods: int, tasks: int, tree: str, steady_seconds: float) -> dic
                                                                     "federatedtasks", body,
                                                                     _preload_content=False),
                 _real_task(i)), tasks), 1)
+            print(f"partial: {json.dumps(report)}", file=sys.stderr, flush=True)
             report["operator_tasks_only"] = real_operator(env, Path(tmp), "tasks", 0, tree, steady_seconds)
+            print(f"partial: {json.dumps(report)}", file=sys.stderr, flush=True)
             # the default service account exists before pods need it (the controller creates it)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and any(
@@ -349,6 +361,7 @@ def real_measure(pods: int, tasks: int, tree: str, steady_seconds: float) -> dic
             report["create_pods_seconds"] = round(_create_all(client, lambda i: (
                 lambda body: core.create_namespaced_pod(body["metadata"]["namespace"], body,
                                                         _preload_content=False), _real_pod(i)), pods), 1)
+            print(f"partial: {json.dumps(report)}", file=sys.stderr, flush=True)
             report["operator_with_pods"] = real_operator(env, Path(tmp), "pods", pods, tree, steady_seconds)
             base, full = report["operator_tasks_only"].pop("rss"), report["operator_with_pods"].pop("rss")
             report["bytes_per_foreign_pod"] = round((full - base) / pods)
@@ -379,8 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sizes = sorted({int(size) for size in args.foreign_pods.split(",") if size.strip()})
+        peer_sizes = sorted({int(size) for size in args.compare_pods.split(",") if size.strip()}) or sizes
     except ValueError:
-        parser.error(f"--foreign-pods takes comma-separated counts, not {args.foreign_pods!r}")
+        parser.error(f"--foreign-pods and --compare-pods take comma-separated counts, not {args.foreign_pods!r} / "
+                     f"{args.compare_pods!r}")
     if not sizes or sizes[0] < 1000 or args.nodes < 1 or args.tasks < 1:
         parser.error("--foreign-pods must be at least 1000, --nodes and --tasks at least 1")
     for tree in (args.operator_tree, args.compare_tree):
@@ -415,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
                       target_bytes_per_pod=TARGET_BYTES_PER_POD,
                       meets_rss_target=measured["slope_bytes_per_foreign_pod"] <= TARGET_BYTES_PER_POD)
         if args.compare_tree:
-            peer_sizes = sorted({int(n) for n in args.compare_pods.split(",") if n.strip()}) or sizes
             peer = process_measure(peer_sizes, args.compare_tree)
             report.update(peer=peer, peer_tree=args.compare_tree,
                           slope_ratio_vs_peer=round(measured["slope_bytes_per_foreign_pod"]
