@@ -96,6 +96,7 @@ def lost_node_task(name: str, grace: int) -> str:
         "count": 4, "perRound": 2, "minReturned": 2,
         "resources": {"requests": {"cpu": "100m", "memory": f"{int(memory_ki() * 0.6)}Ki"}}}))
     task["spec"]["nodeLostGraceSeconds"] = grace
+    task["spec"]["training"]["localEpochs"] = 20  # a few seconds of training: the pod is still running at the kill
     task["spec"]["server"] = {"nodeSelector": {ROLE_LABEL: "infra"}}
     return yaml.safe_dump(task)
 
