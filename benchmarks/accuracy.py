@@ -6,7 +6,9 @@ Grid (each axis can be narrowed, so one row reproduces in minutes):
 - adjustment: off, or on with the shared set a fraction of the training data (0.005, 0.01, 0.05);
 - seeds: model, partition and shuffling seed of each run (reported as mean ± std over seeds).
 
-Every run has the spec's defaults (MLP, 5 devices per round of 10; today 1 local epoch, batch 32, lr 0.1; adjustment
+--dataset/--dataset-args and --model/--model-args pick the data and the network (e.g. the synthetic 3x32x32 images
+with the `cnn`, docs/results.md "Beyond MNIST"). Every run has the spec's defaults (MLP, 5 devices per round of 10;
+today 1 local epoch, batch 32, lr 0.1; adjustment
 1 epoch, batch 32, lr 0.05; data.shared.toDevices 1 while the adjustment is on, 0 without) except for the partition,
 the strategy and the adjustment; the design-study flags (--lr, --adjust-lr, --shared-to-devices, ...) set a field
 explicitly instead.
@@ -64,7 +66,8 @@ OFF_SHARED_FRACTION = 0.01  # the spec default; with the adjustment off the devi
 
 
 def manifest(dataset: str, partition: str, strategy: str, adjustment: str, seed: int, rounds: int,
-             devices: int, per_round: int, design: dict | None = None) -> dict:
+             devices: int, per_round: int, design: dict | None = None, dataset_args: dict | None = None,
+             model: str = "mlp", model_args: dict | None = None) -> dict:
     """The task of one run; `design` changes the adjustment's defaults (adjust_epochs, adjust_lr) or sends a share
     of the shared set to every device (shared_to_devices), for the design study."""
     design = design or {}
@@ -82,8 +85,8 @@ def manifest(dataset: str, partition: str, strategy: str, adjustment: str, seed:
         "apiVersion": "fedtask.io/v1alpha1", "kind": "FederatedTask",
         "metadata": {"name": f"acc-{partition}-{strategy}-{adjustment.replace('.', 'p')}-s{seed}"},
         "spec": {
-            "model": {"name": "mlp", "seed": seed},
-            "data": {"dataset": dataset, "source": "builtin",
+            "model": {"name": model, "seed": seed, **({"args": model_args} if model_args else {})},
+            "data": {"dataset": dataset, "source": "builtin", **({"args": dataset_args} if dataset_args else {}),
                      "partition": {**PARTITIONS[partition], "seed": seed}, "shared": shared},
             "devices": {"count": devices, "perRound": per_round,
                         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}},
@@ -117,7 +120,8 @@ def fedtask_run(document: dict, folder: Path) -> dict:
 
 
 def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int, epochs: int = 1,
-                learning_rate: float = 0.01) -> dict:
+                learning_rate: float = 0.01, dataset_args: dict | None = None, model: str = "mlp",
+                model_args: dict | None = None) -> dict:
     """The server alone: the adjust stage's fine-tuning, round after round, with no devices in between."""
     from fedtask_worker.datasets import load_dataset
     from fedtask_worker.models import build_model
@@ -125,16 +129,16 @@ def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int, epoc
     from fedtask_worker.training import adjust_model, configure_threads, evaluate
 
     configure_threads()
-    dataset = load_dataset(dataset_name)
-    model = build_model("mlp", dataset.input_shape, dataset.num_classes, {}, seed=seed)
+    dataset = load_dataset(dataset_name, dataset_args)
+    network = build_model(model, dataset.input_shape, dataset.num_classes, model_args, seed=seed)
     rows = shared_indices(dataset.y_train, fraction)
     x, y = dataset.x_train[rows], dataset.y_train[rows]
     curve, validation = [], []
     for round_ in range(1, rounds + 1):
-        adjust_model(model, x, y, epochs=epochs, batch_size=32, learning_rate=learning_rate,
+        adjust_model(network, x, y, epochs=epochs, batch_size=32, learning_rate=learning_rate,
                      seed=seed * 100003 + round_)
-        curve.append(evaluate(model, dataset.x_test, dataset.y_test)[0])
-        validation.append(evaluate(model, dataset.x_val, dataset.y_val)[0])
+        curve.append(evaluate(network, dataset.x_test, dataset.y_test)[0])
+        validation.append(evaluate(network, dataset.x_val, dataset.y_val)[0])
     best = max(range(rounds), key=lambda index: validation[index])
     return {"seed": seed, "shared_samples": int(len(rows)), "final": curve[-1], "last3": statistics.fmean(curve[-3:]),
             "best": curve[best], "best_round": best + 1, "curve": curve, "validation_curve": validation}
@@ -147,6 +151,16 @@ def summary(runs: list[dict]) -> dict:
         out[f"{key}_mean"] = round(statistics.fmean(values), 4)
         out[f"{key}_std"] = round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0
     return out
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def listed(text: str, allowed, what: str) -> list[str]:
@@ -167,13 +181,19 @@ MEASURES = {"final": "test accuracy of the last round",
             "best": "test accuracy of the round the validation split chose (status.best)"}
 
 
+def described(args: dict | None) -> str:
+    return f" {json.dumps(args)}" if args else ""
+
+
 def markdown(out: dict, adjustments: list[str]) -> str:
     heads = ["off" if a == "off" else f"adjusted, {float(a) * 100:g}% shared" for a in adjustments]
     cells = {(c["partition"], c["strategy"], c["adjustment"]): c for c in out["cells"]}
     lines: list[str] = []
     for key, meaning in MEASURES.items():
-        lines += [f"Dataset {out['dataset']}, {out['rounds']} rounds, {out['devices']} devices ({out['per_round']} "
-                  f"per round), {out['seeds']} seeds; {meaning}, mean ± std over seeds (benchmarks/accuracy.py).", "",
+        lines += [f"Dataset {out['dataset']}{described(out.get('dataset_args'))}, model {out.get('model', 'mlp')}"
+                  f"{described(out.get('model_args'))}, {out['rounds']} rounds, {out['devices']} devices "
+                  f"({out['per_round']} per round), {out['seeds']} seeds; {meaning}, mean ± std over seeds "
+                  "(benchmarks/accuracy.py).", "",
                   "| partition | strategy | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
         for partition in out["partitions"]:
             for strategy in out["strategies"]:
@@ -248,6 +268,7 @@ def merged(args: argparse.Namespace) -> int:
                 first["dataset"], first["rounds"], first["devices"], first["per_round"]):
             raise SystemExit("--merge: the parts differ in dataset, rounds or devices")
     out = {key: first[key] for key in ("benchmark", "dataset", "rounds", "devices", "per_round")}
+    out.update({key: first[key] for key in ("dataset_args", "model", "model_args") if key in first})
     out["seeds"] = sorted({part["seeds"] for part in parts})[0]
     out["partitions"] = [p for p in PARTITIONS if any(p in part["partitions"] for part in parts)]
     out["strategies"] = [s for s in STRATEGIES if any(s in part["strategies"] for part in parts)]
@@ -266,7 +287,11 @@ def merged(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "digits", "synthetic"])
+    parser.add_argument("--dataset-args", type=json_object, default={},
+                        help='spec.data.args as JSON, e.g. \'{"kind": "images", "shape": [3, 32, 32]}\'')
+    parser.add_argument("--model", default="mlp", choices=["mlp", "cnn", "resnet"], help="spec.model.name")
+    parser.add_argument("--model-args", type=json_object, default={}, help="spec.model.args as JSON")
     parser.add_argument("--partition", default=",".join(PARTITIONS), help="comma-separated: " + ", ".join(PARTITIONS))
     parser.add_argument("--strategy", default=",".join(STRATEGIES), help="comma-separated: " + ", ".join(STRATEGIES))
     parser.add_argument("--adjustment", default=",".join(ADJUSTMENTS),
@@ -305,7 +330,8 @@ def main(argv: list[str]) -> int:
                "momentum": args.momentum, "adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
                "shared_to_devices": args.shared_to_devices}
     changes = {key: value for key, value in changes.items() if value is not None}
-    out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "rounds": args.rounds, "devices": args.devices,
+    out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "dataset_args": args.dataset_args,
+                 "model": args.model, "model_args": args.model_args, "rounds": args.rounds, "devices": args.devices,
                  "per_round": args.per_round, "seeds": args.seeds, "partitions": partitions,
                  "strategies": strategies, "adjustments": adjustments, "design": changes, "cells": []}
     started = time.perf_counter()
@@ -314,7 +340,8 @@ def main(argv: list[str]) -> int:
             for strategy in strategies:
                 for adjustment in adjustments:
                     runs = [fedtask_run(manifest(args.dataset, partition, strategy, adjustment, seed, args.rounds,
-                                                 args.devices, args.per_round, changes), Path(tmp))
+                                                 args.devices, args.per_round, changes, args.dataset_args,
+                                                 args.model, args.model_args), Path(tmp))
                             for seed in seeds]
                     out["cells"].append({"partition": partition, "strategy": strategy, "adjustment": adjustment,
                                          **summary(runs), "runs": runs})
@@ -326,7 +353,8 @@ def main(argv: list[str]) -> int:
             if adjustment != "off":
                 runs = [shared_only(args.dataset, float(adjustment), seed, args.rounds,
                                     changes.get("adjust_epochs", ADJUST_DEFAULTS.epochs),
-                                    changes.get("adjust_lr", ADJUST_DEFAULTS.learning_rate)) for seed in seeds]
+                                    changes.get("adjust_lr", ADJUST_DEFAULTS.learning_rate), args.dataset_args,
+                                    args.model, args.model_args) for seed in seeds]
                 out["shared_only"][adjustment] = {**summary(runs), "runs": runs}
     compare(out)
     out["seconds"] = round(time.perf_counter() - started, 1)

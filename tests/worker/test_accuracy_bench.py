@@ -91,3 +91,17 @@ def test_a_reduced_grid_runs_through_fedtask_run(tmp_path):
         100 * (adjusted["final_mean"] - out["shared_only"]["0.05"]["final_mean"]), abs=0.01)
     assert "| classes2 | fedavg |" in (tmp_path / "table.md").read_text()
     assert (tmp_path / "accuracy-digits-classes2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_dataset_and_model_options_reach_the_task(bench):
+    images = {"kind": "images", "shape": [3, 32, 32], "noise": 3.0}
+    document = bench.manifest("synthetic", "classes2", "fedavg", "0.01", 1, 10, 10, 5, None, images, "cnn",
+                              {"channels": [16, 32]})
+    task = parse_task(document).spec
+    assert (task.data.dataset, task.data.args, task.model.name, task.model.args) == (
+        "synthetic", images, "cnn", {"channels": [16, 32]})
+    plain = parse_task(bench.manifest("mnist", "iid", "fedavg", "off", 1, 10, 10, 5)).spec
+    assert (plain.data.args, plain.model.name, plain.model.args) == ({}, "mlp", {})
+    process = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--dataset-args", "[1]"],
+                             capture_output=True, text=True)
+    assert process.returncode == 2 and "must be a JSON object" in process.stderr

