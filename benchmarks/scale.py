@@ -247,13 +247,15 @@ def _create_all(client, make, count: int, threads: int = 24) -> float:
     return time.monotonic() - started
 
 
-def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, steady_seconds: float) -> dict:
+def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, steady_seconds: float,
+                  namespaces: tuple[str, ...] = ()) -> dict:
     """`fedtask operator -A` on the real API server: seconds until its pod list is in, RSS and CPU seconds then, after
     it settles, and over `steady_seconds` more (the tasks' resync timers and scheduling passes)."""
     import subprocess
 
     log_path = workdir / f"operator-{label}.log"
-    args = [sys.executable, "-m", "fedtask_operator.cli", "operator", "--all-namespaces", "--standalone",
+    scope = [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
+    args = [sys.executable, "-m", "fedtask_operator.cli", "operator", *scope, "--standalone",
             "--metrics-port=0", "--liveness=", f"--store-endpoint={env['FEDTASK_MINIO_ENDPOINT']}",
             "--store-bucket=fedtask", "--no-store-secure"]
     proc_env = dict(env, PYTHONUNBUFFERED="1", AWS_ACCESS_KEY_ID=env["FEDTASK_MINIO_ACCESS_KEY"],
@@ -269,7 +271,7 @@ def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, st
             text = log_path.read_text(errors="replace")
             peak = max(peak, rss_bytes(process.pid))
             if ("Handler 'task_changed'" in text or "Handler 'task_resync'" in text or "Timer 'task_resync'" in text) \
-                    and (tree or re.search(r"pods listed: \d+", text)):
+                    and (tree or re.search(r"pods listed[^:]*: \d+", text)):
                 break
             if time.monotonic() - started > 1800 or process.poll() is not None:
                 raise RuntimeError(f"the operator did not start handling tasks:\n{text[-3000:]}")
