@@ -40,7 +40,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(0, str(ROOT / "worker_image"))
 from fedtask_operator.core.spec import AdjustmentSpec  # noqa: E402  (the spec's defaults, for the baseline)
+from fedtask_worker.stages.common import json_object  # noqa: E402  (the worker's own --model-args parser)
 
 ADJUST_DEFAULTS = AdjustmentSpec()
 FEDTASK = ROOT / ".venv" / "bin" / "fedtask"
@@ -151,16 +153,6 @@ def summary(runs: list[dict]) -> dict:
         out[f"{key}_mean"] = round(statistics.fmean(values), 4)
         out[f"{key}_std"] = round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0
     return out
-
-
-def json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
 
 
 def listed(text: str, allowed, what: str) -> list[str]:

@@ -181,7 +181,7 @@ def get_bytes(uri: str) -> bytes:
 
 def probe(uri: str, count: int) -> tuple[int, bytes]:
     """(size, first `count` bytes) with one ranged GET; NotFound when there is no such object."""
-    from .store import NotFound, with_retries
+    from .store import NotFound, reported_size, with_retries
 
     url = url_for(uri, "GET")
 
@@ -195,13 +195,7 @@ def probe(uri: str, count: int) -> tuple[int, bytes]:
                 return 0, b""
             raise
         try:
-            head = response.read(count)
-            content_range = response.headers.get("Content-Range", "")
-            total = content_range.rpartition("/")[2] if response.status == 206 else response.headers.get(
-                "Content-Length", "")
-            if not total.isdigit():
-                raise BadInput(f"{uri}: the store reported no object size ({content_range or 'no Content-Range'})")
-            return int(total), head[:count]
+            return reported_size(uri, response), response.read(count)[:count]
         finally:
             if response.status != 206:
                 response.close()  # the rest of a 200 answer is never read: the connection is dropped, not reused
@@ -211,29 +205,16 @@ def probe(uri: str, count: int) -> tuple[int, bytes]:
 
 
 def download(uri: str, path: str, max_bytes: int | None, chunk: int) -> int:
-    import contextlib
-
-    from .store import with_retries
+    from .store import save_stream, with_retries
 
     url = url_for(uri, "GET")
 
     def get() -> int:
         response = request("GET", url)
-        written = 0
         try:
-            with open(path, "wb") as stream:
-                for data in response.stream(chunk):
-                    written += len(data)
-                    if max_bytes is not None and written > max_bytes:
-                        raise BadInput(f"{uri}: more than {max_bytes} bytes (it grew after it was checked)")
-                    stream.write(data)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            raise
+            return save_stream(uri, path, response.stream(chunk), max_bytes)
         finally:
             response.release_conn()
-        return os.path.getsize(path)
 
     return with_retries(uri, "read", get)
 

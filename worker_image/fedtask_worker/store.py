@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from . import presigned
@@ -336,18 +336,39 @@ def probe(uri: str, count: int = 8) -> tuple[int, bytes]:
                 return 0, b""
             raise
         try:
-            head = response.read(count)
-            content_range = response.headers.get("Content-Range", "")
-            total = content_range.rpartition("/")[2] if response.status == 206 else response.headers.get(
-                "Content-Length", "")
-            if not total.isdigit():
-                raise BadInput(f"{uri}: the store reported no object size ({content_range or 'no Content-Range'})")
-            return int(total), head
+            return reported_size(uri, response), response.read(count)
         finally:
             response.close()  # the rest of a 200 answer is never read: the connection is dropped, not reused
             response.release_conn()
 
     return with_retries(uri, "read", get)
+
+
+def reported_size(uri: str, response) -> int:
+    """The whole object's size from a ranged GET's answer (Content-Range of a 206, else Content-Length)."""
+    content_range = response.headers.get("Content-Range", "")
+    total = content_range.rpartition("/")[2] if response.status == 206 else response.headers.get("Content-Length", "")
+    if not total.isdigit():
+        raise BadInput(f"{uri}: the store reported no object size ({content_range or 'no Content-Range'})")
+    return int(total)
+
+
+def save_stream(uri: str, path: str, chunks: Iterable[bytes], max_bytes: int | None) -> int:
+    """Write a download's chunks to `path`; past `max_bytes` (the object grew after its size was checked), or on any
+    error, remove the partial file."""
+    written = 0
+    try:
+        with open(path, "wb") as stream:
+            for chunk in chunks:
+                written += len(chunk)
+                if max_bytes is not None and written > max_bytes:
+                    raise BadInput(f"{uri}: more than {max_bytes} bytes (it grew after it was checked)")
+                stream.write(chunk)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    return os.path.getsize(path)
 
 
 def download(uri: str, path: str, max_bytes: int | None = None) -> int:
@@ -363,22 +384,11 @@ def download(uri: str, path: str, max_bytes: int | None = None) -> int:
 
     def get() -> int:
         response = s3_client().get_object(location.bucket, location.key)
-        written = 0
         try:
-            with open(path, "wb") as stream:
-                for chunk in response.stream(DOWNLOAD_CHUNK):
-                    written += len(chunk)
-                    if max_bytes is not None and written > max_bytes:
-                        raise BadInput(f"{uri}: more than {max_bytes} bytes (it grew after it was checked)")
-                    stream.write(chunk)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            raise
+            return save_stream(uri, path, response.stream(DOWNLOAD_CHUNK), max_bytes)
         finally:
             response.close()
             response.release_conn()
-        return os.path.getsize(path)
 
     return with_retries(uri, "read", get)
 
