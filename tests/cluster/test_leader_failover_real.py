@@ -88,11 +88,12 @@ def operator_command(cluster: LocalCluster) -> tuple[list[str], dict]:
             data = cluster.get_json("secret", ref["name"], "-n", NAMESPACE).get("data") or {}
             if ref["key"] in data:
                 env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
-    # On this host the chart's in-cluster store address does not resolve, so the operator cannot issue namespace
-    # store keys: its pods read the chart's MinIO Secret (in the tasks' namespace) instead.
+    # On this host the chart's in-cluster store address does not resolve, so the operator neither issues namespace
+    # store keys nor checks the bucket it would sign URLs for: its pods read the chart's MinIO Secret (in the tasks'
+    # namespace) instead, which the chart's default presigned URLs would refuse alongside.
     secrets = {(item.get("valueFrom") or {}).get("secretKeyRef", {}).get("name") for item in container.get("env") or []
                if item["name"] == "AWS_ACCESS_KEY_ID"} - {None}
-    args += ["--no-namespace-credentials", *[f"--store-secret={name}" for name in secrets]]
+    args += ["--no-namespace-credentials", "--no-presigned-urls", *[f"--store-secret={name}" for name in secrets]]
     command = [sys.executable, "-m", "fedtask_operator.cli", "operator", *args, "--metrics-port=0", "--liveness=",
                "--no-cleanup-store", "--leader-election", f"--lease-duration={LEASE_DURATION}",
                f"--lease-namespace={NAMESPACE}", "--lease-name=lease-test", "--verbose"]
