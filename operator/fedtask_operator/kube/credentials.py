@@ -65,13 +65,21 @@ def new_secret_key() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(SECRET_KEY_LENGTH))
 
 
+def store_http_client(timeout: float):
+    """The HTTP client of the operator's own calls to the store (namespace users, presigning's bucket check): 5 s to
+    connect, `timeout` to read, two quick retries of a failed connection and none on an HTTP status."""
+    import urllib3
+
+    return urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=timeout),
+                               retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=()))
+
+
 def ensure_store_user(endpoint: str, root_access_key: str, root_secret_key: str, secure: bool, region: str,
                       bucket: str, prefix: str, namespace: str, secret_key: str, timeout: float = 30.0,
                       readable: tuple[str, ...] = ()) -> str:
     """Create or update (idempotent) the namespace's MinIO policy and user with `secret_key`, make sure the bucket
     exists (the namespace's user may not create it), and return the user's access key."""
     import minio
-    import urllib3
     from minio.credentials import StaticProvider
 
     if not root_access_key or not root_secret_key:
@@ -79,8 +87,7 @@ def ensure_store_user(endpoint: str, root_access_key: str, root_secret_key: str,
                                "environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
     if not endpoint:
         raise CredentialsError("--namespace-credentials needs --store-endpoint (the MinIO server)")
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=timeout),
-                               retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=()))
+    http = store_http_client(timeout)
     name = user_name(namespace)
     try:
         client = minio.Minio(endpoint, access_key=root_access_key, secret_key=root_secret_key, secure=secure,
@@ -104,11 +111,9 @@ def remove_store_user(endpoint: str, root_access_key: str, root_secret_key: str,
                       namespace: str, timeout: float = 30.0) -> None:
     """Remove the namespace's MinIO user and policy (idempotent: a missing one is fine)."""
     import minio
-    import urllib3
     from minio.credentials import StaticProvider
 
-    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=timeout),
-                               retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=()))
+    http = store_http_client(timeout)
     name = user_name(namespace)
     admin = minio.MinioAdmin(endpoint=endpoint, credentials=StaticProvider(root_access_key, root_secret_key),
                              region=region or "", secure=secure, http_client=http)

@@ -30,6 +30,7 @@ import time
 from fedtask_operator.core import naming
 from fedtask_operator.core.spec import FederatedTask
 from fedtask_operator.core.store_access import access_manifest_uri, grant_seconds, pod_store_grants
+from fedtask_operator.kube.credentials import store_http_client
 
 ACCESS_ENV = "FEDTASK_STORE_ACCESS"
 ACCESS_URL_ENV = "FEDTASK_STORE_ACCESS_URL"
@@ -54,15 +55,13 @@ class Presigner:
     def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool, region: str,
                  timeout: float = 30.0, clock=time.time):
         import minio
-        import urllib3
 
         if not access_key or not secret_key:
             raise PresignError("--presigned-urls needs the store's credentials in the operator's environment "
                                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
         if not endpoint:
             raise PresignError("--presigned-urls needs --store-endpoint (the store the pods reach)")
-        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5.0, read=timeout),
-                                   retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=()))
+        http = store_http_client(timeout)
         # region given: presigning computes locally, without asking the store for the bucket's region
         self.client = minio.Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
                                   region=region or DEFAULT_REGION, http_client=http)
