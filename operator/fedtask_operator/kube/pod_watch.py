@@ -3,7 +3,8 @@
 kopf watched pods before (two indexes and an event handler). For every pod in the cluster it kept per-object state
 (a memory record with a memo copy, the index values, a worker stream per object while events flowed) and listed
 them in one unpaginated response, whose parsed bodies the process heap kept after they were freed: the operator's
-RSS grew by ~34 KB per foreign pod (issue 13; `benchmarks/scale.py --pod-watch kopf` measures it). Here:
+RSS grew by ~34 KB per foreign pod (issue 13; `benchmarks/scale.py --compare-tree` measures it against the tree
+before this watch). Here:
 
 - the list is paged (`PAGE_SIZE` pods per response, one page of full pods in memory at a time), then a watch from
   the list's resourceVersion with bookmarks; a watch that ends (the server's timeout) resumes from the last seen
