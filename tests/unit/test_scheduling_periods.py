@@ -77,6 +77,18 @@ def test_bad_settings_are_refused(window, weight):
         SchedulingConfig(collection_window=window, fairness_weight=weight)
 
 
+@pytest.mark.parametrize("flags, words", [(["--collection-window", "-1"], "collection window must be"),
+                                          (["--fairness-weight", "nan"], "fairness weight must be")])
+def test_fedtask_run_refuses_bad_scheduling_flags_naming_them(flags, words, capsys):
+    from fedtask_operator.local.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["task.yaml", *flags])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--collection-window/--fairness-weight:" in error and words in error and "Traceback" not in error
+
+
 # --- what the planner records ---------------------------------------------------------------------------------------
 
 

@@ -193,6 +193,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         scheduling = SchedulingConfig(collection_window=args.collection_window, fairness_weight=args.fairness_weight)
+    except ValueError as error:
+        parser.error(f"--collection-window/--fairness-weight: {error}")
+    try:
         confinement = local_confinement(args)
     except ValueError as error:  # ConfinementSettingError names the flag
         parser.error(str(error))
