@@ -62,7 +62,7 @@ STRATEGIES = {
 }
 TRAINING_KNOBS = {"lr": "learningRate", "local_epochs": "localEpochs", "batch_size": "batchSize",
                   "momentum": "momentum"}
-ADJUSTMENT_KNOBS = {"adjust_epochs": "epochs", "adjust_lr": "learningRate"}
+ADJUSTMENT_KNOBS = {"adjust_epochs": "epochs", "adjust_lr": "learningRate", "adjust_decay": "learningRateDecay"}
 ADJUSTMENTS = ("off", "0.005", "0.01", "0.05")
 OFF_SHARED_FRACTION = 0.01  # the spec default; with the adjustment off the devices hold the rest all the same
 
@@ -123,11 +123,12 @@ def fedtask_run(document: dict, folder: Path) -> dict:
 
 def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int, epochs: int = 1,
                 learning_rate: float = 0.01, dataset_args: dict | None = None, model: str = "mlp",
-                model_args: dict | None = None) -> dict:
+                model_args: dict | None = None, decay: float = 1.0) -> dict:
     """The server alone: the adjust stage's fine-tuning, round after round, with no devices in between."""
     from fedtask_worker.datasets import load_dataset
     from fedtask_worker.models import build_model
     from fedtask_worker.partition import shared_indices
+    from fedtask_worker.stages.adjust import round_learning_rate
     from fedtask_worker.training import adjust_model, configure_threads, evaluate
 
     configure_threads()
@@ -137,7 +138,8 @@ def shared_only(dataset_name: str, fraction: float, seed: int, rounds: int, epoc
     x, y = dataset.x_train[rows], dataset.y_train[rows]
     curve, validation = [], []
     for round_ in range(1, rounds + 1):
-        adjust_model(network, x, y, epochs=epochs, batch_size=32, learning_rate=learning_rate,
+        adjust_model(network, x, y, epochs=epochs, batch_size=32,
+                     learning_rate=round_learning_rate(learning_rate, decay, round_),
                      seed=seed * 100003 + round_)
         curve.append(evaluate(network, dataset.x_test, dataset.y_test)[0])
         validation.append(evaluate(network, dataset.x_val, dataset.y_val)[0])
@@ -300,6 +302,7 @@ def main(argv: list[str]) -> int:
     design.add_argument("--momentum", type=float, help="spec.training.momentum (device SGD momentum)")
     design.add_argument("--adjust-epochs", type=int, help="spec.adjustment.epochs")
     design.add_argument("--adjust-lr", type=float, help="spec.adjustment.learningRate")
+    design.add_argument("--adjust-decay", type=float, help="spec.adjustment.learningRateDecay")
     design.add_argument("--shared-to-devices", type=float,
                         help="spec.data.shared.toDevices: the share of the shared set every device trains on")
     parser.add_argument("--plot-dir", type=Path, help="write accuracy-<dataset>-<partition>.png there")
@@ -320,6 +323,7 @@ def main(argv: list[str]) -> int:
     seeds = list(range(args.seeds))
     changes = {"lr": args.lr, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
                "momentum": args.momentum, "adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
+               "adjust_decay": args.adjust_decay,
                "shared_to_devices": args.shared_to_devices}
     changes = {key: value for key, value in changes.items() if value is not None}
     out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "dataset_args": args.dataset_args,
@@ -346,7 +350,9 @@ def main(argv: list[str]) -> int:
                 runs = [shared_only(args.dataset, float(adjustment), seed, args.rounds,
                                     changes.get("adjust_epochs", ADJUST_DEFAULTS.epochs),
                                     changes.get("adjust_lr", ADJUST_DEFAULTS.learning_rate), args.dataset_args,
-                                    args.model, args.model_args) for seed in seeds]
+                                    args.model, args.model_args,
+                                    changes.get("adjust_decay", ADJUST_DEFAULTS.learning_rate_decay))
+                        for seed in seeds]
                 out["shared_only"][adjustment] = {**summary(runs), "runs": runs}
     compare(out)
     out["seconds"] = round(time.perf_counter() - started, 1)

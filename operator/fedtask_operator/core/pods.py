@@ -439,6 +439,8 @@ def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, at
     args += ["--epochs", str(adjustment.epochs), "--batch-size", str(adjustment.batch_size),
              "--learning-rate", _number(adjustment.learning_rate),
              "--shared-fraction", _number(spec.data.shared.fraction)]
+    if adjustment.learning_rate_decay != 1:
+        args += ["--learning-rate-decay", _number(adjustment.learning_rate_decay)]
     if spec.data.shared.uri:
         args += ["--shared-uri", spec.data.shared.uri]
     args += _model_data_flags(task) + _user_code_flags(task, evaluation=True)

@@ -413,6 +413,10 @@ class AdjustmentSpec:
     epochs: int = api_field(1, minimum=1, maximum=1000, doc="Epochs over the shared dataset.")
     batch_size: int = api_field(32, minimum=1, maximum=1000000, doc="Batch size of the adjustment.")
     learning_rate: float = api_field(0.05, minimum=0, exclusive_minimum=True, doc="Learning rate of the adjustment.")
+    learning_rate_decay: float = api_field(1.0, minimum=0, maximum=1, exclusive_minimum=True,
+                                           doc="Round r fine-tunes at learningRate x learningRateDecay^(r-1): "
+                                               "less trust in the shared set as the rounds go on; 1 keeps the "
+                                               "rate constant (docs/results.md, Design study).")
     resources: ResourceRequirements = api_field(factory=ResourceRequirements,
                                                 doc="Deprecated, use server.resources (it applies when "
                                                     "server.resources is empty).")

@@ -34,11 +34,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs on the shared set (default: 1)")
     parser.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     parser.add_argument("--learning-rate", type=float, default=0.01, help="(default: 0.01)")
+    parser.add_argument("--learning-rate-decay", type=decay_factor, default=1.0,
+                        help="round r fine-tunes at learning-rate x decay^(r-1): less trust in the shared set as "
+                             "the rounds go on (default: 1, a constant rate)")
     parser.add_argument("--shared-fraction", type=fraction, default=0.02,
                         help="class-balanced fraction of the train split forming the shared set (default: 0.02)")
     parser.add_argument("--shared-uri", help="the shared set as an object (safetensors or npz with x, y) instead")
     add_model_arguments(parser)
     add_plugin_arguments(parser, evaluation=True)
+
+
+def decay_factor(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]")
+    return value
+
+
+def round_learning_rate(learning_rate: float, decay: float, round_: int) -> float:
+    """The adjustment's learning rate in round `round_` (from 1): geometric decay across rounds."""
+    return learning_rate * decay ** max(round_ - 1, 0)
 
 
 def shared_set(args: argparse.Namespace, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +108,10 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {}
     if not args.no_adjust:
         x, y = shared_set(args, dataset)
-        result["adjust_loss"] = round(adjust_model(model, x, y, args.epochs, args.batch_size, args.learning_rate,
+        learning_rate = round_learning_rate(args.learning_rate, args.learning_rate_decay, args.round)
+        result["adjust_loss"] = round(adjust_model(model, x, y, args.epochs, args.batch_size, learning_rate,
                                                    seed=args.seed * 100003 + args.round, step=step), 6)
+        result["adjust_learning_rate"] = learning_rate
         result["shared_samples"] = int(len(y))
         arrays = model_state(model)
     validation = score_model(model, dataset.x_val, dataset.y_val, step=step, function=function)
