@@ -21,7 +21,8 @@ reached its target and the budget is not spent: a policy with cheaper rounds may
 `seconds_to_target` is the simulated time at which every task's running mean accuracy (SMOOTHING rounds) reached its
 target, null when some task never did within the budget; `final_accuracy` is each task's mean accuracy over rounds
 `--rounds`-FINAL_WINDOW+1 .. `--rounds` (the same rounds as random's: what a round is worth, not how many fit);
-`jain` is Jain's index of the devices' participation over those rounds, the mean over the tasks.
+`jain` is Jain's index of the devices' participation over those rounds, the mean over the tasks;
+`rounds_to_target` each task's rounds until its running mean reached its target (null: never).
 
     python benchmarks/bench_sched_effect.py [--fleet FILE] [--tasks 3] [--seeds 10] [--policy time-fair ...]
         [--rounds 40] [--fairness-weight W] [--quick] [--json]
@@ -187,7 +188,7 @@ def simulate(policy: str, tasks: list[TaskData], nodes: list[dict], speeds: list
     runs = []
     for index, task in enumerate(tasks):
         model = build_model("mlp", task.input_shape, task.classes, seed=seed * 10 + index)
-        runs.append(Run(task, model, model_state(model), rounds, target=targets[index] if targets else None,
+        runs.append(Run(task, model, state_copy(model), rounds, target=targets[index] if targets else None,
                         budget=budget, cap=ROUND_CAP * rounds))
     config = SchedulingConfig(collection_window=COLLECTION_WINDOW, fairness_weight=weight)
     samples = [[len(shard) for shard in task.shards] for task in tasks]
@@ -243,6 +244,12 @@ def simulate(policy: str, tasks: list[TaskData], nodes: list[dict], speeds: list
     return runs
 
 
+def state_copy(model: torch.nn.Module) -> dict:
+    """The model's arrays, copied: `model_state` gives views of the parameters, which the next device's training
+    overwrites in place (kept as views, every device's update was the last device's model)."""
+    return {name: array.copy() for name, array in model_state(model).items()}
+
+
 def finish_round(run: Run, clock: float, train: bool, seed: int) -> None:
     run.round_seconds.append(clock - run.round_start)
     accuracy = None
@@ -255,7 +262,7 @@ def finish_round(run: Run, clock: float, train: bool, seed: int) -> None:
                 train_local(run.model, run.data.x_train[shard], run.data.y_train[shard],
                             epochs=LOCAL_EPOCHS[run.data.dataset], batch_size=32,
                             learning_rate=LEARNING_RATE, seed=seed * 1000 + run.round)
-            states.append(model_state(run.model))
+            states.append(state_copy(run.model))
             counts.append(max(len(shard), 1))
         run.state, _ = aggregate_states(states, counts, "fedavg")
         load_model_state(run.model, run.state, "global")
@@ -279,6 +286,12 @@ def smoothed(curve: list) -> list[tuple[float, float]]:
 
 def time_to(curve: list, target: float) -> float | None:
     return next((moment for moment, accuracy in smoothed(curve) if accuracy >= target), None)
+
+
+def rounds_to(curve: list, target: float) -> int | None:
+    """How many rounds the task took until its running mean accuracy reached `target` (None: never)."""
+    return next((end for end in range(SMOOTHING, len(curve) + 1)
+                 if statistics.mean(a for _, a in curve[end - SMOOTHING:end]) >= target), None)
 
 
 def final_accuracy(run: Run) -> float:
@@ -312,6 +325,7 @@ def run_seed(seed: int, policies: list[str], nodes: list[dict], speeds: list[flo
         reached = [time_to(run.curve, target) for run, target in zip(runs[policy], targets)]
         result["policies"][policy] = {
             "seconds_to_target": None if None in reached else round(max(reached), 1),
+            "rounds_to_target": [rounds_to(run.curve, target) for run, target in zip(runs[policy], targets)],
             "final_accuracy": [round(final_accuracy(run), 4) for run in runs[policy]],
             "jain": round(jain_of_runs(runs[policy], names), 3),
             "mean_round_seconds": round(statistics.mean(s for run in runs[policy] for s in run.round_seconds), 2),
@@ -346,7 +360,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fleet", type=Path, help=f"nodes List (default {DEFAULT_FLEET.relative_to(FLEETS.parent)})")
     parser.add_argument("--tasks", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds FIRST..FIRST+N-1")
+    parser.add_argument("--first-seed", type=int, default=0, metavar="FIRST",
+                        help="the first seed (default 0; split a long run into processes, one seed each)")
     parser.add_argument("--policy", action="append", choices=POLICIES,
                         help="policies to run (repeatable; default all); random always runs: it is the peer")
     parser.add_argument("--rounds", type=int, default=40, help="rounds per task")
@@ -362,7 +378,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     started = time.perf_counter()
     seeds = [run_seed(seed, policies, nodes, speeds, args.tasks, args.rounds, args.fairness_weight,
-                      args.train_slice) for seed in range(args.seeds)]
+                      args.train_slice) for seed in range(args.first_seed, args.first_seed + args.seeds)]
     policies = list(dict.fromkeys([*policies, "random"]))  # the peer is always reported
     report = {"benchmark": "sched_effect", "peer": "random", "fleet": (args.fleet or DEFAULT_FLEET).name,
               "devices": len(nodes), "speed_spread": round(max(speeds) / min(speeds), 2), "tasks": args.tasks,

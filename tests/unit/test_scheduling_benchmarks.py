@@ -59,6 +59,46 @@ def test_time_fair_reaches_the_targets_faster_than_random_in_the_quick_mode():
         assert set(seed["policies"]) == {"time-fair", "random", "round-robin", "fastest"}
         assert seed["policies"]["time-fair"]["seconds_to_target"] is not None
         assert seed["policies"]["random"]["seconds_to_target"] is not None
+        assert all(3 <= rounds <= 45 for rounds in seed["policies"]["time-fair"]["rounds_to_target"])
     summary = report["summary"]
     assert summary["time-fair"]["speedup_vs_random_min"] > 1.0
     assert summary["round-robin"]["jain_mean"] > summary["time-fair"]["jain_mean"] > summary["fastest"]["jain_mean"]
+
+
+def test_rounds_to_target_counts_rounds_until_the_running_mean_reaches_it():
+    effect = load("bench_sched_effect")
+    curve = [(10.0 * (i + 1), accuracy) for i, accuracy in enumerate([0.1, 0.5, 0.6, 0.9, 0.9, 0.9])]
+    # running means over 3 rounds: 0.4 (round 3), 0.667, 0.8, 0.9
+    assert [effect.rounds_to(curve, target) for target in (0.4, 0.5, 0.8, 0.9, 0.95)] == [3, 4, 5, 6, None]
+    assert effect.time_to(curve, 0.8) == curve[effect.rounds_to(curve, 0.8) - 1][0]
+
+
+def test_a_simulated_round_averages_every_device_s_model_not_the_last_one():
+    """finish_round is FedAvg over the round's devices, each trained from the global model (the benchmark once kept
+    views of the parameters, so every 'update' was the last device's model)."""
+    import numpy as np
+
+    from fedtask_worker.models import build_model
+    from fedtask_worker.training import load_model_state, model_state, train_local
+
+    effect = load("bench_sched_effect")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 6)).astype(np.float32), np.repeat([0, 1], 20)
+    shards = (np.arange(0, 10), np.arange(20, 40))  # device 0: class 0 only; device 1: class 1 only
+    data = effect.TaskData("t", "digits", x, y, x, y, shards, (6,), 2)
+    model = build_model("mlp", (6,), 2, seed=3)
+    start = effect.state_copy(model)
+    run = effect.Run(data, model, effect.state_copy(model), rounds=1, devices={0: 1.0, 1: 2.0})
+    run.round_start = 0.0
+    effect.finish_round(run, 2.0, train=True, seed=0)
+
+    trained = []
+    for node in (0, 1):
+        alone = load_model_state(build_model("mlp", (6,), 2, seed=3), start, "global")
+        train_local(alone, x[shards[node]], y[shards[node]], epochs=effect.LOCAL_EPOCHS["digits"], batch_size=32,
+                    learning_rate=effect.LEARNING_RATE, seed=1)
+        trained.append(model_state(alone))
+    for name, value in run.state.items():
+        expected = (10 * trained[0][name] + 20 * trained[1][name]) / 30
+        assert np.allclose(value, expected, atol=1e-5), name
+    assert not all(np.allclose(run.state[name], trained[1][name]) for name in run.state)
