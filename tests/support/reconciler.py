@@ -83,10 +83,6 @@ class FakeKubeApi:
         self.task_deleted.set()
         return found
 
-    async def list_all_pods(self) -> list[dict]:
-        self.calls.append(("list_all_pods",))
-        return [copy.deepcopy(pod) for pod in self.pods.values()]
-
     # -- what the tests do to the cluster
     def views(self, nodes=NODES) -> ClusterView:
         """The kopf indexes, up to date with the store right now (a snapshot: later changes do not show)."""

@@ -51,6 +51,7 @@ class FakeApi:
         self.gone_below = 0
         self.closed = False
         self.requests: list[dict] = []
+        self.paths: list[str] = []
         self.events: queue.Queue = queue.Queue()
         api = self
 
@@ -64,6 +65,7 @@ class FakeApi:
                 url = urlparse(self.path)
                 query = {key: values[0] for key, values in parse_qs(url.query).items()}
                 api.requests.append(query)
+                api.paths.append(url.path)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -176,6 +178,38 @@ async def test_paged_list_wakes_tasks_on_their_pods_only_and_relists_after_410_g
         assert [p["metadata"]["name"] for p in watch.task_pods[("ml", "t1")]] == ["t1-a"]
         await wait_for_async(lambda: len(woken) >= 2, timeout=10, interval=0.02)
         assert sorted(task for _, _, task in woken) == ["t1", "t3"]
+    finally:
+        watch.stop(join_seconds=10)
+        api.close()
+
+
+async def test_a_namespaced_watch_summarizes_every_namespace_and_keeps_only_its_namespaces_task_pods():
+    """`--namespace ml`: resource accounting still needs every pod's requests, so the watch is cluster-wide (no list
+    of every pod per scheduling pass); fedtask's pods of another namespace are summaries only and wake nobody."""
+    elsewhere = ours("t9-a", task="t9")
+    elsewhere["metadata"]["namespace"] = "team-b"
+    api = FakeApi([foreign(i) for i in range(3)] + [ours("t1-a"), elsewhere])
+    woken: list[tuple[str, str, str]] = []
+
+    async def on_task_pod(type_, namespace, task, body):
+        woken.append((type_, namespace, task))
+    watch = PodWatch(api.client(), namespaces=("ml",), on_task_pod=on_task_pod, server_timeout=5)
+    try:
+        watch.start()
+        await asyncio.wait_for(watch.wait_ready(), 10)
+        assert set(api.paths) == {"/api/v1/pods"}  # one cluster-wide list and watch
+        assert sorted(watch.summaries) == [("apps", "web-00000"), ("apps", "web-00001"), ("apps", "web-00002"),
+                                           ("ml", "t1-a"), ("team-b", "t9-a")]
+        assert sorted(watch.task_pods) == [("ml", "t1")]
+
+        watch.handlers_ready(contextvars.copy_context())
+        changed = ours("t9-a", task="t9", phase="Succeeded")
+        changed["metadata"]["namespace"] = "team-b"
+        api.send("MODIFIED", changed)  # not our namespace: its summary goes (it finished), it wakes nobody
+        api.send("MODIFIED", ours("t1-a", phase="Succeeded"))
+        await wait_for_async(lambda: woken, timeout=10, interval=0.02)
+        assert woken == [("MODIFIED", "ml", "t1")]
+        assert ("team-b", "t9-a") not in watch.summaries and sorted(watch.task_pods) == [("ml", "t1")]
     finally:
         watch.stop(join_seconds=10)
         api.close()

@@ -18,7 +18,7 @@ from fedtask_operator.core.conditions import format_time, get_condition
 from fedtask_operator.core.planner import Event, Plan
 from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.collection import SchedulingConfig
-from fedtask_operator.core.scheduling.synthetic import make_node
+from fedtask_operator.core.scheduling.synthetic import make_node, make_pod
 from fedtask_operator.kube.reconciler import (
     KubeApi,
     PodCreationRefused,
@@ -31,6 +31,7 @@ from tests.support.reconciler import (
     CONFIG,
     INIT_RESULT,
     KEY,
+    NODES,
     Events,
     FakeKubeApi,
     make_task,
@@ -212,13 +213,26 @@ async def test_a_newer_version_in_the_index_wins_over_our_write():
     assert events.reasons() == ["Started", "Suspended"]
 
 
-async def test_pods_for_resource_accounting_come_from_the_api_when_the_watch_covers_some_namespaces():
-    api = FakeKubeApi(make_task())
-    reconciler, _ = reconciler_for(api, clusterwide=False)
+@pytest.mark.parametrize("clusterwide", [True, False])
+async def test_resource_accounting_reads_the_pod_watch_in_both_modes_without_listing_pods(clusterwide):
+    """A namespaced operator accounts for the pods of every namespace from the pod watch's summaries (it watches
+    pods cluster-wide, kube/pod_watch.py), as a cluster-wide one does: no list of every pod per scheduling pass.
+    Here another namespace's pods fill both nodes' CPU: the task must wait for them, in either mode."""
+    api = FakeKubeApi(make_task(devices={"count": 4, "perRound": 2, "resources": {"requests": {"cpu": "1"}}}))
+    reconciler, _ = reconciler_for(api, clusterwide=clusterwide)
+    await reconciler.request(*KEY, api.views())
+    api.succeed("mnist-init", INIT_RESULT)
+    busy = [make_pod(f"web-{node['metadata']['name']}", node["metadata"]["name"], {"cpu": "4"}, namespace="apps")
+            for node in NODES]
+    views = api.views()
+    views.pods = [*views.pods, *busy]  # as the pod watch holds them: only the task's pods are in the API fake
 
-    await started_round_one(api, reconciler)
+    await reconciler.request(*KEY, views)
 
-    assert "list_all_pods" in api.verbs()
+    assert api.status["stage"] == "Scheduling"  # round 1 waits: no room on either node
+    assert "0 of 2 nodes qualify: 2 short of cpu (0 free, 1 requested)" in api.status["message"]
+    assert not [name for name in api.pod_names() if "-train-" in name]
+    assert "list_all_pods" not in api.verbs()
 
 
 def finished_task(ttl: int) -> dict:

@@ -13,11 +13,16 @@ before this watch). Here:
   what the planner reads); every pod that holds resources keeps its summary (`summaries`, resource accounting);
   nothing else of any pod is kept;
 - a change of one of fedtask's pods wakes its task (`on_task_pod(type, namespace, task, body)`), as kopf's pod
-  event handler did; the indexes change on the event loop only, so a reconcile never sees them half-updated.
+  event handler did; the indexes change on the event loop only, so a reconcile never sees them half-updated;
+- the watch is always cluster-wide. An operator watching some namespaces (`--namespace`) keeps bodies of, and wakes
+  tasks for, the pods of those namespaces only, but the summaries of every pod: resource accounting needs the
+  requests of every pod on a node, whatever its namespace (the RBAC grants list and watch of pods cluster-wide in
+  every variant, deploy/rbac/rules.yaml). Before, a namespaced operator listed every pod of the cluster on each
+  scheduling pass instead (tens of seconds per pass at 100,000 pods); now it pays ~250 B per pod, as cluster-wide.
 
-The HTTP calls block (the kubernetes client), so each watched scope (the cluster, or one namespace) runs in its own
-daemon thread and hands parsed pods to the event loop. `wait_ready()` returns once every scope's first list is in:
-task handlers wait for it, as kopf's handlers wait for kopf's indexes.
+The HTTP calls block (the kubernetes client), so the watch runs in a daemon thread and hands parsed pods to the event
+loop. `wait_ready()` returns once the first list is in: task handlers wait for it, as kopf's handlers wait for kopf's
+indexes.
 """
 from __future__ import annotations
 
@@ -76,7 +81,8 @@ def _entry(pod: dict) -> tuple[Key, pod_index.PodSummary | None, TaskKey | None,
 
 
 class PodWatch:
-    """List and watch pods (every namespace, or `namespaces`: names or kopf-style globs) into the two indexes."""
+    """List and watch every pod into the two indexes: summaries of all, bodies of fedtask's pods in `namespaces`
+    (names or kopf-style globs; none: every namespace)."""
 
     def __init__(self, api_client, namespaces: tuple[str, ...] = (), on_task_pod: Callable | None = None,
                  server_timeout: int = 300, request_timeout: float = 30.0, page_size: int = PAGE_SIZE):
@@ -89,10 +95,9 @@ class PodWatch:
         self.server_timeout = server_timeout
         self.request_timeout = request_timeout
         self.page_size = page_size
-        globs = [ns for ns in namespaces if any(c in ns for c in "*?[")]
-        # one scope per named namespace; globs (or no namespaces at all) watch the cluster, filtered here
-        self._scopes: list[str | None] = [None] if (not namespaces or globs) else list(dict.fromkeys(namespaces))
-        self._filter = tuple(namespaces) if globs else ()
+        # one scope, the cluster: every pod's summary (resource accounting), bodies only in `namespaces`
+        self._scopes: list[str | None] = [None]
+        self._filter = tuple(namespaces)
         self.summaries: dict[Key, pod_index.PodSummary] = {}
         self._by_task: dict[TaskKey, dict[Key, dict]] = {}
         self._task_of: dict[Key, TaskKey] = {}
@@ -147,7 +152,13 @@ class PodWatch:
 
     # -------------------------------------------------------------------------------- the index (event loop only)
     def _wanted(self, namespace: str) -> bool:
+        """Whether the operator handles tasks in `namespace` (their pods' bodies kept, changes wake them)."""
         return not self._filter or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self._filter)
+
+    def _scoped(self, entry):
+        """The entry as kept: a pod outside the watched namespaces is only its summary (it wakes no task)."""
+        key, summary, task, _ = entry
+        return entry if task is None or self._wanted(key[0]) else (key, summary, None, None)
 
     def _put(self, key: Key, summary, task: TaskKey | None, body: dict | None) -> TaskKey | None:
         """Store one pod's entry; returns the task whose pods changed (the new or the former owner)."""
@@ -179,9 +190,7 @@ class PodWatch:
                 del self._by_task[task]
 
     def _event(self, type_: str, entry) -> None:
-        key, summary, task, body = entry
-        if not self._wanted(key[0]):
-            return
+        key, summary, task, body = self._scoped(entry)
         if type_ == "DELETED":
             woken = self._drop(key)
         else:
@@ -193,7 +202,7 @@ class PodWatch:
 
     def _replace(self, scope: str | None, entries: list) -> None:
         """A (re)list of `scope` is complete: the index holds exactly what it listed; tasks whose pods differ wake."""
-        wanted = [entry for entry in entries if self._wanted(entry[0][0])]
+        wanted = [self._scoped(entry) for entry in entries]
         listed = {entry[0] for entry in wanted}
         before = {key: (body.get("metadata") or {}).get("resourceVersion")
                   for pods in self._by_task.values() for key, body in pods.items()

@@ -31,12 +31,11 @@ from fedtask_operator.core.pods import RuntimeConfig
 from fedtask_operator.core.scheduling.collection import SchedulingConfig, decide_period, next_period_number
 from fedtask_operator.core.spec import GROUP, KIND, PLURAL, VERSION
 from fedtask_operator.core.store_access import NAMESPACE_SECRET, uses_presigned_urls
-from fedtask_operator.kube import metrics, pod_index
+from fedtask_operator.kube import metrics
 
 logger = logging.getLogger("fedtask.operator")
 CONFLICT_RETRY_SECONDS = 0.5  # after a refused status write: time for the watch to deliver the newer version
 MAX_PASSES = 8  # consecutive plans without new pod events (status-only steps) before waiting for an event
-LIST_PAGE_SIZE = 500  # pods per page when listing every pod (namespaced mode)
 RELEASE_DELAY_SECONDS = 5.0  # after a namespace's last task is deleted, before its issued store keys are removed
 SUPERSEDED_KEEP = 16  # per task, the newest versions our own writes superseded (older ones the index is long past)
 
@@ -227,23 +226,6 @@ class KubeApi:
         return await self._done_unless(404, lambda: self._custom.delete_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, _preload_content=False, _request_timeout=self._timeout))
 
-    async def list_all_pods(self, page_size: int = LIST_PAGE_SIZE) -> list:
-        """Every pod in the cluster that holds resources, summarized (kube/pod_index.py; resource accounting when
-        the watch covers only some namespaces), listed `page_size` at a time: one page of full pods in memory at
-        once, not the whole cluster's."""
-        from fedtask_operator.kube import pod_index
-
-        def call():
-            summaries, token = [], None
-            while True:
-                page = self._json(self._core.list_pod_for_all_namespaces(
-                    limit=page_size, _continue=token, _preload_content=False, _request_timeout=self._timeout))
-                summaries.extend(pod_index.summarize_all(page.get("items") or ()))
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    return summaries
-        return await asyncio.to_thread(call)
-
 
 class Reconciler:
     def __init__(self, api: KubeApi, runtime_config: RuntimeConfig, clusterwide: bool, post_event,
@@ -261,7 +243,7 @@ class Reconciler:
         self._releases: set[asyncio.Task] = set()  # namespaces' store keys being removed (release_namespace_keys)
         self.scheduling = scheduling or SchedulingConfig()
         self._last_period = 0  # the highest period number this process gave out (statuses may lag behind it)
-        self.clusterwide = clusterwide
+        self.clusterwide = clusterwide  # tasks of every namespace, or of some (pods are watched cluster-wide)
         self.post_event = post_event  # post_event(task_body, type, reason, message)
         self._running: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
@@ -442,7 +424,9 @@ class Reconciler:
         of its own) asks at once, in one decision; returns this task's plan and the other tasks' plans, which stay
         reserved (in `_running`) until `_apply_others` has applied them. Before it is due: the plan, requeued then."""
         key = f"{task['metadata']['namespace']}/{task['metadata']['name']}"
-        pods = list(views.pods if self.clusterwide else pod_index.PodsView(await self.api.list_all_pods()))
+        # every pod that holds resources, of every namespace (resource accounting), from the pod watch's summaries
+        # in both modes: a namespaced operator watches all pods too (kube/pod_watch.py), no list per pass
+        pods = list(views.pods)
         requests = [plan.device_request] if plan.device_request is not None else []
         members: dict[str, tuple[dict, Observed]] = {}
         statuses, active = [task.get("status") or {}], [key]
