@@ -59,7 +59,8 @@ kmock_parsing.parse_path = _parse_path
 class FedtaskEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the metadata a real API server maintains, and the ownerReferences cascade.
 
-    `timeline` records (monotonic time, action, plural, name, status.phase) of every create and patch.
+    `timeline` records (monotonic time, action, plural, name, status.phase) of every create and patch, and
+    (time, "delete", plural, name, None) of every delete, as each request arrives.
     """
 
     def __attrs_post_init__(self) -> None:
@@ -74,6 +75,8 @@ class FedtaskEmulator(kmock.KubernetesEmulator):
             self.timeline.append((time.monotonic(), str(request.action.value).lower(), request.resource.plural,
                                   request.name or data.get("metadata", {}).get("name"),
                                   (data.get("status") or {}).get("phase")))
+        elif request.resource is not None and request.action == kmock.action.DELETE and request.name:
+            self.timeline.append((time.monotonic(), "delete", request.resource.plural, request.name, None))
         if request.resource is not None and isinstance(request.data, dict):
             meta = request.data.setdefault("metadata", {})
             if request.action == kmock.action.CREATE:
