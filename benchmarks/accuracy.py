@@ -62,7 +62,8 @@ STRATEGIES = {
 }
 TRAINING_KNOBS = {"lr": "learningRate", "local_epochs": "localEpochs", "batch_size": "batchSize",
                   "momentum": "momentum"}
-ADJUSTMENT_KNOBS = {"adjust_epochs": "epochs", "adjust_lr": "learningRate", "adjust_decay": "learningRateDecay"}
+ADJUSTMENT_KNOBS = {"adjust_epochs": "epochs", "adjust_lr": "learningRate", "adjust_decay": "learningRateDecay",
+                    "distill": "distillation"}
 ADJUSTMENTS = ("off", "0.005", "0.01", "0.05")
 OFF_SHARED_FRACTION = 0.01  # the spec default; with the adjustment off the devices hold the rest all the same
 
@@ -303,6 +304,8 @@ def main(argv: list[str]) -> int:
     design.add_argument("--adjust-epochs", type=int, help="spec.adjustment.epochs")
     design.add_argument("--adjust-lr", type=float, help="spec.adjustment.learningRate")
     design.add_argument("--adjust-decay", type=float, help="spec.adjustment.learningRateDecay")
+    design.add_argument("--distill", type=float,
+                        help="spec.adjustment.distillation (FedDF; the shared-only baseline stays plain fine-tuning)")
     design.add_argument("--shared-to-devices", type=float,
                         help="spec.data.shared.toDevices: the share of the shared set every device trains on")
     parser.add_argument("--plot-dir", type=Path, help="write accuracy-<dataset>-<partition>.png there")
@@ -323,7 +326,7 @@ def main(argv: list[str]) -> int:
     seeds = list(range(args.seeds))
     changes = {"lr": args.lr, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
                "momentum": args.momentum, "adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
-               "adjust_decay": args.adjust_decay,
+               "adjust_decay": args.adjust_decay, "distill": args.distill,
                "shared_to_devices": args.shared_to_devices}
     changes = {key: value for key, value in changes.items() if value is not None}
     out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "dataset_args": args.dataset_args,

@@ -56,7 +56,7 @@ def test_empty_spec_gets_every_default():
         "aggregation": {"strategy": "fedavg", "serverLearningRate": 1.0, "serverMomentum": 0.9, "trimFraction": 0.1,
                         "byzantine": 0, "onInvalid": "skip"},
         "adjustment": {"enabled": True, "epochs": 1, "batchSize": 32, "learningRate": 0.05,
-                       "learningRateDecay": 1.0, "resources": {"requests": {}, "limits": {}}},
+                       "learningRateDecay": 1.0, "distillation": 0.0, "resources": {"requests": {}, "limits": {}}},
         "evaluation": {"function": ""},
         "rounds": {"max": 20, "targetAccuracy": 0.0, "patience": 0, "timeoutSeconds": 600},
         "storage": {"bucket": "", "prefix": "", "endpoint": ""},

@@ -303,3 +303,59 @@ def adjust_model(model: nn.Module, x_shared: np.ndarray, y_shared: np.ndarray, e
     loss, _ = train_local(model, x_shared, y_shared, epochs=epochs, batch_size=batch_size,
                           learning_rate=learning_rate, optimizer="sgd", seed=seed, step=step)
     return loss
+
+
+@torch.no_grad()
+def ensemble_logits(teachers: list[nn.Module], x: np.ndarray, batch_size: int = 2048) -> torch.Tensor:
+    """The teachers' mean logits on `x` (FedDF's ensemble), each teacher in eval mode."""
+    if not teachers:
+        raise BadInput("distillation needs at least one teacher (the round's accepted updates)")
+    total: torch.Tensor | None = None
+    for teacher in teachers:
+        teacher.eval()
+        device = next(teacher.parameters()).device
+        logits = torch.cat([teacher(_as_tensor(x[start:start + batch_size], np.float32).to(device)).float()
+                            for start in range(0, len(x), batch_size)])
+        total = logits if total is None else total + logits
+    assert total is not None
+    return total / len(teachers)
+
+
+def distill_model(model: nn.Module, teachers: list[nn.Module], x_shared: np.ndarray, y_shared: np.ndarray,
+                  weight: float, epochs: int = 1, batch_size: int = 32, learning_rate: float = 0.01,
+                  seed: int = 0, temperature: float = 1.0) -> float:
+    """The adjustment with FedDF distillation (Lin et al. 2020): fine-tune the aggregated model on the shared inputs
+    towards the ensemble of the round's client models (their mean logits, KL at `temperature`), mixed with the
+    shared labels' cross-entropy: loss = weight x KL + (1 - weight) x CE. weight 1 is FedDF (labels unused)."""
+    if not 0 < weight <= 1:
+        raise BadInput(f"--distill {weight} must be in (0, 1]")
+    if epochs < 1 or batch_size < 1 or not learning_rate > 0 or not temperature > 0:
+        raise BadInput("--epochs, --batch-size >= 1, --learning-rate > 0 and --temperature > 0 required")
+    _needs_class_labels(np.asarray(y_shared), "distillation is classification (logits over class labels)")
+    device = next(model.parameters()).device
+    inputs, targets = _as_tensors(x_shared, y_shared, device)
+    soft = nn.functional.softmax(ensemble_logits(teachers, x_shared).to(device) / temperature, dim=1)
+    updater = Optimizer(list(model.parameters()), "sgd", learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    count = len(y_shared)
+    model.train()
+    last_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        for start, stop in batch_bounds(count, batch_size):
+            batch = order[start:stop]
+            logits = model(inputs[batch])
+            kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, dim=1), soft[batch],
+                                      reduction="batchmean") * temperature ** 2
+            loss = weight * kl
+            if weight < 1:
+                loss = loss + (1 - weight) * nn.functional.cross_entropy(logits, targets[batch])
+            updater.zero_grad()
+            loss.backward()
+            updater.step()
+            total += loss.detach() * len(batch)
+        last_loss = float(total) / count
+        if not np.isfinite(last_loss):
+            raise BadInput(f"distillation diverged (loss {last_loss}); lower adjustment.learningRate")
+    return last_loss

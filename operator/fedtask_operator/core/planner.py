@@ -1196,9 +1196,22 @@ def _device_of(update_uri: str) -> str:
     return name[: -len(".safetensors")] if name.endswith(".safetensors") else update_uri
 
 
+def _teacher_uris(ctx: _Planning) -> list[str]:
+    """adjustment.distillation (FedDF): the round's accepted updates, the ensemble the adjust stage distils. The
+    returned devices less the ones the aggregation rejected (currentRound.rejected: a round with more rejections than
+    that list keeps may leave a rejected update in the ensemble; the aggregate is unaffected)."""
+    adjustment = ctx.spec.adjustment
+    if not (adjustment.enabled and adjustment.distillation > 0):
+        return []
+    rejected = set(ctx.status["currentRound"].get("rejected") or [])
+    base = naming.store_base(ctx.task, ctx.config)
+    return sorted(naming.update_uri(base, ctx.round, r["device"]) for r in ctx.status.get("devices") or []
+                  if r["state"] == STATE_SUCCEEDED and r["device"] not in rejected)
+
+
 def _plan_adjusting(ctx: _Planning) -> bool:
     progress = _advance_stage_pod(ctx, naming.STAGE_ADJUST, lambda attempt: pods.build_adjust_pod(
-        ctx.build_task(), ctx.config, ctx.round, attempt=attempt))
+        ctx.build_task(), ctx.config, ctx.round, attempt=attempt, teacher_uris=_teacher_uris(ctx)))
     if progress.state == STATE_FAILED:
         _fail(ctx, progress.failure_reason,
               f"round {ctx.round}: adjustment failed: {progress.reason}; check spec.adjustment and "

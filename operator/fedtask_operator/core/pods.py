@@ -428,7 +428,9 @@ def build_aggregate_pod(task: FederatedTask, config: RuntimeConfig, round_: int,
                        labels=naming.pod_labels(task.name, naming.STAGE_AGGREGATE, round_), args=args)
 
 
-def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, attempt: int = 0) -> KubeObject:
+def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, attempt: int = 0,
+                     teacher_uris: Sequence[str] = ()) -> KubeObject:
+    """`teacher_uris`: the round's accepted updates, read with adjustment.distillation > 0 (FedDF's ensemble)."""
     spec = task.spec
     adjustment = spec.adjustment
     base = naming.store_base(task, config)
@@ -444,6 +446,8 @@ def build_adjust_pod(task: FederatedTask, config: RuntimeConfig, round_: int, at
     if spec.data.shared.uri:
         args += ["--shared-uri", spec.data.shared.uri]
     args += _model_data_flags(task) + _user_code_flags(task, evaluation=True)
+    if adjustment.enabled and adjustment.distillation > 0:
+        args += ["--distill", _number(adjustment.distillation), *teacher_uris]
     return _server_pod(task, config, name=naming.adjust_pod_name(task.name, round_, attempt),
                        labels=naming.pod_labels(task.name, naming.STAGE_ADJUST, round_), args=args)
 

@@ -417,6 +417,12 @@ class AdjustmentSpec:
                                            doc="Round r fine-tunes at learningRate x learningRateDecay^(r-1): "
                                                "less trust in the shared set as the rounds go on; 1 keeps the "
                                                "rate constant (docs/results.md, Design study).")
+    distillation: float = api_field(0.0, minimum=0, maximum=1,
+                                    doc="FedDF (Lin et al. 2020): weight of distilling the ensemble of the round's "
+                                        "accepted client models (their mean logits on the shared inputs) into the "
+                                        "aggregated model, against the shared labels' cross-entropy: 1 is FedDF, "
+                                        "0 plain fine-tuning. Classification with the default train step only "
+                                        "(docs/results.md, Design study).")
     resources: ResourceRequirements = api_field(factory=ResourceRequirements,
                                                 doc="Deprecated, use server.resources (it applies when "
                                                     "server.resources is empty).")
@@ -737,6 +743,10 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
                    "adjustment needs a shared dataset: set data.shared.fraction > 0 or data.shared.uri, "
                    "or adjustment.enabled: false", ".adjustment.enabled",
                    lambda s: not s.adjustment.enabled or s.data.shared.fraction > 0 or s.data.shared.uri != ""),
+    CrossFieldRule((), "self.adjustment.distillation == 0.0 || self.training.step == ''",
+                   "distillation needs the default train step (classification logits): set training.step: '' or "
+                   "adjustment.distillation: 0", ".adjustment.distillation",
+                   lambda s: s.adjustment.distillation == 0 or s.training.step == ""),
     CrossFieldRule((), "self.devices.pool == '' || self.data.source == 'builtin'",
                    "applies to data.source builtin only (with hostPath or pvc data the device nodes are shared by "
                    "every task they match)", ".devices.pool",

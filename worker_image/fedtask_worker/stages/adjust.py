@@ -40,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shared-fraction", type=fraction, default=0.02,
                         help="class-balanced fraction of the train split forming the shared set (default: 0.02)")
     parser.add_argument("--shared-uri", help="the shared set as an object (safetensors or npz with x, y) instead")
+    parser.add_argument("--distill", type=distill_weight, default=0.0,
+                        help="FedDF: weight in [0, 1] of distilling the teachers' ensemble (their mean logits on the "
+                             "shared inputs) against the shared labels' cross-entropy; 1 is FedDF, 0 plain "
+                             "fine-tuning (default: 0)")
+    parser.add_argument("teachers", nargs="*", metavar="TEACHER",
+                        help="with --distill: URIs of the round's accepted client models (the ensemble)")
     add_model_arguments(parser)
     add_plugin_arguments(parser, evaluation=True)
 
@@ -51,6 +57,16 @@ def decay_factor(text: str) -> float:
         value = float("nan")
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1]")
+    return value
+
+
+def distill_weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]")
     return value
 
 
@@ -86,6 +102,27 @@ def shared_set(args: argparse.Namespace, dataset) -> tuple[np.ndarray, np.ndarra
     return dataset.x_train[indices], dataset.y_train[indices]
 
 
+def distilled(args: argparse.Namespace, model, x: np.ndarray, y: np.ndarray, learning_rate: float, seed: int,
+              step) -> float:
+    """FedDF: the adjustment towards the ensemble of the round's client models (training.distill_model)."""
+    import copy
+
+    from ..training import distill_model, load_model_state
+
+    if step is not None:
+        raise BadInput("--distill needs the default train step (classification logits); it cannot be used with "
+                       "--train-step (spec.training.trainStep)")
+    if not args.teachers:
+        raise BadInput("--distill needs the round's client models as TEACHER URIs")
+    teachers = []
+    for uri in args.teachers:
+        teacher = copy.deepcopy(model)
+        arrays, _ = read_model(uri)
+        load_model_state(teacher, arrays, uri)
+        teachers.append(teacher)
+    return distill_model(model, teachers, x, y, args.distill, args.epochs, args.batch_size, learning_rate, seed=seed)
+
+
 def run(args: argparse.Namespace) -> dict:
     from ..training import (
         adjust_model,
@@ -106,11 +143,18 @@ def run(args: argparse.Namespace) -> dict:
     load_model_state(model, arrays, args.input)
     model.to(compute_device())
     result: dict = {}
+    if args.teachers and not args.distill > 0:
+        raise BadInput("TEACHER URIs are only read with --distill > 0")
     if not args.no_adjust:
         x, y = shared_set(args, dataset)
         learning_rate = round_learning_rate(args.learning_rate, args.learning_rate_decay, args.round)
-        result["adjust_loss"] = round(adjust_model(model, x, y, args.epochs, args.batch_size, learning_rate,
-                                                   seed=args.seed * 100003 + args.round, step=step), 6)
+        seed = args.seed * 100003 + args.round
+        if args.distill > 0:
+            loss = distilled(args, model, x, y, learning_rate, seed, step)
+            result["teachers"] = len(args.teachers)
+        else:
+            loss = adjust_model(model, x, y, args.epochs, args.batch_size, learning_rate, seed=seed, step=step)
+        result["adjust_loss"] = round(loss, 6)
         result["adjust_learning_rate"] = learning_rate
         result["shared_samples"] = int(len(y))
         arrays = model_state(model)
