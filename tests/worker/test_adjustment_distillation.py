@@ -117,3 +117,23 @@ def test_distillation_with_a_custom_train_step_is_refused_at_the_spec():
         parse_task(task({"distillation": 1}, {"step": "mymodule:loss"}))
     with pytest.raises(SpecError, match=r"adjustment\.distillation"):
         parse_task(task({"distillation": 1.5}))
+
+
+def test_the_planner_hands_the_adjust_pod_the_accepted_updates_only():
+    from tests.support.planner import Cluster, make_task
+
+    cluster = Cluster(make_task(adjustment={"distillation": 1.0}))
+    cluster.advance_until(lambda: "mnist-r0001-aggregate" in cluster.pods, limit=6)
+    updates = "s3://fedtask/tasks/default/mnist/uid-1/round-0001/updates/"
+    cluster.succeed("mnist-r0001-aggregate", {"updates": 2, "rejected": [
+        {"uri": updates + "d001.safetensors", "reason": "non-finite values in fc1.weight"}], "seconds": 0.1,
+        "bytes": 10})
+    cluster.reconcile()
+    args = cluster.pods["mnist-r0001-adjust"]["spec"]["containers"][0]["args"]
+    returned = sorted(r["device"] for r in cluster.status["devices"] if r["state"] == "Succeeded")
+    assert "d001" in returned and len(returned) == 3
+    assert args[args.index("--distill"):] == ["--distill", "1.0"] + [
+        f"{updates}{device}.safetensors" for device in returned if device != "d001"]
+    plain = Cluster(make_task())
+    plain.advance_until(lambda: "mnist-r0001-adjust" in plain.pods, limit=8)
+    assert not any("/updates/" in str(a) for a in plain.pods["mnist-r0001-adjust"]["spec"]["containers"][0]["args"])
