@@ -8,12 +8,19 @@ homogeneous (every round's devices equally slow, so a round costs only its devic
 rates r_i = max(0, a - b t_i) that minimise sum r_i t_i at that Jain (a Lagrange condition of the relaxation; its
 share of random's round time bounds any speed-up per round from above).
 
+The same bound where it counts, the time to a target: every round also costs the server SERVER_SECONDS (and may
+wait for its learning period's collection window or for busy devices), so a policy's time per round is at least
+bound + SERVER_SECONDS, and random's is what it measured (`wall_per_round`: simulated time over rounds, every wait
+included). With as many rounds to the target as random needs, no policy is more than random's wall_per_round /
+(bound + SERVER_SECONDS) times faster at that Jain (`speedup_bound`); a policy that needs n rounds where random
+needs m is bounded by that times m / n (bench_sched_effect.py reports each task's `rounds_to_target`).
+
 With `--effect FILE...` (JSON lines of bench_sched_effect.py runs at several `--fairness-weight`s) a second panel
 shows what the weights give where it counts: the mean speed-up to every task's target against random, over Jain's
 index, each point labelled with its weight and its accuracy against random.
 
     python benchmarks/plot_sched_tradeoff.py [--seeds 3] [--rounds 40] [--plot docs/sched-tradeoff.png]
-        [--effect effect-w1.json effect-w2.json ...]
+        [--effect effect-w1.json effect-w2.json ...] [--effect-later effect-w2-later.json]
 """
 from __future__ import annotations
 
@@ -42,14 +49,16 @@ def draws(seed: int, task_count: int):
 
 
 def measure(policy: str, weight: float, seeds: int, rounds: int, task_count: int) -> dict:
-    times, jains = [], []
+    times, walls, jains = [], [], []
     for seed in range(seeds):
         nodes, speeds, tasks = draws(seed, task_count)
         runs = effect.simulate(policy, tasks, nodes, speeds, rounds, seed, weight, train=False)
         names = [node["metadata"]["name"] for node in nodes]
         times.append(statistics.mean(s for run in runs for s in run.round_seconds))
+        walls.append(statistics.mean(run.curve[-1][0] / len(run.curve) for run in runs))
         jains.append(effect.jain_of_runs(runs, names))
-    return {"round_seconds": round(statistics.mean(times), 3), "jain": round(statistics.mean(jains), 3)}
+    return {"round_seconds": round(statistics.mean(times), 3), "wall_per_round": round(statistics.mean(walls), 3),
+            "jain": round(statistics.mean(jains), 3)}
 
 
 def bound(seeds: int, task_count: int, levels) -> list[dict]:
@@ -117,13 +126,18 @@ def plot(path: Path, report: dict) -> None:
                    fontsize=10)
     axis.legend(fontsize=8, loc="upper left")
     if effect:
-        plot_effect(axes[0][1], effect)
+        plot_effect(axes[0][1], effect, report["bound"], report.get("effect_later") or [])
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
-def plot_effect(axis, effect: list[dict]) -> None:
-    """Speed-up to target (mean over seeds) against Jain, per weight; the peers from the same runs."""
+def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) -> None:
+    """Speed-up to target (mean over seeds) against Jain, per weight; the peers from the same runs; the bound."""
+    axis.plot([p["jain"] for p in limit], [p["speedup_bound"] for p in limit], "--", color="gray",
+              label="bound at random's rounds to target: homogeneous rounds + server time")
+    for point in limit:
+        axis.annotate(f"{point['speedup_bound']:.2f}", (point["jain"], point["speedup_bound"]),
+                      textcoords="offset points", xytext=(-10, 6), fontsize=7, color="gray")
     rows = sorted(effect, key=lambda row: row["fairness_weight"])
     axis.plot([r["jain"] for r in rows], [r["speedup"] for r in rows], "o-", color="tab:blue",
               label="time-fair, weight swept")
@@ -131,6 +145,12 @@ def plot_effect(axis, effect: list[dict]) -> None:
         axis.annotate(f"w {row['fairness_weight']:g}: {row['points']:+.1f} pts", (row["jain"], row["speedup"]),
                       textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:blue")
         axis.plot([row["jain"]] * 2, [row["speedup_min"], row["speedup"]], color="tab:blue", alpha=0.3)
+    for row in later:
+        axis.plot(row["jain"], row["speedup"], "*", color="tab:orange", markersize=12,
+                  label=f"time-fair w {row['fairness_weight']:g}, later run ({row['file']})")
+        axis.annotate(f"{row['speedup']:.2f}x, {row['points']:+.1f} pts", (row["jain"], row["speedup"]),
+                      textcoords="offset points", xytext=(6, -12), fontsize=8, color="tab:orange")
+        axis.plot([row["jain"]] * 2, [row["speedup_min"], row["speedup"]], color="tab:orange", alpha=0.3)
     peers = rows[0]["peers"]
     for policy, (marker, color) in {"random": ("s", "tab:red"), "round-robin": ("^", "tab:green")}.items():
         if policy in peers:
@@ -141,7 +161,7 @@ def plot_effect(axis, effect: list[dict]) -> None:
     axis.set_xlabel("Jain's index of device participation (mean over seeds and tasks)")
     axis.set_ylabel("speed-up to every task's target vs random (mean; bar: worst seed)")
     axis.set_xlim(0.0, 1.02)
-    axis.set_ylim(0, 4)
+    axis.set_ylim(0, max(4.0, max(p["speedup_bound"] for p in limit if p["jain"] >= 0.5) * 1.05))
     axis.set_title(f"with training (bench_sched_effect.py, {rows[0]['seeds']} seeds): what the weight buys",
                    fontsize=10)
     axis.legend(fontsize=8, loc="upper right")
@@ -153,7 +173,7 @@ def effect_rows(paths: list[Path]) -> list[dict]:
         run = json.loads(path.read_text().splitlines()[0])
         summary = run["summary"]
         line = summary["time-fair"]
-        rows.append({"fairness_weight": run["fairness_weight"], "seeds": len(run["seeds"]),
+        rows.append({"file": path.name, "fairness_weight": run["fairness_weight"], "seeds": len(run["seeds"]),
                      "speedup": line["speedup_vs_random_mean"], "speedup_min": line["speedup_vs_random_min"],
                      "points": line["accuracy_points_vs_random_mean"], "jain": line["jain_mean"],
                      "peers": {policy: {"jain": summary[policy]["jain_mean"],
@@ -170,6 +190,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--plot", type=Path, help="write the figure (PNG) here")
     parser.add_argument("--effect", type=Path, nargs="*", default=[],
                         help="bench_sched_effect.py JSON outputs at several weights (the second panel)")
+    parser.add_argument("--effect-later", type=Path, nargs="*", default=[],
+                        help="bench_sched_effect.py outputs of later runs (other code), marked apart on that panel")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     report = {"benchmark": "sched_tradeoff", "peer": "random", "devices": 40, "tasks": args.tasks,
@@ -178,10 +200,16 @@ def main(argv=None) -> dict:
                            for weight in WEIGHTS]
     for policy in ("random", "round-robin", "fastest"):
         report[policy] = measure(policy, 0.0, args.seeds, args.rounds, args.tasks)
-    report["bound"] = bound(args.seeds, args.tasks, (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0))
+    report["bound"] = bound(args.seeds, args.tasks, (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0))
     for row in report["time-fair"] + report["bound"]:
         row["round_speedup_vs_random"] = round(report["random"]["round_seconds"] / row["round_seconds"], 2)
+    for row in report["bound"]:
+        row["speedup_bound"] = round(report["random"]["wall_per_round"] / (row["round_seconds"] +
+                                                                           effect.SERVER_SECONDS), 2)
+    report["server_seconds"] = effect.SERVER_SECONDS
+    report["collection_window"] = effect.COLLECTION_WINDOW
     report["effect"] = effect_rows(args.effect)
+    report["effect_later"] = effect_rows(args.effect_later)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     if args.plot:
         plot(args.plot, report)

@@ -102,3 +102,16 @@ def test_a_simulated_round_averages_every_device_s_model_not_the_last_one():
         expected = (10 * trained[0][name] + 20 * trained[1][name]) / 30
         assert np.allclose(value, expected, atol=1e-5), name
     assert not all(np.allclose(run.state[name], trained[1][name]) for name in run.state)
+
+
+def test_the_homogeneous_rounds_bound_on_a_fleet_worked_by_hand():
+    """Two devices of 1 s and two of 10 s, two per round: Jain 0.5 allows the fast pair only (1 s rounds); Jain 1
+    needs everyone equally often, so the mean device time per turn is (1 + 1 + 10 + 10) / 4 = 5.5 s."""
+    import numpy as np
+
+    tradeoff = load("plot_sched_tradeoff")
+    seconds = np.array([1.0, 1.0, 10.0, 10.0])
+    bounds = [tradeoff.least_mean_round(seconds, 2, jain) for jain in (0.5, 0.8, 1.0)]
+    assert bounds[0] == pytest.approx(1.0, abs=0.01)
+    assert bounds[2] == pytest.approx(5.5, abs=0.01)
+    assert bounds[0] < bounds[1] < bounds[2]
