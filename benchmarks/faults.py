@@ -22,11 +22,20 @@ history once; no pod name was created twice (two uids) or started twice; no retr
 of the task left pending or running, or owned by no live task, once it is done (orphaned); round, history and phase
 never go back; the final model (status.model.uri in the store) is bit-identical to the uninterrupted run's.
 
-    python benchmarks/faults.py [--target run|operator] [--seeds 20] [--rounds 10]
+`--target operator --api real`: the same on the real control plane (hack/local-cluster.sh: etcd, kube-apiserver,
+kube-scheduler, kube-controller-manager, the chart's MinIO, node agents running pods as processes), one cluster for
+the peers and all seeds, one task at a time in namespace fedtask (deleted, pods gone, before the next). The operator
+is a host process with the chart Deployment's arguments (the Deployment scaled to zero), SIGKILLed and restarted on
+the same schedule; the train-pod faults are signals to the pod's process on its node (crash: SIGSEGV, exit 139; OOM:
+SIGKILL, exit 137 with reason Error, as the node agent cannot report OOMKilled); the checks read what watches of the
+task and its pods saw and the node agents' Started events.
+
+    python benchmarks/faults.py [--target run|operator] [--api kmock|real] [--seeds 20] [--rounds 10]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -37,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -175,18 +185,8 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
         cluster.apply(digits_task(OPERATOR_TASK, rounds=rounds, scheduling={"policy": POLICY}))
         status: dict | None = None
         try:
-            for at, down in kills:
-                while time.monotonic() - started < at and not finished(cluster, OPERATOR_TASK):
-                    time.sleep(0.05)
-                if finished(cluster, OPERATOR_TASK):
-                    result["missed"] += 1  # the task ended before the kill time
-                    continue
-                result["kill_rounds"].append(
-                    ((cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}).get("status") or {}).get("round", 0))
-                operator.kill()
-                result["injected"]["operator_sigkill"] += 1
-                time.sleep(down)
-                operator.start()
+            inject_kills(kills, started, operator, result, lambda: finished(cluster, OPERATOR_TASK), lambda: (
+                (cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}).get("status") or {}).get("round", 0))
 
             def done() -> dict | None:
                 if operator.process.poll() is not None:
@@ -222,8 +222,24 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
             result["injected"][kind] += 1
     result.update(check_operator_run(rounds, status, versions, pod_versions, started_pods, live, uid,
                                      sum(result["injected"][kind] for kind in POD_FAULTS)))
-    result["model"] = s3_hash(s3, (status.get("model") or {}).get("uri"))
+    result["model"] = s3_hash(s3.client(), (status.get("model") or {}).get("uri"))
     return result
+
+
+def inject_kills(kills, started: float, operator, result: dict, done, current_round) -> None:
+    """SIGKILL `operator` at each of `kills` ((seconds after `started`, seconds down) pairs) and start it again;
+    a kill that comes after `done()` is counted as missed. `current_round()`: the task's status.round then."""
+    for at, down in kills:
+        while time.monotonic() - started < at and not done():
+            time.sleep(0.05)
+        if done():
+            result["missed"] += 1  # the task ended before the kill time
+            continue
+        result["kill_rounds"].append(current_round())
+        operator.kill()
+        result["injected"]["operator_sigkill"] += 1
+        time.sleep(down)
+        operator.start()
 
 
 def check_operator_run(rounds: int, status: dict, versions: list[dict], pod_versions: list[dict],
@@ -273,11 +289,12 @@ def check_operator_run(rounds: int, status: dict, versions: list[dict], pod_vers
     return result
 
 
-def s3_hash(s3, uri: str | None) -> str | None:
+def s3_hash(client, uri: str | None) -> str | None:
+    """sha256 of the object at `uri` (s3://bucket/key) read with the minio `client`."""
     if not uri or not uri.startswith("s3://"):
         return None
     bucket, _, key = uri[len("s3://"):].partition("/")
-    response = s3.client().get_object(bucket, key)
+    response = client.get_object(bucket, key)
     try:
         return hashlib.sha256(response.read()).hexdigest()
     finally:
@@ -308,19 +325,47 @@ def operator_main(args) -> dict:
             os.environ.update(s3.env)  # the store settings, as the operator and pods get them in a cluster
             peers = [operator_run(base / f"uninterrupted-{i}", args.rounds, s3, launcher, tree=args.operator_tree,
                                   lease=args.leader_election) for i in (1, 2)]
-            deterministic = peers[0]["model"] is not None and peers[0]["model"] == peers[1]["model"]
-            uninterrupted_seconds = min(p["seconds"] for p in peers)
-            results = []
-            for seed in range(args.seeds):
-                kills, faults = operator_plan(seed, args.rounds, uninterrupted_seconds * 0.9, not args.no_pod_faults)
-                result = operator_run(base / f"seed-{seed}", args.rounds, s3, launcher, kills, faults,
-                                      tree=args.operator_tree, lease=args.leader_election)
-                results.append({"seed": seed, **result})
-                print(f"seed {seed}: {result['phase']} in {result['seconds']:.1f}s, injected {result['injected']}",
-                      file=sys.stderr, flush=True)
+            results = faulted_seeds(args, peers, lambda seed, kills, faults: operator_run(
+                base / f"seed-{seed}", args.rounds, s3, launcher, kills, faults, tree=args.operator_tree,
+                lease=args.leader_election))
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+    runtime = ("fedtask operator (kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election
+                                             else "--standalone") + ") on the kmock API emulator, pods run by the "
+               "test kubelet")
+    summary = operator_summary(args, peers, results, runtime,
+                               f"digits MLP, 4 devices, 2 per round, {args.rounds} rounds, policy {POLICY}, "
+                               "podRetryLimit 1")
+    if args.keep:
+        summary["workdir"] = str(base)
+    return summary
+
+
+def faulted_seeds(args, peers: list[dict], run) -> list[dict]:
+    """`run(seed, kills, pod_faults)` for seeds 0.. with each seed's fault plan (`operator_plan`, within 0.9 x the
+    uninterrupted peers' time); with `--time-budget S`, no seed starts that would likely end after S seconds."""
+    window = min(p["seconds"] for p in peers) * 0.9
+    results: list[dict] = []
+    started = time.monotonic()
+    for seed in range(args.seeds):
+        if results and args.time_budget:
+            mean = (time.monotonic() - started) / len(results)
+            if time.monotonic() - started + mean > args.time_budget:
+                print(f"time budget: {len(results)} of {args.seeds} seeds run", file=sys.stderr, flush=True)
+                break
+        kills, faults = operator_plan(seed, args.rounds, window, not args.no_pod_faults)
+        result = run(seed, kills, faults)
+        results.append({"seed": seed, **result})
+        print(f"seed {seed}: {result['phase']} in {result['seconds']:.1f}s, injected {result['injected']}",
+              file=sys.stderr, flush=True)
+    return results
+
+
+def operator_summary(args, peers: list[dict], results: list[dict], runtime: str, task: str) -> dict:
+    """The one JSON line of `--target operator`: the faulted seeds' checks summed, against the uninterrupted peers."""
+    deterministic = peers[0]["model"] is not None and peers[0]["model"] == peers[1]["model"]
+    uninterrupted_seconds = min(p["seconds"] for p in peers)
     expected = peers[0]["model"]
 
     def bad(r: dict) -> bool:
@@ -329,12 +374,8 @@ def operator_main(args) -> dict:
                     or (deterministic and r["model"] != expected))
     faulted_mean = sum(r["seconds"] for r in results) / len(results)
     summary = {
-        "benchmark": "faults", "target": "operator",
-        "runtime": "fedtask operator (kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election
-                                                 else "--standalone") + ") on the kmock API emulator, pods run by the "
-                   "test kubelet",
-        "task": f"digits MLP, 4 devices, 2 per round, {args.rounds} rounds, policy {POLICY}, podRetryLimit 1",
-        "seeds": args.seeds,
+        "benchmark": "faults", "target": "operator", "api": args.api, "runtime": runtime, "task": task,
+        "seeds": len(results), "seeds_requested": args.seeds,
         "faults_injected": {kind: sum(r["injected"][kind] for r in results) for kind in results[0]["injected"]},
         "kills_after_the_task_ended": sum(r["missed"] for r in results),
         "operator_kills_by_status_round": {str(n): sum(r["kill_rounds"].count(n) for r in results)
@@ -360,6 +401,228 @@ def operator_main(args) -> dict:
         if peer["phase"] != "Succeeded" or peer["failures"] or peer["pods_duplicated"] or peer["pods_orphaned"]:
             summary["failures"].append({f"uninterrupted-{i}": {k: peer[k] for k in (
                 "phase", "history", "pods_duplicated", "pods_orphaned", "failures")}})
+    return summary
+
+
+# --- `--target operator --api real`: the same on the real control plane (hack/local-cluster.sh) ---------------------
+# A train pod's process on a node agent, ended by a signal from outside: the agent reports what the kernel says, exit
+# 128 + the signal with reason Error. A crash is SIGSEGV (exit 139; exit 1 would need a debugger in the process); an
+# OOM kill is SIGKILL (exit 137, as the kernel's OOM killer ends it), but reason Error, not OOMKilled: the node agent
+# sets no memory limit, so it cannot tell an OOM kill from any other SIGKILL.
+REAL_POD_SIGNALS = {"train_pod_crash": signal.SIGSEGV, "train_pod_oom": signal.SIGKILL}
+REAL_LEASE_NAME = "faults-lease"
+
+
+def host_pid(log: Path) -> int | None:
+    """The host PID of the process whose stdout is `log` (a node agent's pod: it runs in the agent's PID namespace,
+    whose numbers are not the host's)."""
+    target = str(log)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "fd" / "1") == target and os.getpgid(int(entry.name)) == int(entry.name):
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+class PodFaulter:
+    """Ends the first train pod (not a retry) of the task that starts in each fault's round, on whichever node agent
+    runs it, with the fault's signal; a fault whose round has no train pod left running moves to the next round. Pod
+    folders (NODES/<node>/pods/<namespace>/<pod>) outlive their pods, so only those of the task's uid count."""
+
+    def __init__(self, nodes: Path, namespace: str, task: str, faults, task_uid):
+        self.nodes, self.namespace, self.task, self.task_uid = nodes, namespace, task, task_uid
+        self.pending = sorted(faults, key=lambda fault: fault[1])  # (kind, round)
+        self.done: list[tuple[str, str, int]] = []  # (kind, pod, round)
+        self._owners: dict[Path, tuple[int, set]] = {}  # pod folder -> (pod.json's mtime, its owners' uids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodFaulter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _ours(self, folder: Path) -> bool:
+        uid = self.task_uid()
+        try:
+            changed = (folder / "pod.json").stat().st_mtime_ns
+            if folder not in self._owners or self._owners[folder][0] != changed:
+                pod = json.loads((folder / "pod.json").read_text())
+                self._owners[folder] = (changed, {ref.get("uid") for ref in
+                                                  pod["metadata"].get("ownerReferences") or []})
+        except (OSError, ValueError, KeyError):
+            return False
+        return uid is not None and uid in self._owners[folder][1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.03) and self.pending:
+            kind, round_ = self.pending[0]
+            folders = [f for f in self.nodes.glob(f"*/pods/{self.namespace}/{self.task}-r*")
+                       if self._ours(f)]
+            train = [f for f in folders if f.name.startswith(f"{self.task}-r{round_:04d}-train-")
+                     and not re.search(r"-a\d+$", f.name)]
+            for folder in train:
+                if (folder / "process.json").exists() and not (folder / "exit.json").exists() \
+                        and folder.name not in {pod for _, pod, _ in self.done}:
+                    pid = host_pid(folder / "log")
+                    if pid is not None:
+                        try:
+                            os.killpg(pid, REAL_POD_SIGNALS[kind])
+                        except ProcessLookupError:
+                            continue
+                        self.done.append((kind, folder.name, round_))
+                        self.pending.pop(0)
+                        break
+            else:
+                later = any(int(f.name[len(self.task) + 2:len(self.task) + 6]) > round_ for f in folders)
+                if later:  # the round's train pods ended before one could be signalled
+                    self.pending[0] = (kind, round_ + 1)
+
+
+def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease: bool = False,
+             timeout: float = 900) -> dict:
+    """One task of `rounds` rounds on the installed real cluster (namespace fedtask; the chart's operator scaled to
+    zero), `fedtask operator` a host process SIGKILLed at each of `kills` and started again, `pod_faults` signalled
+    to train pods by `PodFaulter`; the same checks as `operator_run`, from watches of the task and its pods and the
+    node agents' Started events. The task is deleted (and its pods gone) before this returns."""
+    from tests.support.cluster import (
+        NAMESPACE,
+        CreationRecorder,
+        TaskRecorder,
+        host_operator_command,
+        minio_deployment,
+        store_credentials,
+    )
+    from tests.support.operator import OperatorProcess, digits_task
+    from tests.support.waiting import wait_for
+
+    result: dict = {"injected": dict.fromkeys(("operator_sigkill", *POD_FAULTS), 0), "missed": 0, "failures": [],
+                    "kill_rounds": []}
+    workdir.mkdir(parents=True)
+    mode = ("--leader-election", f"--lease-duration={LEASE_SECONDS}", f"--lease-namespace={NAMESPACE}",
+            f"--lease-name={REAL_LEASE_NAME}") if lease else ("--standalone",)
+    command, env = host_operator_command(cluster, *mode)
+    operator = OperatorProcess.__new__(OperatorProcess)  # the same start/kill/stop, with the chart's command
+    operator.args, operator.log_path, operator.process = command, workdir / "operator.log", None
+    operator.env = dict(env, POD_NAME="fedtask-faults")
+    task = digits_task(OPERATOR_TASK, rounds=rounds, scheduling={"policy": POLICY})
+    task["metadata"]["namespace"] = NAMESPACE
+    selector = f"fedtask.io/task={OPERATOR_TASK}"
+
+    def task_pods() -> list[dict]:
+        return cluster.get_json("pods", "-n", NAMESPACE, "-l", selector)["items"]
+
+    wait_for(lambda: not task_pods() and cluster.kubectl("get", "federatedtask", OPERATOR_TASK, "-n", NAMESPACE,
+                                                         check=False).returncode != 0,
+             timeout=120, interval=1, message="the previous run's task and pods to go")
+    with CreationRecorder(cluster, OPERATOR_TASK) as pods, TaskRecorder(cluster, OPERATOR_TASK) as tasks, \
+            PodFaulter(cluster.dir / "nodes", NAMESPACE, OPERATOR_TASK, pod_faults,
+                       lambda: tasks.latest.get("metadata", {}).get("uid")) as faulter:
+        started = time.monotonic()
+        operator.start()
+        try:
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(task))
+
+            def current() -> dict:
+                return tasks.latest.get("status") or {}
+
+            def finished() -> bool:
+                return current().get("phase") in ("Succeeded", "Failed")
+            inject_kills(kills, started, operator, result, finished, lambda: current().get("round", 0))
+
+            def done() -> bool:
+                if operator.process.poll() is not None:
+                    raise RuntimeError(f"the operator exited ({operator.process.returncode}): "
+                                       f"{operator.log()[-1500:]}")
+                return finished()
+            try:
+                wait_for(done, timeout=timeout, interval=0.2)
+            except (AssertionError, RuntimeError) as error:
+                result["failures"].append(str(error))
+            result["seconds"] = time.monotonic() - started
+            try:
+                wait_for(lambda: all((p.get("status") or {}).get("phase") in FINISHED_POD_PHASES
+                                     for p in task_pods()), timeout=30, interval=0.5)
+            except AssertionError:
+                pass
+            time.sleep(1)  # the node agents' last status writes reach the watches
+            final = cluster.get_json("federatedtask", OPERATOR_TASK, "-n", NAMESPACE)
+            live = task_pods()
+        finally:
+            try:
+                cluster.kubectl("delete", "federatedtask", OPERATOR_TASK, "-n", NAMESPACE, "--wait=true",
+                                "--ignore-not-found", timeout=120)
+            finally:
+                operator.stop()
+    status, uid = final.get("status") or {}, final["metadata"]["uid"]
+    versions = [v for v in tasks.versions if v["metadata"].get("uid") == uid]
+    pod_versions = [{"metadata": {"name": name, "uid": pod_uid}}
+                    for name, uids in pods.uids.items() for pod_uid in uids]
+    pod_uids = {pod_uid for uids in pods.uids.values() for pod_uid in uids}
+    events = cluster.get_json("events", "-n", NAMESPACE, "--field-selector", "reason=Started")["items"]
+    started_pods = [e["involvedObject"]["name"] for e in events if e["involvedObject"].get("uid") in pod_uids]
+    result["watch_errors"] = len(pods.errors) + len(tasks.errors)
+    result["pod_fault_exits"] = {}
+    for kind, name, _round in faulter.done:
+        result["injected"][kind] += 1
+        terminated = ((((pods.pods.get(name) or {}).get("status") or {}).get("containerStatuses") or [{}])[0]
+                      .get("state") or {}).get("terminated") or {}
+        result["pod_fault_exits"].setdefault(kind, []).append([terminated.get("exitCode"), terminated.get("reason")])
+    result["pod_faults_not_injected"] = [list(fault) for fault in faulter.pending]
+    result.update(check_operator_run(rounds, status, versions, pod_versions, started_pods, live, uid,
+                                     len(faulter.done)))
+    result["pods_started_events"] = len(started_pods)
+    result["record"] = {"rounds": rounds, "status": status, "versions": versions, "pod_versions": pod_versions,
+                        "started_pods": started_pods, "live": live, "uid": uid, "pod_failures": len(faulter.done)}
+    access, secret = store_credentials(cluster, minio_deployment(cluster))
+    import minio
+
+    result["model"] = s3_hash(minio.Minio("127.0.0.1:9000", access_key=access, secret_key=secret, secure=False),
+                              (status.get("model") or {}).get("uri"))
+    return result
+
+
+def real_main(args, cluster=None, seeds: list | None = None) -> dict:
+    """`--api real`: peers and seeds on one real cluster (`cluster`, or one brought up for this run and taken down).
+    `seeds` (a list) receives each faulted seed's result, with `record`: what `check_operator_run` was given."""
+    from tests.support.cluster import installed_cluster, scale_operator
+
+    base = Path(tempfile.mkdtemp(prefix="fedtask-faults-real-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            if cluster is None:
+                cluster = stack.enter_context(installed_cluster(base / "cluster"))
+            else:  # the caller's cluster gets its operator back
+                stack.callback(scale_operator, cluster, 1)
+            scale_operator(cluster, 0)
+            peers = [real_run(cluster, base / f"uninterrupted-{i}", args.rounds, lease=args.leader_election)
+                     for i in (1, 2)]
+            print(f"uninterrupted: {[round(p['seconds'], 1) for p in peers]} s", file=sys.stderr, flush=True)
+            results = faulted_seeds(args, peers, lambda seed, kills, faults: real_run(
+                cluster, base / f"seed-{seed}", args.rounds, kills, faults, lease=args.leader_election))
+            if seeds is not None:
+                seeds.extend(results)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    runtime = ("fedtask operator (kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election
+                                             else "--standalone") + ") as a host process against the real control "
+               "plane (hack/local-cluster.sh: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, the "
+               "chart's MinIO), pods run by the node agents; train-pod faults are signals to the pod's process: "
+               "crash SIGSEGV (exit 139), OOM SIGKILL (exit 137, reason Error: the agent cannot report OOMKilled)")
+    summary = operator_summary(args, peers, results, runtime,
+                               f"digits MLP, 4 devices, 2 per round, {args.rounds} rounds, policy {POLICY}, "
+                               "podRetryLimit 1")
+    summary["pod_fault_exits"] = {kind: sorted({tuple(e) for r in results for e in r["pod_fault_exits"].get(kind, [])})
+                                  for kind in REAL_POD_SIGNALS}
+    summary["pod_faults_not_injected"] = sum(len(r["pod_faults_not_injected"]) for r in results)
+    summary["watch_errors"] = sum(r["watch_errors"] for r in results + peers)
     if args.keep:
         summary["workdir"] = str(base)
     return summary
@@ -376,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leader-election", action="store_true",
                         help=f"--target operator: run it with the lease ({LEASE_SECONDS} s), as the chart does; a "
                              "restarted operator then waits for its killed predecessor's lease to run out")
+    parser.add_argument("--api", choices=("kmock", "real"), default="kmock",
+                        help="--target operator: the API emulator (default), or the real control plane "
+                             "(hack/local-cluster.sh, one cluster for all seeds; needs root and the cluster tools)")
+    parser.add_argument("--time-budget", type=float, default=0.0, metavar="S",
+                        help="start no seed that would likely end after S seconds (fewer seeds than --seeds)")
     parser.add_argument("--operator-tree", default="", metavar="DIR",
                         help="--target operator: run the operator from this source tree (e.g. `git archive HEAD`)")
     parser.add_argument("--keep", action="store_true", help="keep the workdirs and logs (printed in the JSON)")
@@ -383,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1 or args.rounds < 1:
         parser.error("--seeds and --rounds must be at least 1")
     if args.target == "operator":
-        summary = operator_main(args)
+        if args.api == "real" and args.operator_tree:
+            parser.error("--operator-tree is for --api kmock")
+        summary = real_main(args) if args.api == "real" else operator_main(args)
         print(json.dumps(summary))
         return 0 if not summary["failures"] else 1
     base = Path(tempfile.mkdtemp(prefix="fedtask-faults-"))

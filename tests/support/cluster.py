@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -304,3 +305,95 @@ def store_credentials(cluster: LocalCluster, deployment: dict) -> tuple[str, str
     secret = decoded.get("AWS_SECRET_ACCESS_KEY") or decoded.get("MINIO_ROOT_PASSWORD") or decoded.get("rootPassword")
     assert access and secret, f"no MinIO credentials in Secret {secret_name}: {sorted(decoded)}"
     return access, secret
+
+
+@contextlib.contextmanager
+def installed_cluster(directory: Path):
+    """`hack/local-cluster.sh up` and `install` into `directory` under the machine lock; `down` whatever happened."""
+    with machine_lock(timeout=LOCK_SECONDS):
+        try:
+            timings = {"up": run_script("up", "--dir", str(directory), timeout=900)}
+            timings["install"] = run_script("install", "--dir", str(directory), timeout=600)
+            yield LocalCluster(dir=directory, env=read_env(directory / "env"), timings=timings)
+        finally:
+            run_script("down", "--dir", str(directory), timeout=120)
+
+
+def host_operator_command(cluster: LocalCluster, *mode: str) -> tuple[list[str], dict]:
+    """`fedtask operator` as a process on this host with the chart Deployment's arguments and plain environment,
+    and `mode` (e.g. `--standalone`, or `--leader-election` with its options) in place of the chart's leader lock or
+    peering; no metrics port, liveness server or store cleanup. Scale the chart's Deployment to zero meanwhile."""
+    container = operator_deployment(cluster)["spec"]["template"]["spec"]["containers"][0]
+    args = [arg for arg in container["args"][1:]
+            if not arg.startswith(("--metrics-port", "--liveness", "--cleanup-store", "--leader-election",
+                                   "--lease-", "--peering"))]
+    env = dict(cluster.env, PYTHONUNBUFFERED="1", POD_NAMESPACE=NAMESPACE)
+    for item in container.get("env") or []:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "secretKeyRef" in (item.get("valueFrom") or {}):  # the store's keys (namespace credentials)
+            ref = item["valueFrom"]["secretKeyRef"]
+            data = cluster.get_json("secret", ref["name"], "-n", NAMESPACE).get("data") or {}
+            if ref["key"] in data:
+                env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
+    # On this host the chart's in-cluster store address does not resolve, so the operator neither issues namespace
+    # store keys nor checks the bucket it would sign URLs for: its pods read the chart's MinIO Secret (in the tasks'
+    # namespace) instead, which the chart's default presigned URLs would refuse alongside.
+    secrets = {(item.get("valueFrom") or {}).get("secretKeyRef", {}).get("name") for item in container.get("env") or []
+               if item["name"] == "AWS_ACCESS_KEY_ID"} - {None}
+    args += ["--no-namespace-credentials", "--no-presigned-urls", *[f"--store-secret={name}" for name in secrets]]
+    command = [sys.executable, "-m", "fedtask_operator.cli", "operator", *args, "--metrics-port=0", "--liveness=",
+               "--no-cleanup-store", *mode]
+    return command, env
+
+
+class TaskRecorder:
+    """Every version of one FederatedTask a watch on the real API server delivers, in order (`versions`; a dropped
+    stream lists again, so versions in between may be missing, never reordered); `latest` is the newest."""
+
+    def __init__(self, cluster: LocalCluster, name: str, namespace: str = NAMESPACE):
+        self.client, self.name, self.namespace = cluster.api_client(), name, namespace
+        self.versions: list[dict] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def latest(self) -> dict:
+        return self.versions[-1] if self.versions else {}
+
+    def __enter__(self) -> TaskRecorder:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        import kubernetes
+
+        api = kubernetes.client.CustomObjectsApi(self.client)
+        version = None
+        while not self._stop.is_set():
+            try:
+                stream = kubernetes.watch.Watch().stream(
+                    api.list_namespaced_custom_object, "fedtask.io", "v1alpha1", self.namespace, "federatedtasks",
+                    field_selector=f"metadata.name={self.name}", resource_version=version, timeout_seconds=5)
+                self._ready.set()
+                for event in stream:
+                    task = event["object"]
+                    if event["type"] == "ERROR":  # 410: the version is too old, list again
+                        version = None
+                        break
+                    version = task["metadata"]["resourceVersion"]
+                    if event["type"] != "DELETED":
+                        self.versions.append(task)
+                    if self._stop.is_set():
+                        break
+            except Exception as error:  # a dropped stream: list again
+                self.errors.append(repr(error))
+                version = None
+                time.sleep(0.2)
