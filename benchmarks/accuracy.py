@@ -202,6 +202,16 @@ def markdown(out: dict, adjustments: list[str]) -> str:
     return "\n".join(lines)
 
 
+STRATEGY_COLOURS = {"fedavg": "tab:blue", "fedprox": "tab:orange", "fedavgm": "tab:green", "fedadam": "tab:red"}
+ADJUSTMENT_STYLES = {"off": ":", "0.005": "-.", "0.01": "-", "0.05": "--"}
+
+
+def line_style(strategy: str | None, adjustment: str) -> tuple[str, str]:
+    """A plot line's colour (the strategy; grey for the shared-only baseline, strategy None) and line style (the
+    adjustment), so the 16 cells and 3 baselines of a partition's plot stay apart."""
+    return (STRATEGY_COLOURS[strategy] if strategy else "grey"), ADJUSTMENT_STYLES[adjustment]
+
+
 def plot(out: dict, folder: Path) -> list[str]:
     try:
         import matplotlib
@@ -216,23 +226,27 @@ def plot(out: dict, folder: Path) -> list[str]:
         cells = [c for c in out["cells"] if c["partition"] == partition]
         if not cells:
             continue
-        figure, axes = plt.subplots(figsize=(7, 4.5), dpi=100)
-        for cell in cells:
+        figure, axes = plt.subplots(figsize=(9, 4.8), dpi=100)
+        for cell in sorted(cells, key=lambda c: (list(STRATEGIES).index(c["strategy"]),
+                                                 ADJUSTMENTS.index(c["adjustment"]))):
             curves = [run["curve"] for run in cell["runs"]]
             mean = [statistics.fmean(values) for values in zip(*curves)]
             off = cell["adjustment"] == "off"
             label = f"{cell['strategy']}, {'off' if off else 'adjusted ' + cell['adjustment']}"
-            axes.plot(range(1, len(mean) + 1), mean, ":" if off else "-", linewidth=1.2, label=label)
-        for fraction, baseline in (out.get("shared_only") or {}).items():
+            colour, style = line_style(cell["strategy"], cell["adjustment"])
+            axes.plot(range(1, len(mean) + 1), mean, style, color=colour, linewidth=1.2, label=label)
+        for fraction, baseline in sorted((out.get("shared_only") or {}).items(),
+                                         key=lambda item: ADJUSTMENTS.index(item[0])):
             curves = [run["curve"] for run in baseline["runs"]]
             mean = [statistics.fmean(values) for values in zip(*curves)]
-            axes.plot(range(1, len(mean) + 1), mean, "--", color="grey", linewidth=1,
+            colour, style = line_style(None, fraction)
+            axes.plot(range(1, len(mean) + 1), mean, style, color=colour, linewidth=1,
                       label=f"shared only {fraction}")
         axes.set_xlabel("round")
         axes.set_ylabel("test accuracy (mean over seeds)")
         axes.set_title(f"{out['dataset']}, partition {partition}")
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=6, loc="lower right", ncol=2)
+        axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         figure.tight_layout()
         path = folder / f"accuracy-{out['dataset']}-{partition}.png"
         figure.savefig(path)
@@ -292,6 +306,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--adjustment", default=",".join(ADJUSTMENTS),
                         help="comma-separated: off or a shared fraction among " + ", ".join(ADJUSTMENTS[1:]))
     parser.add_argument("--seeds", type=int, default=3, help="runs per cell, seeds 0..N-1 (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start the seeds here (more seeds for a cell measured before: --first-seed 3)")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--per-round", type=int, default=5)
@@ -323,7 +339,9 @@ def main(argv: list[str]) -> int:
         raise SystemExit("--seeds, --rounds, --devices >= 1 and 1 <= --per-round <= --devices required")
     if not FEDTASK.exists():
         raise SystemExit(f"{FEDTASK} is missing: make venv first")
-    seeds = list(range(args.seeds))
+    if args.first_seed < 0:
+        raise SystemExit("--first-seed must be >= 0")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     changes = {"lr": args.lr, "local_epochs": args.local_epochs, "batch_size": args.batch_size,
                "momentum": args.momentum, "adjust_epochs": args.adjust_epochs, "adjust_lr": args.adjust_lr,
                "adjust_decay": args.adjust_decay, "distill": args.distill,
@@ -331,8 +349,9 @@ def main(argv: list[str]) -> int:
     changes = {key: value for key, value in changes.items() if value is not None}
     out: dict = {"benchmark": "accuracy", "dataset": args.dataset, "dataset_args": args.dataset_args,
                  "model": args.model, "model_args": args.model_args, "rounds": args.rounds, "devices": args.devices,
-                 "per_round": args.per_round, "seeds": args.seeds, "partitions": partitions,
-                 "strategies": strategies, "adjustments": adjustments, "design": changes, "cells": []}
+                 "per_round": args.per_round, "seeds": args.seeds, "first_seed": args.first_seed,
+                 "partitions": partitions, "strategies": strategies, "adjustments": adjustments, "design": changes,
+                 "cells": []}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         for partition in partitions:
