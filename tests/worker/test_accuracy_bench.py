@@ -105,3 +105,51 @@ def test_the_dataset_and_model_options_reach_the_task(bench):
     process = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--dataset-args", "[1]"],
                              capture_output=True, text=True)
     assert process.returncode == 2 and "must be a JSON object" in process.stderr
+
+
+def test_every_cell_and_baseline_of_a_partition_plot_has_its_own_line_style(bench):
+    cells = {bench.line_style(strategy, adjustment)
+             for strategy in bench.STRATEGIES for adjustment in bench.ADJUSTMENTS}
+    baselines = {bench.line_style(None, adjustment) for adjustment in bench.ADJUSTMENTS[1:]}
+    assert len(cells) == 16 and len(baselines) == 3 and not cells & baselines
+
+
+def _part(bench, rounds: int, cells: list[tuple[str, str, str, list[float]]], shared_only: dict | None = None) -> dict:
+    """A saved part as `--save` writes it, with made-up curves (one per seed)."""
+    def runs(finals: list[float]) -> list[dict]:
+        return [{"seed": seed, "final": final, "last3": final, "best": final, "best_round": rounds,
+                 "curve": [final / 2] * (rounds - 1) + [final]} for seed, final in enumerate(finals)]
+    return {"benchmark": "accuracy", "dataset": "mnist", "rounds": rounds, "devices": 10, "per_round": 5,
+            "seeds": 2, "partitions": sorted({c[0] for c in cells}), "strategies": sorted({c[1] for c in cells}),
+            "adjustments": sorted({c[2] for c in cells}),
+            "cells": [{"partition": p, "strategy": s, "adjustment": a, **bench.summary(runs(f)), "runs": runs(f)}
+                      for p, s, a, f in cells],
+            "shared_only": {a: {**bench.summary(runs(f)), "runs": runs(f)} for a, f in (shared_only or {}).items()}}
+
+
+def test_saved_parts_merge_into_one_grid_naming_the_cells_not_run(bench, tmp_path, capsys):
+    first = _part(bench, 4, [("classes2", "fedavg", "off", [0.80, 0.82]), ("classes2", "fedavg", "0.01", [0.93, 0.95])])
+    second = _part(bench, 4, [("classes2", "fedadam", "0.05", [0.96, 0.96])], {"0.05": [0.90, 0.92]})
+    paths = [tmp_path / "first.json", tmp_path / "second.json"]
+    for path, part in zip(paths, (first, second)):
+        path.write_text(json.dumps(part))
+    assert bench.main(["--merge", *map(str, paths), "--markdown", str(tmp_path / "grid.md"),
+                       "--plot-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert [(c["strategy"], c["adjustment"]) for c in out["cells"]] == [("fedavg", "off"), ("fedavg", "0.01"),
+                                                                        ("fedadam", "0.05")]
+    assert out["adjustments"] == ["off", "0.01", "0.05"]
+    adjusted = out["cells"][1]
+    assert adjusted["gain_vs_off_points"] == pytest.approx(13.0)
+    assert out["cells"][2]["vs_shared_only_points"] == pytest.approx(5.0)
+    table = (tmp_path / "grid.md").read_text()
+    assert "| classes2 | fedavg | 0.810 ± 0.010 | 0.940 ± 0.010 | not run |" in table
+    assert "| classes2 | fedadam | not run | not run | 0.960 ± 0.000 |" in table
+    assert (tmp_path / "accuracy-mnist-classes2.png").read_bytes()[:4] == b"\x89PNG"
+    # Parts of different runs (here: 10 rounds against 4) are refused in one line, not mixed.
+    paths[1].write_text(json.dumps(_part(bench, 10, [("iid", "fedavg", "off", [0.9, 0.9])])))
+    with pytest.raises(SystemExit, match=r"^--merge: the parts differ in dataset, rounds or devices$"):
+        bench.main(["--merge", *map(str, paths)])
+    assert capsys.readouterr().out == ""
