@@ -153,7 +153,8 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     axis.plot([r["jain"] for r in rows], [r["speedup"] for r in rows], "o-", color="tab:blue",
               label="time-fair, weight swept")
     for row in rows:
-        axis.annotate(f"w {row['fairness_weight']:g}: {row['points']:+.1f} pts", (row["jain"], row["speedup"]),
+        axis.annotate(f"w {row['fairness_weight']:g} ({row['seeds']} seeds): {row['points']:+.1f} pts",
+                      (row["jain"], row["speedup"]),
                       textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:blue")
         axis.plot([row["jain"]] * 2, [row["speedup_min"], row["speedup"]], color="tab:blue", alpha=0.3)
     for row in later:
@@ -173,7 +174,9 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     axis.set_ylabel("speed-up to every task's target vs random (mean; bar: worst seed)")
     axis.set_xlim(0.0, 1.02)
     axis.set_ylim(0, max(4.0, max(p["speedup_bound"] for p in limit if p["jain"] >= 0.5) * 1.05))
-    axis.set_title(f"with training (bench_sched_effect.py, {rows[0]['seeds']} seeds): what the weight buys",
+    counts = sorted({row["seeds"] for row in rows})
+    seeds = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else f"{counts[0]}"
+    axis.set_title(f"with training (bench_sched_effect.py, {seeds} seeds): what the weight buys",
                    fontsize=10)
     axis.legend(fontsize=8, loc="upper right")
 
