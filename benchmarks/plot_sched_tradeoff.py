@@ -155,7 +155,7 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     for row in rows:
         axis.annotate(f"w {row['fairness_weight']:g} ({row['seeds']} seeds): {row['points']:+.1f} pts",
                       (row["jain"], row["speedup"]),
-                      textcoords="offset points", xytext=(6, 4), fontsize=8, color="tab:blue")
+                      textcoords="offset points", xytext=(-30, -22), fontsize=7, color="tab:blue")
         axis.plot([row["jain"]] * 2, [row["speedup_min"], row["speedup"]], color="tab:blue", alpha=0.3)
     for row in later:
         axis.plot(row["jain"], row["speedup"], "*", color="tab:orange", markersize=12,
@@ -172,13 +172,13 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     axis.axvline(0.8, color="black", linewidth=0.8, linestyle=":", label="Jain 0.8")
     axis.set_xlabel("Jain's index of device participation (mean over seeds and tasks)")
     axis.set_ylabel("speed-up to every task's target vs random (mean; bar: worst seed)")
-    axis.set_xlim(0.0, 1.02)
+    axis.set_xlim(0.4, 1.02)
     axis.set_ylim(0, max(4.0, max(p["speedup_bound"] for p in limit if p["jain"] >= 0.5) * 1.05))
     counts = sorted({row["seeds"] for row in rows})
     seeds = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else f"{counts[0]}"
     axis.set_title(f"with training (bench_sched_effect.py, {seeds} seeds): what the weight buys",
                    fontsize=10)
-    axis.legend(fontsize=8, loc="upper right")
+    axis.legend(fontsize=8, loc="lower left")
 
 
 def effect_rows(paths: list[Path]) -> list[dict]:
