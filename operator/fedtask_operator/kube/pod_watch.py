@@ -43,6 +43,7 @@ from fedtask_operator.kube.reconciler import owning_task
 logger = logging.getLogger("fedtask.operator.pods")
 PAGE_SIZE = 500
 RETRY_SECONDS = (1.0, 30.0)  # after an error the delay doubles from the first to at most the second
+PAGE_RETRIES = 5  # a list page that fails (cut off, timed out, 5xx) is asked again this often, then the list restarts
 
 Key = tuple[str, str]  # (namespace, name)
 TaskKey = tuple[str, str]  # (namespace, task)
@@ -278,19 +279,36 @@ class PodWatch:
         return self._core.list_namespaced_pod(scope, **kwargs)
 
     def _list(self, scope: str | None) -> str:
-        """List `scope` page by page (each page parsed, reduced to entries and dropped); returns the version."""
+        """List `scope` page by page (each page parsed, reduced to entries and dropped); returns the version.
+
+        A page that fails (a response cut off, a read timeout, a 5xx or 429) is asked for again with the same continue
+        token, up to PAGE_RETRIES times with a growing delay: under load, restarting a list of 80,000 pods from its
+        first page on every such error may never finish (benchmarks/scale.py --real saw one cut off after 3 minutes).
+        """
         entries: list = []
         token = None
+        failures = 0
         while True:
             try:
                 response = self._call(scope, limit=self.page_size, _continue=token,
                                       _request_timeout=self.request_timeout)
-            except self._exception as error:
-                if error.status == 410 and token:  # the continue token expired mid-list: start over
+                page = json.loads(response.data or b"{}")
+            except Exception as error:
+                status = getattr(error, "status", None) if isinstance(error, self._exception) else None
+                if status == 410 and token:  # the continue token expired mid-list: start over
                     entries, token = [], None
                     continue
-                raise
-            page = json.loads(response.data or b"{}")
+                if (status is not None and status < 500 and status != 429) or failures >= PAGE_RETRIES \
+                        or self._stop.is_set():
+                    raise
+                failures += 1
+                delay = min(RETRY_SECONDS[0] * 2 ** (failures - 1), RETRY_SECONDS[1])
+                logger.warning("pod list%s: a page failed (%s: %s); the same page again in %.0fs (%d of %d)",
+                               f" in {scope}" if scope else "", type(error).__name__, error, delay, failures,
+                               PAGE_RETRIES)
+                self._stop.wait(delay)
+                continue
+            failures = 0
             entries.extend(_entry(pod) for pod in page.get("items") or ())
             metadata = page.get("metadata") or {}
             token = metadata.get("continue")
