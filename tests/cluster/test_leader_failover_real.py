@@ -6,12 +6,10 @@ nothing. No pod name is created twice, every round happens once with one aggrega
 version the API server stored, as a watch sees them) never goes back."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -22,7 +20,7 @@ from tests.support.cluster import (
     CreationRecorder,
     LocalCluster,
     digits_task,
-    operator_deployment,
+    host_operator_command,
     scale_operator,
     wait_for_phase,
 )
@@ -75,29 +73,9 @@ class StatusRecorder:
 
 
 def operator_command(cluster: LocalCluster) -> tuple[list[str], dict]:
-    """The chart's operator arguments and plain environment, for a process on this host."""
-    container = operator_deployment(cluster)["spec"]["template"]["spec"]["containers"][0]
-    args = [arg for arg in container["args"][1:]
-            if not arg.startswith(("--metrics-port", "--liveness", "--cleanup-store", "--lease-duration"))]
-    env = dict(cluster.env, PYTHONUNBUFFERED="1", POD_NAMESPACE=NAMESPACE)
-    for item in container.get("env") or []:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        elif "secretKeyRef" in (item.get("valueFrom") or {}):  # the store's keys (namespace credentials)
-            ref = item["valueFrom"]["secretKeyRef"]
-            data = cluster.get_json("secret", ref["name"], "-n", NAMESPACE).get("data") or {}
-            if ref["key"] in data:
-                env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
-    # On this host the chart's in-cluster store address does not resolve, so the operator neither issues namespace
-    # store keys nor checks the bucket it would sign URLs for: its pods read the chart's MinIO Secret (in the tasks'
-    # namespace) instead, which the chart's default presigned URLs would refuse alongside.
-    secrets = {(item.get("valueFrom") or {}).get("secretKeyRef", {}).get("name") for item in container.get("env") or []
-               if item["name"] == "AWS_ACCESS_KEY_ID"} - {None}
-    args += ["--no-namespace-credentials", "--no-presigned-urls", *[f"--store-secret={name}" for name in secrets]]
-    command = [sys.executable, "-m", "fedtask_operator.cli", "operator", *args, "--metrics-port=0", "--liveness=",
-               "--no-cleanup-store", "--leader-election", f"--lease-duration={LEASE_DURATION}",
-               f"--lease-namespace={NAMESPACE}", "--lease-name=lease-test", "--verbose"]
-    return command, env
+    """The chart's operator arguments and plain environment, for a process on this host, with a short Lease."""
+    return host_operator_command(cluster, "--leader-election", f"--lease-duration={LEASE_DURATION}",
+                                 f"--lease-namespace={NAMESPACE}", "--lease-name=lease-test", "--verbose")
 
 
 def lease_holder(cluster: LocalCluster) -> str:
