@@ -10,6 +10,13 @@ agent, PID 1 of its PID namespace: the node's pod processes die with it, nothing
 - Deleted: the agent is killed and the Node deleted (`kubectl delete node`, as a cloud's node controller does for a
   machine that is gone): the pod is given up at once (nodeLostGraceSeconds is 600 s here, so waiting for a NotReady
   grace would time the test out), replaced on another node, and the task completes with every round exactly once.
+- Deleted while its agent keeps running (an admin's `kubectl delete node` of a live machine): the agent, like a
+  kubelet (kubernetes/kubernetes#71398: a kubelet does not register its Node again once registered), keeps running
+  its pods and renewing its Lease, its status updates now failing with 404. The operator gives the pod up at once
+  all the same, the pod object goes (deleted by the operator and finished by the agent, or by kube-controller-manager's
+  pod GC, which removes pods bound to a node that no longer exists), the victim's device is excluded from the round,
+  and the task completes with every round exactly once. The fleet has six device nodes so that this third test still
+  finds three after the first two have each lost one (and MinIO may take one).
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 INFRA = "infra-1"
-DEVICE_NODES = [f"dev-{number}" for number in range(1, 6)]
+DEVICE_NODES = [f"dev-{number}" for number in range(1, 7)]
 DEVICE_LABEL = "fedtask.io/device"
 ROLE_LABEL = "role"  # infra-1 carries role=infra: the chart's nodeSelector and the tasks' spec.server.nodeSelector
 
@@ -88,7 +95,7 @@ def cluster(tmp_path_factory) -> LocalCluster:
             run_script("down", "--dir", str(directory), timeout=120)
 
 
-def lost_node_task(name: str, grace: int) -> str:
+def lost_node_task(name: str, grace: int, epochs: int = 20) -> str:
     """Three rounds of digits on 2 of 4 devices, both needed (minReturned 2: a lost device must be replaced). Each
     train pod requests 60% of a node's memory, so no two share a node (the operator's scheduler and kube-scheduler
     both count requests; nothing enforces them here); the server-side pods stay on infra-1."""
@@ -96,7 +103,7 @@ def lost_node_task(name: str, grace: int) -> str:
         "count": 4, "perRound": 2, "minReturned": 2,
         "resources": {"requests": {"cpu": "100m", "memory": f"{int(memory_ki() * 0.6)}Ki"}}}))
     task["spec"]["nodeLostGraceSeconds"] = grace
-    task["spec"]["training"]["localEpochs"] = 20  # a few seconds of training: the pod is still running at the kill
+    task["spec"]["training"]["localEpochs"] = epochs  # seconds of training: the pod still runs at the kill
     task["spec"]["server"] = {"nodeSelector": {ROLE_LABEL: "infra"}}
     return yaml.safe_dump(task)
 
@@ -111,6 +118,13 @@ def kill_node_agent(cluster: LocalCluster, node: str) -> None:
     wait_for(lambda: not Path(f"/proc/{children[0]}").exists()
              or Path(f"/proc/{children[0]}/stat").read_text().split()[2] == "Z", timeout=10,
              message=f"the agent of {node} dead")
+
+
+def agent_alive(cluster: LocalCluster, node: str) -> bool:
+    """The node agent (the child of the `unshare` local-cluster.sh started) still runs."""
+    pid = int((cluster.dir / "pids" / f"node-{node}").read_text())
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return bool(children) and Path(f"/proc/{children[0]}/stat").read_text().split()[2] != "Z"
 
 
 def round_train_pods(recorder: CreationRecorder, round_: int) -> dict[str, dict]:
@@ -244,6 +258,44 @@ def test_a_node_deleted_mid_round_loses_its_pod_at_once_and_the_task_completes(c
     assert len(second["returned"]) == 2, second
     assert events_of(cluster, name, "DeviceReplaced")
     print(f"{node} deleted: NodeLost {given_up - deleted:.1f}s after the delete")
+
+
+def test_a_node_deleted_mid_round_while_its_agent_runs_on_loses_its_pod_and_the_task_completes(
+        cluster: LocalCluster):
+    name = "node-deleted-live"
+    with CreationRecorder(cluster, name) as recorder:
+        # 60 local epochs: the victim is still training when its node is deleted, and the agent would let it finish
+        victim, survivor = start_round_two(cluster, recorder, lost_node_task(name, grace=600, epochs=60))
+        node, victim_name = victim["spec"]["nodeName"], victim["metadata"]["name"]
+        deleted = time.monotonic()
+        cluster.kubectl("delete", "node", node, "--wait=true")
+        lost = wait_for(lambda: events_of(cluster, name, "NodeLost"), timeout=120, interval=0.2,
+                        message="a NodeLost event")
+        given_up = time.monotonic()
+        wait_for(lambda: cluster.kubectl("get", "pod", victim_name, "-n", NAMESPACE, check=False).returncode != 0,
+                 timeout=180, interval=0.5, message=f"{victim_name} (bound to the deleted {node}) removed")
+        removed = time.monotonic()
+        task = wait_for_phase(cluster, name, timeout=400)
+        alive = agent_alive(cluster, node)
+
+    assert alive, f"the agent of {node} stopped: the test is about a node deleted while its agent runs"
+    assert cluster.kubectl("get", "node", node, check=False).returncode != 0, \
+        f"{node} came back (the agent registered it again, which a kubelet does not)"
+    assert len(lost) == 1 and victim_name in lost[0]["message"], [e["message"] for e in lost]
+    assert f"its node {node} was deleted" in lost[0]["message"], lost[0]["message"]
+    assert given_up - deleted < 60, "not given up at once (the 600 s NotReady grace does not apply)"
+    assert_every_round_once(cluster, task, recorder)
+    second = task["status"]["history"][1]
+    victim_device = victim["metadata"]["labels"]["fedtask.io/device"]
+    assert victim_device in second["excluded"] and victim_device not in second["returned"], second
+    replacement = round_train_pods(recorder, 2).keys() - {victim_name, survivor["metadata"]["name"]}
+    assert len(replacement) == 1, sorted(round_train_pods(recorder, 2))
+    assert recorder.pods[replacement.pop()]["spec"]["nodeName"] not in (node, INFRA)
+    assert events_of(cluster, name, "DeviceReplaced")
+    last = recorder.pods.get(victim_name) or {}
+    by_gc = any(c.get("reason") == "DeletionByPodGC" for c in (last.get("status") or {}).get("conditions") or ())
+    print(f"{node} deleted, its agent running: NodeLost {given_up - deleted:.1f}s after the delete; {victim_name} "
+          f"removed {removed - deleted:.1f}s after it ({'pod GC' if by_gc else 'the operator and the agent'})")
 
 
 def update_object(cluster: LocalCluster, task_uid: str, round_: int, device: str) -> tuple[str, str] | None:
