@@ -167,6 +167,30 @@ def batch_bounds(count: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, stops) for start, stops in zip(starts, starts[1:] + [count])]
 
 
+def _run_epochs(model: nn.Module, updater: Optimizer, batch_loss: Callable[[torch.Tensor], torch.Tensor], count: int,
+                epochs: int, batch_size: int, seed: int, diverged: str) -> float:
+    """SGD over `epochs` seeded shuffles of `count` samples, `batch_loss(indices)` giving each batch's loss; the last
+    epoch's mean loss. A non-finite mean is BadInput(`diverged` formatted with the loss)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    last_loss = 0.0
+    for _ in range(epochs):
+        order = torch.randperm(count, generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        for start, stop in batch_bounds(count, batch_size):
+            batch = order[start:stop]
+            loss = batch_loss(batch)
+            updater.zero_grad()
+            loss.backward()
+            updater.step()
+            total += loss.detach() * len(batch)
+        last_loss = float(total) / count
+        if not np.isfinite(last_loss):
+            raise BadInput(diverged.format(loss=last_loss))
+    return last_loss
+
+
 def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1, batch_size: int = 32,
                 learning_rate: float = 0.05, optimizer: str = "sgd", momentum: float = 0.0,
                 weight_decay: float = 0.0, proximal_mu: float = 0.0, seed: int = 0,
@@ -189,29 +213,20 @@ def train_local(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int = 1,
     inputs, targets = _as_tensors(x, y, device)
     updater = Optimizer(list(model.parameters()), optimizer, learning_rate, momentum, weight_decay)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    generator = torch.Generator().manual_seed(seed)
     loss_function = nn.CrossEntropyLoss()
-    model.train()
-    last_loss = 0.0
-    for _ in range(epochs):
-        order = torch.randperm(count, generator=generator).to(device)
-        total = torch.zeros((), device=device)
-        for start, stop in batch_bounds(count, batch_size):
-            batch = order[start:stop]
-            if step is None:
-                loss = loss_function(model(inputs[batch]), targets[batch])
-            else:
-                loss = _batch_loss(step, model, inputs[batch], targets[batch])
-            if anchor is not None:
-                proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(model.parameters(), anchor))
-                loss = loss + proximal_mu / 2 * proximal
-            updater.zero_grad()
-            loss.backward()
-            updater.step()
-            total += loss.detach() * len(batch)
-        last_loss = float(total) / count
-        if not np.isfinite(last_loss):
-            raise BadInput(f"training diverged (loss {last_loss}); lower --learning-rate")
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        if step is None:
+            loss = loss_function(model(inputs[batch]), targets[batch])
+        else:
+            loss = _batch_loss(step, model, inputs[batch], targets[batch])
+        if anchor is not None:
+            proximal = sum(torch.sum((p - a) ** 2) for p, a in zip(model.parameters(), anchor))
+            loss = loss + proximal_mu / 2 * proximal
+        return loss
+
+    last_loss = _run_epochs(model, updater, batch_loss, count, epochs, batch_size, seed,
+                            "training diverged (loss {loss}); lower --learning-rate")
     return last_loss, count
 
 
@@ -336,26 +351,16 @@ def distill_model(model: nn.Module, teachers: list[nn.Module], x_shared: np.ndar
     inputs, targets = _as_tensors(x_shared, y_shared, device)
     soft = nn.functional.softmax(ensemble_logits(teachers, x_shared).to(device) / temperature, dim=1)
     updater = Optimizer(list(model.parameters()), "sgd", learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    count = len(y_shared)
-    model.train()
-    last_loss = 0.0
-    for _ in range(epochs):
-        order = torch.randperm(count, generator=generator).to(device)
-        total = torch.zeros((), device=device)
-        for start, stop in batch_bounds(count, batch_size):
-            batch = order[start:stop]
-            logits = model(inputs[batch])
-            kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, dim=1), soft[batch],
-                                      reduction="batchmean") * temperature ** 2
-            loss = weight * kl
-            if weight < 1:
-                loss = loss + (1 - weight) * nn.functional.cross_entropy(logits, targets[batch])
-            updater.zero_grad()
-            loss.backward()
-            updater.step()
-            total += loss.detach() * len(batch)
-        last_loss = float(total) / count
-        if not np.isfinite(last_loss):
-            raise BadInput(f"distillation diverged (loss {last_loss}); lower adjustment.learningRate")
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs[batch])
+        kl = nn.functional.kl_div(nn.functional.log_softmax(logits / temperature, dim=1), soft[batch],
+                                  reduction="batchmean") * temperature ** 2
+        loss = weight * kl
+        if weight < 1:
+            loss = loss + (1 - weight) * nn.functional.cross_entropy(logits, targets[batch])
+        return loss
+
+    last_loss = _run_epochs(model, updater, batch_loss, len(y_shared), epochs, batch_size, seed,
+                            "distillation diverged (loss {loss}); lower adjustment.learningRate")
     return last_loss
