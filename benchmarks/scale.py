@@ -345,7 +345,7 @@ def _kubectl(env: dict, *args: str) -> str:
 def real_measure(pods: int, tasks: int, tree: str, steady_seconds: float, create_seconds: float = 0.0) -> dict:
     import kubernetes
 
-    from tests.cluster.conftest import LOCK_SECONDS, machine_lock, read_env, run_script
+    from tests.support.cluster import LOCK_SECONDS, machine_lock, read_env, run_script
 
     report: dict = {"api": "real kube-apiserver (hack/local-cluster.sh)", "real_pods": pods, "real_tasks": tasks,
                     "operator_tree": tree or "this tree"}

@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cluster import LOCK_SECONDS, LocalCluster, machine_lock, read_env, run_script
+from tests.support.cluster import LocalCluster, installed_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> LocalCluster:
     """A cluster for the tests of one module (it goes when the module's tests are done, not at the session's end:
     runs of the whole suite do not keep it up while the other suites run)."""
-    directory = tmp_path_factory.mktemp("cluster")
-    with machine_lock(timeout=LOCK_SECONDS):
-        try:
-            timings = {"up": run_script("up", "--dir", str(directory), timeout=900)}
-            timings["install"] = run_script("install", "--dir", str(directory), timeout=600)
-            yield LocalCluster(dir=directory, env=read_env(directory / "env"), timings=timings)
-        finally:
-            run_script("down", "--dir", str(directory), timeout=120)
+    with installed_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
@@ -19,6 +18,7 @@ from tests.support.cluster import (
     NAMESPACE,
     CreationRecorder,
     LocalCluster,
+    TaskRecorder,
     digits_task,
     host_operator_command,
     scale_operator,
@@ -29,47 +29,6 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 LEASE_DURATION = 6  # the holder acts for 4 s after each renewal; the other waits 6 s of silence
-
-
-class StatusRecorder:
-    """(round, len(history), phase) of every version of one task a watch delivers, in order."""
-
-    def __init__(self, cluster: LocalCluster, name: str):
-        self.client, self.name = cluster.api_client(), name
-        self.versions: list[tuple[int, int, str]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> StatusRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-
-    def _run(self) -> None:
-        import kubernetes
-
-        api = kubernetes.client.CustomObjectsApi(self.client)
-        version = None
-        while not self._stop.is_set():
-            try:
-                for event in kubernetes.watch.Watch().stream(
-                        api.list_namespaced_custom_object, "fedtask.io", "v1alpha1", NAMESPACE, "federatedtasks",
-                        field_selector=f"metadata.name={self.name}", resource_version=version, timeout_seconds=5):
-                    task = event["object"]
-                    version = task["metadata"]["resourceVersion"]
-                    status = task.get("status") or {}
-                    self.versions.append((status.get("round", 0), len(status.get("history") or []),
-                                          status.get("phase", "")))
-                    if self._stop.is_set():
-                        break
-            except Exception as error:  # 410 or a dropped stream: list again
-                self.errors.append(repr(error))
-                version = None
-                time.sleep(0.2)
 
 
 def operator_command(cluster: LocalCluster) -> tuple[list[str], dict]:
@@ -99,7 +58,7 @@ def test_a_paused_leader_is_replaced_and_writes_nothing_when_resumed(cluster: Lo
         holder = wait_for(lambda: lease_holder(cluster), timeout=60, interval=0.5, message="a leader")
         leader = holder.rsplit("_", 1)[0]
         other = next(replica for replica in processes if replica != leader)
-        with CreationRecorder(cluster, name) as pods, StatusRecorder(cluster, name) as statuses:
+        with CreationRecorder(cluster, name) as pods, TaskRecorder(cluster, name) as statuses:
             cluster.kubectl("apply", "-f", "-", input=digits_task(name, rounds, {
                 "count": 3, "perRound": 3, "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}))
             wait_for(lambda: any("-r0002-train-" in pod for pod in pods.pods), timeout=180, interval=0.5,
@@ -135,8 +94,10 @@ def test_a_paused_leader_is_replaced_and_writes_nothing_when_resumed(cluster: Lo
             assert stages.get((number, "train")) == 3 and stages.get((number, "aggregate")) == 1, (number, stages)
         # No status regression: round and history length never go back in any stored version.
         assert statuses.versions, statuses.errors
-        assert [v[0] for v in statuses.versions] == sorted(v[0] for v in statuses.versions), statuses.versions
-        assert [v[1] for v in statuses.versions] == sorted(v[1] for v in statuses.versions), statuses.versions
+        progress = [((task.get("status") or {}).get("round", 0), len((task.get("status") or {}).get("history") or []))
+                    for task in statuses.versions]
+        assert [v[0] for v in progress] == sorted(v[0] for v in progress), progress
+        assert [v[1] for v in progress] == sorted(v[1] for v in progress), progress
         assert f"lost by {holder}" in logs[leader].read_text()
         assert "acquired by" in logs[other].read_text()
     finally:
