@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
-import pathlib
-import sys
 
 import pytest
 
+from tests.support.benchmarks import load_benchmark
 from tests.support.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_faults():
-    spec = importlib.util.spec_from_file_location("faults_real", BENCHMARKS / "faults.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["faults_real"] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_operator_killed_on_the_real_control_plane_loses_and_repeats_nothing(cluster: LocalCluster):
-    faults = load_faults()
+    faults = load_benchmark("faults", "faults_real")
     args = argparse.Namespace(target="operator", api="real", seeds=1, rounds=3, no_pod_faults=False,
                               leader_election=False, time_budget=0.0, keep=False, operator_tree="")
     seeds: list[dict] = []

@@ -2,23 +2,12 @@
 lost or repeated round, a pod created or started twice, a retry nobody injected, a pod left running and a status that
 goes back are each reported."""
 import copy
-import importlib.util
-import pathlib
-import sys
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.support.benchmarks import load_benchmark
+
 UID = "task-uid"
 
-
-def load_faults():
-    spec = importlib.util.spec_from_file_location("faults", BENCHMARKS / "faults.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["faults"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-faults = load_faults()
+faults = load_benchmark("faults")
 
 
 def pod(name: str, uid: str, phase: str = "Succeeded") -> dict:

@@ -2,28 +2,21 @@
 training alone, and (slow) a reduced grid through `fedtask run` prints one JSON line with the peers' ratios."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedtask_operator.core.spec import parse_task
 from fedtask_worker.partition import shared_indices
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.support.benchmarks import BENCHMARKS, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("accuracy_bench", BENCHMARKS / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["accuracy_bench"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_benchmark("accuracy", "accuracy_bench")
     sys.modules.pop("accuracy_bench", None)
 
 
