@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import yaml
 
@@ -102,21 +103,18 @@ def machine_lock(timeout: float):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class PodRecorder:
-    """Every version of the pods of one task, as a watch on the real API server sees them (the operator deletes
-    finished pods, so they are recorded while they exist)."""
+class WatchRecorder:
+    """A watch on the real API server in a background thread while the `with` block runs (`_run` in the subclass
+    watches until `_stop` and sets `_ready` once it is listening); problems go to `errors` for the test to read."""
 
-    def __init__(self, cluster: LocalCluster, task: str, namespace: str = NAMESPACE):
+    def __init__(self, cluster: LocalCluster):
         self.client = cluster.api_client()
-        self.task = task
-        self.namespace = namespace
-        self.pods: dict[str, dict] = {}  # name -> the last version seen with spec.nodeName set (else the last)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PodRecorder:
+    def __enter__(self) -> Self:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -124,6 +122,20 @@ class PodRecorder:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=15)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class PodRecorder(WatchRecorder):
+    """Every version of the pods of one task, as a watch on the real API server sees them (the operator deletes
+    finished pods, so they are recorded while they exist)."""
+
+    def __init__(self, cluster: LocalCluster, task: str, namespace: str = NAMESPACE):
+        super().__init__(cluster)
+        self.task = task
+        self.namespace = namespace
+        self.pods: dict[str, dict] = {}  # name -> the last version seen with spec.nodeName set (else the last)
 
     def _run(self) -> None:
         import kubernetes
@@ -347,30 +359,18 @@ def host_operator_command(cluster: LocalCluster, *mode: str) -> tuple[list[str],
     return command, env
 
 
-class TaskRecorder:
+class TaskRecorder(WatchRecorder):
     """Every version of one FederatedTask a watch on the real API server delivers, in order (`versions`; a dropped
     stream lists again, so versions in between may be missing, never reordered); `latest` is the newest."""
 
     def __init__(self, cluster: LocalCluster, name: str, namespace: str = NAMESPACE):
-        self.client, self.name, self.namespace = cluster.api_client(), name, namespace
+        super().__init__(cluster)
+        self.name, self.namespace = name, namespace
         self.versions: list[dict] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     @property
     def latest(self) -> dict:
         return self.versions[-1] if self.versions else {}
-
-    def __enter__(self) -> TaskRecorder:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
 
     def _run(self) -> None:
         import kubernetes
