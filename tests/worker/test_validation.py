@@ -109,8 +109,9 @@ def test_a_header_whose_length_starts_like_a_pickle_is_still_safetensors(tmp_pat
     from fedtask_worker.tensors import load_arrays, save_arrays
 
     length = 0x80 + 256 * protocol
-    base = len(json.dumps({"__metadata__": {"pad": ""}, "w": {"dtype": "F32", "shape": [2],
-                                                                "data_offsets": [0, 8]}}, separators=(",", ":")))
+    metadata = {"pad": "", "fedtask_digest_algorithm": "sha256", "fedtask_digest": "0" * 64}  # save_arrays adds both
+    base = len(json.dumps({"__metadata__": metadata, "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+                          separators=(",", ":")))
     path = str(tmp_path / "m.safetensors")
     save_arrays(path, {"w": np.array([1.0, 2.0], np.float32)}, {"pad": "x" * (length - base)})
     assert open(path, "rb").read(3) == bytes([0x80, protocol, 0])

@@ -10,6 +10,7 @@ a store that stays down or an exhausted machine (no memory, file descriptors or 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -24,12 +25,21 @@ from .aggregation import (
     NonFiniteValues,
     SourceFailed,
     UpdateSource,
+    default_threads,
     layout_of_arrays,
     squared_distances,
 )
 from .errors import BadInput, TransientFailure, is_resource_exhaustion
 from .strategies import Job, Options, get_strategy
-from .tensors import MAX_HEADER_BYTES, InvalidUpdate, Layout, compare_layouts, num_samples_of, read_layout
+from .tensors import (
+    MAX_HEADER_BYTES,
+    InvalidUpdate,
+    Layout,
+    check_integrity,
+    compare_layouts,
+    num_samples_of,
+    read_layout,
+)
 
 # An update has the global model's tensors, so its size is the model's plus what its metadata adds.
 HEADER_ALLOWANCE = 64 * 1024
@@ -142,6 +152,7 @@ def open_updates(paths: dict[str, str], reference: Layout | None, on_invalid: st
             layouts[uri] = (layout, samples)
         except Exception as error:  # anything one file does rejects that file (see reject_error)
             reject_error(rejected, uri, error, on_invalid)
+    _check_digests(paths, layouts, rejected, on_invalid)
     if reference is None:
         if not layouts:
             raise BadInput(_no_valid_updates(rejected))
@@ -161,6 +172,29 @@ def open_updates(paths: dict[str, str], reference: Layout | None, on_invalid: st
             source.close()
         raise
     return sources, reference, rejected
+
+
+def _check_digests(paths: dict[str, str], layouts: dict[str, tuple[Layout, int]], rejected: list[Rejection],
+                   on_invalid: str) -> None:
+    """Read each update that passed its header checks once through its digest (in parallel: hashlib lets go of the
+    GIL); an update whose bytes differ from what its writer recorded is rejected before any tensor of it is used."""
+    checked = [uri for uri in layouts if layouts[uri][0].integrity is not None]
+    if not checked:
+        return
+
+    def check(uri: str) -> BaseException | None:
+        try:
+            check_integrity(paths[uri], layouts[uri][0], uri)
+            return None
+        except Exception as error:  # judged below, in URI order
+            return error
+
+    with concurrent.futures.ThreadPoolExecutor(min(len(checked), default_threads())) as pool:
+        failures = dict(zip(checked, pool.map(check, checked)))
+    for uri in checked:
+        if failures[uri] is not None:
+            del layouts[uri]
+            reject_error(rejected, uri, failures[uri], on_invalid)
 
 
 def reject_error(rejected: list[Rejection], uri: str, error: BaseException, on_invalid: str) -> None:
@@ -271,7 +305,9 @@ def aggregate_files(paths: dict[str, str], strategy_name: str = "fedavg", base: 
     if base is not None:
         reference = read_layout(base[1], base[0])
         if strategy.needs_base or options.clip_norm is not None:
-            base_arrays, _ = load_arrays(base[1], base[0])
+            base_arrays, _ = load_arrays(base[1], base[0])  # checks its digest
+        else:
+            check_integrity(base[1], reference, base[0])
     elif strategy.needs_base:
         raise BadInput(f"--strategy {strategy_name} needs --base (the previous global model)")
     elif options.clip_norm is not None:

@@ -5,10 +5,20 @@ Only the safetensors format is ever parsed; nothing here unpickles anything. A f
 combined (see aggregation.py). Headers come from devices we do not control: the 8-byte length is checked against a
 bound before a header byte is read, the JSON is checked to be as flat as a safetensors header (an object of objects
 of lists) before it is decoded, and sizes are checked with Python integers (no numpy overflow).
+
+Integrity: every file save_arrays writes carries, in its `__metadata__`, `fedtask_digest_algorithm: sha256` and
+`fedtask_digest`: the sha256 of the whole file (length, header, data) as written with the digest's 64 hex digits set
+to "0". A reader checks it before any tensor is used (load_arrays while it reads, check_integrity for the files the
+aggregate stage reads block by block), so one flipped bit anywhere, in the data or the header, is "digest mismatch" or
+a header that no longer parses. The two keys guard each other: a flip that renames one leaves the other, and a file
+with one and not the other is refused. A file with neither (written by another tool, e.g. a user's initial model, or
+by a fedtask older than its digests) is read unverified, as before. The digest finds corruption, not forgery: whoever
+writes a wrong file can write its matching digest.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -32,6 +42,14 @@ NUMPY_DTYPES = {
 }
 SAFETENSORS_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
 FLOAT_DTYPES = {"F64", "F32", "F16"}
+DIGEST_KEY = "fedtask_digest"
+DIGEST_ALGORITHM_KEY = "fedtask_digest_algorithm"
+DIGEST_ALGORITHM = "sha256"
+_DIGEST_PLACEHOLDER = b"0" * 64
+# The digest's value in the raw header, as save_arrays writes it (json.dumps escapes any quote inside a string, so the
+# pattern cannot match inside another key or value).
+_DIGEST_FIELD = re.compile(rb'"fedtask_digest"[ \t\n\r]*:[ \t\n\r]*"([0-9a-f]{64})"')
+READ_CHUNK = 1024 * 1024
 
 
 class InvalidUpdate(BadInput):
@@ -55,11 +73,26 @@ class TensorInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class Integrity:
+    """A file's recorded digest, and the hash of its first 8 + header bytes with the digest set to zeros."""
+
+    expected: str
+    prefix: object = dataclasses.field(repr=False, compare=False)  # a hashlib object: copy() it, add the data
+
+    def check(self, hasher, name: str) -> None:
+        if hasher.hexdigest() != self.expected:
+            raise InvalidUpdate(f"{name}: digest mismatch: the file is not what its writer recorded "
+                                f"({DIGEST_ALGORITHM} {self.expected[:12]}..., read {hasher.hexdigest()[:12]}...); "
+                                f"corrupted in the store or in transit")
+
+
+@dataclasses.dataclass(frozen=True)
 class Layout:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
     file_size: int
     header_size: int = 0  # the JSON header's length (the 8 bytes before it not counted)
+    integrity: Integrity | None = None  # None: the file carries no digest (see the module's docstring)
 
     def signature(self) -> tuple:
         return tuple(sorted((name, info.dtype, info.shape) for name, info in self.tensors.items()))
@@ -172,6 +205,8 @@ def read_layout(path: str, name: str | None = None, max_bytes: int | None = None
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidUpdate(f"{name}: __metadata__ must map names to strings")
+    integrity = _integrity(header_size, raw_header, metadata, name)
+    metadata = {key: value for key, value in metadata.items() if key not in (DIGEST_KEY, DIGEST_ALGORITHM_KEY)}
     data_start = 8 + header_size
     data_size = size - data_start
     tensors: dict[str, TensorInfo] = {}
@@ -209,7 +244,59 @@ def read_layout(path: str, name: str | None = None, max_bytes: int | None = None
         position = end
     if position != data_size:
         raise InvalidUpdate(f"{name}: {data_size - position} bytes after the last tensor (corrupted file)")
-    return Layout(tensors, metadata, size, header_size)
+    return Layout(tensors, metadata, size, header_size, integrity)
+
+
+def _integrity(header_size: int, raw_header: bytes, metadata: dict[str, str], name: str) -> Integrity | None:
+    """The digest a file records (None: it records none); a header whose digest fields are damaged is refused."""
+    algorithm, expected = metadata.get(DIGEST_ALGORITHM_KEY), metadata.get(DIGEST_KEY)
+    if algorithm is None and expected is None:
+        return None
+    if algorithm is None:
+        raise InvalidUpdate(f"{name}: digest mismatch: metadata has {DIGEST_KEY} but no {DIGEST_ALGORITHM_KEY} "
+                            f"(corrupted header)")
+    if algorithm != DIGEST_ALGORITHM:
+        raise InvalidUpdate(f"{name}: digest mismatch: unknown {DIGEST_ALGORITHM_KEY} {_short(algorithm, 40)} "
+                            f"(this fedtask checks {DIGEST_ALGORITHM}; corrupted header, or a newer writer)")
+    if expected is None:
+        raise InvalidUpdate(f"{name}: digest mismatch: metadata has {DIGEST_ALGORITHM_KEY} but no {DIGEST_KEY} "
+                            f"(corrupted header)")
+    fields = list(_DIGEST_FIELD.finditer(raw_header))
+    if len(fields) != 1 or fields[0].group(1).decode() != expected:
+        raise InvalidUpdate(f"{name}: digest mismatch: {DIGEST_KEY} is not one field of 64 lowercase hex digits "
+                            f"(corrupted header)")
+    begin, end = fields[0].span(1)
+    prefix = hashlib.sha256(struct.pack("<Q", header_size))
+    prefix.update(raw_header[:begin])
+    prefix.update(_DIGEST_PLACEHOLDER)
+    prefix.update(raw_header[end:])
+    return Integrity(expected, prefix)
+
+
+def check_integrity(path: str, layout: Layout, name: str | None = None) -> bool:
+    """Read the data region of a checked file and compare its digest (InvalidUpdate "digest mismatch" if it
+    differs); False when the file carries no digest."""
+    if layout.integrity is None:
+        return False
+    name = name or path
+    hasher = layout.integrity.prefix.copy()  # type: ignore[attr-defined]
+    buffer = memoryview(bytearray(READ_CHUNK))
+    try:
+        with open(path, "rb") as stream:
+            stream.seek(8 + layout.header_size)
+            remaining = layout.file_size - 8 - layout.header_size
+            while remaining > 0:
+                got = stream.readinto(buffer[:min(READ_CHUNK, remaining)])
+                if not got:
+                    raise InvalidUpdate(f"{name}: file shrank while its digest was checked")
+                hasher.update(buffer[:got])
+                remaining -= got
+    except OSError as error:
+        if is_resource_exhaustion(error):
+            raise
+        raise BadInput(f"{name}: cannot read: {error.strerror}") from None
+    layout.integrity.check(hasher, name)
+    return True
 
 
 def num_samples_of(layout: Layout, name: str) -> int:
@@ -247,20 +334,31 @@ def _names(names: list[str], limit: int = 3) -> str:
 def load_arrays(path: str, name: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read every tensor of a (checked) safetensors file into numpy arrays."""
     layout = read_layout(path, name)
+    hasher = layout.integrity.prefix.copy() if layout.integrity else None  # type: ignore[attr-defined]
     arrays: dict[str, np.ndarray] = {}
     with open(path, "rb") as stream:
-        for tensor_name, info in layout.tensors.items():
+        # in file order, so the digest covers the data as it lies (read_layout checked it has no gaps)
+        for tensor_name, info in sorted(layout.tensors.items(), key=lambda item: item[1].begin):
             array = np.empty(info.shape, dtype=info.numpy_dtype)
             stream.seek(info.begin)
-            if stream.readinto(memoryview(array.reshape(-1)).cast("B")) != info.end - info.begin:
+            view = memoryview(array.reshape(-1)).cast("B")
+            if stream.readinto(view) != info.end - info.begin:
                 raise InvalidUpdate(f"{name or path}: tensor {tensor_name!r}: short read")
+            if hasher is not None:
+                hasher.update(view)
             arrays[tensor_name] = array
-    return arrays, dict(layout.metadata)
+    if layout.integrity is not None:
+        layout.integrity.check(hasher, name or path)
+    return {tensor_name: arrays[tensor_name] for tensor_name in layout.tensors}, dict(layout.metadata)
 
 
 def save_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> int:
-    """Write numpy arrays as safetensors, streaming each tensor (no full-file buffer)."""
-    header: dict[str, object] = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+    """Write numpy arrays as safetensors, streaming each tensor (no full-file buffer), with the file's digest in its
+    metadata (any digest keys in `metadata`, e.g. from a file read back, are replaced)."""
+    meta = {k: str(v) for k, v in metadata.items() if k not in (DIGEST_KEY, DIGEST_ALGORITHM_KEY)}
+    meta[DIGEST_ALGORITHM_KEY] = DIGEST_ALGORITHM
+    meta[DIGEST_KEY] = _DIGEST_PLACEHOLDER.decode()
+    header: dict[str, object] = {"__metadata__": meta}
     offset = 0
     ordered = sorted(arrays)
     for tensor_name in ordered:
@@ -273,10 +371,18 @@ def save_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, st
         offset += array.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
+    (field,) = _DIGEST_FIELD.finditer(raw)  # exactly one: a name or value holding the pattern has its quotes escaped
+    prefix = struct.pack("<Q", len(raw))
+    hasher = hashlib.sha256(prefix)
+    hasher.update(raw)
     with open(path, "wb") as stream:
-        stream.write(struct.pack("<Q", len(raw)))
+        stream.write(prefix)
         stream.write(raw)
         for tensor_name in ordered:
             array = np.ascontiguousarray(arrays[tensor_name])
-            stream.write(memoryview(array.reshape(-1)).cast("B"))
+            view = memoryview(array.reshape(-1)).cast("B")
+            stream.write(view)
+            hasher.update(view)
+        stream.seek(8 + field.start(1))
+        stream.write(hasher.hexdigest().encode())
     return 8 + len(raw) + offset
