@@ -30,7 +30,13 @@ the same schedule; the train-pod faults are signals to the pod's process on its 
 SIGKILL, exit 137 with reason Error, as the node agent cannot report OOMKilled); the checks read what watches of the
 task and its pods saw and the node agents' Started events.
 
-    python benchmarks/faults.py [--target run|operator] [--api kmock|real] [--seeds 20] [--rounds 10]
+`--target operator --replicas 2` (either API): two operator replicas with the Lease (`--leader-election`, 6 s) start
+together, and each seed faults the current leader (the Lease's holder) twice, in random order at random points: a
+SIGKILL (started again after 0-2 s), and a SIGSTOP for 1.5-2.5 lease durations then SIGCONT (the stale replica resumes
+and must not act). The same checks, plus per fault kind the failover time: from the fault to the Lease held by
+another identity (the other replica, or the killed one started again).
+
+    python benchmarks/faults.py [--target run|operator] [--api kmock|real] [--replicas 1|2] [--seeds 20] [--rounds 10]
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -153,20 +160,126 @@ OPERATOR_TASK = "faults"
 POD_FAULTS = {"train_pod_crash": (1, "Error"), "train_pod_oom": (137, "OOMKilled")}  # kind -> exit code, reason
 FINISHED_POD_PHASES = ("Succeeded", "Failed")
 LEASE_SECONDS = 6  # --leader-election: the lease the operator holds (the chart's default is 15 s)
+LEASES = "coordination.k8s.io/v1/leases"
+
+
+OPERATOR_FAULTS = ("operator_sigkill", "operator_sigstop")  # the operator faults of a plan (its kinds)
+
+
+class Replicas:
+    """The operator processes of one run, started together: `count` replicas, each an `OperatorProcess`-like object
+    from `make(name)` (start, kill, stop, log, `process`, `env`). Each start gets its own POD_NAME
+    (`<name>-<start>`), so the Lease's holderIdentity (`<POD_NAME>_<random>`) names the replica and the start that
+    holds it. `holder()` reads the Lease's holderIdentity ("" when none), or is None (`--standalone`).
+
+    `inject(kind, param, result)` is one operator fault:
+    - `operator_sigkill`: SIGKILL, and the same replica started again `param` seconds later;
+    - `operator_sigstop`: SIGSTOP for `param` seconds (longer than the lease), then SIGCONT: the stale replica resumes.
+    With more than one replica the fault goes to the current leader (the replica whose running process holds the
+    Lease; waited for, as the previous fault's failover may still be under way). With a Lease, the failover time is
+    measured: from the fault to the Lease held by another identity (another replica, or the killed one started
+    again), polled every 50 ms."""
+
+    def __init__(self, make, count: int = 1, holder=None):
+        self.processes = {f"replica-{i}": make(f"replica-{i}") for i in range(1, count + 1)}
+        self.holder = holder
+        self.starts = dict.fromkeys(self.processes, 0)
+        self.failovers: list[list] = []  # [kind, seconds from the fault to another holder, or None]
+        self.paused: list[tuple[str, str]] = []  # (replica, the Lease identity it held when paused)
+
+    def start(self, name: str | None = None) -> None:
+        for replica in [name] if name else self.processes:
+            self.starts[replica] += 1
+            self.processes[replica].env["POD_NAME"] = f"{replica}-{self.starts[replica]}"
+            self.processes[replica].start()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.process is not None and process.process.poll() is None:
+                process.process.send_signal(signal.SIGCONT)  # a paused one cannot act on SIGTERM
+            process.stop()
+
+    def exited(self) -> str | None:
+        """A message when a replica's process ended by itself (not by a fault of ours), else None."""
+        for name, process in self.processes.items():
+            if process.process is not None and process.process.poll() is not None:
+                return f"operator {name} exited ({process.process.returncode}): {process.log()[-1500:]}"
+        return None
+
+    def leader(self) -> str | None:
+        """The replica whose running process holds the Lease, or None."""
+        holder = self.holder() if self.holder else ""
+        pod = holder.rsplit("_", 1)[0]
+        for name, process in self.processes.items():
+            if pod == f"{name}-{self.starts[name]}" and process.process is not None and process.process.poll() is None:
+                return name
+        return None
+
+    def inject(self, kind: str, param: float, result: dict) -> None:
+        from tests.support.waiting import wait_for
+
+        if len(self.processes) > 1:
+            try:
+                name = wait_for(self.leader, timeout=120, interval=0.05, message="a leader to fault")
+            except AssertionError as error:
+                result["failures"].append(str(error))
+                return
+        else:
+            name = next(iter(self.processes))
+        process = self.processes[name]
+        identity = self.holder() if self.holder else ""
+        at = time.monotonic()
+        if kind == "operator_sigstop":
+            os.kill(process.process.pid, signal.SIGSTOP)
+            self.paused.append((name, identity))
+        else:
+            process.kill()
+        result["injected"][kind] += 1
+        resumed, failover = False, None
+        while True:
+            now = time.monotonic()
+            if not resumed and now - at >= param:
+                if kind == "operator_sigstop":
+                    os.kill(process.process.pid, signal.SIGCONT)
+                else:
+                    self.start(name)
+                resumed = True
+            if failover is None and self.holder is not None:
+                current = self.holder()
+                if current and current != identity:
+                    failover = now - at
+            if resumed and (failover is not None or self.holder is None or now - at > param + 4 * LEASE_SECONDS):
+                break
+            time.sleep(0.05)
+        if self.holder is not None:
+            self.failovers.append([kind, None if failover is None else round(failover, 2)])
+            if failover is None:
+                result["failures"].append(f"{kind} of {name} ({identity}): no other holder of the Lease within "
+                                          f"{param + 4 * LEASE_SECONDS:.0f} s")
+
+    def paused_then_stood_down(self) -> list[bool | None]:
+        """For each paused leader: whether its log says it lost the Lease (it noticed on resuming and stood down);
+        None when it was paused before it had announced (logged) acquiring it, so it has nothing to stand down from."""
+        found = []
+        for name, identity in self.paused:
+            log = self.processes[name].log()
+            found.append(f"lost by {identity}" in log if f"acquired by {identity}" in log else None)
+        return found
 
 
 def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=(), timeout: float = 900,
-                 tree: str = "", lease: bool = False) -> dict:
-    """One task of `rounds` rounds in a fresh emulated cluster, `fedtask operator --standalone` SIGKILLed at each of
-    `kills` ((seconds after the first start, seconds down) pairs) and started again; `pod_faults` ((kind, round)
-    pairs) make the first train pod of that round fail as `kind` says. What the API server stored is then checked."""
+                 tree: str = "", lease: bool = False, replicas: int = 1) -> dict:
+    """One task of `rounds` rounds in a fresh emulated cluster, `fedtask operator --standalone` (or `replicas`
+    replicas with the lease) faulted at each of `kills` ((seconds after the first start, param, kind) triples: see
+    `Replicas.inject`); `pod_faults` ((kind, round) pairs) make the first train pod of that round fail as `kind`
+    says. What the API server stored is then checked."""
     from tests.support.kube import FEDERATEDTASKS, PODS, EmulatedCluster, make_node
     from tests.support.kubelet import ApiKubelet
     from tests.support.operator import DEVICE, OperatorProcess, digits_task, finished
     from tests.support.waiting import wait_for
 
-    result: dict = {"injected": dict.fromkeys(("operator_sigkill", *POD_FAULTS), 0), "missed": 0, "failures": [],
-                    "kill_rounds": []}  # the task's status.round when each kill came
+    result: dict = {"injected": dict.fromkeys((*operator_faults(replicas), *POD_FAULTS), 0), "missed": 0,
+                    "failures": [], "kill_rounds": []}  # the task's status.round when each kill came
     workdir.mkdir(parents=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", FEDTASK_STORE_RETRY_SECONDS="5")
     with EmulatedCluster(workdir / "cluster") as cluster, \
@@ -177,22 +290,27 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
             kubelet.fail_pods(f"{OPERATOR_TASK}-r{round_:04d}-train-", 1, *POD_FAULTS[kind])
         mode = ("--leader-election", f"--lease-duration={LEASE_SECONDS}", "--lease-namespace=default") if lease \
             else ("--standalone",)
-        operator = OperatorProcess(cluster, s3, workdir / "operator.log", *mode)
-        operator.env["POD_NAME"] = "fedtask-operator"  # with a lease: each start is a new holder (name_<random>)
-        if tree:  # the operator from another source tree (e.g. `git archive` of a commit)
-            operator.env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
+
+        def make(name: str) -> OperatorProcess:
+            process = OperatorProcess(cluster, s3, workdir / f"operator-{name}.log", *mode)
+            if tree:  # the operator from another source tree (e.g. `git archive` of a commit)
+                process.env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
+            return process
+        operators = Replicas(make, replicas, (lambda: ((cluster.get(LEASES, "default", "fedtask-operator") or {})
+                                                       .get("spec") or {}).get("holderIdentity") or "")
+                             if lease else None)
         started = time.monotonic()
-        operator.start()
+        operators.start()
         cluster.apply(digits_task(OPERATOR_TASK, rounds=rounds, scheduling={"policy": POLICY}))
         status: dict | None = None
         try:
-            inject_kills(kills, started, operator, result, lambda: finished(cluster, OPERATOR_TASK), lambda: (
+            inject_kills(kills, started, operators, result, lambda: finished(cluster, OPERATOR_TASK), lambda: (
                 (cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}).get("status") or {}).get("round", 0))
 
             def done() -> dict | None:
-                if operator.process.poll() is not None:
-                    raise RuntimeError(f"the operator exited ({operator.process.returncode}): "
-                                       f"{operator.log()[-1500:]}")
+                exited = operators.exited()
+                if exited:
+                    raise RuntimeError(exited)
                 return finished(cluster, OPERATOR_TASK)
             try:
                 status = wait_for(done, timeout=timeout, interval=0.1)
@@ -209,7 +327,7 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
             except AssertionError:
                 pass
         finally:
-            operator.stop()
+            operators.stop()
         time.sleep(0.5)  # the test kubelet's last status writes
         status = status or (cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}).get("status") or {}
         task = cluster.get(FEDERATEDTASKS, "default", OPERATOR_TASK) or {}
@@ -223,24 +341,28 @@ def operator_run(workdir: Path, rounds: int, s3, launcher, kills=(), pod_faults=
             result["injected"][kind] += 1
     result.update(check_operator_run(rounds, status, versions, pod_versions, started_pods, live, uid,
                                      sum(result["injected"][kind] for kind in POD_FAULTS)))
+    result.update(failovers=operators.failovers, paused_stood_down=operators.paused_then_stood_down())
     result["model"] = s3_hash(s3.client(), (status.get("model") or {}).get("uri"))
     return result
 
 
-def inject_kills(kills, started: float, operator, result: dict, done, current_round) -> None:
-    """SIGKILL `operator` at each of `kills` ((seconds after `started`, seconds down) pairs) and start it again;
-    a kill that comes after `done()` is counted as missed. `current_round()`: the task's status.round then."""
-    for at, down in kills:
+def inject_kills(kills, started: float, operators: Replicas, result: dict, done, current_round) -> None:
+    """Each of `kills` ((seconds after `started`, param, kind) triples) to `operators` in turn (`Replicas.inject`:
+    SIGKILL and start again `param` s later, or SIGSTOP for `param` s and SIGCONT); a fault that comes after `done()`
+    is counted as missed. `current_round()`: the task's status.round then."""
+    for at, param, kind in kills:
         while time.monotonic() - started < at and not done():
             time.sleep(0.05)
         if done():
             result["missed"] += 1  # the task ended before the kill time
             continue
         result["kill_rounds"].append(current_round())
-        operator.kill()
-        result["injected"]["operator_sigkill"] += 1
-        time.sleep(down)
-        operator.start()
+        operators.inject(kind, param, result)
+
+
+def operator_faults(replicas: int) -> tuple[str, ...]:
+    """The operator fault kinds of a run: SIGKILL, and with several replicas also SIGSTOP of the leader."""
+    return OPERATOR_FAULTS if replicas > 1 else OPERATOR_FAULTS[:1]
 
 
 def check_operator_run(rounds: int, status: dict, versions: list[dict], pod_versions: list[dict],
@@ -303,11 +425,21 @@ def s3_hash(client, uri: str | None) -> str | None:
         response.release_conn()
 
 
-def operator_plan(seed: int, rounds: int, window: float, pod_faults: bool) -> tuple[list, list]:
-    """The faults of one seed: 1-3 operator kills at random times within `window` (each down 0-2 s), and with
-    `pod_faults` one crashed and one OOM-killed train pod in two random rounds."""
+def operator_plan(seed: int, rounds: int, window: float, pod_faults: bool, replicas: int = 1) -> tuple[list, list]:
+    """The faults of one seed: 1-3 operator kills at random times within `window` (each down 0-2 s); with several
+    `replicas`, instead one SIGKILL of the leader (down 0-2 s) and one SIGSTOP of the leader for 1.5-2.5 lease
+    durations, in random order at random times within `window`; and with `pod_faults` one crashed and one OOM-killed
+    train pod in two random rounds. Operator faults are (time, param, kind) triples (`Replicas.inject`)."""
     rng = random.Random(seed)
-    kills = sorted((rng.uniform(1.0, window), rng.uniform(0.0, 2.0)) for _ in range(rng.choice((1, 2, 3))))
+    if replicas > 1:
+        kinds = list(OPERATOR_FAULTS)
+        rng.shuffle(kinds)
+        times = sorted(rng.uniform(1.0, window) for _ in kinds)
+        kills = [(at, rng.uniform(0.0, 2.0) if kind == "operator_sigkill" else rng.uniform(1.5, 2.5) * LEASE_SECONDS,
+                  kind) for at, kind in zip(times, kinds, strict=True)]
+    else:
+        kills = sorted((rng.uniform(1.0, window), rng.uniform(0.0, 2.0), "operator_sigkill")
+                       for _ in range(rng.choice((1, 2, 3))))
     faults = []
     if pod_faults:
         chosen = rng.sample(range(1, rounds + 1), k=min(2, rounds))
@@ -325,16 +457,14 @@ def operator_main(args) -> dict:
             s3.client().make_bucket("fedtask")
             os.environ.update(s3.env)  # the store settings, as the operator and pods get them in a cluster
             peers = [operator_run(base / f"uninterrupted-{i}", args.rounds, s3, launcher, tree=args.operator_tree,
-                                  lease=args.leader_election) for i in (1, 2)]
+                                  lease=args.leader_election, replicas=args.replicas) for i in (1, 2)]
             results = faulted_seeds(args, peers, lambda seed, kills, faults: operator_run(
                 base / f"seed-{seed}", args.rounds, s3, launcher, kills, faults, tree=args.operator_tree,
-                lease=args.leader_election))
+                lease=args.leader_election, replicas=args.replicas))
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    runtime = ("fedtask operator (kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election
-                                             else "--standalone") + ") on the kmock API emulator, pods run by the "
-               "test kubelet")
+    runtime = f"fedtask operator ({operator_mode(args)}) on the kmock API emulator, pods run by the test kubelet"
     summary = operator_summary(args, peers, results, runtime,
                                f"digits MLP, 4 devices, 2 per round, {args.rounds} rounds, policy {POLICY}, "
                                "podRetryLimit 1")
@@ -343,11 +473,19 @@ def operator_main(args) -> dict:
     return summary
 
 
+def operator_mode(args) -> str:
+    """How the operator runs, for the JSON's runtime."""
+    if args.replicas > 1:
+        return (f"kopf, {args.replicas} replicas started together with --leader-election, {LEASE_SECONDS} s lease; "
+                "the leader SIGKILLed and restarted, or SIGSTOPped past the lease and SIGCONTed")
+    return "kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election else "--standalone")
+
+
 def faulted_seeds(args, peers: list[dict], run) -> list[dict]:
-    """`run(seed, kills, pod_faults)` for seeds 0.. with each seed's fault plan (`operator_plan`, within 0.9 x the
-    uninterrupted peers' time); with `--time-budget S`, no seed starts that would likely end more than S seconds after
-    the benchmark started (a seed is assumed to take as long as the longest so far)."""
-    window = min(p["seconds"] for p in peers) * 0.9
+    """`run(seed, kills, pod_faults)` for seeds 0.. with each seed's fault plan (`operator_plan`, within
+    `--fault-window` (0.9) x the uninterrupted peers' time); with `--time-budget S`, no seed starts that would likely
+    end more than S seconds after the benchmark started (a seed is assumed to take as long as the longest so far)."""
+    window = min(p["seconds"] for p in peers) * args.fault_window
     results: list[dict] = []
     for seed in range(args.seeds):
         if results and args.time_budget:
@@ -355,12 +493,35 @@ def faulted_seeds(args, peers: list[dict], run) -> list[dict]:
             if time.monotonic() - STARTED + longest > args.time_budget:
                 print(f"time budget: {len(results)} of {args.seeds} seeds run", file=sys.stderr, flush=True)
                 break
-        kills, faults = operator_plan(seed, args.rounds, window, not args.no_pod_faults)
+        kills, faults = operator_plan(seed, args.rounds, window, not args.no_pod_faults, args.replicas)
         result = run(seed, kills, faults)
         results.append({"seed": seed, **result})
         print(f"seed {seed}: {result['phase']} in {result['seconds']:.1f}s, injected {result['injected']}",
               file=sys.stderr, flush=True)
     return results
+
+
+def by_fault_kind(results: list[dict]) -> dict:
+    """Per operator fault kind: how many were injected and the failover times (the fault to the Lease held by another
+    identity); for SIGSTOP also how many paused leaders logged, once resumed, that they had lost the Lease."""
+    report = {}
+    for kind in OPERATOR_FAULTS:
+        times = sorted(seconds for r in results for k, seconds in r["failovers"] if k == kind and seconds is not None)
+        if not any(k == kind for r in results for k, _ in r["failovers"]):
+            continue
+        entry: dict = {"injected": sum(r["injected"].get(kind, 0) for r in results),
+                       "failovers_measured": len(times),
+                       "no_failover": sum(1 for r in results for k, s in r["failovers"] if k == kind and s is None)}
+        if times:
+            entry["failover_seconds"] = {"min": times[0], "median": round(statistics.median(times), 2),
+                                         "max": times[-1], "mean": round(sum(times) / len(times), 2)}
+        if kind == "operator_sigstop":  # a leader paused before it logged acquiring the Lease is not counted
+            stood_down = [flag for r in results for flag in r["paused_stood_down"] if flag is not None]
+            entry["resumed_leaders_that_logged_losing_the_lease"] = f"{sum(stood_down)} of {len(stood_down)}"
+            entry["paused_before_logging_the_acquisition"] = sum(
+                flag is None for r in results for flag in r["paused_stood_down"])
+        report[kind] = entry
+    return report
 
 
 def operator_summary(args, peers: list[dict], results: list[dict], runtime: str, task: str) -> dict:
@@ -398,6 +559,9 @@ def operator_summary(args, peers: list[dict], results: list[dict], runtime: str,
                                         "pods_duplicated", "pods_orphaned", "pod_retries_not_injected", "failures")}
                      for r in results if bad(r)],
     }
+    if args.leader_election:
+        summary["replicas"] = args.replicas
+        summary["by_fault_kind"] = by_fault_kind(results)
     for i, peer in enumerate(peers, 1):
         if peer["phase"] != "Succeeded" or peer["failures"] or peer["pods_duplicated"] or peer["pods_orphaned"]:
             summary["failures"].append({f"uninterrupted-{i}": {k: peer[k] for k in (
@@ -412,6 +576,23 @@ def operator_summary(args, peers: list[dict], results: list[dict], runtime: str,
 # sets no memory limit, so it cannot tell an OOM kill from any other SIGKILL.
 REAL_POD_SIGNALS = {"train_pod_crash": signal.SIGSEGV, "train_pod_oom": signal.SIGKILL}
 REAL_LEASE_NAME = "faults-lease"
+
+
+def lease_holder(cluster):
+    """A function reading the holderIdentity of the faults' Lease on the real API server ("" when none or unread)."""
+    import kubernetes
+
+    from tests.support.cluster import NAMESPACE
+
+    leases = kubernetes.client.CoordinationV1Api(cluster.api_client())
+
+    def holder() -> str:
+        try:
+            lease = leases.read_namespaced_lease(REAL_LEASE_NAME, NAMESPACE, _request_timeout=5)
+        except Exception:  # none yet (404), or the API server slow: no holder seen this time
+            return ""
+        return (lease.spec and lease.spec.holder_identity) or ""
+    return holder
 
 
 def host_pid(log: Path) -> int | None:
@@ -487,11 +668,12 @@ class PodFaulter:
 
 
 def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease: bool = False,
-             timeout: float = 900) -> dict:
+             timeout: float = 900, replicas: int = 1) -> dict:
     """One task of `rounds` rounds on the installed real cluster (namespace fedtask; the chart's operator scaled to
-    zero), `fedtask operator` a host process SIGKILLed at each of `kills` and started again, `pod_faults` signalled
-    to train pods by `PodFaulter`; the same checks as `operator_run`, from watches of the task and its pods and the
-    node agents' Started events. The task is deleted (and its pods gone) before this returns."""
+    zero), `fedtask operator` host processes (`replicas` of them with the lease) faulted at each of `kills`
+    (`Replicas.inject`), `pod_faults` signalled to train pods by `PodFaulter`; the same checks as `operator_run`, from
+    watches of the task and its pods and the node agents' Started events. The task is deleted (and its pods gone)
+    before this returns."""
     from tests.support.cluster import (
         NAMESPACE,
         CreationRecorder,
@@ -503,15 +685,21 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
     from tests.support.operator import OperatorProcess, digits_task
     from tests.support.waiting import wait_for
 
-    result: dict = {"injected": dict.fromkeys(("operator_sigkill", *POD_FAULTS), 0), "missed": 0, "failures": [],
-                    "kill_rounds": []}
+    result: dict = {"injected": dict.fromkeys((*operator_faults(replicas), *POD_FAULTS), 0), "missed": 0,
+                    "failures": [], "kill_rounds": []}
     workdir.mkdir(parents=True)
     mode = ("--leader-election", f"--lease-duration={LEASE_SECONDS}", f"--lease-namespace={NAMESPACE}",
             f"--lease-name={REAL_LEASE_NAME}") if lease else ("--standalone",)
     command, env = host_operator_command(cluster, *mode)
-    operator = OperatorProcess.__new__(OperatorProcess)  # the same start/kill/stop, with the chart's command
-    operator.args, operator.log_path, operator.process = command, workdir / "operator.log", None
-    operator.env = dict(env, POD_NAME="fedtask-faults")
+
+    def make(name: str) -> OperatorProcess:
+        process = OperatorProcess.__new__(OperatorProcess)  # the same start/kill/stop, with the chart's command
+        process.args, process.log_path, process.process = command, workdir / f"operator-{name}.log", None
+        process.env = dict(env)
+        return process
+    operators = Replicas(make, replicas, lease_holder(cluster) if lease else None)
+    if lease:  # the previous run's Lease (its holder gone) would hold the first leader back a lease duration
+        cluster.kubectl("delete", "lease", REAL_LEASE_NAME, "-n", NAMESPACE, "--ignore-not-found")
     task = digits_task(OPERATOR_TASK, rounds=rounds, scheduling={"policy": POLICY})
     task["metadata"]["namespace"] = NAMESPACE
     selector = f"fedtask.io/task={OPERATOR_TASK}"
@@ -526,7 +714,7 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
             PodFaulter(cluster.dir / "nodes", NAMESPACE, OPERATOR_TASK, pod_faults,
                        lambda: tasks.latest.get("metadata", {}).get("uid")) as faulter:
         started = time.monotonic()
-        operator.start()
+        operators.start()
         try:
             cluster.kubectl("apply", "-f", "-", input=json.dumps(task))
 
@@ -535,12 +723,12 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
 
             def finished() -> bool:
                 return current().get("phase") in ("Succeeded", "Failed")
-            inject_kills(kills, started, operator, result, finished, lambda: current().get("round", 0))
+            inject_kills(kills, started, operators, result, finished, lambda: current().get("round", 0))
 
             def done() -> bool:
-                if operator.process.poll() is not None:
-                    raise RuntimeError(f"the operator exited ({operator.process.returncode}): "
-                                       f"{operator.log()[-1500:]}")
+                exited = operators.exited()
+                if exited:
+                    raise RuntimeError(exited)
                 return finished()
             try:
                 wait_for(done, timeout=timeout, interval=0.2)
@@ -560,7 +748,7 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
                 cluster.kubectl("delete", "federatedtask", OPERATOR_TASK, "-n", NAMESPACE, "--wait=true",
                                 "--ignore-not-found", timeout=120)
             finally:
-                operator.stop()
+                operators.stop()
     status, uid = final.get("status") or {}, final["metadata"]["uid"]
     versions = [v for v in tasks.versions if v["metadata"].get("uid") == uid]
     pod_versions = [{"metadata": {"name": name, "uid": pod_uid}}
@@ -578,6 +766,7 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
     result["pod_faults_not_injected"] = [list(fault) for fault in faulter.pending]
     result.update(check_operator_run(rounds, status, versions, pod_versions, started_pods, live, uid,
                                      len(faulter.done)))
+    result.update(failovers=operators.failovers, paused_stood_down=operators.paused_then_stood_down())
     result["pods_started_events"] = len(started_pods)
     result["record"] = {"rounds": rounds, "status": status, "versions": versions, "pod_versions": pod_versions,
                         "started_pods": started_pods, "live": live, "uid": uid, "pod_failures": len(faulter.done)}
@@ -602,18 +791,18 @@ def real_main(args, cluster=None, seeds: list | None = None) -> dict:
             else:  # the caller's cluster gets its operator back
                 stack.callback(scale_operator, cluster, 1)
             scale_operator(cluster, 0)
-            peers = [real_run(cluster, base / f"uninterrupted-{i}", args.rounds, lease=args.leader_election)
-                     for i in (1, 2)]
+            peers = [real_run(cluster, base / f"uninterrupted-{i}", args.rounds, lease=args.leader_election,
+                              replicas=args.replicas) for i in (1, 2)]
             print(f"uninterrupted: {[round(p['seconds'], 1) for p in peers]} s", file=sys.stderr, flush=True)
             results = faulted_seeds(args, peers, lambda seed, kills, faults: real_run(
-                cluster, base / f"seed-{seed}", args.rounds, kills, faults, lease=args.leader_election))
+                cluster, base / f"seed-{seed}", args.rounds, kills, faults, lease=args.leader_election,
+                replicas=args.replicas))
             if seeds is not None:
                 seeds.extend(results)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
-    runtime = ("fedtask operator (kopf, " + (f"--leader-election, {LEASE_SECONDS} s lease" if args.leader_election
-                                             else "--standalone") + ") as a host process against the real control "
+    runtime = (f"fedtask operator ({operator_mode(args)}) as host processes against the real control "
                "plane (hack/local-cluster.sh: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, the "
                "chart's MinIO), pods run by the node agents; train-pod faults are signals to the pod's process: "
                "crash SIGSEGV (exit 139), OOM SIGKILL (exit 137, reason Error: the agent cannot report OOMKilled)")
@@ -640,6 +829,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leader-election", action="store_true",
                         help=f"--target operator: run it with the lease ({LEASE_SECONDS} s), as the chart does; a "
                              "restarted operator then waits for its killed predecessor's lease to run out")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="--target operator: N operator replicas started together with the lease (N > 1 implies "
+                             "--leader-election); the leader is SIGKILLed and restarted, and SIGSTOPped for 1.5-2.5 "
+                             "lease durations and SIGCONTed; the JSON reports each kind and its failover times")
+    parser.add_argument("--fault-window", type=float, default=0.9, metavar="F",
+                        help="--target operator: operator faults come within F x the uninterrupted run's time")
     parser.add_argument("--api", choices=("kmock", "real"), default="kmock",
                         help="--target operator: the API emulator (default), or the real control plane "
                              "(hack/local-cluster.sh, one cluster for all seeds; needs root and the cluster tools)")
@@ -652,6 +847,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.rounds < 1:
         parser.error("--seeds and --rounds must be at least 1")
+    if not 1 <= args.replicas <= 5:
+        parser.error(f"--replicas must be between 1 and 5, not {args.replicas}")
+    if not 0 < args.fault_window <= 1:
+        parser.error(f"--fault-window must be in (0, 1], not {args.fault_window}")
+    args.leader_election = args.leader_election or args.replicas > 1
     if args.target == "operator":
         if args.api == "real" and args.operator_tree:
             parser.error("--operator-tree is for --api kmock")

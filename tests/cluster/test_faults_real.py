@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 def test_operator_killed_on_the_real_control_plane_loses_and_repeats_nothing(cluster: LocalCluster):
     faults = load_benchmark("faults", "faults_real")
     args = argparse.Namespace(target="operator", api="real", seeds=1, rounds=3, no_pod_faults=False,
-                              leader_election=False, time_budget=0.0, keep=False, operator_tree="")
+                              leader_election=False, replicas=1, fault_window=0.9, time_budget=0.0, keep=False,
+                              operator_tree="")
     seeds: list[dict] = []
     report = faults.real_main(args, cluster, seeds)
     print(report)

@@ -1,0 +1,65 @@
+"""benchmarks/faults.py --target operator --api real --replicas 2 at 1 seed x 3 rounds on the real control plane: two
+operator replicas (host processes with the chart's arguments and a 6 s Lease) start together; the current leader is
+SIGKILLed (and started again), and, in the seed's order, the leader is SIGSTOPped for longer than the lease and then
+SIGCONTed. The other replica takes the Lease over each time, the resumed stale replica stands down, and the task
+still completes with every round once, no pod created or started twice, nothing orphaned, no status regression and
+the uninterrupted run's final model bit for bit. The checks are then shown to fail on the run's own record with what
+a stale replica acting on old state would leave: a pod created again, a pod started again, an older status written
+after a newer one."""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+
+from tests.support.benchmarks import load_benchmark
+from tests.support.cluster import LocalCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+
+def test_two_replicas_with_the_leader_killed_and_paused_past_its_lease_lose_and_repeat_nothing(cluster: LocalCluster):
+    faults = load_benchmark("faults", "faults_leader_real")
+    # Faults within the first half of the uninterrupted time: with 3 rounds, a later fault could find the task done.
+    args = argparse.Namespace(target="operator", api="real", seeds=1, rounds=3, no_pod_faults=True,
+                              leader_election=True, replicas=2, fault_window=0.5, time_budget=0.0, keep=False,
+                              operator_tree="")
+    seeds: list[dict] = []
+    report = faults.real_main(args, cluster, seeds)
+    print(report)
+    assert not report["failures"], report
+    assert report["faults_injected"] == {"operator_sigkill": 1, "operator_sigstop": 1}, report
+    assert report["kills_after_the_task_ended"] == 0, report
+    kinds = report["by_fault_kind"]
+    for kind in ("operator_sigkill", "operator_sigstop"):  # the other replica (or the restarted one) took over
+        assert kinds[kind]["failovers_measured"] == 1 and kinds[kind]["no_failover"] == 0, kinds
+    # The resumed replica noticed it had lost the Lease (unless it was paused before it had logged leading at all).
+    stop = kinds["operator_sigstop"]
+    assert (stop["resumed_leaders_that_logged_losing_the_lease"], stop["paused_before_logging_the_acquisition"]) in (
+        ("1 of 1", 0), ("0 of 0", 1)), kinds
+    assert report["runs_completed"] == 1
+    assert report["rounds_lost"] == 0 and report["rounds_duplicated"] == 0, report
+    assert report["pods_duplicated"] == 0 and report["pods_orphaned"] == 0, report
+    assert report["pod_retries_not_injected"] == 0 and report["status_regressions"] == 0, report
+    assert report["training_deterministic"] is True and report["final_model_identical"] == 1, report
+
+    # The record is real and complete: several stored versions of the task, every pod of every round, each started.
+    record = seeds[0]["record"]
+    assert len(record["versions"]) >= 3, len(record["versions"])
+    names = {version["metadata"]["name"] for version in record["pod_versions"]}
+    assert sum(name.endswith("-aggregate") for name in names) == 3, sorted(names)
+    assert set(record["started_pods"]) == names, (sorted(names), record["started_pods"])
+
+    # What a stale replica acting on old state would leave, on this record: each is reported.
+    pod = sorted(names)[-1]
+    created_again = copy.deepcopy(record)
+    created_again["pod_versions"].append({"metadata": {"name": pod, "uid": "created-by-the-stale-replica"}})
+    assert faults.check_operator_run(**created_again)["pods_duplicated"] == [pod]
+    started_again = copy.deepcopy(record)
+    started_again["started_pods"].append(pod)
+    assert faults.check_operator_run(**started_again)["pods_duplicated"] == [pod]
+    stale_status = copy.deepcopy(record)
+    older = next(v for v in stale_status["versions"] if (v.get("status") or {}).get("round"))
+    stale_status["versions"].append(copy.deepcopy(older))  # an older status written after the newest
+    assert faults.check_operator_run(**stale_status)["regressions"], older.get("status")
