@@ -62,6 +62,17 @@ def test_a_device_uploading_dims_of_2_64_or_nothing_no_longer_fails_the_task():
     assert result["kinds_neutralised_round_completed"] == result["kinds_injected"] == 2
 
 
+def test_an_update_with_one_bit_flipped_after_it_was_written_is_rejected_as_a_digest_mismatch():
+    """Issue 13: a stored update corrupted by one bit, its values still finite (the lowest mantissa bit of a weight;
+    a num_samples digit). Before the integrity digest both were aggregated silently (0 of 2 rejected)."""
+    kinds = ["bit_flip_data", "bit_flip_num_samples"]
+    result = bench("--kinds", ",".join(kinds), "--rounds", "1", "--skip-store", "--skip-memory")
+
+    assert_every_kind_neutralised(result["run"], kinds, 1)
+    for kind in kinds:
+        assert result["run"]["kinds"][kind]["reason"].startswith("digest mismatch: "), result["run"]["kinds"][kind]
+
+
 @pytest.mark.slow
 def test_every_hostile_kind_is_neutralised_and_every_round_completes():
     result = bench("--rounds", "2", "--skip-store", "--skip-memory")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 
 import numpy as np
 
@@ -26,6 +27,8 @@ from tests.support import hostile
 # norm_clipped; the task must set spec.aggregation.clipNorm).
 KINDS = {
     "truncated": "rejected",
+    "bit_flip_data": "rejected",
+    "bit_flip_num_samples": "rejected",
     "bad_header_length": "rejected",
     "huge_header_100mb": "rejected",
     "nested_header": "rejected",
@@ -73,6 +76,21 @@ def write_hostile(kind: str, path: str, arrays: dict[str, np.ndarray], meta: dic
         _save(path, arrays, meta)
         with open(path, "r+b") as stream:
             stream.truncate(os.path.getsize(path) - 20)
+    elif kind in ("bit_flip_data", "bit_flip_num_samples"):
+        # the honest file, one bit flipped after it is written (storage or transit corruption): the lowest mantissa
+        # bit of the first value (finite, barely changed), or the lowest bit of num_samples' first digit (still
+        # digits: a silently different weight before the digest)
+        _save(path, arrays, meta)
+        with open(path, "r+b") as stream:
+            (header_size,) = struct.unpack("<Q", stream.read(8))
+            header = stream.read(header_size)
+            field = b'"num_samples":"'
+            position = (8 + header_size if kind == "bit_flip_data"
+                        else 8 + header.index(field) + len(field))
+            stream.seek(position)
+            byte = stream.read(1)[0]
+            stream.seek(position)
+            stream.write(bytes([byte ^ 1]))
     elif kind == "bad_header_length":
         hostile.bad_header_length(path)
     elif kind == "huge_header_100mb":
