@@ -183,7 +183,9 @@ class Run:
 
 def simulate(policy: str, tasks: list[TaskData], nodes: list[dict], speeds: list[float], rounds: int, seed: int,
              weight: float, train: bool = True, targets: list[float] | None = None,
-             budget: float = math.inf) -> list[Run]:
+             budget: float = math.inf, decisions: list | None = None) -> list[Run]:
+    """Every task's run under `policy`; `decisions`, when given, receives each period's (time, {task key: the node
+    indices it got}) for the tasks in that period's decision (analyse_sched_periods.py reads them)."""
     names = [node["metadata"]["name"] for node in nodes]
     runs = []
     for index, task in enumerate(tasks):
@@ -209,6 +211,10 @@ def simulate(policy: str, tasks: list[TaskData], nodes: list[dict], speeds: list
             decision = decide_period(requests, nodes, busy, clock, active=active, config=config, period=period + 1)
             if decision.due:
                 period += 1
+                if decisions is not None:
+                    decisions.append((clock, {run.key: [names.index(slot.node) for slot in
+                                                        decision.assignment.tasks[run.key].devices]
+                                              for run in waiting}))
                 for run in waiting:
                     got = decision.assignment.tasks[run.key]
                     if not got.devices:

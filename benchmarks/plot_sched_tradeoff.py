@@ -85,7 +85,13 @@ def bound(seeds: int, rounds: int, task_count: int, levels) -> list[dict]:
 
 
 def least_mean_round(seconds: np.ndarray, per_round: int, jain: float) -> float:
-    best = float("inf")
+    return least_rates(seconds, per_round, jain)[0]
+
+
+def least_rates(seconds: np.ndarray, per_round: int, jain: float) -> tuple[float, np.ndarray | None]:
+    """(the least mean round time at Jain's index >= `jain`, the participation rates per round that reach it; None
+    when no rate vector does)."""
+    best, best_rates = float("inf"), None
     for slope in np.linspace(0.0, 4.0 / max(float(seconds.mean()), 1e-9), 801):
         low, high = 0.0, float(per_round + slope * seconds.max())
         for _ in range(60):  # the level a with sum(max(0, a - slope t)) = per_round
@@ -99,8 +105,10 @@ def least_mean_round(seconds: np.ndarray, per_round: int, jain: float) -> float:
             continue
         rates *= per_round / rates.sum()
         if rates.sum() ** 2 / (len(rates) * (rates ** 2).sum()) >= jain - 1e-9:
-            best = min(best, float((rates * seconds).sum() / per_round))
-    return best
+            mean_round = float((rates * seconds).sum() / per_round)
+            if mean_round < best:
+                best, best_rates = mean_round, rates
+    return best, best_rates
 
 
 def plot(path: Path, report: dict) -> None:

@@ -104,3 +104,61 @@ def test_the_homogeneous_rounds_bound_on_a_fleet_worked_by_hand():
     assert bounds[0] == pytest.approx(1.0, abs=0.01)
     assert bounds[2] == pytest.approx(5.5, abs=0.01)
     assert bounds[0] < bounds[1] < bounds[2]
+
+
+def _best_schedule(seconds, counts, per_round):
+    """The least mean round time over every schedule of the ledger (exhaustive, small instances only)."""
+    import functools
+    import itertools
+
+    @functools.cache
+    def least(left):
+        if not any(left):
+            return 0.0
+        best = float("inf")
+        for devices in itertools.combinations([j for j, n in enumerate(left) if n], per_round):
+            after = tuple(n - (j in devices) for j, n in enumerate(left))
+            best = min(best, max(seconds[j] for j in devices) + least(after))
+        return best
+
+    return least(tuple(counts)) / (sum(counts) // per_round)
+
+
+def test_the_distinct_device_bound_and_the_packing_bracket_the_exhaustive_optimum():
+    import random
+
+    import numpy as np
+
+    periods = load_benchmark("analyse_sched_periods")
+    rng = random.Random(0)
+    tight = 0
+    for _ in range(60):
+        size, per_round = rng.choice(((5, 2), (6, 2), (6, 3)))
+        rounds = rng.randint(2, 4)
+        counts = [0] * size
+        for _ in range(rounds):  # a feasible ledger: `rounds` rounds of distinct devices
+            for j in rng.sample(range(size), per_round):
+                counts[j] += 1
+        seconds = np.array([rng.choice((1.0, 2.0, 3.0, 5.0, 10.0)) * rng.uniform(0.8, 1.2) for _ in range(size)])
+        schedule = periods.pack(seconds, np.array(counts), per_round)
+        assert all(len(set(devices)) == per_round for devices in schedule)
+        assert np.bincount([j for devices in schedule for j in devices], minlength=size).tolist() == counts
+        best = _best_schedule(tuple(seconds), counts, per_round)
+        lower = periods.distinct_lower_bound(seconds, np.array(counts), per_round)
+        homogeneous = float(np.dot(counts, seconds)) / sum(counts)
+        assert homogeneous - 1e-9 <= lower <= best + 1e-9 <= periods.schedule_mean(seconds, schedule) + 2e-9
+        tight += abs(lower - best) < 1e-9
+    assert tight >= 30  # the bound is often exact on these sizes (not only a weak floor)
+
+
+def test_a_device_in_every_round_makes_every_round_as_slow_as_it():
+    """Device 0 (10 s) takes both rounds' turns: any schedule's rounds both cost 10 s, while equally slow rounds of
+    the same turns would cost (2 x 10 + 1 + 1) / 4 = 5.5 s a device turn; the distinct-device bound sees it."""
+    import numpy as np
+
+    periods = load_benchmark("analyse_sched_periods")
+    seconds, counts = np.array([10.0, 1.0, 1.0, 1.0]), np.array([2, 1, 1, 0])
+    assert periods.distinct_lower_bound(seconds, counts, 2) == pytest.approx(10.0)
+    assert periods.schedule_mean(seconds, periods.pack(seconds, counts, 2)) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="at most 3 turns of one device"):
+        periods.pack(seconds, np.array([3, 1, 0, 0]), 2)
