@@ -145,9 +145,12 @@ def test_metadata_read_back_with_a_stale_digest_or_holding_the_digest_text_is_wr
     assert check_integrity(path, read_layout(path)) is True
 
 
-def test_a_flipped_update_is_rejected_and_the_round_goes_on_with_the_others(tmp_path):
-    paths = {f"s3://b/t/updates/d00{i}.safetensors": write_update(tmp_path / f"d00{i}.safetensors", random_model(i),
-                                                                   10 * (i + 1)) for i in range(3)}
+@pytest.mark.parametrize("shapes", [None, {"layer.weight": (1024, 1536), "layer.bias": (1024,)}],
+                         ids=["small: checked one by one", "18 MB: checked in parallel"])
+def test_a_flipped_update_is_rejected_and_the_round_goes_on_with_the_others(tmp_path, shapes):
+    paths = {f"s3://b/t/updates/d00{i}.safetensors": write_update(tmp_path / f"d00{i}.safetensors",
+                                                                   random_model(i, shapes), 10 * (i + 1))
+             for i in range(3)}
     corrupt = "s3://b/t/updates/d001.safetensors"
     raw = open(paths[corrupt], "rb").read()
     open(paths[corrupt], "wb").write(flipped(raw, (len(raw) - 7) * 8 + 2))
@@ -156,8 +159,8 @@ def test_a_flipped_update_is_rejected_and_the_round_goes_on_with_the_others(tmp_
 
     assert [(item.uri, item.reason.split(":")[0]) for item in outcome.rejected] == [(corrupt, "digest mismatch")]
     assert outcome.accepted == ["s3://b/t/updates/d000.safetensors", "s3://b/t/updates/d002.safetensors"]
-    expected = (random_model(0)["layer.weight"] * 10 + random_model(2)["layer.weight"] * 30) / 40
-    np.testing.assert_allclose(outcome.arrays["layer.weight"], expected, rtol=1e-6)
+    expected = (random_model(0, shapes)["layer.weight"] * 10 + random_model(2, shapes)["layer.weight"] * 30) / 40
+    np.testing.assert_allclose(outcome.arrays["layer.weight"], expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(InvalidUpdate, match="d001.safetensors: digest mismatch"):
         aggregate_files(paths, on_invalid="fail")
 

@@ -46,6 +46,7 @@ HEADER_ALLOWANCE = 64 * 1024
 # Without a model to derive bounds from (no --base): a header this long already lists ~150k tensors.
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024 * 1024
 REASON_LIMIT = 300
+PARALLEL_DIGEST_BYTES = 16 * 1024 * 1024  # updates checked in parallel from this many bytes in all (~10 ms of sha256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +190,12 @@ def _check_digests(paths: dict[str, str], layouts: dict[str, tuple[Layout, int]]
         except Exception as error:  # judged below, in URI order
             return error
 
-    with concurrent.futures.ThreadPoolExecutor(min(len(checked), default_threads())) as pool:
-        failures = dict(zip(checked, pool.map(check, checked)))
+    threads = min(len(checked), default_threads())
+    if threads == 1 or sum(layouts[uri][0].file_size for uri in checked) < PARALLEL_DIGEST_BYTES:
+        failures = {uri: check(uri) for uri in checked}  # starting threads would cost more than they save
+    else:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            failures = dict(zip(checked, pool.map(check, checked)))
     for uri in checked:
         if failures[uri] is not None:
             del layouts[uri]
