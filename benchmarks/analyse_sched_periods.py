@@ -17,11 +17,11 @@ periods' decisions and each task's participation ledger after `--rounds` rounds:
 - per seed, the speed-up per round against `random` in the same run: random's longest time per round over the
   tasks (every wait included) / time-fair's (what the time to every task's target scales with, rounds being equal).
 
-`bound` then gives, for Jain levels 0.7, 0.8, 0.9 and each seed, three speed-ups to every task's target against
-random (as plot_sched_tradeoff.py: with as many rounds as random, every round costing the server SERVER_SECONDS):
-`homogeneous` (that script's bound), `distinct` (the same optimal participation rates as whole turns over
-`--rounds` rounds, each round's devices distinct: the distinct-device lower bound of that ledger) and `packed` (a
-real schedule of that ledger, one task alone, no waits: achievable, not a bound).
+`bound` is plot_sched_tradeoff.py's bound at Jain 0.7, 0.8, 0.9 over the same seeds: the speed-up to every task's
+target against random with as many rounds as random, every round costing the server SERVER_SECONDS, for rounds that
+are all equally slow (`homogeneous`), for the same participation rates as whole turns in rounds of distinct devices
+(`distinct`, a lower bound on those turns' rounds) and for a real schedule of those turns (`packed`: one task alone,
+no waits; achievable, not a bound).
 
     python benchmarks/analyse_sched_periods.py [--seeds 10] [--fairness-weight 2] [--rounds 40]
 """
@@ -43,63 +43,6 @@ import plot_sched_tradeoff as tradeoff
 from fedtask_operator.core.scheduling import jain_index
 
 JAIN_LEVELS = (0.7, 0.8, 0.9)
-
-
-def distinct_lower_bound(seconds: np.ndarray, counts: np.ndarray, per_round: int) -> float:
-    """A lower bound on the mean round time of any schedule in which device i takes counts[i] turns, `per_round`
-    distinct devices a round (sum(counts) / per_round rounds), a round costing its slowest device.
-
-    The sum of the rounds' times is the integral over theta of the number of rounds slower than theta; at least
-    ceil(S / per_round) rounds hold the S turns of devices slower than theta, and at least max(counts) of those
-    devices' rounds (a device appears once in a round)."""
-    seconds, counts = np.asarray(seconds, dtype=float), np.asarray(counts, dtype=int)
-    rounds = int(counts.sum()) // per_round
-    if rounds == 0:
-        return 0.0
-    order = np.argsort(-seconds, kind="stable")
-    ordered, turns = seconds[order], counts[order]
-    total, slower, most = 0.0, 0, 0
-    for j in range(len(ordered)):
-        slower += int(turns[j])
-        most = max(most, int(turns[j]))
-        below = ordered[j + 1] if j + 1 < len(ordered) else 0.0
-        total += max(-(-slower // per_round), most) * (ordered[j] - below)
-    return total / rounds
-
-
-def pack(seconds: np.ndarray, counts: np.ndarray, per_round: int) -> list[list[int]]:
-    """A schedule of the ledger (device i in counts[i] rounds, `per_round` distinct devices each): the rounds are
-    filled slowest first, each with the devices that must be in every remaining round, then the slowest with turns
-    left. Raises ValueError when no schedule exists (a device with more turns than rounds, or turns not a multiple
-    of per_round)."""
-    seconds, left = np.asarray(seconds, dtype=float), np.asarray(counts, dtype=int).copy()
-    total = int(left.sum())
-    if total % per_round or (len(left) and int(left.max()) > total // per_round):
-        raise ValueError(f"no schedule of {total} turns in rounds of {per_round} distinct devices with at most "
-                         f"{int(left.max()) if len(left) else 0} turns of one device")
-    slowest_first = np.argsort(-seconds, kind="stable")
-    schedule = []
-    for remaining in range(total // per_round, 0, -1):
-        forced = [int(j) for j in slowest_first if left[j] == remaining]
-        others = [int(j) for j in slowest_first if 0 < left[j] < remaining]
-        chosen = forced + others[: per_round - len(forced)]
-        left[chosen] -= 1
-        schedule.append(chosen)
-    return schedule
-
-
-def schedule_mean(seconds: np.ndarray, schedule: list[list[int]]) -> float:
-    return float(np.mean([max(seconds[j] for j in devices) for devices in schedule])) if schedule else 0.0
-
-
-def whole_turns(rates: np.ndarray, rounds: int) -> np.ndarray:
-    """Participation rates per round as whole turns over `rounds` rounds (largest remainders)."""
-    exact = np.asarray(rates, dtype=float) * rounds
-    turns = np.minimum(np.floor(exact).astype(int), rounds)
-    short = int(round(float(exact.sum()))) - int(turns.sum())
-    for j in np.argsort(-(exact - turns), kind="stable")[:max(short, 0)]:
-        turns[j] += 1
-    return turns
 
 
 def wall_per_round(run: effect.Run, rounds: int) -> float:
@@ -125,8 +68,8 @@ def analyse_seed(seed: int, weight: float, rounds: int, task_count: int) -> dict
             "task": index, "dataset": task.dataset, "jain": round(jain, 3),
             "round_seconds": round(statistics.mean(run.round_seconds[:rounds]), 2),
             "homogeneous": round(float((counts * seconds).sum()) / (effect.PER_ROUND * rounds), 2),
-            "distinct_bound": round(distinct_lower_bound(seconds, counts, effect.PER_ROUND), 2),
-            "packed": round(schedule_mean(seconds, pack(seconds, counts, effect.PER_ROUND)), 2),
+            "distinct_bound": round(tradeoff.distinct_lower_bound(seconds, counts, effect.PER_ROUND), 2),
+            "packed": round(tradeoff.schedule_mean(seconds, tradeoff.pack(seconds, counts, effect.PER_ROUND)), 2),
             "bound_at_jain": round(tradeoff.least_mean_round(seconds, effect.PER_ROUND, jain), 2),
             "wall_per_round": round(wall_per_round(run, rounds), 2),
             "random_wall_per_round": round(wall_per_round(peer[index], rounds), 2),
@@ -144,36 +87,13 @@ def analyse_seed(seed: int, weight: float, rounds: int, task_count: int) -> dict
     }
 
 
-def bound_seed(seed: int, rounds: int, task_count: int, levels=JAIN_LEVELS) -> dict:
-    nodes, speeds, tasks = tradeoff.draws(seed, task_count)
-    peer = effect.simulate("random", tasks, nodes, speeds, rounds, seed, 0.0, train=False)
-    walls = max(wall_per_round(run, rounds) for run in peer)
-    rows = {}
-    for level in levels:
-        homogeneous, distinct, packed = [], [], []
-        for task in tasks:
-            seconds = np.array([len(s) * effect.SECONDS_PER_SAMPLE / v for s, v in zip(task.shards, speeds)])
-            least, rates = tradeoff.least_rates(seconds, effect.PER_ROUND, level)
-            if rates is None:
-                raise SystemExit(f"no participation reaches Jain {level}")
-            counts = whole_turns(rates, rounds)
-            homogeneous.append(least)
-            distinct.append(distinct_lower_bound(seconds, counts, effect.PER_ROUND))
-            packed.append(schedule_mean(seconds, pack(seconds, counts, effect.PER_ROUND)))
-        rows[str(level)] = {name: round(walls / max(b + effect.SERVER_SECONDS for b in values), 3)
-                            for name, values in (("homogeneous", homogeneous), ("distinct", distinct),
-                                                 ("packed", packed))}
-    return rows
-
-
 def ratio_mean(rows: list[dict], top: str, bottom: str) -> float:
     return round(statistics.mean(row[top] / row[bottom] for row in rows), 3)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--fairness-weight", type=float, default=effect.DEFAULT_FAIRNESS_WEIGHT)
@@ -181,9 +101,8 @@ def main(argv=None) -> dict:
     if args.seeds < 1 or args.rounds < effect.SMOOTHING or args.tasks < 1:
         parser.error("--seeds and --tasks must be >= 1 and --rounds >= 3")
     started = time.perf_counter()
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    periods = [analyse_seed(seed, args.fairness_weight, args.rounds, args.tasks) for seed in seeds]
-    bounds = {seed: bound_seed(seed, args.rounds, args.tasks) for seed in seeds}
+    periods = [analyse_seed(seed, args.fairness_weight, args.rounds, args.tasks) for seed in range(args.seeds)]
+    bounds = tradeoff.bound(args.seeds, args.rounds, args.tasks, JAIN_LEVELS)
     task_rows = [row for seed in periods for row in seed["tasks"]]
     by_tasks: dict[str, int] = {}
     for seed in periods:
@@ -202,12 +121,12 @@ def main(argv=None) -> dict:
             row["alone"]["round_seconds"] / row["alone"]["bound_at_jain"] for row in task_rows), 3),
         "jain_mean": round(statistics.mean(row["jain"] for row in task_rows), 3),
         "speedup_per_round_mean": round(statistics.mean(seed["speedup_per_round"] for seed in periods), 3),
-        "bound": {str(level): {name: round(statistics.mean(bounds[s][str(level)][name] for s in seeds), 3)
-                               for name in ("homogeneous", "distinct", "packed")} for level in JAIN_LEVELS},
+        "bound": {str(row["jain"]): {"homogeneous": row["speedup_bound"], "distinct": row["speedup_bound_distinct"],
+                                     "packed": row["speedup_packed"]} for row in bounds},
     }
     report = {"benchmark": "sched_periods", "peer": "random", "fairness_weight": args.fairness_weight,
               "rounds": args.rounds, "tasks": args.tasks, "seeds": periods,
-              "bound_per_seed": {str(s): bounds[s] for s in seeds}, "summary": summary,
+              "bound": bounds, "summary": summary,
               "wall_seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(report))
     return report

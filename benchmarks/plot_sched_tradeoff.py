@@ -17,6 +17,11 @@ is more than max_k w_k / max_k (b_k + SERVER_SECONDS) times faster at that Jain 
 mean over the seeds; `speedup_bound_per_seed`). A policy that needs fewer rounds than random may beat it by that
 ratio (bench_sched_effect.py reports each task's `rounds_to_target`).
 
+Rounds of exactly equally slow devices are out of reach: a round holds distinct devices, and a device's turns are
+whole. With the bound's rates as whole turns over ROUNDS rounds, `distinct_lower_bound` bounds any schedule of those
+turns from below (the rounds slower than theta are at least the turns slower than theta / devices per round, and at
+least the turns of any one such device), and `pack` builds a real one (`speedup_bound_distinct`, `speedup_packed`).
+
 With `--effect FILE...` (JSON lines of bench_sched_effect.py runs at several `--fairness-weight`s) a second panel
 shows what the weights give where it counts: the mean speed-up to every task's target against random, over Jain's
 index, each point labelled with its weight and its accuracy against random.
@@ -68,20 +73,35 @@ def bound(seeds: int, rounds: int, task_count: int, levels) -> list[dict]:
     the speed-up to every task's target against random's measured time per round, per seed."""
     rows = {level: [] for level in levels}
     speedups: dict[float, list[float]] = {level: [] for level in levels}
+    distinct_speedups: dict[float, list[float]] = {level: [] for level in levels}
+    packed_speedups: dict[float, list[float]] = {level: [] for level in levels}
     for seed in range(seeds):
         nodes, speeds, tasks = draws(seed, task_count)
         peer = effect.simulate("random", tasks, nodes, speeds, rounds, seed, 0.0, train=False)
         walls = [run.curve[-1][0] / len(run.curve) for run in peer]
         for level in levels:
-            least = []
+            least, distinct, packed = [], [], []
             for task in tasks:
                 seconds = np.array([len(s) * effect.SECONDS_PER_SAMPLE / v for s, v in zip(task.shards, speeds)])
-                least.append(least_mean_round(seconds, effect.PER_ROUND, level))
+                mean_round, rates = least_rates(seconds, effect.PER_ROUND, level)
+                least.append(mean_round)
+                if rates is not None:
+                    turns = whole_turns(rates, rounds)
+                    distinct.append(distinct_lower_bound(seconds, turns, effect.PER_ROUND))
+                    packed.append(schedule_mean(seconds, pack(seconds, turns, effect.PER_ROUND)))
             rows[level].extend(least)
             speedups[level].append(max(walls) / max(b + effect.SERVER_SECONDS for b in least))
+            if len(distinct) == len(tasks):
+                distinct_speedups[level].append(max(walls) / max(b + effect.SERVER_SECONDS for b in distinct))
+                packed_speedups[level].append(max(walls) / max(b + effect.SERVER_SECONDS for b in packed))
     return [{"jain": level, "round_seconds": round(float(statistics.mean(rows[level])), 3),
              "speedup_bound": round(statistics.mean(speedups[level]), 2),
-             "speedup_bound_per_seed": [round(value, 2) for value in speedups[level]]} for level in levels]
+             "speedup_bound_per_seed": [round(value, 2) for value in speedups[level]],
+             **({"speedup_bound_distinct": round(statistics.mean(distinct_speedups[level]), 2),
+                 "speedup_bound_distinct_per_seed": [round(value, 2) for value in distinct_speedups[level]],
+                 "speedup_packed": round(statistics.mean(packed_speedups[level]), 2),
+                 "speedup_packed_per_seed": [round(value, 2) for value in packed_speedups[level]]}
+                if len(distinct_speedups[level]) == seeds else {})} for level in levels]
 
 
 def least_mean_round(seconds: np.ndarray, per_round: int, jain: float) -> float:
@@ -110,6 +130,63 @@ def least_rates(seconds: np.ndarray, per_round: int, jain: float) -> tuple[float
                 best, best_rates = mean_round, rates
     return best, best_rates
 
+
+
+def distinct_lower_bound(seconds: np.ndarray, counts: np.ndarray, per_round: int) -> float:
+    """A lower bound on the mean round time of any schedule in which device i takes counts[i] turns, `per_round`
+    distinct devices a round (sum(counts) / per_round rounds), a round costing its slowest device.
+
+    The sum of the rounds' times is the integral over theta of the number of rounds slower than theta; at least
+    ceil(S / per_round) rounds hold the S turns of devices slower than theta, and at least max(counts) of those
+    devices' rounds (a device appears once in a round)."""
+    seconds, counts = np.asarray(seconds, dtype=float), np.asarray(counts, dtype=int)
+    rounds = int(counts.sum()) // per_round
+    if rounds == 0:
+        return 0.0
+    order = np.argsort(-seconds, kind="stable")
+    ordered, turns = seconds[order], counts[order]
+    total, slower, most = 0.0, 0, 0
+    for j in range(len(ordered)):
+        slower += int(turns[j])
+        most = max(most, int(turns[j]))
+        below = ordered[j + 1] if j + 1 < len(ordered) else 0.0
+        total += max(-(-slower // per_round), most) * (ordered[j] - below)
+    return total / rounds
+
+
+def pack(seconds: np.ndarray, counts: np.ndarray, per_round: int) -> list[list[int]]:
+    """A schedule of the ledger (device i in counts[i] rounds, `per_round` distinct devices each): the rounds are
+    filled slowest first, each with the devices that must be in every remaining round, then the slowest with turns
+    left. Raises ValueError when no schedule exists (a device with more turns than rounds, or turns not a multiple
+    of per_round)."""
+    seconds, left = np.asarray(seconds, dtype=float), np.asarray(counts, dtype=int).copy()
+    total = int(left.sum())
+    if total % per_round or (len(left) and int(left.max()) > total // per_round):
+        raise ValueError(f"no schedule of {total} turns in rounds of {per_round} distinct devices with at most "
+                         f"{int(left.max()) if len(left) else 0} turns of one device")
+    slowest_first = np.argsort(-seconds, kind="stable")
+    schedule = []
+    for remaining in range(total // per_round, 0, -1):
+        forced = [int(j) for j in slowest_first if left[j] == remaining]
+        others = [int(j) for j in slowest_first if 0 < left[j] < remaining]
+        chosen = forced + others[: per_round - len(forced)]
+        left[chosen] -= 1
+        schedule.append(chosen)
+    return schedule
+
+
+def schedule_mean(seconds: np.ndarray, schedule: list[list[int]]) -> float:
+    return float(np.mean([max(seconds[j] for j in devices) for devices in schedule])) if schedule else 0.0
+
+
+def whole_turns(rates: np.ndarray, rounds: int) -> np.ndarray:
+    """Participation rates per round as whole turns over `rounds` rounds (largest remainders)."""
+    exact = np.asarray(rates, dtype=float) * rounds
+    turns = np.minimum(np.floor(exact).astype(int), rounds)
+    short = int(round(float(exact.sum()))) - int(turns.sum())
+    for j in np.argsort(-(exact - turns), kind="stable")[:max(short, 0)]:
+        turns[j] += 1
+    return turns
 
 def plot(path: Path, report: dict) -> None:
     import matplotlib
@@ -157,6 +234,12 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     for point in limit:
         axis.annotate(f"{point['speedup_bound']:.2f}", (point["jain"], point["speedup_bound"]),
                       textcoords="offset points", xytext=(-10, 6), fontsize=7, color="gray")
+    tight = [p for p in limit if "speedup_bound_distinct" in p]
+    if tight:
+        axis.plot([p["jain"] for p in tight], [p["speedup_bound_distinct"] for p in tight], "-.", color="black",
+                  linewidth=0.9, label="bound with whole turns, distinct devices per round")
+        axis.plot([p["jain"] for p in tight], [p["speedup_packed"] for p in tight], ":", color="black",
+                  linewidth=1.2, label="achieved by a schedule of those turns (one task alone, no waits)")
     rows = sorted(effect, key=lambda row: row["fairness_weight"])
     axis.plot([r["jain"] for r in rows], [r["speedup"] for r in rows], "o-", color="tab:blue",
               label="time-fair, weight swept")
@@ -219,6 +302,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.reuse:
         report = json.loads(args.reuse.read_text().splitlines()[0])
+        if any("speedup_bound_distinct" not in row for row in report["bound"]):  # an output from before it
+            report["bound"] = bound(report["seeds"], report["rounds"], report["tasks"],
+                                    [row["jain"] for row in report["bound"]])
+            for row in report["bound"]:
+                row["round_speedup_vs_random"] = round(report["random"]["round_seconds"] / row["round_seconds"], 2)
         report["effect"], report["effect_later"] = effect_rows(args.effect), effect_rows(args.effect_later)
         if args.plot:
             plot(args.plot, report)

@@ -129,7 +129,7 @@ def test_the_distinct_device_bound_and_the_packing_bracket_the_exhaustive_optimu
 
     import numpy as np
 
-    periods = load_benchmark("analyse_sched_periods")
+    tradeoff = load_benchmark("plot_sched_tradeoff")
     rng = random.Random(0)
     tight = 0
     for _ in range(60):
@@ -140,13 +140,13 @@ def test_the_distinct_device_bound_and_the_packing_bracket_the_exhaustive_optimu
             for j in rng.sample(range(size), per_round):
                 counts[j] += 1
         seconds = np.array([rng.choice((1.0, 2.0, 3.0, 5.0, 10.0)) * rng.uniform(0.8, 1.2) for _ in range(size)])
-        schedule = periods.pack(seconds, np.array(counts), per_round)
+        schedule = tradeoff.pack(seconds, np.array(counts), per_round)
         assert all(len(set(devices)) == per_round for devices in schedule)
         assert np.bincount([j for devices in schedule for j in devices], minlength=size).tolist() == counts
         best = _best_schedule(tuple(seconds), counts, per_round)
-        lower = periods.distinct_lower_bound(seconds, np.array(counts), per_round)
+        lower = tradeoff.distinct_lower_bound(seconds, np.array(counts), per_round)
         homogeneous = float(np.dot(counts, seconds)) / sum(counts)
-        assert homogeneous - 1e-9 <= lower <= best + 1e-9 <= periods.schedule_mean(seconds, schedule) + 2e-9
+        assert homogeneous - 1e-9 <= lower <= best + 1e-9 <= tradeoff.schedule_mean(seconds, schedule) + 2e-9
         tight += abs(lower - best) < 1e-9
     assert tight >= 30  # the bound is often exact on these sizes (not only a weak floor)
 
@@ -156,9 +156,9 @@ def test_a_device_in_every_round_makes_every_round_as_slow_as_it():
     the same turns would cost (2 x 10 + 1 + 1) / 4 = 5.5 s a device turn; the distinct-device bound sees it."""
     import numpy as np
 
-    periods = load_benchmark("analyse_sched_periods")
+    tradeoff = load_benchmark("plot_sched_tradeoff")
     seconds, counts = np.array([10.0, 1.0, 1.0, 1.0]), np.array([2, 1, 1, 0])
-    assert periods.distinct_lower_bound(seconds, counts, 2) == pytest.approx(10.0)
-    assert periods.schedule_mean(seconds, periods.pack(seconds, counts, 2)) == pytest.approx(10.0)
+    assert tradeoff.distinct_lower_bound(seconds, counts, 2) == pytest.approx(10.0)
+    assert tradeoff.schedule_mean(seconds, tradeoff.pack(seconds, counts, 2)) == pytest.approx(10.0)
     with pytest.raises(ValueError, match="at most 3 turns of one device"):
-        periods.pack(seconds, np.array([3, 1, 0, 0]), 2)
+        tradeoff.pack(seconds, np.array([3, 1, 0, 0]), 2)
