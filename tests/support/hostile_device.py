@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import struct
 
 import numpy as np
@@ -29,6 +30,7 @@ KINDS = {
     "truncated": "rejected",
     "bit_flip_data": "rejected",
     "bit_flip_num_samples": "rejected",
+    "bit_flip_anywhere": "rejected",
     "bad_header_length": "rejected",
     "huge_header_100mb": "rejected",
     "nested_header": "rejected",
@@ -91,6 +93,17 @@ def write_hostile(kind: str, path: str, arrays: dict[str, np.ndarray], meta: dic
             byte = stream.read(1)[0]
             stream.seek(position)
             stream.write(bytes([byte ^ 1]))
+    elif kind == "bit_flip_anywhere":
+        # one bit anywhere in the file (length, header, digest, padding, data), drawn from the round's metadata
+        _save(path, arrays, meta)
+        size = os.path.getsize(path)
+        bit = random.Random(f"{meta.get('task')}/{meta.get('round')}").randrange(size * 8)
+        with open(path, "r+b") as stream:
+            stream.seek(bit // 8)
+            byte = stream.read(1)[0]
+            stream.seek(bit // 8)
+            stream.write(bytes([byte ^ (1 << bit % 8)]))
+        print(f"hostile_device: bit {bit} of {size * 8} flipped", flush=True)
     elif kind == "bad_header_length":
         hostile.bad_header_length(path)
     elif kind == "huge_header_100mb":
