@@ -243,10 +243,11 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     rows = sorted(effect, key=lambda row: row["fairness_weight"])
     axis.plot([r["jain"] for r in rows], [r["speedup"] for r in rows], "o-", color="tab:blue",
               label="time-fair, weight swept")
-    for row in rows:
+    for number, row in enumerate(rows):
         axis.annotate(f"w {row['fairness_weight']:g} ({row['seeds']} seeds): {row['points']:+.1f} pts",
                       (row["jain"], row["speedup"]),
-                      textcoords="offset points", xytext=(-30, -22), fontsize=7, color="tab:blue")
+                      textcoords="offset points", xytext=(-30, 8 if number % 2 else -22), fontsize=7,
+                      color="tab:blue")
         axis.plot([row["jain"]] * 2, [row["speedup_min"], row["speedup"]], color="tab:blue", alpha=0.3)
     for row in later:
         axis.plot(row["jain"], row["speedup"], "*", color="tab:orange", markersize=12,
@@ -269,7 +270,7 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     seeds = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else f"{counts[0]}"
     axis.set_title(f"with training (bench_sched_effect.py, {seeds} seeds): what the weight buys",
                    fontsize=10)
-    axis.legend(fontsize=8, loc="lower left")
+    axis.legend(fontsize=7, loc="lower left")
 
 
 def effect_rows(paths: list[Path]) -> list[dict]:
