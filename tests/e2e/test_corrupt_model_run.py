@@ -71,3 +71,11 @@ def test_a_warm_start_model_without_a_digest_is_read_unverified_and_the_task_suc
 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert task["status"]["phase"] == "Succeeded" and len(task["status"]["history"]) == 1, task["status"]
+    # every object the stages wrote (global models, updates, the aggregate) carries a digest that matches
+    from fedtask_worker.tensors import check_integrity, read_layout
+
+    written = sorted((tmp_path / "runs" / "store").rglob("*.safetensors"))
+    kinds = {path.name if path.parent.name != "updates" else "update" for path in written}
+    assert {"global.safetensors", "aggregate.safetensors", "update"} <= kinds, written
+    unverified = [path for path in written if not check_integrity(str(path), read_layout(str(path)))]
+    assert unverified == [], unverified
