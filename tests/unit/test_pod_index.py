@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from fedtask_operator.core.scheduling.fleet import build_fleet
+from fedtask_operator.core.scheduling.fleet import FleetError, build_fleet
 from fedtask_operator.core.scheduling.synthetic import make_fleet
 from fedtask_operator.kube import pod_index
 
@@ -58,6 +58,41 @@ def test_the_fleet_from_summaries_equals_the_fleet_from_full_pods():
     # finished pods and the unbound, unpinned foreign pod are not kept at all
     kept = {summary.name for summary in summaries}
     assert "pending" not in kept and "pod-11" not in kept and "pod-7" in kept
+
+
+def test_the_fleet_reads_the_summaries_as_a_stream_one_pod_at_a_time():
+    """The operator passes the pod watch's live view, not a list of every expanded pod: a list of 100,000 pods
+    costs ~100 MB per scheduling pass, and the process kept that high-water mark."""
+    nodes, system_pods = make_fleet(500, seed=3)
+    pods = system_pods + varied_pods(nodes)
+    summaries = pod_index.summarize_all(pods)
+    expanded_at_once = 0
+    alive: set[int] = set()
+
+    def tracked():  # how many expanded pods are referenced at the same time while the fleet is built
+        nonlocal expanded_at_once
+        for pod in pod_index.PodsView(summaries):
+            alive.add(id(pod))
+            expanded_at_once = max(expanded_at_once, len(alive))
+            yield pod
+            alive.discard(id(pod))
+
+    streamed = build_fleet(nodes, tracked())
+    full = build_fleet(nodes, pods)
+    assert np.array_equal(full.free, streamed.free)
+    assert full.training == streamed.training and full.pool_busy == streamed.pool_busy
+    assert expanded_at_once == 1
+
+
+def test_pods_that_are_not_objects_are_refused_as_before():
+    nodes, _ = make_fleet(5, seed=1)
+    for bad in ("pods", 42, {"kind": "List"}):
+        try:
+            build_fleet(nodes, bad)
+        except FleetError as error:
+            assert "pods" in str(error)
+        else:
+            raise AssertionError(f"{bad!r} was accepted as pods")
 
 
 def test_a_summary_is_small_and_shapes_are_shared():

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from fedtask_operator.core.apply import Applied, apply_plan
@@ -195,11 +195,16 @@ class KubeApi:
                 raise
         return self._json(await asyncio.to_thread(call))
 
-    async def _done_unless(self, already_done: int, call, refusals: frozenset[int] = frozenset()) -> bool:
+    async def _done_unless(self, already_done: int, call, refusals: frozenset[int] = frozenset(),
+                           guard: Callable[[], None] | None = None) -> bool:
         """Run one write off the event loop: True when it happened, False when the server answers `already_done`
         (409 for a create that an earlier pass made, 404 for a delete of something gone). A status in `refusals`
-        raises PodCreationRefused with the server's message."""
+        raises PodCreationRefused with the server's message. `guard` (the leader fence) runs on the worker thread
+        right before the request is sent: a write queued for a thread when the process was paused (SIGSTOP, a
+        stalled VM) is checked again when it would go out, after the pause, not only when it was queued."""
         def run() -> bool:
+            if guard is not None:
+                guard()
             try:
                 call()
                 return True
@@ -211,15 +216,16 @@ class KubeApi:
                 raise
         return await asyncio.to_thread(run)
 
-    async def create_pod(self, namespace: str, manifest: dict) -> bool:
+    async def create_pod(self, namespace: str, manifest: dict, guard: Callable[[], None] | None = None) -> bool:
         """Create a pod; False when it already exists (a retry of an earlier reconcile). PodCreationRefused when the
-        server refuses it for good (Forbidden, Invalid, ...)."""
+        server refuses it for good (Forbidden, Invalid, ...). `guard`: see `_done_unless`."""
         return await self._done_unless(409, lambda: self._core.create_namespaced_pod(
-            namespace, manifest, _preload_content=False, _request_timeout=self._timeout), refusals=_REFUSALS)
+            namespace, manifest, _preload_content=False, _request_timeout=self._timeout), refusals=_REFUSALS,
+            guard=guard)
 
-    async def delete_pod(self, namespace: str, name: str) -> bool:
+    async def delete_pod(self, namespace: str, name: str, guard: Callable[[], None] | None = None) -> bool:
         return await self._done_unless(404, lambda: self._core.delete_namespaced_pod(
-            name, namespace, _preload_content=False, _request_timeout=self._timeout))
+            name, namespace, _preload_content=False, _request_timeout=self._timeout), guard=guard)
 
     async def delete_task(self, namespace: str, name: str) -> bool:
         """Delete the task (spec.ttlSecondsAfterFinished); False when it is already gone."""
@@ -425,8 +431,9 @@ class Reconciler:
         reserved (in `_running`) until `_apply_others` has applied them. Before it is due: the plan, requeued then."""
         key = f"{task['metadata']['namespace']}/{task['metadata']['name']}"
         # every pod that holds resources, of every namespace (resource accounting), from the pod watch's summaries
-        # in both modes: a namespaced operator watches all pods too (kube/pod_watch.py), no list per pass
-        pods = list(views.pods)
+        # in both modes: a namespaced operator watches all pods too (kube/pod_watch.py), no list per pass. Read once,
+        # each summary expanded as the accounting reaches it: a list of them all would be ~1 KB per pod per pass.
+        pods = views.pods
         requests = [plan.device_request] if plan.device_request is not None else []
         members: dict[str, tuple[dict, Observed]] = {}
         statuses, active = [task.get("status") or {}], [key]
@@ -622,12 +629,12 @@ class _TaskSink:
         pod = manifest["metadata"]["name"]
         api = self.reconciler.api
         if pod in stale:
-            await api.delete_pod(self.namespace, pod)
+            await api.delete_pod(self.namespace, pod, guard=self.reconciler.fence)
             logger.info("deleted pod %s/%s of an older task named %s before creating it again", self.namespace, pod,
                         self.name)
             return 0
         try:
-            return int(await api.create_pod(self.namespace, manifest))
+            return int(await api.create_pod(self.namespace, manifest, guard=self.reconciler.fence))
         except PodCreationRefused as refusal:
             logger.warning("pod %s/%s refused: %s", self.namespace, pod, refusal)
             self.refused.append(CreationRefusal(pod=pod, code=refusal.code, message=refusal.message))
@@ -636,7 +643,8 @@ class _TaskSink:
     async def delete_pods(self, names: list[str]) -> int:
         self.reconciler.fence()
         api = self.reconciler.api
-        return sum(await asyncio.gather(*(api.delete_pod(self.namespace, name) for name in names)))
+        return sum(await asyncio.gather(*(api.delete_pod(self.namespace, name, guard=self.reconciler.fence)
+                                          for name in names)))
 
     async def post_events(self, events: list[Event]) -> None:
         self.reconciler.fence()

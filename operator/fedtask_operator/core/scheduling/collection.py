@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable
 
 from ..status_types import TaskStatusDict
-from .fleet import Fleet, KubeObjects
+from .fleet import Fleet, KubeObjects, PodObjects
 from .objective import DEFAULT_FAIRNESS_WEIGHT
 from .select import select_devices
 from .types import Assignment, DeviceRequest
@@ -68,7 +68,7 @@ def with_default_weight(requests: list[DeviceRequest], weight: float) -> list[De
             for request in requests]
 
 
-def decide_period(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, pods: KubeObjects, now: float, *,
+def decide_period(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, pods: PodObjects, now: float, *,
                   active: Iterable[str], config: SchedulingConfig, period: int) -> PeriodDecision:
     """The period's decision when it is due (numbered `period`), else when to look again."""
     if not requests:

@@ -4,7 +4,7 @@ Built once per period from `kubectl get nodes/pods -o json` items; everything pe
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -30,6 +30,9 @@ UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoS
 POD_COUNT = "pods"
 
 KubeObjects: TypeAlias = Sequence[KubeObject] | KubeObject
+# pods may also be any iterable, read once: the operator streams them from its pod watch (100,000 pods expanded into a
+# list at once cost ~100 MB per scheduling pass, and the process kept that high-water mark)
+PodObjects: TypeAlias = Iterable[KubeObject] | KubeObject
 """Node or pod objects: a list of them, or a `kind: List` dump with `items`."""
 
 
@@ -83,6 +86,13 @@ def _items(objects: object, kind: str) -> list[KubeObject]:
     if not isinstance(objects, list):
         raise FleetError(f"{kind}: expected a list of objects or a List with items")
     return objects
+
+
+def _pod_items(pods: object) -> Iterable[KubeObject]:
+    """Pods as `_items` accepts them, or any other iterable of pods (not a string), read once as it comes."""
+    if isinstance(pods, dict) or isinstance(pods, (str, bytes)) or not isinstance(pods, Iterable):
+        return _items(pods, "pods")
+    return pods
 
 
 def _container_requests(container: KubeObject, where: str) -> dict[str, int]:
@@ -170,12 +180,12 @@ class _PodUsage:
     pool_busy: dict[str, dict[int, str]]  # device pool -> simulated device (shard) -> the task training on it
 
 
-def build_fleet(nodes: KubeObjects, pods: KubeObjects = ()) -> Fleet:
+def build_fleet(nodes: KubeObjects, pods: PodObjects = ()) -> Fleet:
     """Precompute everything the scheduler needs from node and pod objects, in one pass over each.
 
     Fleets repeat themselves (a few node sizes, a few pod shapes), so parsed resource lists are cached by content."""
     arrays = _node_arrays(_items(nodes, "nodes"))
-    usage = _pod_usage(_items(pods, "pods") if pods else [], arrays.index, arrays.resources)
+    usage = _pod_usage(_pod_items(pods), arrays.index, arrays.resources)
     return _assemble(arrays, usage)
 
 
@@ -266,7 +276,7 @@ def _shape_matrix(shape_rows: list[dict[str, int]]) -> tuple[list[str], np.ndarr
     return columns, matrix
 
 
-def _pod_usage(pods: list[KubeObject], index: dict[str, int], resources: list[str]) -> _PodUsage:
+def _pod_usage(pods: Iterable[KubeObject], index: dict[str, int], resources: list[str]) -> _PodUsage:
     column_of = {r: c for c, r in enumerate(resources)}
     pod_column = column_of.get(POD_COUNT)
     used_rows: dict[int, list[int]] = {}

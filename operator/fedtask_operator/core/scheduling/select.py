@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 from .explain import LazyReasons, NodeExplainer
-from .fleet import Fleet, KubeObjects, build_fleet
+from .fleet import Fleet, KubeObjects, PodObjects, build_fleet
 from .node_devices import assign_node_tasks
 from .period import Period, TaskInput, TaskOutcome
 from .policies import POLICIES
@@ -41,7 +41,7 @@ def effective_priority(request: DeviceRequest, now: float | None) -> float:
     return request.priority + max(0.0, now - request.waiting_since) // AGING_SECONDS
 
 
-def select_devices(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, pods: KubeObjects = (),
+def select_devices(requests: list[DeviceRequest], nodes: Fleet | KubeObjects, pods: PodObjects = (),
                    now: float | None = None, period_number: int | None = None) -> Assignment:
     """Assign devices to every task of this learning period; see the module docstring for the algorithm.
     `period_number` (the runtimes number their periods) is copied into the assignment."""
