@@ -63,7 +63,9 @@ class FakeKubeApi:
         task["metadata"]["resourceVersion"] = str(next(self._versions))
         return copy.deepcopy(task)
 
-    async def create_pod(self, namespace: str, manifest: dict) -> bool:
+    async def create_pod(self, namespace: str, manifest: dict, guard=None) -> bool:
+        if guard is not None:  # as KubeApi: the guard runs right before the request goes out
+            guard()
         name = manifest["metadata"]["name"]
         self.calls.append(("create_pod", name))
         if self.refuse is not None:
@@ -73,7 +75,9 @@ class FakeKubeApi:
         self.pods[(namespace, name)] = {**copy.deepcopy(manifest), "status": {"phase": "Pending"}}
         return True
 
-    async def delete_pod(self, namespace: str, name: str) -> bool:
+    async def delete_pod(self, namespace: str, name: str, guard=None) -> bool:
+        if guard is not None:
+            guard()
         self.calls.append(("delete_pod", name))
         return self.pods.pop((namespace, name), None) is not None  # 404 NotFound: False
 
