@@ -162,3 +162,19 @@ def test_a_device_in_every_round_makes_every_round_as_slow_as_it():
     assert tradeoff.schedule_mean(seconds, tradeoff.pack(seconds, counts, 2)) == pytest.approx(10.0)
     with pytest.raises(ValueError, match="at most 3 turns of one device"):
         tradeoff.pack(seconds, np.array([3, 1, 0, 0]), 2)
+
+
+@pytest.mark.slow
+def test_the_period_analysis_brackets_time_fair_s_own_rounds():
+    """analyse_sched_periods at 1 seed x 10 rounds: time-fair's real rounds are a schedule of its own ledger, so they
+    cost at least that ledger's distinct-device bound, which is at least its homogeneous cost; the constructed
+    schedule lies between; and the bound's speed-ups shrink as whole turns and a real schedule are counted."""
+    report = load_benchmark("analyse_sched_periods").main(["--seeds", "1", "--rounds", "10"])
+    (seed,) = report["seeds"]
+    assert sum(seed["decisions_by_tasks"].values()) == seed["decisions"] > 0
+    for task in seed["tasks"]:
+        assert task["homogeneous"] - 0.01 <= task["distinct_bound"] <= task["packed"] + 0.01
+        assert task["distinct_bound"] <= task["round_seconds"] + 0.01
+        assert task["alone"]["bound_at_jain"] <= task["alone"]["round_seconds"] + 0.01
+    for row in report["bound"]:
+        assert row["speedup_bound"] + 0.01 >= row["speedup_bound_distinct"] >= row["speedup_packed"] - 0.01
