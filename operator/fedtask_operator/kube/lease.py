@@ -9,13 +9,16 @@ and indexes current and wait. The protocol is client-go's leader election:
 - the holder counts itself the leader only until `sent + renew_deadline` of its last successful renewal, where
   `sent` is its monotonic time when that renewal was *sent* and `renew_deadline` is shorter than the lease duration.
   A replica that was paused (SIGSTOP, a stalled VM) longer than that finds `valid()` false when it resumes, before
-  any write: the reconciler checks `valid()` right before each write batch (the fencing check), and status writes
-  carry the resourceVersion they were planned from (the API server refuses a stale one).
+  any write: the reconciler checks `valid()` right before each write batch (the fencing check), and again on the
+  worker thread right before each pod create or delete is sent (a request queued for a thread when the process was
+  paused goes out only after the pause), and status writes carry the resourceVersion they were planned from (the API
+  server refuses a stale one).
 
 The margin between `renew_deadline` and the lease duration is what keeps a holder that is about to lose the Lease
-from writing while another replica already acts; a write in flight when the holder is paused can still land after
-the takeover (no API server offers a fencing token for pods), which the deterministic pod names (a second create is
-AlreadyExists) and the resourceVersion-guarded status patch make harmless.
+from writing while another replica already acts. What remains unfenced: a pause that lands between that last check
+and the request's bytes reaching the server (microseconds of the client library's work; no API server offers a
+fencing token for pods). Such a late create of a pod the task is past makes it run once more until the new leader
+deletes it; a second create of a live pod is AlreadyExists, and status writes are version-guarded.
 """
 from __future__ import annotations
 
