@@ -16,7 +16,7 @@ and indexes current and wait. The protocol is client-go's leader election:
 
 The margin between `renew_deadline` and the lease duration is what keeps a holder that is about to lose the Lease
 from writing while another replica already acts. What remains unfenced: a pause that lands between that last check
-and the request's bytes reaching the server (microseconds of the client library's work; no API server offers a
+and the request reaching the server (the client library building and sending it; no API server offers a
 fencing token for pods). Such a late create of a pod the task is past makes it run once more until the new leader
 deletes it; a second create of a live pod is AlreadyExists, and status writes are version-guarded.
 """
