@@ -290,12 +290,19 @@ def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, st
         proc_env["PYTHONPATH"] = os.pathsep.join(str(Path(tree) / p) for p in ("operator", "worker_image"))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, env=proc_env, stdout=log, stderr=subprocess.STDOUT)
+    timeline: list[tuple[float, float]] = []  # (seconds since start, RSS MB): when memory grows, next to the log
+
+    def sample() -> int:
+        rss = rss_bytes(process.pid)
+        if not timeline or time.monotonic() - started - timeline[-1][0] >= 5:
+            timeline.append((round(time.monotonic() - started, 1), round(rss / 2**20, 1)))
+        return rss
     try:
         started = time.monotonic()
         peak = 0
         while True:
             text = log_path.read_text(errors="replace")
-            peak = max(peak, rss_bytes(process.pid))
+            peak = max(peak, sample())
             if ("Handler 'task_changed'" in text or "Handler 'task_resync'" in text or "Timer 'task_resync'" in text) \
                     and (not own_watch or re.search(r"pods listed[^:]*: \d+", text)):
                 break
@@ -310,20 +317,24 @@ def real_operator(env: dict, workdir: Path, label: str, pods: int, tree: str, st
             rss = rss_bytes(process.pid)
         cpu_before, t_before = cpu_seconds(process.pid), time.monotonic()
         while time.monotonic() - t_before < steady_seconds:
-            peak = max(peak, rss_bytes(process.pid))
+            peak = max(peak, sample())
             time.sleep(1)
         steady_cpu = (cpu_seconds(process.pid) - cpu_before) / (time.monotonic() - t_before)
         final = rss_bytes(process.pid)
         return {"ready_seconds": round(ready, 1), "cpu_seconds_to_ready": round(ready_cpu, 1),
                 "rss_mb": round(rss / 2**20, 1), "rss_mb_after_steady": round(final / 2**20, 1),
                 "rss_mb_peak": round(max(peak, final) / 2**20, 1), "steady_cpu_cores": round(steady_cpu, 3),
-                "rss": rss, "log_errors": text.count("[ERROR")}
+                "rss": rss, "log_errors": text.count("[ERROR"), "rss_mb_timeline": timeline}
     finally:
         process.terminate()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+        if os.environ.get("FEDTASK_SCALE_LOGS"):  # keep the operator's log past the temporary directory
+            keep = Path(os.environ["FEDTASK_SCALE_LOGS"])
+            keep.mkdir(parents=True, exist_ok=True)
+            (keep / log_path.name).write_bytes(log_path.read_bytes())
 
 
 def _committed_crd() -> bytes:
