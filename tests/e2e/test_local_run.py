@@ -93,7 +93,9 @@ def test_kill_minus_9_of_the_whole_run_then_resume_runs_every_round_exactly_once
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     workdir = tmp_path / "runs"
-    manifest = small_digits_task(tmp_path, "digits-ctrlc", rounds=4)
+    # enough rounds that Ctrl-C lands mid-run: on a quiet machine a round of this task takes ~0.25 s, and 4 rounds
+    # had ended (exit 0, Succeeded) before the signal took effect
+    manifest = small_digits_task(tmp_path, "digits-ctrlc", rounds=12)
     proc = start_fedtask("run", str(manifest), "--workdir", str(workdir))
     wait_for_rounds(workdir, "digits-ctrlc", 2, proc)
 
@@ -106,7 +108,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path):
     assert read_task(workdir, "digits-ctrlc")["status"]["phase"] == "Running"
     result = fedtask("run", str(manifest), "--workdir", str(workdir))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert_completed_exactly_once(read_task(workdir, "digits-ctrlc"), 4)
+    assert_completed_exactly_once(read_task(workdir, "digits-ctrlc"), 12)
 
 
 def test_two_tasks_share_one_fleet_each_with_its_own_progress(tmp_path):
