@@ -186,6 +186,7 @@ class Replicas:
         self.starts = dict.fromkeys(self.processes, 0)
         self.failovers: list[list] = []  # [kind, seconds from the fault to another holder, or None]
         self.paused: list[tuple[str, str]] = []  # (replica, the Lease identity it held when paused)
+        self.timeline: list[dict] = []  # each fault: kind, replica, monotonic times of the fault, resume, failover
 
     def start(self, name: str | None = None) -> None:
         for replica in [name] if name else self.processes:
@@ -251,6 +252,8 @@ class Replicas:
             if resumed and (failover is not None or self.holder is None or now - at > param + 4 * LEASE_SECONDS):
                 break
             time.sleep(0.05)
+        self.timeline.append({"kind": kind, "replica": name, "at": at, "resumed": at + param,
+                              "failover": None if failover is None else at + failover})
         if self.holder is not None:
             self.failovers.append([kind, None if failover is None else round(failover, 2)])
             if failover is None:
@@ -556,7 +559,8 @@ def operator_summary(args, peers: list[dict], results: list[dict], runtime: str,
         "faulted_mean_seconds": round(faulted_mean, 2),
         "faulted_vs_uninterrupted": round(faulted_mean / uninterrupted_seconds, 3),
         "failures": [{k: r[k] for k in ("seed", "phase", "history", "lost", "duplicated", "regressions",
-                                        "pods_duplicated", "pods_orphaned", "pod_retries_not_injected", "failures")}
+                                        "pods_duplicated", "pods_orphaned", "pod_retries_not_injected", "failures",
+                                        "duplicate_creations", "fault_timeline") if k in r}
                      for r in results if bad(r)],
     }
     if args.leader_election:
@@ -767,6 +771,12 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
     result.update(check_operator_run(rounds, status, versions, pod_versions, started_pods, live, uid,
                                      len(faulter.done)))
     result.update(failovers=operators.failovers, paused_stood_down=operators.paused_then_stood_down())
+    if result["pods_duplicated"]:  # when each was created, against the faults (seconds after the first start)
+        result["duplicate_creations"] = {name: [round(seen - started, 2) for seen, pod in pods.created
+                                                if pod["metadata"]["name"] == name]
+                                         for name in result["pods_duplicated"]}
+        result["fault_timeline"] = [{key: round(value - started, 2) if isinstance(value, float) else value
+                                     for key, value in event.items()} for event in operators.timeline]
     result["pods_started_events"] = len(started_pods)
     result["record"] = {"rounds": rounds, "status": status, "versions": versions, "pod_versions": pod_versions,
                         "started_pods": started_pods, "live": live, "uid": uid, "pod_failures": len(faulter.done)}
