@@ -4,9 +4,10 @@ agent, PID 1 of its PID namespace: the node's pod processes die with it, nothing
 - NotReady: kube-controller-manager's node lifecycle controller (the real one, its default
   --node-monitor-grace-period) turns the node's Ready condition Unknown once its Lease goes stale; the task's
   spec.nodeLostGraceSeconds (5 s here) later the operator gives the pod up with a NodeLost event, a device on another
-  node replaces it, and the task completes with every round exactly once. In the same round the other device's
-  update object is truncated in MinIO before aggregation: the aggregator rejects it (an UpdateRejected event naming
-  the device) and the round goes on.
+  node replaces it, and the task completes with every round exactly once. In the same round the other two devices'
+  update objects are corrupted in MinIO (through the minio client) before aggregation: one truncated, one with a
+  single bit flipped (its values still finite). The aggregator rejects both (UpdateRejected events naming each device:
+  "truncated", "digest mismatch") and the round goes on with the replacement's update.
 - Deleted: the agent is killed and the Node deleted (`kubectl delete node`, as a cloud's node controller does for a
   machine that is gone): the pod is given up at once (nodeLostGraceSeconds is 600 s here, so waiting for a NotReady
   grace would time the test out), replaced on another node, and the task completes with every round exactly once.
@@ -95,12 +96,12 @@ def cluster(tmp_path_factory) -> LocalCluster:
             run_script("down", "--dir", str(directory), timeout=120)
 
 
-def lost_node_task(name: str, grace: int, epochs: int = 20) -> str:
-    """Three rounds of digits on 2 of 4 devices, both needed (minReturned 2: a lost device must be replaced). Each
-    train pod requests 60% of a node's memory, so no two share a node (the operator's scheduler and kube-scheduler
+def lost_node_task(name: str, grace: int, epochs: int = 20, per_round: int = 2) -> str:
+    """Three rounds of digits on `per_round` of 4 devices, all needed (minReturned: a lost device must be replaced).
+    Each train pod requests 60% of a node's memory, so no two share a node (the operator's scheduler and kube-scheduler
     both count requests; nothing enforces them here); the server-side pods stay on infra-1."""
     task = yaml.safe_load(digits_task(name, 3, {
-        "count": 4, "perRound": 2, "minReturned": 2,
+        "count": 4, "perRound": per_round, "minReturned": per_round,
         "resources": {"requests": {"cpu": "100m", "memory": f"{int(memory_ki() * 0.6)}Ki"}}}))
     task["spec"]["nodeLostGraceSeconds"] = grace
     task["spec"]["training"]["localEpochs"] = epochs  # seconds of training: the pod still runs at the kill
@@ -170,36 +171,42 @@ def assert_every_round_once(cluster: LocalCluster, task: dict, recorder: Creatio
     assert [n.split("-r")[-1][:4] for n in aggregates] == [f"{r:04d}" for r in range(1, rounds + 1)], aggregates
 
 
-def start_round_two(cluster: LocalCluster, recorder: CreationRecorder, manifest: str) -> tuple[dict, dict]:
-    """Apply the task and wait for round 2's two train pods on two device nodes: (victim, survivor)."""
+def start_round_two(cluster: LocalCluster, recorder: CreationRecorder, manifest: str, count: int = 2) -> tuple:
+    """Apply the task and wait for round 2's `count` train pods on as many device nodes: (victim, *survivors)."""
     cluster.kubectl("apply", "-f", "-", input=manifest)
     def bound() -> dict[str, dict] | None:
         found = round_train_pods(recorder, 2)
-        return found if len(found) == 2 else None
+        return found if len(found) == count else None
 
-    pods = wait_for(bound, timeout=300, interval=0.1, message="round 2's two train pods bound")
-    victim, survivor = sorted(pods.values(), key=lambda p: p["metadata"]["name"])
-    assert victim["spec"]["nodeName"] != survivor["spec"]["nodeName"], "two train pods on one node"
-    assert {victim["spec"]["nodeName"], survivor["spec"]["nodeName"]} <= set(DEVICE_NODES)
-    return victim, survivor
+    pods = wait_for(bound, timeout=300, interval=0.1, message=f"round 2's {count} train pods bound")
+    ordered = sorted(pods.values(), key=lambda p: p["metadata"]["name"])
+    nodes = [pod["spec"]["nodeName"] for pod in ordered]
+    assert len(set(nodes)) == count, f"two train pods on one node: {nodes}"
+    assert set(nodes) <= set(DEVICE_NODES)
+    return tuple(ordered)
 
 
 def test_a_node_turning_notready_mid_round_loses_its_pod_after_the_grace_and_a_corrupt_update_is_rejected(
         cluster: LocalCluster):
     name, grace = "node-notready", 5
     with CreationRecorder(cluster, name) as recorder:
-        victim, survivor = start_round_two(cluster, recorder, lost_node_task(name, grace))
+        victim, survivor, flipped = start_round_two(cluster, recorder, lost_node_task(name, grace, per_round=3), 3)
         node = victim["spec"]["nodeName"]
         killed = time.monotonic()
         kill_node_agent(cluster, node)
 
-        # The survivor's update is truncated in the store while the round waits for the lost device's replacement.
+        # The survivors' updates are corrupted in the store while the round waits for the lost device's replacement:
+        # one truncated, one with a single bit flipped.
         task_uid = cluster.get_json("ft", name, "-n", NAMESPACE)["metadata"]["uid"]
         survivor_device = survivor["metadata"]["labels"]["fedtask.io/device"]
+        flipped_device = flipped["metadata"]["labels"]["fedtask.io/device"]
         bucket, key = wait_for(lambda: update_object(cluster, task_uid, 2, survivor_device), timeout=120,
                                interval=0.2, message=f"{survivor_device}'s round 2 update in the store")
         original = truncate_object(cluster, bucket, key)
-        assert round_status(cluster, name) == (2, "Training"), "the update was truncated after aggregation began"
+        bucket, key = wait_for(lambda: update_object(cluster, task_uid, 2, flipped_device), timeout=120,
+                               interval=0.2, message=f"{flipped_device}'s round 2 update in the store")
+        flip_position = flip_bit_of_object(cluster, bucket, key)
+        assert round_status(cluster, name) == (2, "Training"), "an update was corrupted after aggregation began"
 
         def not_ready_condition() -> dict | None:
             condition = ready_condition(cluster, node)
@@ -223,16 +230,21 @@ def test_a_node_turning_notready_mid_round_loses_its_pod_after_the_grace_and_a_c
     second = task["status"]["history"][1]
     victim_device = victim["metadata"]["labels"]["fedtask.io/device"]
     assert victim_device in second["excluded"] and victim_device not in second["returned"], second
-    replacement = round_train_pods(recorder, 2).keys() - {victim["metadata"]["name"], survivor["metadata"]["name"]}
+    first = {pod["metadata"]["name"] for pod in (victim, survivor, flipped)}
+    replacement = round_train_pods(recorder, 2).keys() - first
     assert len(replacement) == 1, sorted(round_train_pods(recorder, 2))
     assert recorder.pods[replacement.pop()]["spec"]["nodeName"] not in (node, INFRA)
     assert events_of(cluster, name, "DeviceReplaced")
-    rejected = events_of(cluster, name, "UpdateRejected")
-    assert len(rejected) == 1 and f"/updates/{survivor_device}.safetensors" in rejected[0]["message"], rejected
-    assert second["rejected"] == [survivor_device], second
+    rejected = {event["message"].split(" rejected: ")[0].rsplit("/", 1)[-1]: event["message"]
+                for event in events_of(cluster, name, "UpdateRejected")}
+    assert sorted(rejected) == sorted(f"{device}.safetensors" for device in (survivor_device, flipped_device)), rejected
+    assert "truncated" in rejected[f"{survivor_device}.safetensors"], rejected
+    assert "digest mismatch" in rejected[f"{flipped_device}.safetensors"], rejected
+    assert sorted(second["rejected"]) == sorted([survivor_device, flipped_device]), second
     print(f"{node}: agent killed, NotReady after {not_ready - killed:.1f}s (node lifecycle controller), NodeLost "
           f"{given_up - not_ready:.1f}s later (grace {grace}s); {len(original)}-byte update truncated, rejected: "
-          f"{rejected[0]['message']}")
+          f"{rejected[f'{survivor_device}.safetensors']}; bit {flip_position} flipped, rejected: "
+          f"{rejected[f'{flipped_device}.safetensors']}")
 
 
 def test_a_node_deleted_mid_round_loses_its_pod_at_once_and_the_task_completes(cluster: LocalCluster):
@@ -321,6 +333,30 @@ def truncate_object(cluster: LocalCluster, bucket: str, key: str) -> bytes:
     half = original[: len(original) // 2]
     client.put_object(bucket, key, io.BytesIO(half), len(half))
     return original
+
+
+def flip_bit_of_object(cluster: LocalCluster, bucket: str, key: str) -> int:
+    """Overwrite the object with one bit flipped (the lowest mantissa bit of its first value: a finite change that
+    nothing but the digest catches); returns the bit's position. Read back to check MinIO stored it so."""
+    import struct
+
+    client = minio_client(cluster)
+
+    def read() -> bytes:
+        response = client.get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    original = read()
+    position = (8 + struct.unpack("<Q", original[:8])[0]) * 8
+    changed = bytearray(original)
+    changed[position // 8] ^= 1
+    client.put_object(bucket, key, io.BytesIO(bytes(changed)), len(changed))
+    assert read() == bytes(changed)
+    return position
 
 
 def minio_client(cluster: LocalCluster):
