@@ -21,12 +21,13 @@ import os
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import best_time as best
 
 MLP = {"1.weight": (128, 784), "1.bias": (128,), "3.weight": (10, 128), "3.bias": (10,)}
 
@@ -52,13 +53,6 @@ def write_without_digest(path: str, arrays: dict[str, np.ndarray], metadata: dic
     return 8 + len(raw) + offset
 
 
-def best(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def measure(name: str, shapes: dict[str, tuple[int, ...]], updates: int, repeats: int, folder: str) -> dict:
