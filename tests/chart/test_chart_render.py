@@ -212,6 +212,26 @@ def test_operator_is_highly_available_and_probed(rendered: dict[str, list[dict]]
     assert the(rendered["minimal"], "ClusterKopfPeering")["metadata"]["name"] == "ft-fedtask"
 
 
+def test_the_leader_fence_checks_the_deployment_s_lease_and_can_be_turned_off(
+        tools: Tools, rendered: dict[str, list[dict]]) -> None:
+    objects = rendered["defaults"]
+    policy, binding = the(objects, "ValidatingAdmissionPolicy"), the(objects, "ValidatingAdmissionPolicyBinding")
+    args = the(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    namespace = the(objects, "Deployment")["metadata"]["namespace"]
+    assert f"--lease-name={binding['spec']['paramRef']['name']}" in args
+    assert binding["spec"]["paramRef"]["namespace"] == namespace
+    assert binding["spec"]["paramRef"]["parameterNotFoundAction"] == "Deny"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["paramKind"] == {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease"}
+    selector = policy["spec"]["matchConstraints"]["objectSelector"]
+    assert selector == {"matchLabels": {"fedtask.io/leader-fenced": "true"}}
+    lease = f"'{namespace}/{binding['spec']['paramRef']['name']}'"
+    assert lease in policy["spec"]["matchConditions"][0]["expression"]
+    for values in (["operator.leaderElection.admissionFence=false"], ["operator.leaderElection.enabled=false"]):
+        off = helm_template(tools, *values)
+        assert not by_kind(off, "ValidatingAdmissionPolicy") and not by_kind(off, "ValidatingAdmissionPolicyBinding")
+
+
 def test_services_and_monitors_select_what_they_mean(rendered: dict[str, list[dict]]) -> None:
     objects = rendered["everything-on"]
     operator_labels = the(objects, "Deployment", "fedtask")["spec"]["template"]["metadata"]["labels"]

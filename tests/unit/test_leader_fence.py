@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from fedtask_operator.kube.lease import LeaderLease, LeaseConfig
 from tests.support.reconciler import KEY, FakeKubeApi, make_task, reconciler_for
 
@@ -112,3 +114,61 @@ async def test_while_it_leads_the_writes_go_out():
     await reconciler.request(*KEY, api.views())
 
     assert lease.valid() and api.pod_names() == ["mnist-init"]
+
+
+# --- the server-side fence (the chart's ValidatingAdmissionPolicy) ---------------------------------------------------
+
+FENCE_MESSAGE = ('pods "mnist-init" is forbidden: ValidatingAdmissionPolicy \'fedtask-leader-fence\' with binding '
+                 '\'fedtask-leader-fence\' denied request: fedtask leader fence: pod created in leader term '
+                 'replica-a/0 but the Lease default/fedtask-operator is held by replica-b in term 1')
+
+
+async def test_each_pod_carries_the_lease_term_held_when_it_was_sent():
+    clock = Clock()
+    api = FakeKubeApi(make_task())
+    reconciler, lease = await leading_reconciler(api, clock)
+    store = lease.api
+    store.lease["spec"]["leaseTransitions"] = 4  # earlier holders; this replica's renewal keeps the term
+    assert await lease.try_acquire_or_renew()
+
+    await reconciler.request(*KEY, api.views())
+
+    annotations = api.pods[("default", "mnist-init")]["metadata"]["annotations"]
+    assert annotations == {"fedtask.io/leader-term": "replica-a/4",
+                           "fedtask.io/leader-lease": "default/fedtask-operator"}
+    assert api.pods[("default", "mnist-init")]["metadata"]["labels"]["fedtask.io/leader-fenced"] == "true"
+
+
+async def test_a_standalone_operator_s_pods_carry_no_term():
+    api = FakeKubeApi(make_task())
+    reconciler, _ = reconciler_for(api)
+    await reconciler.request(*KEY, api.views())
+    metadata = api.pods[("default", "mnist-init")]["metadata"]
+    assert "annotations" not in metadata and "fedtask.io/leader-fenced" not in metadata["labels"]
+
+
+NO_LEASE_MESSAGE = ('The pods "mnist-init" is invalid: : ValidatingAdmissionPolicy \'fedtask-fedtask-leader-fence\' '
+                    'with binding \'fedtask-fedtask-leader-fence\' denied request: failed to configure binding: no '
+                    'params found for policy binding with `Deny` parameterNotFoundAction')
+
+
+@pytest.mark.parametrize("denial", [(403, FENCE_MESSAGE), (422, NO_LEASE_MESSAGE)], ids=["stale-term", "no-lease"])
+async def test_a_create_the_fence_denies_means_the_lease_was_lost_not_a_refused_pod(denial):
+    clock = Clock()
+    api = FakeKubeApi(make_task())
+    api.refuse = denial
+    lease = LeaderLease(LeaseStore(), CONFIG, identity="replica-a", clock=clock)
+    assert await lease.try_acquire_or_renew()
+    reconciler, events = reconciler_for(api)
+    reconciler.leader = lease
+
+    await reconciler.request(*KEY, api.views())
+    assert "PodCreationFailed" not in events.reasons() and not any(denial[1] in m for m in events.messages)
+
+    assert api.verbs().count("create_pod") == 1
+    status = api.tasks[KEY].get("status") or {}
+    assert not any(c.get("reason") == "PodCreationFailed" for c in status.get("conditions") or []), status
+    assert KEY in reconciler._deferred  # handed on as NotLeader: done once this replica leads again
+    api.refuse = None  # the term is current again (the new leader is this replica): it creates at once
+    await reconciler.request(*KEY, api.views())
+    assert api.pod_names() == ["mnist-init"]

@@ -15,10 +15,13 @@ and indexes current and wait. The protocol is client-go's leader election:
   server refuses a stale one).
 
 The margin between `renew_deadline` and the lease duration is what keeps a holder that is about to lose the Lease
-from writing while another replica already acts. What remains unfenced: a pause that lands between that last check
-and the request reaching the server (the client library building and sending it; no API server offers a
-fencing token for pods). Such a late create of a pod the task is past makes it run once more until the new leader
-deletes it; a second create of a live pod is AlreadyExists, and status writes are version-guarded.
+from writing while another replica already acts. A pause can still land between that last check and the request
+reaching the server (inside the client library). For pod creates the chart closes that on the server: each pod
+carries `term` ("<holderIdentity>/<leaseTransitions>", set right before the send; kube/reconciler.py) and a
+ValidatingAdmissionPolicy with this Lease as its param admits it only while that term is current (a late create is
+denied, 403 "fedtask leader fence: ..."; the policy reads the Lease through an informer, so a brand-new term can be
+denied for a moment and is retried). Not fenced on the server: pod deletes, and operators without the chart's policy;
+a second create of a live pod is AlreadyExists, and status writes are version-guarded.
 """
 from __future__ import annotations
 
@@ -130,6 +133,7 @@ class LeaderLease:
         self._observed_at = 0.0  # monotonic time the observed record was first seen
         self._leading = False  # what on_acquired/on_lost last announced
         self.transitions = 0  # how often this replica acquired the lease
+        self.term: str | None = None  # "<holderIdentity>/<leaseTransitions>" of the Lease as last acquired/renewed
 
     def valid(self) -> bool:
         """Whether this replica may write now: it holds the Lease and its last renewal is recent enough."""
@@ -177,6 +181,7 @@ class LeaderLease:
             self._valid_until = -1.0
             return False
         spec = lease["spec"]
+        self.term = f"{self.identity}/{int(spec.get('leaseTransitions') or 0)}"
         self._observed = (self.identity, str(spec.get("renewTime")), str(lease["metadata"].get("resourceVersion")))
         self._observed_at = self.clock()
         self._valid_until = sent + self.config.renew_deadline

@@ -120,6 +120,24 @@ class NotLeader(Exception):
     """This replica does not hold the leader lease (any more): it must not write (kube/lease.py)."""
 
 
+# On each pod a leader creates: the Lease term it held ("<holder>/<transitions>") and which Lease
+# ("<namespace>/<name>"); the chart's admission fence (templates/leader-fence.yaml) checks them.
+LEADER_TERM = "fedtask.io/leader-term"
+LEADER_LEASE = "fedtask.io/leader-lease"
+LEADER_FENCED = "fedtask.io/leader-fenced"  # label ("true") the fence's objectSelector matches: the API server looks
+# the Lease up only for such pods, so a missing Lease never blocks any other pod
+FENCE_DENIAL = "fedtask leader fence:"  # how the chart's ValidatingAdmissionPolicy's message starts
+
+
+def _fence_denial(refusal: PodCreationRefused) -> bool:
+    """The chart's leader fence denied the create: 403 "fedtask leader fence: ..." (the pod's term is not the Lease's
+    current one), or 422 "no params found" (the policy does not see the Lease yet, e.g. just created). Either way this
+    replica's term is not (yet) what the API server admits: NotLeader, not a refusal of the task's pod."""
+    message = refusal.message
+    return (refusal.code == 403 and FENCE_DENIAL in message) or (
+        refusal.code == 422 and "-leader-fence'" in message and "no params found" in message)
+
+
 class StatusConflict(Exception):
     """The status write named a resourceVersion the task no longer has: it was planned from an older version."""
 
@@ -304,6 +322,14 @@ class Reconciler:
         if not self.may_act():
             raise NotLeader(f"not the leader ({self.leader.identity}): the lease expired or is held by another "
                             "replica")
+
+    def leader_annotations(self) -> dict[str, str]:
+        """The annotations that name the Lease term this replica holds (none without leader election): a pod created
+        with them is admitted by the chart's admission fence only while that term is the Lease's current one."""
+        if self.leader is None or not self.leader.term:
+            return {}
+        config = self.leader.config
+        return {LEADER_TERM: self.leader.term, LEADER_LEASE: f"{config.namespace}/{config.name}"}
 
     def leadership_acquired(self) -> None:
         """This replica just became the leader: forget what it wrote in an earlier term (the store may have moved
@@ -633,9 +659,20 @@ class _TaskSink:
             logger.info("deleted pod %s/%s of an older task named %s before creating it again", self.namespace, pod,
                         self.name)
             return 0
+        metadata = dict(manifest.get("metadata") or {})
+        manifest = {**manifest, "metadata": metadata}
+
+        def fence_and_stamp() -> None:  # on the worker thread, right before the send: the term held then
+            self.reconciler.fence()
+            term = self.reconciler.leader_annotations()
+            if term:
+                metadata["annotations"] = {**(metadata.get("annotations") or {}), **term}
+                metadata["labels"] = {**(metadata.get("labels") or {}), LEADER_FENCED: "true"}
         try:
-            return int(await api.create_pod(self.namespace, manifest, guard=self.reconciler.fence))
+            return int(await api.create_pod(self.namespace, manifest, guard=fence_and_stamp))
         except PodCreationRefused as refusal:
+            if _fence_denial(refusal):
+                raise NotLeader(f"the API server's leader fence refused pod {pod}: {refusal.message}") from refusal
             logger.warning("pod %s/%s refused: %s", self.namespace, pod, refusal)
             self.refused.append(CreationRefusal(pod=pod, code=refusal.code, message=refusal.message))
             return 0
