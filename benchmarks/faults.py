@@ -579,7 +579,14 @@ def operator_summary(args, peers: list[dict], results: list[dict], runtime: str,
 # OOM kill is SIGKILL (exit 137, as the kernel's OOM killer ends it), but reason Error, not OOMKilled: the node agent
 # sets no memory limit, so it cannot tell an OOM kill from any other SIGKILL.
 REAL_POD_SIGNALS = {"train_pod_crash": signal.SIGSEGV, "train_pod_oom": signal.SIGKILL}
-REAL_LEASE_NAME = "faults-lease"
+
+
+def real_lease_name(cluster) -> str:
+    """The chart's Lease (the Deployment's --lease-name, scaled to zero meanwhile): the chart's admission fence checks
+    the leader term of pods created under it, so the host replicas are fenced on the server as the chart's are."""
+    from tests.support.cluster import operator_deployment
+
+    return operator_deployment(cluster)["metadata"]["name"]
 
 
 def lease_holder(cluster):
@@ -589,10 +596,11 @@ def lease_holder(cluster):
     from tests.support.cluster import NAMESPACE
 
     leases = kubernetes.client.CoordinationV1Api(cluster.api_client())
+    name = real_lease_name(cluster)
 
     def holder() -> str:
         try:
-            lease = leases.read_namespaced_lease(REAL_LEASE_NAME, NAMESPACE, _request_timeout=5)
+            lease = leases.read_namespaced_lease(name, NAMESPACE, _request_timeout=5)
         except Exception:  # none yet (404), or the API server slow: no holder seen this time
             return ""
         return (lease.spec and lease.spec.holder_identity) or ""
@@ -693,7 +701,7 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
                     "failures": [], "kill_rounds": []}
     workdir.mkdir(parents=True)
     mode = ("--leader-election", f"--lease-duration={LEASE_SECONDS}", f"--lease-namespace={NAMESPACE}",
-            f"--lease-name={REAL_LEASE_NAME}") if lease else ("--standalone",)
+            f"--lease-name={real_lease_name(cluster)}") if lease else ("--standalone",)
     command, env = host_operator_command(cluster, *mode)
 
     def make(name: str) -> OperatorProcess:
@@ -703,7 +711,7 @@ def real_run(cluster, workdir: Path, rounds: int, kills=(), pod_faults=(), lease
         return process
     operators = Replicas(make, replicas, lease_holder(cluster) if lease else None)
     if lease:  # the previous run's Lease (its holder gone) would hold the first leader back a lease duration
-        cluster.kubectl("delete", "lease", REAL_LEASE_NAME, "-n", NAMESPACE, "--ignore-not-found")
+        cluster.kubectl("delete", "lease", real_lease_name(cluster), "-n", NAMESPACE, "--ignore-not-found")
     task = digits_task(OPERATOR_TASK, rounds=rounds, scheduling={"policy": POLICY})
     task["metadata"]["namespace"] = NAMESPACE
     selector = f"fedtask.io/task={OPERATOR_TASK}"

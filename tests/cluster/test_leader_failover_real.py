@@ -21,6 +21,7 @@ from tests.support.cluster import (
     TaskRecorder,
     digits_task,
     host_operator_command,
+    operator_deployment,
     scale_operator,
     wait_for_phase,
 )
@@ -34,11 +35,17 @@ LEASE_DURATION = 6  # the holder acts for 4 s after each renewal; the other wait
 def operator_command(cluster: LocalCluster) -> tuple[list[str], dict]:
     """The chart's operator arguments and plain environment, for a process on this host, with a short Lease."""
     return host_operator_command(cluster, "--leader-election", f"--lease-duration={LEASE_DURATION}",
-                                 f"--lease-namespace={NAMESPACE}", "--lease-name=lease-test", "--verbose")
+                                 f"--lease-namespace={NAMESPACE}", f"--lease-name={chart_lease(cluster)}", "--verbose")
+
+
+def chart_lease(cluster: LocalCluster) -> str:
+    """The chart's Lease (its Deployment is scaled to zero meanwhile): the chart's admission fence checks the pods'
+    leader terms against it, so the host replicas are fenced on the server too."""
+    return operator_deployment(cluster)["metadata"]["name"]
 
 
 def lease_holder(cluster: LocalCluster) -> str:
-    result = cluster.kubectl("get", "lease", "lease-test", "-n", NAMESPACE, "-o", "json", check=False)
+    result = cluster.kubectl("get", "lease", chart_lease(cluster), "-n", NAMESPACE, "-o", "json", check=False)
     if result.returncode != 0:
         return ""
     return (json.loads(result.stdout).get("spec") or {}).get("holderIdentity") or ""
@@ -86,7 +93,12 @@ def test_a_paused_leader_is_replaced_and_writes_nothing_when_resumed(cluster: Lo
         twice = {pod: uids for pod, uids in pods.uids.items() if len(uids) > 1}
         assert not twice, f"pod names created twice: {twice}"
         stages: dict[tuple[int, str], int] = {}
-        for pod in pods.pods.values():
+        lease_ref = f"{NAMESPACE}/{chart_lease(cluster)}"
+        for pod in pods.pods.values():  # each created in a leader term the chart's admission fence checked
+            annotations = pod["metadata"].get("annotations") or {}
+            assert annotations.get("fedtask.io/leader-lease") == lease_ref, pod["metadata"]
+            assert annotations.get("fedtask.io/leader-term", "").split("_")[0] in processes, pod["metadata"]
+            assert pod["metadata"]["labels"].get("fedtask.io/leader-fenced") == "true", pod["metadata"]
             labels = pod["metadata"]["labels"]
             key = (int(labels.get("fedtask.io/round", 0)), labels.get("fedtask.io/stage"))
             stages[key] = stages.get(key, 0) + 1
@@ -111,7 +123,7 @@ def test_a_paused_leader_is_replaced_and_writes_nothing_when_resumed(cluster: Lo
                     process.kill()
         for replica, log in logs.items():  # the Lease's own requests left out: what the replica did
             lines = [line for line in log.read_text(errors="replace").splitlines()
-                     if "leases/lease-test" not in line and "Timer 'task_resync'" not in line]
+                     if f"leases/{chart_lease(cluster)}" not in line and "Timer 'task_resync'" not in line]
             print(f"--- {replica}\n" + "\n".join(lines[:60] + ["..."] + lines[-120:]))
         print(cluster.kubectl("get", "federatedtask,pods", "-n", NAMESPACE, "-o", "wide", check=False).stdout)
         print(cluster.kubectl("describe", "federatedtask", name, "-n", NAMESPACE, check=False).stdout[-3000:])

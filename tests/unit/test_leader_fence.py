@@ -6,11 +6,13 @@ deleted it). The Lease and the Kubernetes API here are in-memory stand-ins for t
 reconciler are the product's, with a test clock."""
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import pytest
 
 from fedtask_operator.kube.lease import LeaderLease, LeaseConfig
+from fedtask_operator.kube.reconciler import FENCE_RETRY_SECONDS
 from tests.support.reconciler import KEY, FakeKubeApi, make_task, reconciler_for
 
 CONFIG = LeaseConfig(name="fedtask-operator", namespace="default", duration=6.0, renew_deadline=4.0, retry=0.8)
@@ -169,6 +171,6 @@ async def test_a_create_the_fence_denies_means_the_lease_was_lost_not_a_refused_
     status = api.tasks[KEY].get("status") or {}
     assert not any(c.get("reason") == "PodCreationFailed" for c in status.get("conditions") or []), status
     assert KEY in reconciler._deferred  # handed on as NotLeader: done once this replica leads again
-    api.refuse = None  # the term is current again (the new leader is this replica): it creates at once
-    await reconciler.request(*KEY, api.views())
+    api.refuse = None  # the API server's policy now sees this replica's term: the create is retried by itself
+    await asyncio.sleep(FENCE_RETRY_SECONDS + 0.5)  # (the replica still holds the Lease: not left to the resync)
     assert api.pod_names() == ["mnist-init"]

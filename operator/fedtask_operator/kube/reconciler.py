@@ -126,6 +126,7 @@ LEADER_TERM = "fedtask.io/leader-term"
 LEADER_LEASE = "fedtask.io/leader-lease"
 LEADER_FENCED = "fedtask.io/leader-fenced"  # label ("true") the fence's objectSelector matches: the API server looks
 # the Lease up only for such pods, so a missing Lease never blocks any other pod
+FENCE_RETRY_SECONDS = 1.0  # a create the fence denied while this replica still holds the Lease is retried after this
 FENCE_DENIAL = "fedtask leader fence:"  # how the chart's ValidatingAdmissionPolicy's message starts
 
 
@@ -399,6 +400,10 @@ class Reconciler:
         except NotLeader as lost:
             logger.warning("%s/%s: nothing written: %s", namespace, name, lost)
             self._deferred.add(key)
+            if self.may_act() and self._views is not None:
+                # the lease is still ours as far as this replica knows: the API server's fence denied the create
+                # while its Lease informer lagged behind a new term; try again shortly, not at the next resync
+                self._requeue(namespace, name, FENCE_RETRY_SECONDS)
             return False
 
     async def _plan_and_apply(self, namespace: str, name: str, task: dict, views: ClusterView,
