@@ -19,26 +19,6 @@ from tests.support.cluster import LocalCluster
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-RESUME_SECONDS = 2.0  # a create already sent by the paused leader reaches the server within this after SIGCONT
-
-
-def assert_duplicates_only_from_a_resumed_stale_create(result: dict) -> None:
-    """No pod twice, except the known unfenced window (README, leader election): a paused leader's pod create that had
-    passed its lease check before the pause goes out when it resumes; if the new leader's pod of that name has already
-    finished and been deleted, the name is free and the pod runs twice. 6 of 32 real seeds showed it (pod names are
-    the only server-side guard; an admission policy comparing the pod with the Lease would close it: not built). Any
-    other duplicate — one not created right after a paused replica resumed — fails here."""
-    duplicated = result["pods_duplicated"]
-    if not duplicated:
-        return
-    resumes = [event["resumed"] for event in result["fault_timeline"] if event["kind"] == "operator_sigstop"]
-    for name, created in result["duplicate_creations"].items():
-        assert len(created) == 2, (name, created)
-        assert any(0.0 <= created[1] - resumed <= RESUME_SECONDS for resumed in resumes), (
-            f"{name} created again at {created[1]} s, not right after a paused leader resumed ({resumes})")
-    print(f"known defect seen: {duplicated} created again by the resumed stale leader")
-
-
 def test_two_replicas_with_the_leader_killed_and_paused_past_its_lease_lose_and_repeat_nothing(cluster: LocalCluster):
     faults = load_benchmark("faults", "faults_leader_real")
     # Faults within the first half of the uninterrupted time: with 3 rounds, a later fault could find the task done.
@@ -48,11 +28,7 @@ def test_two_replicas_with_the_leader_killed_and_paused_past_its_lease_lose_and_
     seeds: list[dict] = []
     report = faults.real_main(args, cluster, seeds)
     print(report)
-    # a seed is listed under failures for any finding; the only one tolerated is the known duplicate (checked below)
-    other_findings = [{k: v for k, v in failure.items() if v and k not in (
-        "seed", "phase", "history", "pods_duplicated", "duplicate_creations", "fault_timeline")}
-        for failure in report["failures"]]
-    assert not any(other_findings) and all(f.get("phase") == "Succeeded" for f in report["failures"]), report
+    assert not report["failures"], report
     injected = report["faults_injected"]
     assert (injected["operator_sigkill"], injected["operator_sigstop"]) == (1, 1), report
     assert report["kills_after_the_task_ended"] == 0, report
@@ -65,8 +41,8 @@ def test_two_replicas_with_the_leader_killed_and_paused_past_its_lease_lose_and_
         ("1 of 1", 0), ("0 of 0", 1)), kinds
     assert report["runs_completed"] == 1
     assert report["rounds_lost"] == 0 and report["rounds_duplicated"] == 0, report
-    assert report["pods_orphaned"] == 0, report
-    assert_duplicates_only_from_a_resumed_stale_create(seeds[0])
+    # the chart's admission fence denies the paused leader's late create (before it, 6 of 32 real seeds had a pod twice)
+    assert report["pods_duplicated"] == 0 and report["pods_orphaned"] == 0, report
     assert report["pod_retries_not_injected"] == 0 and report["status_regressions"] == 0, report
     assert report["training_deterministic"] is True and report["final_model_identical"] == 1, report
 
