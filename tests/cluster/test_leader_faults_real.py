@@ -8,27 +8,20 @@ a stale replica acting on old state would leave: a pod created again, a pod star
 after a newer one."""
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
 
-from tests.support.benchmarks import load_benchmark
+from tests.support.benchmarks import assert_nothing_lost_or_repeated, run_real_operator_faults
 from tests.support.cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 def test_two_replicas_with_the_leader_killed_and_paused_past_its_lease_lose_and_repeat_nothing(cluster: LocalCluster):
-    faults = load_benchmark("faults", "faults_leader_real")
     # Faults within the first half of the uninterrupted time: with 3 rounds, a later fault could find the task done.
-    args = argparse.Namespace(target="operator", api="real", seeds=1, rounds=3, no_pod_faults=True,
-                              leader_election=True, replicas=2, fault_window=0.5, time_budget=0.0, keep=False,
-                              operator_tree="")
-    seeds: list[dict] = []
-    report = faults.real_main(args, cluster, seeds)
-    print(report)
-    assert not report["failures"], report
+    faults, report, seed = run_real_operator_faults(cluster, "faults_leader_real", no_pod_faults=True,
+                                                    leader_election=True, replicas=2, fault_window=0.5)
     injected = report["faults_injected"]
     assert (injected["operator_sigkill"], injected["operator_sigstop"]) == (1, 1), report
     assert report["kills_after_the_task_ended"] == 0, report
@@ -39,19 +32,9 @@ def test_two_replicas_with_the_leader_killed_and_paused_past_its_lease_lose_and_
     stop = kinds["operator_sigstop"]
     assert (stop["resumed_leaders_that_logged_losing_the_lease"], stop["paused_before_logging_the_acquisition"]) in (
         ("1 of 1", 0), ("0 of 0", 1)), kinds
-    assert report["runs_completed"] == 1
-    assert report["rounds_lost"] == 0 and report["rounds_duplicated"] == 0, report
     # the chart's admission fence denies the paused leader's late create (before it, 6 of 32 real seeds had a pod twice)
-    assert report["pods_duplicated"] == 0 and report["pods_orphaned"] == 0, report
-    assert report["pod_retries_not_injected"] == 0 and report["status_regressions"] == 0, report
-    assert report["training_deterministic"] is True and report["final_model_identical"] == 1, report
-
-    # The record is real and complete: several stored versions of the task, every pod of every round, each started.
-    record = seeds[0]["record"]
-    assert len(record["versions"]) >= 3, len(record["versions"])
-    names = {version["metadata"]["name"] for version in record["pod_versions"]}
-    assert sum(name.endswith("-aggregate") for name in names) == 3, sorted(names)
-    assert set(record["started_pods"]) == names, (sorted(names), record["started_pods"])
+    names = assert_nothing_lost_or_repeated(report, seed)
+    record = seed["record"]
 
     # What a stale replica acting on old state would leave, on this record: each is reported.
     pod = sorted(names)[-1]
