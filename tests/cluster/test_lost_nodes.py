@@ -321,15 +321,19 @@ def update_object(cluster: LocalCluster, task_uid: str, round_: int, device: str
     return None
 
 
-def truncate_object(cluster: LocalCluster, bucket: str, key: str) -> bytes:
-    """Overwrite the object with its first half (a transfer cut short); returns the original bytes."""
-    client = minio_client(cluster)
+def read_object(client, bucket: str, key: str) -> bytes:
     response = client.get_object(bucket, key)
     try:
-        original = response.read()
+        return response.read()
     finally:
         response.close()
         response.release_conn()
+
+
+def truncate_object(cluster: LocalCluster, bucket: str, key: str) -> bytes:
+    """Overwrite the object with its first half (a transfer cut short); returns the original bytes."""
+    client = minio_client(cluster)
+    original = read_object(client, bucket, key)
     half = original[: len(original) // 2]
     client.put_object(bucket, key, io.BytesIO(half), len(half))
     return original
@@ -341,21 +345,12 @@ def flip_bit_of_object(cluster: LocalCluster, bucket: str, key: str) -> int:
     import struct
 
     client = minio_client(cluster)
-
-    def read() -> bytes:
-        response = client.get_object(bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
-
-    original = read()
+    original = read_object(client, bucket, key)
     position = (8 + struct.unpack("<Q", original[:8])[0]) * 8
     changed = bytearray(original)
     changed[position // 8] ^= 1
     client.put_object(bucket, key, io.BytesIO(bytes(changed)), len(changed))
-    assert read() == bytes(changed)
+    assert read_object(client, bucket, key) == bytes(changed)
     return position
 
 
