@@ -97,12 +97,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--fairness-weight", type=float, default=effect.DEFAULT_FAIRNESS_WEIGHT)
+    parser.add_argument("--optimum", type=float, nargs="+", default=[], metavar="JAIN",
+                        choices=JAIN_LEVELS, help="also the exact least-time schedules at these Jain levels (a "
+                                                  "mixed-integer program per task and level: up to a minute each)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.rounds < effect.SMOOTHING or args.tasks < 1:
         parser.error("--seeds and --tasks must be >= 1 and --rounds >= 3")
     started = time.perf_counter()
     periods = [analyse_seed(seed, args.fairness_weight, args.rounds, args.tasks) for seed in range(args.seeds)]
-    bounds = tradeoff.bound(args.seeds, args.rounds, args.tasks, JAIN_LEVELS)
+    bounds = tradeoff.bound(args.seeds, args.rounds, args.tasks, JAIN_LEVELS, optimum=args.optimum)
     task_rows = [row for seed in periods for row in seed["tasks"]]
     by_tasks: dict[str, int] = {}
     for seed in periods:
@@ -122,7 +125,10 @@ def main(argv=None) -> dict:
         "jain_mean": round(statistics.mean(row["jain"] for row in task_rows), 3),
         "speedup_per_round_mean": round(statistics.mean(seed["speedup_per_round"] for seed in periods), 3),
         "bound": {str(row["jain"]): {"homogeneous": row["speedup_bound"], "distinct": row["speedup_bound_distinct"],
-                                     "packed": row["speedup_packed"]} for row in bounds},
+                                     "packed": row["speedup_packed"],
+                                     **({"optimum": row["speedup_optimum"],
+                                         "optimum_mean_jain": row["speedup_optimum_mean_jain"]}
+                                        if "speedup_optimum" in row else {})} for row in bounds},
     }
     report = {"benchmark": "sched_periods", "peer": "random", "fairness_weight": args.fairness_weight,
               "rounds": args.rounds, "tasks": args.tasks, "seeds": periods,

@@ -28,10 +28,13 @@ index, each point labelled with its weight and its accuracy against random.
 
     python benchmarks/plot_sched_tradeoff.py [--seeds 3] [--rounds 40] [--plot docs/sched-tradeoff.png]
         [--effect effect-w1.json effect-w2.json ...] [--effect-later effect-w2-later.json] [--reuse REPORT]
+        [--periods PERIODS]  (an analyse_sched_periods.py --optimum output: the exact ceiling on the right panel)
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import random
 import statistics
@@ -68,20 +71,24 @@ def measure(policy: str, weight: float, seeds: int, rounds: int, task_count: int
             "jain": round(statistics.mean(jains), 3)}
 
 
-def bound(seeds: int, rounds: int, task_count: int, levels) -> list[dict]:
+def bound(seeds: int, rounds: int, task_count: int, levels, optimum=()) -> list[dict]:
     """The homogeneous-rounds bound (see the module docstring): the round time averaged over the seeds' tasks, and
-    the speed-up to every task's target against random's measured time per round, per seed."""
+    the speed-up to every task's target against random's measured time per round, per seed. With `optimum`, also the
+    exact least-time schedule of each task at each of the levels in `optimum` (`optimal_schedule`; see
+    `optimum_rows`)."""
     rows = {level: [] for level in levels}
     speedups: dict[float, list[float]] = {level: [] for level in levels}
     distinct_speedups: dict[float, list[float]] = {level: [] for level in levels}
     packed_speedups: dict[float, list[float]] = {level: [] for level in levels}
+    optima: list[dict] = []  # per seed: random's walls and each task's {level: (proven least, achieved) mean round}
     for seed in range(seeds):
         nodes, speeds, tasks = draws(seed, task_count)
         peer = effect.simulate("random", tasks, nodes, speeds, rounds, seed, 0.0, train=False)
         walls = [run.curve[-1][0] / len(run.curve) for run in peer]
+        optima.append({"walls": walls, "tasks": [{} for _ in tasks]})
         for level in levels:
             least, distinct, packed = [], [], []
-            for task in tasks:
+            for index, task in enumerate(tasks):
                 seconds = np.array([len(s) * effect.SECONDS_PER_SAMPLE / v for s, v in zip(task.shards, speeds)])
                 mean_round, rates = least_rates(seconds, effect.PER_ROUND, level)
                 least.append(mean_round)
@@ -89,6 +96,11 @@ def bound(seeds: int, rounds: int, task_count: int, levels) -> list[dict]:
                     turns = whole_turns(rates, rounds)
                     distinct.append(distinct_lower_bound(seconds, turns, effect.PER_ROUND))
                     packed.append(schedule_mean(seconds, pack(seconds, turns, effect.PER_ROUND)))
+                if level in optimum:
+                    best = optimal_schedule(seconds, rounds, effect.PER_ROUND, level)
+                    if best is not None:
+                        optima[-1]["tasks"][index][level] = (best.lower_bound / rounds,
+                                                             schedule_mean(seconds, best.schedule), best.proven)
             rows[level].extend(least)
             speedups[level].append(max(walls) / max(b + effect.SERVER_SECONDS for b in least))
             if len(distinct) == len(tasks):
@@ -101,7 +113,56 @@ def bound(seeds: int, rounds: int, task_count: int, levels) -> list[dict]:
                  "speedup_bound_distinct_per_seed": [round(value, 2) for value in distinct_speedups[level]],
                  "speedup_packed": round(statistics.mean(packed_speedups[level]), 2),
                  "speedup_packed_per_seed": [round(value, 2) for value in packed_speedups[level]]}
-                if len(distinct_speedups[level]) == seeds else {})} for level in levels]
+                if len(distinct_speedups[level]) == seeds else {}),
+             **(optimum_rows(optima, level) if optimum else {})} for level in levels]
+
+
+def optimum_rows(optima: list[dict], level: float) -> dict:
+    """The exact ceiling at `level`, from each seed's optimal schedules (`bound(optimum=levels)`):
+
+    - `speedup_optimum`: every task at Jain >= level, as many rounds as random: random's longest time per round over
+      the tasks / the longest proven least round (+ SERVER_SECONDS) over the tasks. No schedule of those rounds does
+      better (per seed: `speedup_optimum_per_seed`). `speedup_optimum_achieved`: what the schedules found achieve
+      (equal within the solver's 1e-4 gap unless it hit its time limit: `unproven`, the number of such tasks);
+    - `speedup_optimum_mean_jain`: only the *mean* of the tasks' Jain >= level (what bench_sched_effect.py reports):
+      see `longest_least_round`. A bound, looser than the per-task one (levels are a grid); None when it would need a
+      level below the grid."""
+    if any(level not in task for seed in optima for task in seed["tasks"]):
+        return {}
+    per_task = [max(seed["walls"]) / max(task[level][0] + effect.SERVER_SECONDS for task in seed["tasks"])
+                for seed in optima]
+    floors = [longest_least_round(seed["tasks"], level) for seed in optima]
+    mean_jain = None if None in floors else [max(seed["walls"]) / (floor + effect.SERVER_SECONDS)
+                                             for seed, floor in zip(optima, floors)]
+    achieved = [max(seed["walls"]) / max(task[level][1] + effect.SERVER_SECONDS for task in seed["tasks"])
+                for seed in optima]
+    return {"speedup_optimum": round(statistics.mean(per_task), 3),
+            "speedup_optimum_achieved": round(statistics.mean(achieved), 3),
+            "unproven": sum(not task[level][2] for seed in optima for task in seed["tasks"]),
+            "speedup_optimum_per_seed": [round(value, 3) for value in per_task],
+            "speedup_optimum_mean_jain": round(statistics.mean(mean_jain), 3) if mean_jain else None,
+            "speedup_optimum_mean_jain_per_seed": [round(value, 3) for value in mean_jain] if mean_jain else None}
+
+
+def longest_least_round(tasks: list[dict], level: float) -> float | None:
+    """A lower bound on the longest mean round over the tasks when only the mean of their Jain indices is >= level:
+    within any subset S of the T tasks some task has Jain >= (T level - (T - |S|)) / |S| (no index is above 1), so
+    its round costs at least its least round at the highest computed level not above that. None when a proper subset
+    needs a level below every computed one."""
+    count, floor = len(tasks), 0.0
+    for size in range(1, count + 1):
+        needed = (count * level - (count - size)) / size
+        if 1 < size < count and needed < min(tasks[0]) - 1e-9:
+            return None
+        for subset in itertools.combinations(tasks, size):
+            floor = max(floor, min(least_at(task, needed) for task in subset))
+    return floor
+
+
+def least_at(task: dict, jain: float) -> float:
+    """A task's proven least mean round at the highest computed Jain level not above `jain` (0 when none is)."""
+    levels = [level for level in task if level <= jain + 1e-9]
+    return task[max(levels)][0] if levels else 0.0
 
 
 def least_mean_round(seconds: np.ndarray, per_round: int, jain: float) -> float:
@@ -188,6 +249,87 @@ def whole_turns(rates: np.ndarray, rounds: int) -> np.ndarray:
         turns[j] += 1
     return turns
 
+@dataclasses.dataclass
+class Optimum:
+    """The least-time schedule at a Jain level (`optimal_schedule`): the best rounds found, and a lower bound on the
+    total time of any schedule at that level (the solver's proven bound; `proven`: the schedule is within the
+    solver's gap of it, else the time limit came first and the schedule may be worse)."""
+
+    schedule: list[list[int]]
+    lower_bound: float
+    proven: bool
+
+
+def optimal_schedule(seconds: np.ndarray, rounds: int, per_round: int, jain: float,
+                     time_limit: float = 60.0) -> Optimum | None:
+    """The schedule of `rounds` rounds of `per_round` distinct devices whose participation has Jain's index >= `jain`
+    and whose total time (each round costs its slowest device) is least over *every* such schedule; None when no
+    schedule reaches `jain`. At `time_limit` seconds the solver stops with its best schedule and its proven bound.
+
+    A mixed-integer program (scipy's HiGHS), exact because rounds are interchangeable: with the devices slowest first,
+    c_j rounds run at level j (devices j.. only, costing at most seconds[j]); y_ji of those hold device i (y_ji <= c_j,
+    sum_i y_ji = per_round c_j: such a multiset always splits into c_j rounds of distinct devices); x_i = sum_j y_ji is
+    device i's turns. Jain >= `jain` is sum x_i^2 <= (sum x_i)^2 / (n jain), with x_i^2 exact at whole x_i as the
+    largest of the secants (2m + 1) x_i - m (m + 1), m = 0..rounds. Minimise sum_j c_j seconds[j]."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_matrix
+
+    seconds = np.asarray(seconds, dtype=float)
+    n = len(seconds)
+    order = np.argsort(-seconds, kind="stable")
+    ordered = seconds[order]
+    pairs = [(j, i) for j in range(n) for i in range(j, n)]  # level j may hold device i (i as fast or faster)
+    c0, y0 = 0, n
+    x0 = y0 + len(pairs)
+    q0 = x0 + n
+    size = q0 + n
+    rows, columns, values, lower, upper = [], [], [], [], []
+
+    def constraint(terms, low, high):
+        for column, value in terms:
+            rows.append(len(lower))
+            columns.append(column)
+            values.append(value)
+        lower.append(low)
+        upper.append(high)
+
+    for p, (j, _device) in enumerate(pairs):
+        constraint([(y0 + p, 1.0), (c0 + j, -1.0)], -np.inf, 0.0)
+    for j in range(n):
+        constraint([(y0 + p, 1.0) for p, (level, _) in enumerate(pairs) if level == j] + [(c0 + j, -per_round)],
+                   0.0, 0.0)
+    for i in range(n):
+        constraint([(y0 + p, 1.0) for p, (_, device) in enumerate(pairs) if device == i] + [(x0 + i, -1.0)],
+                   0.0, 0.0)
+        for m in range(rounds + 1):
+            constraint([(q0 + i, 1.0), (x0 + i, -(2 * m + 1))], -m * (m + 1), np.inf)
+    constraint([(q0 + i, 1.0) for i in range(n)], -np.inf, (per_round * rounds) ** 2 / (n * jain))
+    constraint([(c0 + j, 1.0) for j in range(n)], rounds, rounds)
+    matrix = coo_matrix((values, (rows, columns)), shape=(len(lower), size)).tocsr()
+    cost = np.zeros(size)
+    cost[:n] = ordered
+    integrality = np.ones(size)
+    integrality[q0:] = 0
+    upper_bounds = np.full(size, float(rounds))
+    upper_bounds[q0:] = np.inf
+    result = milp(cost, constraints=LinearConstraint(matrix, lower, upper), integrality=integrality,
+                  bounds=Bounds(0.0, upper_bounds), options={"time_limit": time_limit, "mip_rel_gap": 1e-4})
+    if result.status == 2:  # infeasible: no schedule reaches that Jain
+        return None
+    if result.x is None:
+        raise RuntimeError(f"optimal_schedule: the solver found no schedule: {result.message}")
+    solution = np.round(result.x).astype(int)
+    schedule = []
+    for j in range(n):
+        count = int(solution[c0 + j])
+        if not count:
+            continue
+        turns = [int(order[i]) for p, (level, i) in enumerate(pairs) if level == j
+                 for _ in range(int(solution[y0 + p]))]
+        schedule.extend([turns[r::count] for r in range(count)])  # each device's <= count copies land apart
+    return Optimum(schedule, float(result.mip_dual_bound), result.status == 0)
+
+
 def plot(path: Path, report: dict) -> None:
     import matplotlib
 
@@ -222,13 +364,13 @@ def plot(path: Path, report: dict) -> None:
                    fontsize=10)
     axis.legend(fontsize=8, loc="upper left")
     if effect:
-        plot_effect(axes[0][1], effect, report["bound"], report.get("effect_later") or [])
+        plot_effect(axes[0][1], effect, report["bound"], report.get("effect_later") or [], report.get("optimum") or [])
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
 
-def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) -> None:
-    """Speed-up to target (mean over seeds) against Jain, per weight; the peers from the same runs; the bound."""
+def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict], optimum: list[dict]) -> None:
+    """Speed-up to target (mean over seeds) against Jain, per weight; the peers from the same runs; the bounds."""
     axis.plot([p["jain"] for p in limit], [p["speedup_bound"] for p in limit], "--", color="gray",
               label="bound at random's rounds to target (homogeneous rounds + server time; mean of seeds)")
     for point in limit:
@@ -240,6 +382,14 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
                   linewidth=0.9, label="bound with whole turns, distinct devices per round")
         axis.plot([p["jain"] for p in tight], [p["speedup_packed"] for p in tight], ":", color="black",
                   linewidth=1.2, label="achieved by a schedule of those turns (one task alone, no waits)")
+    if optimum:
+        seeds = optimum[0]["seeds"]
+        axis.plot([p["jain"] for p in optimum], [p["speedup_optimum"] for p in optimum], "v-", color="tab:red",
+                  linewidth=1.2, label=f"exact ceiling: the best schedule of random's rounds, every task at that Jain "
+                                       f"({seeds} seeds)")
+        for point in optimum:
+            axis.annotate(f"{point['speedup_optimum']:.2f}", (point["jain"], point["speedup_optimum"]),
+                          textcoords="offset points", xytext=(6, -4), fontsize=8, color="tab:red")
     rows = sorted(effect, key=lambda row: row["fairness_weight"])
     axis.plot([r["jain"] for r in rows], [r["speedup"] for r in rows], "o-", color="tab:blue",
               label="time-fair, weight swept")
@@ -273,6 +423,14 @@ def plot_effect(axis, effect: list[dict], limit: list[dict], later: list[dict]) 
     axis.legend(fontsize=7, loc="lower left")
 
 
+def optimum_points(path: Path) -> list[dict]:
+    """The exact ceilings of an analyse_sched_periods.py --optimum output, per Jain level it solved."""
+    periods = json.loads(path.read_text().splitlines()[0])
+    return [{"jain": row["jain"], "seeds": len(row["speedup_optimum_per_seed"]),
+             "speedup_optimum": row["speedup_optimum"], "speedup_optimum_mean_jain": row["speedup_optimum_mean_jain"]}
+            for row in periods["bound"] if "speedup_optimum" in row]
+
+
 def effect_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for path in paths:
@@ -298,6 +456,8 @@ def main(argv=None) -> dict:
                         help="bench_sched_effect.py JSON outputs at several weights (the second panel)")
     parser.add_argument("--effect-later", type=Path, nargs="*", default=[],
                         help="bench_sched_effect.py outputs of later runs (other code), marked apart on that panel")
+    parser.add_argument("--periods", type=Path, metavar="FILE",
+                        help="an analyse_sched_periods.py --optimum output: its exact ceilings on the second panel")
     parser.add_argument("--reuse", type=Path, metavar="REPORT",
                         help="take the sweep and the bound from this earlier output (same options), redo the panels")
     args = parser.parse_args(argv)
@@ -309,6 +469,7 @@ def main(argv=None) -> dict:
             for row in report["bound"]:
                 row["round_speedup_vs_random"] = round(report["random"]["round_seconds"] / row["round_seconds"], 2)
         report["effect"], report["effect_later"] = effect_rows(args.effect), effect_rows(args.effect_later)
+        report["optimum"] = optimum_points(args.periods) if args.periods else report.get("optimum", [])
         if args.plot:
             plot(args.plot, report)
         print(json.dumps(report))
@@ -327,6 +488,7 @@ def main(argv=None) -> dict:
     report["collection_window"] = effect.COLLECTION_WINDOW
     report["effect"] = effect_rows(args.effect)
     report["effect_later"] = effect_rows(args.effect_later)
+    report["optimum"] = optimum_points(args.periods) if args.periods else []
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     if args.plot:
         plot(args.plot, report)
