@@ -80,7 +80,7 @@ def bound(seeds: int, rounds: int, task_count: int, levels, optimum=()) -> list[
     speedups: dict[float, list[float]] = {level: [] for level in levels}
     distinct_speedups: dict[float, list[float]] = {level: [] for level in levels}
     packed_speedups: dict[float, list[float]] = {level: [] for level in levels}
-    optima: list[dict] = []  # per seed: random's walls and each task's {level: (proven least, achieved) mean round}
+    optima: list[dict] = []  # per seed: random's walls, each task's {level: (least, achieved) mean round, proven}
     for seed in range(seeds):
         nodes, speeds, tasks = draws(seed, task_count)
         peer = effect.simulate("random", tasks, nodes, speeds, rounds, seed, 0.0, train=False)
@@ -248,6 +248,7 @@ def whole_turns(rates: np.ndarray, rounds: int) -> np.ndarray:
     for j in np.argsort(-(exact - turns), kind="stable")[:max(short, 0)]:
         turns[j] += 1
     return turns
+
 
 @dataclasses.dataclass
 class Optimum:
